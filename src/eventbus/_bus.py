@@ -1,0 +1,671 @@
+"""`EventBus`: fans published events out to sinks and live listeners.
+
+How it works: published events go, with their JSON encoding, into one shared
+buffer. Every subscription has a cursor into it and a task that hands the
+events between its cursor and the head to its sink as one batch, so a burst
+of publishes costs one ``write`` per sink, not one queue hop per event per
+sink. The buffer is bounded by the slowest lossless subscription: when it is
+``buffer`` events behind, ``publish`` waits (backpressure). Listeners are
+subscriptions whose sink never waits (it drops its oldest events instead), so
+they never hold the publisher back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Literal
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import msgspec
+from anyio.abc import TaskGroup
+
+from ._codec import EventBatch, encode_event
+from ._errors import BusClosedError, BusFullError, EventBusError, SinkFailedError
+from ._event import Event, EventType
+from ._listen import Listener
+from ._query import EventQuery
+from ._sink import Sink, sink_name
+
+__all__ = ["BusStats", "EventBus", "RetryPolicy", "Subscription", "SubscriptionStats"]
+
+logger = logging.getLogger("eventbus")
+
+_State = Literal["new", "running", "closing", "closed"]
+_TRIM_THRESHOLD = 4096
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a failing ``write`` is retried before its sink is declared failed.
+
+    The write is retried ``retries`` times; the first retry waits
+    ``initial_delay`` seconds and each next one ``multiplier`` times longer,
+    capped at ``max_delay``. The default (3 retries after 0.1, 0.2 and 0.4 s)
+    declares a continuously failing sink failed in under a second.
+    """
+
+    retries: int = 3
+    initial_delay: float = 0.1
+    multiplier: float = 2.0
+    max_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if not (self.initial_delay >= 0 and math.isfinite(self.initial_delay)):
+            raise ValueError(f"initial_delay must be a finite number >= 0, got {self.initial_delay}")
+        if not self.multiplier >= 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        if not self.max_delay >= self.initial_delay:
+            raise ValueError(
+                f"max_delay ({self.max_delay}) must be >= initial_delay ({self.initial_delay})"
+            )
+
+    def delays(self) -> list[float]:
+        """The waits before each retry, in order."""
+        return [
+            min(self.initial_delay * self.multiplier**attempt, self.max_delay)
+            for attempt in range(self.retries)
+        ]
+
+
+class SubscriptionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one subscription.
+
+    ``delivered``: events its sink accepted (after the query's filter).
+    ``pending``: events published that it has not processed yet.
+    ``dropped``: events it will never receive: dropped by a full listener, or
+    published after its sink failed.
+    """
+
+    name: str
+    kind: Literal["sink", "listener"]
+    delivered: int
+    pending: int
+    dropped: int
+    retries: int
+    failed: bool
+    error: str | None
+
+
+class BusStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the bus: ``published`` events in all, ``buffered`` not yet
+    handled by every lossless sink (at most ``capacity``), ``lost`` events that
+    a cancelled close could not drain in its grace period, and each subscription."""
+
+    state: str
+    published: int
+    buffered: int
+    capacity: int
+    lost: int
+    subscriptions: tuple[SubscriptionStats, ...]
+
+    @property
+    def healthy(self) -> bool:
+        """``True`` when no sink has failed and nothing was lost."""
+        return self.lost == 0 and not any(s.failed for s in self.subscriptions)
+
+
+class Subscription:
+    """The handle ``EventBus.subscribe`` returns; pass it to ``unsubscribe``."""
+
+    __slots__ = (
+        "_cursor",
+        "_delivered",
+        "_done",
+        "_error",
+        "_failed",
+        "_removed",
+        "_retries",
+        "_scope",
+        "_writing",
+        "lossless",
+        "max_batch",
+        "name",
+        "query",
+        "retry",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        sink: Sink,
+        query: EventQuery | None,
+        *,
+        name: str,
+        lossless: bool,
+        retry: RetryPolicy,
+        max_batch: int,
+        cursor: int,
+    ) -> None:
+        self.sink = sink
+        self.query = None if query is None or query.is_empty else query
+        self.name = name
+        self.lossless = lossless
+        self.retry = retry
+        self.max_batch = max_batch
+        self._cursor = cursor
+        self._delivered = 0
+        self._retries = 0
+        self._error: Exception | None = None
+        self._failed = False
+        self._removed = False
+        self._writing = False
+        self._scope: anyio.CancelScope | None = None
+        self._done: anyio.Event | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the sink was declared failed (it receives nothing more)."""
+        return self._failed
+
+    @property
+    def error(self) -> Exception | None:
+        """The exception of the sink's last failed write, if any."""
+        return self._error
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failed else "removed" if self._removed else "active"
+        return f"<Subscription {self.name!r} {state}>"
+
+
+class EventBus:
+    """An in-process async event bus. Use it as ``async with EventBus() as bus:``.
+
+    :param buffer: how many published events may wait for the slowest
+        lossless sink before ``publish`` waits (``publish_nowait`` raises
+        :class:`BusFullError`).
+    :param max_batch: the most events handed to one ``write``.
+    :param retry: the default :class:`RetryPolicy` of subscriptions.
+    :param close_timeout: on cancellation, how long leaving the ``async with``
+        block may spend draining sinks (shielded) before giving up; also the
+        bound on each sink's ``aclose``.
+
+    Each bus owns its task group; buses are independent of each other.
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer: int = 8192,
+        max_batch: int = 1024,
+        retry: RetryPolicy | None = None,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if buffer < 1:
+            raise ValueError(f"buffer must be >= 1, got {buffer}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if close_timeout < 0:
+            raise ValueError(f"close_timeout must be >= 0, got {close_timeout}")
+        self._capacity = buffer
+        self._max_batch = max_batch
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._close_timeout = close_timeout
+        self._state: _State = "new"
+        # The shared buffer: _events[i] (encoded as _lines[i]) has sequence
+        # number _base + i; _head is the next sequence number; _floor the
+        # lowest cursor of the active subscriptions (or _head if none).
+        self._events: list[Event] = []
+        self._lines: list[bytes] = []
+        self._base = 0
+        self._head = 0
+        self._floor = 0
+        self._published = 0
+        self._lost = 0
+        self._subs: list[Subscription] = []
+        self._active: list[Subscription] = []
+        self._listener_count = 0
+        self._tg: TaskGroup | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._data_ready: anyio.Event | None = None
+        self._data_waiting = False
+        self._progress: anyio.Event | None = None
+        self._progress_waiting = False
+
+    # --- lifetime ---------------------------------------------------------
+
+    async def __aenter__(self) -> EventBus:
+        if self._state != "new":
+            raise EventBusError("an EventBus can be entered only once; create a new one")
+        self._data_ready = anyio.Event()
+        self._progress = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._state = "running"
+        for sub in self._subs:
+            self._start(sub)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tg is not None
+        self._state = "closing"
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        drained = False
+        try:
+            if isinstance(exc, cancelled_exc):
+                drained = await self._drain_within_grace()
+            else:
+                try:
+                    await self._drain()
+                    drained = True
+                except cancelled_exc:
+                    drained = await self._drain_within_grace()
+                    raise
+        finally:
+            self._state = "closed"
+            if not drained:
+                self._lost = sum(
+                    self._head - sub._cursor for sub in self._active if sub.lossless
+                )
+                logger.error(
+                    "event bus closed before its sinks were drained: %d events lost", self._lost
+                )
+            self._wake_data()
+            self._notify_progress()
+            if not drained:
+                self._tg.cancel_scope.cancel()
+            try:
+                await self._tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._close_sinks(self._subs)
+        if exc is None:
+            self._raise_if_failed()
+
+    async def _drain(self) -> None:
+        while any(sub._cursor < self._head for sub in self._active):
+            await self._wait_progress()
+
+    async def _drain_within_grace(self) -> bool:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self._close_timeout
+            await self._drain()
+            return True
+        return False
+
+    async def _close_sinks(self, subs: Sequence[Subscription]) -> None:
+        for sub in subs:
+            with anyio.move_on_after(self._close_timeout) as scope:
+                try:
+                    await sub.sink.aclose()
+                except Exception:
+                    logger.exception("closing sink %r failed", sub.name)
+            if scope.cancelled_caught:
+                logger.error("closing sink %r took over %ss", sub.name, self._close_timeout)
+
+    # --- subscribing --------------------------------------------------------
+
+    def subscribe(
+        self,
+        sink: Sink,
+        query: EventQuery | None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_batch: int | None = None,
+    ) -> Subscription:
+        """Deliver every event published from now on that matches ``query`` to ``sink``.
+
+        The subscription is lossless: its events wait in the bus's bounded
+        buffer until ``sink.write`` accepts them, and ``publish`` waits when
+        the buffer is full. A write that raises is retried per ``retry``;
+        after the last retry the sink is declared failed (see :meth:`flush`).
+        The bus closes the sink when it closes.
+        """
+        return self._subscribe(sink, query, name=name, lossless=True, retry=retry,
+                               max_batch=max_batch)
+
+    def _subscribe(
+        self,
+        sink: Sink,
+        query: EventQuery | None,
+        *,
+        name: str | None,
+        lossless: bool,
+        retry: RetryPolicy | None,
+        max_batch: int | None,
+    ) -> Subscription:
+        if self._state in ("closing", "closed"):
+            raise BusClosedError("subscribe", self._state)
+        for method in ("write", "aclose"):
+            if not callable(getattr(sink, method, None)):
+                raise TypeError(
+                    f"{type(sink).__name__} is not a sink: it has no '{method}' method "
+                    "(a sink needs 'async def write(self, events)' and 'async def aclose(self)')"
+                )
+        if query is not None and not isinstance(query, EventQuery):
+            raise TypeError(f"query must be an EventQuery or None, got {type(query).__name__}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        sub = Subscription(
+            sink,
+            query,
+            name=name or sink_name(sink),
+            lossless=lossless,
+            retry=retry or self._retry,
+            max_batch=max_batch or self._max_batch,
+            cursor=self._head,
+        )
+        self._subs.append(sub)
+        self._active.append(sub)
+        if self._state == "running":
+            self._start(sub)
+        return sub
+
+    def _start(self, sub: Subscription) -> None:
+        assert self._tg is not None
+        sub._done = anyio.Event()
+        self._tg.start_soon(self._run, sub, name=f"eventbus sink {sub.name}")
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to a subscription and close its sink.
+
+        A write in progress finishes first; events not yet written to this
+        sink are not written to it. Use it to detach a failed sink, after
+        which :meth:`flush` no longer reports it.
+        """
+        if subscription not in self._subs:
+            raise ValueError(f"{subscription!r} is not subscribed to this bus")
+        subscription._removed = True
+        self._subs.remove(subscription)
+        self._deactivate(subscription)
+        if subscription._scope is not None and not subscription._writing:
+            subscription._scope.cancel()
+        self._wake_data()
+        if subscription._done is not None:
+            with anyio.CancelScope(shield=True):
+                await subscription._done.wait()
+        with anyio.CancelScope(shield=True):
+            await self._close_sinks([subscription])
+
+    @asynccontextmanager
+    async def listen(
+        self, query: EventQuery | None = None, *, buffer: int = 1000
+    ) -> AsyncIterator[Listener]:
+        """Iterate over live events matching ``query`` as they are published.
+
+        The listener holds at most ``buffer`` events; when it falls behind it
+        drops its oldest events and yields a :class:`Gap` saying how many.
+        The publisher never waits for a listener. Iteration ends when the bus
+        closes; leaving the block detaches the listener.
+        """
+        listener = Listener(buffer)
+        self._listener_count += 1
+        sub = self._subscribe(
+            listener,
+            query,
+            name=f"listener-{self._listener_count}",
+            lossless=False,
+            retry=RetryPolicy(retries=0),
+            max_batch=None,
+        )
+        try:
+            yield listener
+        finally:
+            if sub in self._subs:
+                await self.unsubscribe(sub)
+
+    # --- publishing ----------------------------------------------------------
+
+    def publish_nowait(self, event: Event) -> None:
+        """Publish ``event`` without waiting.
+
+        Raises :class:`BusFullError` (publishing nothing) when the buffer is
+        full, :class:`EventEncodeError` when the event cannot be encoded, and
+        :class:`BusClosedError` when the bus is not running. Once it returns,
+        the event will reach every subscription (lossless sinks: surely;
+        listeners: unless they drop it).
+        """
+        if self._state != "running":
+            raise BusClosedError("publish", self._state)
+        if type(event) is not Event:
+            _reject(event)
+        if self._head - self._floor >= self._capacity:
+            raise BusFullError(self._capacity)
+        self._append(event, encode_event(event))
+
+    async def publish(self, event: Event) -> None:
+        """Publish ``event``, waiting while the buffer is full (backpressure).
+
+        Returns once the event is accepted, without waiting for sinks (see
+        :meth:`flush`) and without yielding to other tasks unless it has to
+        wait. Raises like :meth:`publish_nowait`, but never
+        :class:`BusFullError`.
+        """
+        if self._state != "running":
+            raise BusClosedError("publish", self._state)
+        if type(event) is not Event:
+            _reject(event)
+        line = encode_event(event)
+        while self._head - self._floor >= self._capacity:
+            await self._wait_progress()
+            if self._state != "running":
+                raise BusClosedError("publish", self._state)
+        self._append(event, line)
+
+    def publish_threadsafe(self, event: Event) -> None:
+        """Publish from a thread other than the bus's event loop thread.
+
+        Blocks the calling thread until the event is accepted (waiting for
+        space like :meth:`publish`). Works from any thread, including ones
+        not started by anyio; raises :class:`EventBusError` if called from
+        the event loop's own thread, where it would deadlock.
+        """
+        if self._token is None or self._state != "running":
+            raise BusClosedError("publish", self._state)
+        if threading.get_ident() == self._loop_thread:
+            raise EventBusError(
+                "publish_threadsafe was called from the event loop thread, where it would "
+                "deadlock; use 'await bus.publish(event)' or 'bus.publish_nowait(event)'"
+            )
+        anyio.from_thread.run(self.publish, event, token=self._token)
+
+    def _append(self, event: Event, line: bytes) -> None:
+        self._published += 1
+        if self._active:
+            self._events.append(event)
+            self._lines.append(line)
+            self._head += 1
+            if self._data_waiting:
+                self._wake_data()
+        else:
+            self._head += 1
+            self._base = self._floor = self._head
+
+    async def flush(self) -> None:
+        """Wait until every event published before the call is handled by every
+        lossless sink (listeners are not waited for).
+
+        "Handled" means the sink's ``write`` returned for it (for a durable
+        sink: it is durable) or the query filtered it out. Raises
+        :class:`SinkFailedError` naming each failed sink still subscribed:
+        their events were not written to them.
+        """
+        target = self._head
+        while any(sub.lossless and sub._cursor < target for sub in self._active):
+            await self._wait_progress()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        failed = [sub for sub in self._subs if sub._failed]
+        if failed:
+            failures = [(sub.name, sub._error or EventBusError("unknown")) for sub in failed]
+            raise SinkFailedError(failures) from failures[0][1]
+
+    # --- introspection ---------------------------------------------------------
+
+    def stats(self) -> BusStats:
+        """Return a snapshot of the bus and of each subscription."""
+        subs = []
+        for sub in self._subs:
+            pending = 0 if sub._failed else self._head - sub._cursor
+            dropped = self._head - sub._cursor if sub._failed else 0
+            if isinstance(sub.sink, Listener):
+                dropped += sub.sink.missed
+            subs.append(
+                SubscriptionStats(
+                    name=sub.name,
+                    kind="sink" if sub.lossless else "listener",
+                    delivered=sub._delivered,
+                    pending=pending,
+                    dropped=dropped,
+                    retries=sub._retries,
+                    failed=sub._failed,
+                    error=repr(sub._error) if sub._error is not None else None,
+                )
+            )
+        return BusStats(
+            state=self._state,
+            published=self._published,
+            buffered=self._head - self._floor,
+            capacity=self._capacity,
+            lost=self._lost,
+            subscriptions=tuple(subs),
+        )
+
+    # --- delivery ------------------------------------------------------------------
+
+    async def _run(self, sub: Subscription) -> None:
+        assert sub._done is not None
+        try:
+            with anyio.CancelScope() as sub._scope:
+                await self._deliver_until_closed(sub)
+        finally:
+            sub._scope = None
+            sub._done.set()
+
+    async def _deliver_until_closed(self, sub: Subscription) -> None:
+        while not sub._removed:
+            if sub._cursor >= self._head:
+                if self._state == "closed":
+                    return
+                await self._wait_data()
+                continue
+            start = sub._cursor - self._base
+            stop = min(self._head - self._base, start + sub.max_batch)
+            batch = EventBatch(self._events[start:stop], self._lines[start:stop])
+            if sub.query is not None:
+                batch = batch.filter(sub.query.matches)
+            if batch and not await self._write(sub, batch):
+                return
+            sub._delivered += len(batch)
+            self._advance(sub, stop - start)
+
+    async def _write(self, sub: Subscription, batch: EventBatch) -> bool:
+        """Write ``batch`` to ``sub``'s sink with retries; False if it failed for good."""
+        delays = sub.retry.delays()
+        for attempt in range(len(delays) + 1):
+            sub._writing = True
+            try:
+                await sub.sink.write(batch)
+            except Exception as exc:
+                sub._error = exc
+                if attempt == len(delays) or sub._removed:
+                    self._fail(sub, exc, batch, attempts=attempt + 1)
+                    return False
+                logger.warning(
+                    "sink %r failed to write %d events (attempt %d, retrying in %ss): %r",
+                    sub.name, len(batch), attempt + 1, delays[attempt], exc,
+                )
+                sub._retries += 1
+            else:
+                return True
+            finally:
+                sub._writing = False
+            await anyio.sleep(delays[attempt])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _advance(self, sub: Subscription, count: int) -> None:
+        was_floor = sub._cursor == self._floor
+        sub._cursor += count
+        if was_floor:
+            self._update_floor()
+        if self._progress_waiting:
+            self._notify_progress()
+
+    def _deactivate(self, sub: Subscription) -> None:
+        if sub in self._active:
+            self._active.remove(sub)
+            self._update_floor()
+            self._notify_progress()
+
+    def _update_floor(self) -> None:
+        self._floor = min((sub._cursor for sub in self._active), default=self._head)
+        drop = self._floor - self._base
+        if drop and (drop >= _TRIM_THRESHOLD or drop == len(self._events)):
+            del self._events[:drop]
+            del self._lines[:drop]
+            self._base = self._floor
+
+    def _fail(self, sub: Subscription, exc: Exception, batch: EventBatch, attempts: int) -> None:
+        sub._failed = True
+        self._deactivate(sub)
+        logger.error(
+            "sink %r failed after %d attempts and receives no more events: %r",
+            sub.name, attempts, exc,
+        )
+        if sub._removed or self._state == "closed":
+            return
+        first = batch[0]
+        notice = Event(
+            event_type=EventType.ERROR,
+            session_id=first.session_id,
+            message=f"sink {sub.name!r} failed and stopped receiving events: {exc!r}",
+            phase=first.phase,
+            metadata={
+                "sink": sub.name,
+                "error_type": type(exc).__name__,
+                "error": str(exc),
+                "attempts": attempts,
+                "first_undelivered_id": first.id,
+            },
+            parent_id=None,
+        )
+        self._append(notice, encode_event(notice))
+
+    async def _wait_data(self) -> None:
+        assert self._data_ready is not None
+        ready = self._data_ready
+        self._data_waiting = True
+        await ready.wait()
+
+    def _wake_data(self) -> None:
+        ready = self._data_ready
+        if ready is not None:
+            self._data_waiting = False
+            self._data_ready = anyio.Event()
+            ready.set()
+
+    async def _wait_progress(self) -> None:
+        assert self._progress is not None
+        progress = self._progress
+        self._progress_waiting = True
+        await progress.wait()
+
+    def _notify_progress(self) -> None:
+        progress = self._progress
+        if progress is not None:
+            self._progress_waiting = False
+            self._progress = anyio.Event()
+            progress.set()
+
+
+def _reject(event: object) -> None:
+    if isinstance(event, Event):  # a subclass: fine
+        return
+    raise TypeError(f"publish takes an Event, got {type(event).__name__}")

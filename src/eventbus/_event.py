@@ -1,0 +1,251 @@
+"""The event model: :class:`EventType`, :class:`Event` and event ids."""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import functools
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ._errors import EventDecodeError
+
+__all__ = ["Event", "EventType", "current_parent_id", "new_event_id", "parent_scope"]
+
+
+class EventType(enum.StrEnum):
+    """Every kind of event the coordinator emits.
+
+    Members compare and hash equal to their string values. A value this
+    version does not know (written by a newer producer) becomes a pseudo-member
+    that keeps its string unchanged: ``EventType("new_kind").value ==
+    "new_kind"``, so unknown events load, query and re-encode unchanged.
+    """
+
+    # Phase transitions
+    PHASE_TRANSITION = "phase_transition"
+
+    # Session lifecycle
+    SESSION_STARTED = "session_started"
+    SESSION_COMPLETED = "session_completed"
+    SESSION_FAILED = "session_failed"
+    SESSION_ABORTED = "session_aborted"
+
+    # Task execution
+    TASK_SCHEDULED = "task_scheduled"
+    TASK_STARTED = "task_started"
+    TASK_COMPLETED = "task_completed"
+    TASK_FAILED = "task_failed"
+    TASK_RETRYING = "task_retrying"
+    TASK_SKIPPED = "task_skipped"
+
+    # Agent operations
+    AGENT_INVOKED = "agent_invoked"
+    AGENT_RESPONSE = "agent_response"
+    LLM_REQUEST_SENT = "llm_request_sent"
+    LLM_RESPONSE_RECEIVED = "llm_response_received"
+    MODEL_ROUTED = "model_routed"
+
+    # Gates and policies
+    GATE_EVALUATED = "gate_evaluated"
+    GATE_BLOCKED = "gate_blocked"
+    GATE_WARNED = "gate_warned"
+
+    # Workspace operations
+    DIFF_APPLIED = "diff_applied"
+    DIFF_FAILED = "diff_failed"
+    COMMAND_EXECUTED = "command_executed"
+
+    # Verification
+    VERIFICATION_STARTED = "verification_started"
+    VERIFICATION_PASSED = "verification_passed"
+    VERIFICATION_FAILED = "verification_failed"
+
+    # Artifacts
+    ARTIFACT_CREATED = "artifact_created"
+    ARTIFACT_UPDATED = "artifact_updated"
+
+    # Clarifications
+    CLARIFICATION_REQUESTED = "clarification_requested"
+    CLARIFICATION_ANSWERED = "clarification_answered"
+
+    # Generic
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def is_known(self) -> bool:
+        """``False`` for a type this version does not know (a newer producer's)."""
+        return self._name_ in type(self).__members__
+
+    @classmethod
+    def _missing_(cls, value: object) -> EventType | None:
+        if not isinstance(value, str) or not value:
+            return None
+        member = _unknown_types.get(value)
+        if member is None:
+            member = str.__new__(cls, value)
+            member._name_ = value.upper()
+            member._value_ = value
+            if len(_unknown_types) < _MAX_CACHED_UNKNOWN_TYPES:
+                _unknown_types[value] = member
+        return member
+
+
+_MAX_CACHED_UNKNOWN_TYPES = 1024
+_unknown_types: dict[str, EventType] = {}
+
+
+# --- Event ids ------------------------------------------------------------
+#
+# UUIDv7 layout (RFC 9562) written as 32 hex digits: 48 bits of Unix
+# milliseconds, the version nibble 7, 12 random bits fixed per process, the
+# variant bits 10, 30 random bits fixed per process and a 32-bit counter.
+# Ids sort by creation time across processes, and strictly by creation order
+# within one process (the millisecond never steps back; the counter breaks
+# ties). The random part (42 bits per process) keeps processes apart.
+
+_counter = itertools.count()
+_time_ns = time.time_ns
+_process_bits = int.from_bytes(os.urandom(6), "big")
+_version_and_rand_a = 0x7000 | (_process_bits >> 30) & 0xFFF
+_variant_and_node = (0b10 << 62) | ((_process_bits & 0x3FFFFFFF) << 32)
+_id_state: list[Any] = [-1, ""]  # [millisecond, id prefix for that millisecond]
+
+
+def _reseed_after_fork() -> None:
+    global _process_bits, _version_and_rand_a, _variant_and_node
+    _process_bits = int.from_bytes(os.urandom(6), "big")
+    _version_and_rand_a = 0x7000 | (_process_bits >> 30) & 0xFFF
+    _variant_and_node = (0b10 << 62) | ((_process_bits & 0x3FFFFFFF) << 32)
+    _id_state[0] = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+def new_event_id() -> str:
+    """Return a new unique, time-sortable event id (a UUIDv7 as 32 hex digits)."""
+    state = _id_state
+    ms = _time_ns() // 1_000_000
+    if ms > state[0]:
+        state[0] = ms
+        state[1] = f"{ms:012x}{_version_and_rand_a:04x}"
+    return state[1] + f"{_variant_and_node | (next(_counter) & 0xFFFFFFFF):016x}"
+
+
+# --- Causality --------------------------------------------------------------
+
+_parent_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventbus_parent_id", default=None
+)
+
+
+def current_parent_id() -> str | None:
+    """Return the id that events created now get as ``parent_id`` by default."""
+    return _parent_id.get()
+
+
+@contextmanager
+def parent_scope(parent_id: str | None) -> Iterator[None]:
+    """Make events created inside the block default to ``parent_id``.
+
+    Scopes nest and follow ``contextvars`` rules, so they are safe across
+    tasks: a task started inside the block inherits the parent.
+    """
+    token = _parent_id.set(parent_id)
+    try:
+        yield
+    finally:
+        _parent_id.reset(token)
+
+
+_utc_now = functools.partial(datetime.now, UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One structured event: what happened, when, in which session and where.
+
+    ``Event(event_type=..., session_id=..., message=...)`` is complete:
+    ``timestamp`` defaults to now (UTC), ``id`` to a new UUIDv7, and
+    ``parent_id`` to the enclosing :func:`parent_scope`. A naive timestamp is
+    taken as UTC; an aware one is converted to UTC. ``metadata`` must hold
+    JSON values (checked when the event is published). Events are immutable:
+    do not mutate ``metadata`` after publishing.
+    """
+
+    event_type: EventType
+    session_id: str
+    message: str
+    timestamp: datetime = msgspec.field(default_factory=_utc_now)
+    phase: str | None = None
+    task_id: str | None = None
+    agent_role: str | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str = msgspec.field(default_factory=new_event_id)
+    parent_id: str | None = msgspec.field(default_factory=_parent_id.get)
+
+    def __post_init__(self) -> None:
+        timestamp = self.timestamp
+        if timestamp.tzinfo is not UTC:
+            if not isinstance(timestamp, datetime):
+                raise EventDecodeError(
+                    f"timestamp must be a datetime, got {type(timestamp).__name__}"
+                )
+            timestamp = (
+                timestamp.replace(tzinfo=UTC)
+                if timestamp.tzinfo is None
+                else timestamp.astimezone(UTC)
+            )
+            msgspec.structs.force_setattr(self, "timestamp", timestamp)
+        if type(self.event_type) is not EventType:
+            try:
+                event_type = EventType(self.event_type)
+            except ValueError:
+                raise EventDecodeError(
+                    f"event_type must be a non-empty string, got {self.event_type!r}"
+                ) from None
+            msgspec.structs.force_setattr(self, "event_type", event_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as a dict of JSON values (the seed's shape, plus ids).
+
+        ``timestamp`` is an ISO 8601 string with its UTC offset.
+        """
+        return {
+            "event_type": self.event_type.value,
+            "timestamp": self.timestamp.isoformat(),
+            "session_id": self.session_id,
+            "message": self.message,
+            "phase": self.phase,
+            "task_id": self.task_id,
+            "agent_role": self.agent_role,
+            "model": self.model,
+            "metadata": self.metadata,
+            "id": self.id,
+            "parent_id": self.parent_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        """Build an event from :meth:`to_dict`'s shape (or the seed's, without ids).
+
+        A dict without ``id`` gets a new one. Raises :class:`EventDecodeError`
+        naming the bad field when the dict does not describe an event.
+        """
+        if "parent_id" not in data:
+            data = {**data, "parent_id": None}  # never inherit a parent when loading
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise EventDecodeError(str(exc)) from exc

@@ -1,0 +1,105 @@
+"""Live listeners: lossy, bounded views of the bus for dashboards and streams."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import msgspec
+
+from ._event import Event
+
+__all__ = ["Gap", "Listener"]
+
+
+class Gap(msgspec.Struct, frozen=True):
+    """Yielded by a :class:`Listener` in place of events it had to drop.
+
+    ``missed`` events that matched the listener's query were published at
+    this point in the stream but dropped because the listener's buffer was
+    full (drop-oldest).
+    """
+
+    missed: int
+
+
+class Listener(AsyncIterator["Event | Gap"]):
+    """An async iterator over live events, returned by ``EventBus.listen``.
+
+    Holds at most ``buffer`` events; when a new event arrives at a full
+    buffer the oldest is dropped and the next item yielded is a :class:`Gap`
+    saying how many were dropped. The publisher never waits for a listener.
+    Iteration ends when the bus closes (after the buffered events).
+    """
+
+    def __init__(self, buffer: int) -> None:
+        if buffer < 1:
+            raise ValueError(f"a listener's buffer must hold at least 1 event, got {buffer}")
+        self._buffer: deque[Event] = deque(maxlen=buffer)
+        self._pending_gap = 0
+        self._missed = 0
+        self._received = 0
+        self._closed = False
+        self._ready: anyio.Event | None = None
+
+    @property
+    def missed(self) -> int:
+        """Total number of events dropped for this listener so far."""
+        return self._missed
+
+    @property
+    def received(self) -> int:
+        """Total number of events that reached this listener's buffer."""
+        return self._received
+
+    # The bus-facing side: a sink whose write never waits.
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Buffer a batch, dropping the oldest events beyond the buffer's size."""
+        buffer = self._buffer
+        overflow = len(buffer) + len(events) - (buffer.maxlen or 0)
+        if overflow > 0:
+            self._pending_gap += overflow
+            self._missed += overflow
+        buffer.extend(events)
+        self._received += len(events)
+        self._wake()
+
+    async def aclose(self) -> None:
+        """End iteration once the buffered events have been consumed."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
+            self._ready = None
+
+    # The consumer side.
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Event | Gap:
+        while True:
+            if self._pending_gap:
+                missed, self._pending_gap = self._pending_gap, 0
+                return Gap(missed)
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            if self._ready is None:
+                self._ready = anyio.Event()
+            await self._ready.wait()
+
+    def get_nowait(self) -> list[Event | Gap]:
+        """Return everything buffered now (gap first, if any) without waiting."""
+        items: list[Event | Gap] = []
+        if self._pending_gap:
+            items.append(Gap(self._pending_gap))
+            self._pending_gap = 0
+        items.extend(self._buffer)
+        self._buffer.clear()
+        return items
