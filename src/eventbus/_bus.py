@@ -59,7 +59,9 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if not (self.initial_delay >= 0 and math.isfinite(self.initial_delay)):
-            raise ValueError(f"initial_delay must be a finite number >= 0, got {self.initial_delay}")
+            raise ValueError(
+                f"initial_delay must be a finite number >= 0, got {self.initial_delay}"
+            )
         if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
         if not self.max_delay >= self.initial_delay:
@@ -269,16 +271,16 @@ class EventBus:
         finally:
             self._state = "closed"
             if not drained:
-                self._lost = sum(
-                    self._head - sub._cursor for sub in self._active if sub.lossless
-                )
+                self._lost = sum(self._head - sub._cursor for sub in self._active if sub.lossless)
                 logger.error(
                     "event bus closed before its sinks were drained: %d events lost", self._lost
                 )
             self._wake_data()
             self._notify_progress()
             if not drained:
-                self._tg.cancel_scope.cancel()
+                for sub in self._subs:
+                    if sub._scope is not None:
+                        sub._scope.cancel()
             try:
                 await self._tg.__aexit__(None, None, None)
             finally:
@@ -327,8 +329,9 @@ class EventBus:
         after the last retry the sink is declared failed (see :meth:`flush`).
         The bus closes the sink when it closes.
         """
-        return self._subscribe(sink, query, name=name, lossless=True, retry=retry,
-                               max_batch=max_batch)
+        return self._subscribe(
+            sink, query, name=name, lossless=True, retry=retry, max_batch=max_batch
+        )
 
     def _subscribe(
         self,
@@ -401,8 +404,8 @@ class EventBus:
 
         The listener holds at most ``buffer`` events; when it falls behind it
         drops its oldest events and yields a :class:`Gap` saying how many.
-        The publisher never waits for a listener. Iteration ends when the bus
-        closes; leaving the block detaches the listener.
+        The publisher never waits for a listener. Leaving the block detaches
+        the listener and ends its iteration (after what it had buffered).
         """
         listener = Listener(buffer)
         self._listener_count += 1
@@ -543,7 +546,9 @@ class EventBus:
     async def _run(self, sub: Subscription) -> None:
         assert sub._done is not None
         try:
-            with anyio.CancelScope() as sub._scope:
+            # Shielded: cancelling the code around the bus must not interrupt
+            # delivery; the bus itself cancels this scope when it gives up.
+            with anyio.CancelScope(shield=True) as sub._scope:
                 await self._deliver_until_closed(sub)
         finally:
             sub._scope = None
@@ -580,7 +585,11 @@ class EventBus:
                     return False
                 logger.warning(
                     "sink %r failed to write %d events (attempt %d, retrying in %ss): %r",
-                    sub.name, len(batch), attempt + 1, delays[attempt], exc,
+                    sub.name,
+                    len(batch),
+                    attempt + 1,
+                    delays[attempt],
+                    exc,
                 )
                 sub._retries += 1
             else:
@@ -617,7 +626,9 @@ class EventBus:
         self._deactivate(sub)
         logger.error(
             "sink %r failed after %d attempts and receives no more events: %r",
-            sub.name, attempts, exc,
+            sub.name,
+            attempts,
+            exc,
         )
         if sub._removed or self._state == "closed":
             return

@@ -140,7 +140,8 @@ def new_event_id() -> str:
     if ms > state[0]:
         state[0] = ms
         state[1] = f"{ms:012x}{_version_and_rand_a:04x}"
-    return state[1] + f"{_variant_and_node | (next(_counter) & 0xFFFFFFFF):016x}"
+    prefix: str = state[1]
+    return prefix + f"{_variant_and_node | (next(_counter) & 0xFFFFFFFF):016x}"
 
 
 # --- Causality --------------------------------------------------------------

@@ -30,7 +30,8 @@ class Listener(AsyncIterator["Event | Gap"]):
     Holds at most ``buffer`` events; when a new event arrives at a full
     buffer the oldest is dropped and the next item yielded is a :class:`Gap`
     saying how many were dropped. The publisher never waits for a listener.
-    Iteration ends when the bus closes (after the buffered events).
+    Iteration ends, after the buffered events, when the ``listen`` block is
+    left or the bus closes.
     """
 
     def __init__(self, buffer: int) -> None:

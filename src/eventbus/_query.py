@@ -49,6 +49,8 @@ class EventQuery:
     model: str | None
     start_time: datetime | None
     end_time: datetime | None
+    _types: frozenset[EventType] | None
+    _equals: tuple[tuple[str, str], ...]
 
     def __init__(
         self,
