@@ -173,7 +173,7 @@ def parent_scope(parent_id: str | None) -> Iterator[None]:
 _utc_now = functools.partial(datetime.now, UTC)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One structured event: what happened, when, in which session and where.
 
     ``Event(event_type=..., session_id=..., message=...)`` is complete:
@@ -181,7 +181,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     ``parent_id`` to the enclosing :func:`parent_scope`. A naive timestamp is
     taken as UTC; an aware one is converted to UTC. ``metadata`` must hold
     JSON values (checked when the event is published). Events are immutable:
-    do not mutate ``metadata`` after publishing.
+    do not mutate ``metadata`` after publishing. For speed, events are not
+    tracked by the cyclic garbage collector (``gc=False``): never put an event
+    inside its own metadata.
     """
 
     event_type: EventType

@@ -1,0 +1,368 @@
+"""Publishing throughput and latency: the bus against the seed, a floor and peers.
+
+Run: ``python benchmarks/bench_bus.py [--events N]``. Every figure comes from
+the same process and run, so the ratios compare like with like:
+
+- ``naive``: the seed's path: a dataclass event, and ``EventLog.append``
+  opening the file, ``json.dumps``-ing one event and closing per append, plus
+  an in-memory list.
+- ``floor``: no bus: the same events as a lean msgspec Struct with a counter
+  id, batch-encoded with ``encode_lines`` and written with one ``write`` per
+  1024 events, kept in a list. CPython's limit for this work.
+- ``bus awaited``: ``Event(...)`` plus ``await bus.publish`` per event, three
+  subscribers: a JSONL file sink, a memory sink, a listener.
+- ``bus bursts``: the same with ``publish_nowait`` in bursts of 1000, the
+  coordinator yielding between bursts.
+- peers: pyee (async handler), structlog to a JSON file, bubus (awaited dispatch).
+
+Then the publish latency with a listener that never reads, measured per call
+in the first and second half of a long run: it must not grow with the stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.lowlevel import checkpoint
+
+from eventbus import Event, EventBus, EventType, MemorySink, encode_jsonl
+
+SESSION = "sess-0001"
+MODELS = ["gpt-4o", "claude-sonnet", "llama-70b"]
+ROLES = ["planner", "coder", "reviewer", "tester"]
+
+
+def fields_for(i: int) -> dict[str, Any]:
+    """The content of the i-th event: the same for every contender."""
+    prompt = 100 + i % 900
+    return {
+        "session_id": SESSION,
+        "message": f"LLM response from {MODELS[i % 3]} for {ROLES[i % 4]}",
+        "phase": "EXECUTION",
+        "task_id": f"task-{i % 50:03d}",
+        "agent_role": ROLES[i % 4],
+        "model": MODELS[i % 3],
+        "metadata": {"prompt_tokens": prompt, "completion_tokens": 2 * prompt,
+                     "total_tokens": 3 * prompt},
+    }  # fmt: skip
+
+
+# --- the seed's naive path ---------------------------------------------------
+
+
+@dataclass
+class SeedEvent:
+    event_type: str
+    timestamp: datetime
+    session_id: str
+    message: str
+    phase: str | None = None
+    task_id: str | None = None
+    agent_role: str | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type,
+            "timestamp": self.timestamp.isoformat(),
+            "session_id": self.session_id,
+            "message": self.message,
+            "phase": self.phase,
+            "task_id": self.task_id,
+            "agent_role": self.agent_role,
+            "model": self.model,
+            "metadata": self.metadata,
+        }
+
+
+class SeedEventLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[SeedEvent] = []
+
+    def append(self, event: SeedEvent) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event.to_dict()) + "\n")
+        self.events.append(event)
+
+
+def run_naive(n: int, tmp: Path) -> float:
+    log = SeedEventLog(tmp / "naive.jsonl")
+    contents = [fields_for(i) for i in range(n)]
+    start = time.perf_counter()
+    for content in contents:
+        log.append(
+            SeedEvent(
+                event_type="llm_response_received",
+                timestamp=datetime.utcnow(),  # the seed's call
+                **content,
+            )
+        )
+    return time.perf_counter() - start
+
+
+# --- the floor ------------------------------------------------------------------
+
+
+class LeanEvent(msgspec.Struct, frozen=True, kw_only=True):
+    event_type: str
+    session_id: str
+    message: str
+    id: int
+    phase: str | None = None
+    task_id: str | None = None
+    agent_role: str | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+def run_floor(n: int, tmp: Path) -> float:
+    encoder = msgspec.json.Encoder()
+    counter = itertools.count()
+    kept: list[LeanEvent] = []
+    pending: list[LeanEvent] = []
+    contents = [fields_for(i) for i in range(n)]
+    start = time.perf_counter()
+    with open(tmp / "floor.jsonl", "wb") as f:
+        for content in contents:
+            event = LeanEvent(event_type="llm_response_received", id=next(counter), **content)
+            kept.append(event)
+            pending.append(event)
+            if len(pending) == 1024:
+                f.write(encoder.encode_lines(pending))
+                pending.clear()
+        f.write(encoder.encode_lines(pending))
+    return time.perf_counter() - start
+
+
+# --- the bus ----------------------------------------------------------------------
+
+
+class FileSink:
+    """A JSONL-writing sink: one write per batch, the bus's encoding reused."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed in aclose)
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self._file.write(encode_jsonl(events))
+
+    async def aclose(self) -> None:
+        self._file.close()
+
+
+async def run_bus(n: int, tmp: Path, *, bursts: bool) -> float:
+    contents = [fields_for(i) for i in range(n)]
+    info = EventType.LLM_RESPONSE_RECEIVED
+    memory = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(FileSink(tmp / "bus.jsonl"))
+        bus.subscribe(memory)
+        async with bus.listen(buffer=1000):
+            start = time.perf_counter()
+            if bursts:
+                publish_nowait = bus.publish_nowait
+                for offset in range(0, n, 1000):
+                    for content in contents[offset : offset + 1000]:
+                        publish_nowait(Event(event_type=info, **content))
+                    await checkpoint()
+            else:
+                publish = bus.publish
+                for content in contents:
+                    await publish(Event(event_type=info, **content))
+            await bus.flush()
+            elapsed = time.perf_counter() - start
+    assert len(memory.events) == n
+    return elapsed
+
+
+# --- peers --------------------------------------------------------------------------
+
+
+async def run_pyee(n: int) -> float:
+    from pyee.asyncio import AsyncIOEventEmitter
+
+    emitter = AsyncIOEventEmitter()
+    received: list[Event] = []
+    done = asyncio.Event()
+
+    @emitter.on("event")
+    async def handler(event: Event) -> None:
+        received.append(event)
+        if len(received) == n:
+            done.set()
+
+    contents = [fields_for(i) for i in range(n)]
+    start = time.perf_counter()
+    for content in contents:
+        emitter.emit("event", Event(event_type=EventType.LLM_RESPONSE_RECEIVED, **content))
+        await asyncio.sleep(0)
+    await done.wait()
+    return time.perf_counter() - start
+
+
+def run_structlog(n: int, tmp: Path) -> float:
+    import structlog
+
+    with open(tmp / "structlog.jsonl", "w") as f:
+        logger = structlog.wrap_logger(
+            structlog.PrintLogger(f),
+            processors=[structlog.processors.TimeStamper(fmt="iso"),
+                        structlog.processors.JSONRenderer()],
+        )  # fmt: skip
+        contents = [fields_for(i) for i in range(n)]
+        start = time.perf_counter()
+        for content in contents:
+            logger.info("llm_response_received", **content)
+        return time.perf_counter() - start
+
+
+async def run_bubus(n: int) -> float:
+    from bubus import BaseEvent
+    from bubus import EventBus as BubusBus
+
+    class LLMResponse(BaseEvent[None]):  # type: ignore[misc]
+        session_id: str
+        message: str
+        phase: str | None = None
+        task_id: str | None = None
+        agent_role: str | None = None
+        model: str | None = None
+        metadata: dict[str, Any] | None = None
+
+    bus = BubusBus(max_history_size=100)
+    received = 0
+
+    async def handler(event: LLMResponse) -> None:
+        nonlocal received
+        received += 1
+
+    bus.on(LLMResponse, handler)
+    contents = [fields_for(i) for i in range(n)]
+    start = time.perf_counter()
+    for content in contents:
+        await bus.dispatch(LLMResponse(**content))
+    await bus.wait_until_idle()
+    elapsed = time.perf_counter() - start
+    await bus.stop()
+    return elapsed
+
+
+# --- latency --------------------------------------------------------------------------
+
+
+class CountingSink:
+    """An in-memory sink that keeps a count, so the heap does not grow during the run."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.count += len(events)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def publish_latencies(n: int, tmp: Path, *, stalled_listener: bool) -> list[int]:
+    """Per-call publish latency (ns), optionally with a listener that never reads."""
+    contents = [fields_for(i) for i in range(n)]
+    latencies: list[int] = []
+    clock = time.perf_counter_ns
+    async with EventBus() as bus:
+        bus.subscribe(FileSink(tmp / "latency.jsonl"))
+        bus.subscribe(CountingSink())
+        async with AsyncExitStack() as stack:
+            if stalled_listener:  # never read: it stalls for the whole run
+                await stack.enter_async_context(bus.listen(buffer=1000))
+            for i, content in enumerate(contents):
+                event = Event(event_type=EventType.LLM_RESPONSE_RECEIVED, **content)
+                before = clock()
+                await bus.publish(event)
+                latencies.append(clock() - before)
+                if i % 10 == 9:
+                    await checkpoint()  # a coordinator awaits its own work between events
+    return latencies
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--peer-events", type=int, default=20_000)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    args = parser.parse_args()
+    n, peer_n = args.events, args.peer_events
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        rates: dict[str, float] = {}
+        rates["naive (seed EventLog)"] = n / run_naive(n, tmp)
+        rates["floor (lean Struct, encode_lines)"] = n / run_floor(n, tmp)
+        rates["bus awaited publish, 3 subscribers"] = n / anyio.run(
+            lambda: run_bus(n, tmp, bursts=False), backend=args.backend
+        )
+        rates["bus publish_nowait bursts, 3 subscribers"] = n / anyio.run(
+            lambda: run_bus(n, tmp, bursts=True), backend=args.backend
+        )
+        rates["pyee, async handler"] = peer_n / asyncio.run(run_pyee(peer_n))
+        rates["structlog to a JSON file"] = peer_n / run_structlog(peer_n, tmp)
+        try:
+            rates["bubus, awaited dispatch"] = min(peer_n, 5000) / asyncio.run(
+                run_bubus(min(peer_n, 5000))
+            )
+        except ImportError:
+            print("(bubus not installed: pip install bubus to include it)")
+
+        naive = rates["naive (seed EventLog)"]
+        floor = rates["floor (lean Struct, encode_lines)"]
+        print(f"\nthroughput, {n} events ({peer_n} for peers), backend {args.backend}")
+        print(f"{'contender':<44}{'events/s':>12}{'x naive':>10}{'x floor':>10}")
+        for name, rate in rates.items():
+            print(f"{name:<44}{rate:>12,.0f}{rate / naive:>10.2f}{rate / floor:>10.2f}")
+
+        print("\npublish latency (us); the coordinator yields every 10 events")
+        print(f"{'run':<42}{'p50':>8}{'p99':>8}{'max':>9}")
+        for stalled in (False, True):
+            latencies = anyio.run(
+                lambda: publish_latencies(n, tmp, stalled_listener=stalled),  # noqa: B023
+                backend=args.backend,
+            )
+            half = len(latencies) // 2
+            for label, part in (
+                ("first half", latencies[:half]),
+                ("second half", latencies[half:]),
+            ):
+                name = f"{'stalled listener' if stalled else 'no listener'}, {label}"
+                print(
+                    f"{name:<42}{percentile(part, 0.5):>8.2f}{percentile(part, 0.99):>8.2f}"
+                    f"{max(part) / 1000:>9.1f}"
+                )
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()
