@@ -22,6 +22,7 @@ from eventbus import (
     EventEncodeError,
     EventQuery,
     EventType,
+    InvalidNameError,
     MemorySink,
     RetryPolicy,
     SinkFailedError,
@@ -292,6 +293,22 @@ class TestIsolation:
             await bus.publish(ev(1))
             assert bus.stats().published == 1
         assert [e.message for e in sink.events] == ["1"]
+
+    @pytest.mark.parametrize("session_id", ["../etc", "a/b", "", ".hidden", "x\x00"])
+    async def test_session_id_that_cannot_name_a_directory_is_refused(
+        self, session_id: str
+    ) -> None:
+        """A path-escaping session id raises at publish; no sink ever sees it."""
+        sink = MemorySink()
+        async with EventBus() as bus:
+            bus.subscribe(sink)
+            bad = Event(event_type=EventType.INFO, session_id=session_id, message="m")
+            with pytest.raises(InvalidNameError, match="invalid session id"):
+                await bus.publish(bad)
+            with pytest.raises(InvalidNameError, match="invalid session id"):
+                bus.publish_nowait(bad)
+            await bus.publish(ev(1))
+        assert [e.session_id for e in sink.events] == ["s1"]
 
     async def test_non_event_is_refused(self) -> None:
         """publish takes Events only."""

@@ -39,6 +39,7 @@ from ._helpers import (
     create_verification_event,
 )
 from ._listen import Gap, Listener
+from ._names import InvalidNameError, is_valid_name, validate_name, validate_session_id
 from ._query import EventQuery, as_utc
 from ._sink import MemorySink, Sink
 
@@ -55,6 +56,7 @@ __all__ = [
     "EventQuery",
     "EventType",
     "Gap",
+    "InvalidNameError",
     "Listener",
     "MemorySink",
     "RetryPolicy",
@@ -82,8 +84,11 @@ __all__ = [
     "encode_event",
     "encode_jsonl",
     "encoded_lines",
+    "is_valid_name",
     "new_event_id",
     "parent_scope",
+    "validate_name",
+    "validate_session_id",
 ]
 
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ from ._codec import EventBatch, encode_event
 from ._errors import BusClosedError, BusFullError, EventBusError, SinkFailedError
 from ._event import Event, EventType
 from ._listen import Listener
+from ._names import validate_session_id
 from ._query import EventQuery
 from ._sink import Sink, sink_name
 
@@ -39,6 +40,7 @@ logger = logging.getLogger("eventbus")
 
 _State = Literal["new", "running", "closing", "closed"]
 _TRIM_THRESHOLD = 4096
+_MAX_REMEMBERED_SESSIONS = 4096
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -221,6 +223,7 @@ class EventBus:
         self._floor = 0
         self._published = 0
         self._lost = 0
+        self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
         self._active: list[Subscription] = []
         self._listener_count = 0
@@ -429,8 +432,10 @@ class EventBus:
         """Publish ``event`` without waiting.
 
         Raises :class:`BusFullError` (publishing nothing) when the buffer is
-        full, :class:`EventEncodeError` when the event cannot be encoded, and
-        :class:`BusClosedError` when the bus is not running. Once it returns,
+        full, :class:`EventEncodeError` when the event cannot be encoded,
+        :class:`InvalidNameError` when its session id cannot name a directory
+        (see :func:`validate_session_id`), and :class:`BusClosedError` when
+        the bus is not running. Once it returns,
         the event will reach every subscription (lossless sinks: surely;
         listeners: unless they drop it).
         """
@@ -438,6 +443,8 @@ class EventBus:
             raise BusClosedError("publish", self._state)
         if type(event) is not Event:
             _reject(event)
+        if event.session_id not in self._valid_sessions:
+            self._check_session(event.session_id)
         if self._head - self._floor >= self._capacity:
             raise BusFullError(self._capacity)
         self._append(event, encode_event(event))
@@ -454,6 +461,8 @@ class EventBus:
             raise BusClosedError("publish", self._state)
         if type(event) is not Event:
             _reject(event)
+        if event.session_id not in self._valid_sessions:
+            self._check_session(event.session_id)
         line = encode_event(event)
         while self._head - self._floor >= self._capacity:
             await self._wait_progress()
@@ -477,6 +486,12 @@ class EventBus:
                 "deadlock; use 'await bus.publish(event)' or 'bus.publish_nowait(event)'"
             )
         anyio.from_thread.run(self.publish, event, token=self._token)
+
+    def _check_session(self, session_id: str) -> None:
+        validate_session_id(session_id)
+        if len(self._valid_sessions) >= _MAX_REMEMBERED_SESSIONS:
+            self._valid_sessions.clear()
+        self._valid_sessions.add(session_id)
 
     def _append(self, event: Event, line: bytes) -> None:
         self._published += 1

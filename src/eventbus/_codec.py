@@ -77,7 +77,7 @@ def _find_unencodable(value: Any, path: str) -> tuple[str, str]:
     return "", ""
 
 
-def decode_event(data: bytes | str) -> Event:
+def decode_event(data: bytes | bytearray | memoryview | str) -> Event:
     """Decode one JSON line into an :class:`Event`.
 
     An unknown ``event_type`` is kept (see :class:`EventType`). Raises
@@ -91,7 +91,7 @@ def decode_event(data: bytes | str) -> Event:
         raise EventDecodeError(str(exc)) from exc
 
 
-def decode_events(data: bytes) -> list[Event]:
+def decode_events(data: bytes | bytearray | memoryview) -> list[Event]:
     """Decode newline-delimited JSON (every line complete and valid) into events.
 
     Fast path for whole chunks of a log; raises :class:`EventDecodeError` on

@@ -1,3 +1,59 @@
-"""sinks: where the bus's events go (JSONL logs, artifacts, query index, NATS)."""
+"""sinks: where the bus's events go.
 
-__all__: list[str] = []
+- :mod:`sinks.jsonl`: ``EventLog`` (one session's append-only JSONL file, the
+  seed's API) and ``JsonlSink`` (routes every session to
+  ``{workspace}/{session_id}/events.jsonl``).
+- :mod:`sinks.artifacts`: ``ArtifactStore``, ``SessionArtifactQuery`` and
+  ``ArtifactSink`` (artifacts and a live ``run_summary`` per session).
+
+Every sink follows :class:`eventbus.Sink`; this package imports ``eventbus``,
+never the reverse.
+"""
+
+from .artifacts import (
+    ARTIFACTS_DIR,
+    RUN_SUMMARY_KEY,
+    ArtifactEncodeError,
+    ArtifactSink,
+    ArtifactStore,
+    CorruptArtifactError,
+    RunSummary,
+    SessionArtifactQuery,
+    SessionInfo,
+    SessionSummary,
+)
+from .jsonl import (
+    LOG_FILE_NAME,
+    CorruptLogError,
+    Durability,
+    EventLog,
+    JsonlSink,
+    JsonlSinkStats,
+    LogLockedError,
+    RecoveryReport,
+    WrittenCallback,
+    iter_log,
+)
+
+__all__ = [
+    "ARTIFACTS_DIR",
+    "LOG_FILE_NAME",
+    "RUN_SUMMARY_KEY",
+    "ArtifactEncodeError",
+    "ArtifactSink",
+    "ArtifactStore",
+    "CorruptArtifactError",
+    "CorruptLogError",
+    "Durability",
+    "EventLog",
+    "JsonlSink",
+    "JsonlSinkStats",
+    "LogLockedError",
+    "RecoveryReport",
+    "RunSummary",
+    "SessionArtifactQuery",
+    "SessionInfo",
+    "SessionSummary",
+    "WrittenCallback",
+    "iter_log",
+]

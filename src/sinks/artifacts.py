@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import os
 import secrets
@@ -57,7 +56,15 @@ from typing import Any, NotRequired, TypedDict, cast
 import anyio.to_thread
 import msgspec
 
-from eventbus import Event, EventBusError, EventType, as_utc
+from eventbus import (
+    Event,
+    EventBusError,
+    EventType,
+    InvalidNameError,
+    as_utc,
+    is_valid_name,
+    validate_name,
+)
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -66,7 +73,6 @@ __all__ = [
     "ArtifactSink",
     "ArtifactStore",
     "CorruptArtifactError",
-    "InvalidNameError",
     "RunSummary",
     "SessionArtifactQuery",
     "SessionInfo",
@@ -81,40 +87,13 @@ RUN_SUMMARY_KEY = "run_summary"
 """The key of the :class:`RunSummary` artifact that :class:`ArtifactSink` keeps."""
 _SUFFIX = ".json"
 _TEMP_SUFFIX = ".tmp"
-_MAX_NAME_BYTES = 255
 _FIRST_LINE_LIMIT = 64 * 1024
-_WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
-)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
 # --- errors -------------------------------------------------------------------------
-
-
-class InvalidNameError(EventBusError, ValueError):
-    """Raised when an artifact key or a session id cannot safely name a file.
-
-    A name is valid when it is one file name: not empty, no ``/`` or ``\\``,
-    no ``..``, no leading or trailing dot, printable characters only, no
-    leading or trailing whitespace, not a Windows device name (``CON``, ``NUL``, ...),
-    and at most 255 bytes in UTF-8 (with ``.json`` for a key).
-    """
-
-    def __init__(self, kind: str, name: str, reason: str) -> None:
-        self.kind = kind
-        self.name = name
-        self.reason = reason
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        super().__init__(
-            f"invalid {kind} {shown!r}: {reason}; use a single file name "
-            "(no path separators, no '..', no leading or trailing dot, printable characters, "
-            f"at most {_MAX_NAME_BYTES} bytes)"
-        )
 
 
 class CorruptArtifactError(EventBusError, ValueError):
@@ -145,48 +124,8 @@ class ArtifactEncodeError(EventBusError, TypeError):
 # --- names --------------------------------------------------------------------------
 
 
-def _name_problem(name: str, suffix: str) -> str | None:
-    """Return why ``name`` (stored as ``name + suffix``) is not a safe file name, or None."""
-    if len(name) > _MAX_NAME_BYTES:  # too long whatever else: never cache huge strings
-        size = len(name.encode("utf-8", "replace")) + len(suffix)
-        return f"is {size} bytes long as a file name; the limit is {_MAX_NAME_BYTES}"
-    return _short_name_problem(name, suffix)
-
-
-@functools.lru_cache(maxsize=4096)
-def _short_name_problem(name: str, suffix: str) -> str | None:
-    if not name:
-        return "it is empty"
-    if ".." in name:
-        return "contains '..'"
-    if "/" in name:
-        return "contains '/'"
-    if "\\" in name:
-        return "contains '\\'"
-    if name[0] == ".":
-        return "starts with '.'"
-    if name[-1] == ".":
-        return "ends with '.'"
-    if not name.isprintable():
-        bad = next(char for char in name if not char.isprintable())
-        return f"contains the non-printable character {bad!r}"
-    if name != name.strip():
-        return "starts or ends with whitespace"
-    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        return "is a reserved device name on Windows"
-    size = len(name.encode()) + len(suffix)
-    if size > _MAX_NAME_BYTES:
-        return f"is {size} bytes long as a file name; the limit is {_MAX_NAME_BYTES}"
-    return None
-
-
 def _check_name(name: str, kind: str, suffix: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a {kind} must be a str, got {type(name).__name__}")
-    problem = _name_problem(name, suffix)
-    if problem is not None:
-        raise InvalidNameError(kind, name, problem)
-    return name
+    return validate_name(name, kind, suffix)
 
 
 def _check_key(key: str) -> str:
@@ -285,7 +224,7 @@ def _list_keys(directory: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     keys = [name[: -len(_SUFFIX)] for name in names]
-    keys = [key for key in keys if _name_problem(key, _SUFFIX) is None]
+    keys = [key for key in keys if is_valid_name(key, _SUFFIX)]
     keys.sort()
     return keys
 
@@ -586,7 +525,7 @@ class SessionArtifactQuery:
                 names = [entry.name for entry in entries if entry.is_dir()]
         except (FileNotFoundError, NotADirectoryError):
             return []
-        sessions = [name for name in names if _name_problem(name, "") is None]
+        sessions = [name for name in names if is_valid_name(name)]
         sessions.sort()
         return sessions
 
@@ -1154,7 +1093,8 @@ def _artifact_key_problem(key: object) -> str | None:
         return f"metadata['key'] must be a str, got {type(key).__name__}"
     if key == RUN_SUMMARY_KEY:
         return "the key 'run_summary' is reserved for the summary the sink keeps"
-    problem = _name_problem(key, _SUFFIX)
-    if problem is not None:
-        return str(InvalidNameError("artifact key", key, problem))
+    try:
+        validate_name(key, "artifact key", _SUFFIX)
+    except InvalidNameError as exc:
+        return str(exc)
     return None
