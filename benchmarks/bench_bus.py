@@ -10,9 +10,10 @@ the same process and run, so the ratios compare like with like:
   id, batch-encoded with ``encode_lines`` and written with one ``write`` per
   1024 events, kept in a list. CPython's limit for this work.
 - ``bus awaited``: ``Event(...)`` plus ``await bus.publish`` per event, three
-  subscribers: a JSONL file sink, a memory sink, a listener.
+  subscribers: ``sinks.JsonlSink`` ("flush" mode), a memory sink, a listener.
 - ``bus bursts``: the same with ``publish_nowait`` in bursts of 1000, the
-  coordinator yielding between bursts.
+  coordinator yielding between bursts (and awaiting ``publish`` when
+  ``publish_nowait`` says the buffer is full).
 - peers: pyee (async handler), structlog to a JSON file, bubus (awaited dispatch).
 
 Then the publish latency with a listener that never reads, measured per call
@@ -25,7 +26,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,7 +39,8 @@ import anyio
 import msgspec
 from anyio.lowlevel import checkpoint
 
-from eventbus import Event, EventBus, EventType, MemorySink, encode_jsonl
+from eventbus import BusFullError, Event, EventBus, EventType, MemorySink
+from sinks import JsonlSink
 
 SESSION = "sess-0001"
 MODELS = ["gpt-4o", "claude-sonnet", "llama-70b"]
@@ -153,27 +154,12 @@ def run_floor(n: int, tmp: Path) -> float:
 # --- the bus ----------------------------------------------------------------------
 
 
-class FileSink:
-    """A JSONL-writing sink: one write per batch, the bus's encoding reused."""
-
-    name = "jsonl"
-
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "wb")  # noqa: SIM115 (closed in aclose)
-
-    async def write(self, events: Sequence[Event]) -> None:
-        self._file.write(encode_jsonl(events))
-
-    async def aclose(self) -> None:
-        self._file.close()
-
-
 async def run_bus(n: int, tmp: Path, *, bursts: bool) -> float:
     contents = [fields_for(i) for i in range(n)]
     info = EventType.LLM_RESPONSE_RECEIVED
     memory = MemorySink()
     async with EventBus() as bus:
-        bus.subscribe(FileSink(tmp / "bus.jsonl"))
+        bus.subscribe(JsonlSink(tmp / "bus", durability="flush"))
         bus.subscribe(memory)
         async with bus.listen(buffer=1000):
             start = time.perf_counter()
@@ -181,7 +167,11 @@ async def run_bus(n: int, tmp: Path, *, bursts: bool) -> float:
                 publish_nowait = bus.publish_nowait
                 for offset in range(0, n, 1000):
                     for content in contents[offset : offset + 1000]:
-                        publish_nowait(Event(event_type=info, **content))
+                        event = Event(event_type=info, **content)
+                        try:
+                            publish_nowait(event)
+                        except BusFullError:  # a sink is a buffer behind: wait for it
+                            await bus.publish(event)
                     await checkpoint()
             else:
                 publish = bus.publish
@@ -283,14 +273,15 @@ class CountingSink:
         pass
 
 
-async def publish_latencies(n: int, tmp: Path, *, stalled_listener: bool) -> list[int]:
+async def publish_latencies(n: int, tmp: Path, *, stalled_listener: bool, jsonl: bool) -> list[int]:
     """Per-call publish latency (ns), optionally with a listener that never reads."""
     contents = [fields_for(i) for i in range(n)]
     latencies: list[int] = []
     clock = time.perf_counter_ns
     async with EventBus() as bus:
-        bus.subscribe(FileSink(tmp / "latency.jsonl"))
         bus.subscribe(CountingSink())
+        if jsonl:
+            bus.subscribe(JsonlSink(tmp / "latency", durability="flush"))
         async with AsyncExitStack() as stack:
             if stalled_listener:  # never read: it stalls for the whole run
                 await stack.enter_async_context(bus.listen(buffer=1000))
@@ -346,22 +337,23 @@ def main() -> None:
 
         print("\npublish latency (us); the coordinator yields every 10 events")
         print(f"{'run':<42}{'p50':>8}{'p99':>8}{'max':>9}")
-        for stalled in (False, True):
+        configurations = [
+            ("counting sink", False, False),
+            ("counting sink + stalled listener", True, False),
+            ("+ JsonlSink (I/O in a thread)", True, True),
+        ]
+        for title, stalled, jsonl in configurations:
             latencies = anyio.run(
-                lambda: publish_latencies(n, tmp, stalled_listener=stalled),  # noqa: B023
+                lambda: publish_latencies(n, tmp, stalled_listener=stalled, jsonl=jsonl),  # noqa: B023
                 backend=args.backend,
             )
             half = len(latencies) // 2
-            for label, part in (
-                ("first half", latencies[:half]),
-                ("second half", latencies[half:]),
-            ):
-                name = f"{'stalled listener' if stalled else 'no listener'}, {label}"
+            for label, part in (("1st half", latencies[:half]), ("2nd half", latencies[half:])):
+                name = f"{title}, {label}"
                 print(
                     f"{name:<42}{percentile(part, 0.5):>8.2f}{percentile(part, 0.99):>8.2f}"
                     f"{max(part) / 1000:>9.1f}"
                 )
-        os.sync()
 
 
 if __name__ == "__main__":
