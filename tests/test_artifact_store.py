@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventbus import Event, EventBusError, EventType, encode_jsonl
+from eventbus import Event, EventBusError, EventType, InvalidNameError, encode_jsonl
 from sinks.artifacts import (
     ArtifactEncodeError,
     ArtifactStore,
     CorruptArtifactError,
-    InvalidNameError,
     RunSummary,
     SessionArtifactQuery,
 )

@@ -1,0 +1,750 @@
+"""`SessionCoordinator`: runs agent sessions and publishes what happens as events.
+
+A session goes IDEA -> PLAN_REVIEW -> EXECUTION -> VERIFICATION -> COMPLETE,
+or ends FAILED or ABORTED. :meth:`SessionCoordinator.run` does it all; the
+steps are also separate calls (:meth:`~SessionCoordinator.start_session`,
+:meth:`~SessionCoordinator.plan`, :meth:`~SessionCoordinator.execute`,
+:meth:`~SessionCoordinator.verify`), possibly made by different coordinators
+on different buses, as the seed's coordinator did.
+
+Every event carries the session id and the current phase (and the task id
+and agent role inside a task). Events outside tasks point (``parent_id``) to
+``session_started``; a task's events to its ``task_started``; an LLM
+response to its request. A session's last event is ``session_completed``,
+``session_failed`` (a :class:`SessionError`: failed tasks, a blocking gate,
+failed verification, an invalid plan; or any other exception, which then
+propagates) or ``session_aborted`` (cancellation, which then propagates).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._bus import EventBus, RetryPolicy
+from ._event import EventType, parent_scope
+from ._instrument import Emitter, ModelPrice
+from ._names import InvalidNameError, validate_name, validate_session_id
+from ._patch import PatchResult, UnifiedDiffApplier
+from ._session import (
+    Agent,
+    AgentResult,
+    ClarificationRequest,
+    Clarifier,
+    CommandResult,
+    Gate,
+    GateCheck,
+    ModelClient,
+    ModelRequest,
+    ModelRouter,
+    ModelUsage,
+    PatchApplier,
+    Plan,
+    Session,
+    SessionPhase,
+    TaskSpec,
+    TaskStatus,
+    Verifier,
+    new_session_id,
+)
+from ._session_errors import (
+    ClarificationUnavailableError,
+    CommandFailedError,
+    GateBlockedError,
+    PhaseError,
+    PlanError,
+    SessionError,
+    TasksFailedError,
+    VerificationFailedError,
+)
+
+__all__ = ["AgentContext", "SessionCoordinator", "estimate_tokens"]
+
+logger = logging.getLogger("eventbus")
+
+_OUTPUT_LIMIT = 4000
+_RUN_SUMMARY = "run_summary"
+_DIFF_TARGET = re.compile(r"^\+\+\+ (?:b/)?([^\t\n]+)", re.MULTILINE)
+_NOT_RETRIED = (GateBlockedError, ClarificationUnavailableError)
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (4 characters per token), used for ``llm_request_sent``
+    when no ``token_counter`` is given; responses report the real usage."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class AgentContext:
+    """What an agent can do while it runs; everything done here is emitted.
+
+    ``task`` is the task being done (for the planner, a synthetic ``plan``
+    task that is not part of the graph); ``attempt`` counts from 1.
+    """
+
+    __slots__ = ("_blocked", "_coordinator", "_emitter", "_session", "attempt", "role", "task")
+
+    def __init__(
+        self,
+        coordinator: SessionCoordinator,
+        session: Session,
+        emitter: Emitter,
+        task: TaskSpec,
+        *,
+        attempt: int,
+    ) -> None:
+        self._coordinator = coordinator
+        self._session = session
+        self._emitter = emitter
+        self.task = task
+        self.role = task.role
+        self.attempt = attempt
+        self._blocked: GateBlockedError | None = None
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._session.session_id
+
+    @property
+    def idea(self) -> str:
+        """The session's idea (what the user asked for)."""
+        return self._session.idea
+
+    @property
+    def workspace(self) -> Path:
+        """The directory diffs are applied to and commands run in."""
+        return self._session.workspace
+
+    @property
+    def phase(self) -> SessionPhase:
+        """The session's current phase."""
+        return self._session.phase
+
+    def read_text(self, path: str) -> str | None:
+        """The content of ``path`` (relative to the workspace), or ``None`` if absent."""
+        target = (self.workspace / path).resolve()
+        if not target.is_relative_to(self.workspace.resolve()):
+            raise ValueError(f"{path!r} is outside the workspace")
+        try:
+            return target.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    async def complete(self, prompt: str, *, system: str | None = None) -> str:
+        """Ask the model the router chooses for this role; return its text.
+
+        Emits ``model_routed``, ``llm_request_sent`` and ``llm_response_received``
+        (with token usage and, given a price, ``cost_usd``).
+        """
+        return await self._coordinator._complete(self._session, self._emitter, self, prompt, system)
+
+    async def ask(self, question: str) -> str:
+        """Ask the clarifier ``question``; emits ``clarification_requested`` and ``_answered``.
+
+        Raises :class:`ClarificationUnavailableError` without a clarifier.
+        """
+        return await self._coordinator._ask(self._session, self._emitter, self, question)
+
+    async def apply_diff(self, diff: str) -> PatchResult:
+        """Submit a unified diff: the gates evaluate it (``gate_*`` events), then the
+        patch applier applies it (``diff_applied`` or ``diff_failed``).
+
+        Raises :class:`GateBlockedError` (the task then fails without retry)
+        or :class:`PatchError`.
+        """
+        return await self._coordinator._apply_diff(self._session, self._emitter, self, diff)
+
+    async def run_command(
+        self, command: Sequence[str], *, check: bool = True, cwd: str = "."
+    ) -> CommandResult:
+        """Run ``command`` in the workspace (``cwd`` relative to it); emits ``command_executed``.
+
+        With ``check``, a non-zero exit raises :class:`CommandFailedError`.
+        """
+        directory = (self.workspace / cwd).resolve()
+        if not directory.is_relative_to(self.workspace.resolve()):
+            raise ValueError(f"cwd {cwd!r} is outside the workspace")
+        result = await self._coordinator._run_command(self._emitter, command, directory, cwd)
+        if check and not result.ok:
+            raise CommandFailedError(result.command, result.exit_code, result.output)
+        return result
+
+    async def save_artifact(self, key: str, content: Any) -> None:
+        """Publish JSON ``content`` as artifact ``key`` (``artifact_created``, or
+        ``artifact_updated`` if the session has one with that key).
+
+        Raises :class:`InvalidNameError` for a key that cannot name a file, or
+        ``run_summary`` (which the artifact sink keeps).
+        """
+        await self._coordinator._save_artifact(self._session, self._emitter, key, content)
+
+
+class SessionCoordinator:
+    """Runs sessions through the protocols it is given and publishes their events on ``bus``.
+
+    :param bus: a running :class:`EventBus`; the coordinator never subscribes
+        or closes it. Give it sinks (a JSONL log, an artifact store) to keep
+        the events.
+    :param workspace_root: sessions live in ``{workspace_root}/{session_id}``.
+    :param agents: the agent of each role (the planner's role is
+        ``planner_role``; every task's role needs one).
+    :param model_client: answers model calls with text and token usage.
+    :param router: picks the model per role.
+    :param gates: evaluated on the plan and on every diff.
+    :param patch_applier: applies diffs (default: :class:`UnifiedDiffApplier`).
+    :param verifiers: run in the VERIFICATION phase; all must pass.
+    :param clarifier: answers agents' questions (without one, asking raises).
+    :param prices: per model; adds ``cost_usd`` to LLM responses.
+    :param max_concurrency: how many tasks run at once.
+    :param task_retry: how a failed task is retried (default: 2 retries,
+        no delay). Gate blocks are never retried.
+    :param token_counter: counts a prompt's tokens for ``llm_request_sent``.
+    :param planner_role: the role whose agent makes the plan.
+    :param abort_timeout: how long, shielded, publishing the end of a
+        cancelled task or session may take before it is given up (and logged).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        workspace_root: str | PathLike[str],
+        agents: Mapping[str, Agent],
+        model_client: ModelClient,
+        router: ModelRouter,
+        gates: Sequence[Gate] = (),
+        patch_applier: PatchApplier | None = None,
+        verifiers: Sequence[Verifier] = (),
+        clarifier: Clarifier | None = None,
+        prices: Mapping[str, ModelPrice] | None = None,
+        max_concurrency: int = 4,
+        task_retry: RetryPolicy | None = None,
+        token_counter: Callable[[str], int] = estimate_tokens,
+        planner_role: str = "planner",
+        abort_timeout: float = 5.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.bus = bus
+        self.workspace_root = Path(workspace_root)
+        self._agents = dict(agents)
+        self._model_client = model_client
+        self._router = router
+        self._gates = tuple(gates)
+        self._patch_applier: PatchApplier = patch_applier or UnifiedDiffApplier()
+        self._verifiers = tuple(verifiers)
+        self._clarifier = clarifier
+        self._prices = dict(prices or {})
+        self._max_concurrency = max_concurrency
+        self._task_retry = task_retry or RetryPolicy(retries=2, initial_delay=0.0)
+        self._token_counter = token_counter
+        self._planner_role = planner_role
+        self._abort_timeout = abort_timeout
+        self._sessions: dict[str, Session] = {}
+        self._emitters: dict[str, Emitter] = {}
+
+    # --- sessions -----------------------------------------------------------------
+
+    def get_session(self, session_id: str) -> Session:
+        """The session with this id, started by or given to this coordinator."""
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise KeyError(f"no session {session_id!r} in this coordinator") from None
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions this coordinator has handled, oldest first."""
+        return list(self._sessions.values())
+
+    def emitter(self, session: Session) -> Emitter:
+        """The :class:`Emitter` of ``session`` on this coordinator's bus."""
+        emitter = self._emitters.get(session.session_id)
+        if emitter is None:
+            self._sessions.setdefault(session.session_id, session)
+            emitter = Emitter(
+                self.bus,
+                session.session_id,
+                phase=session.phase.value,
+                on_event=session.record,
+                shield_timeout=self._abort_timeout,
+            )
+            self._emitters[session.session_id] = emitter
+        return emitter
+
+    async def run(
+        self, idea: str, *, plan: Plan | None = None, session_id: str | None = None
+    ) -> Session:
+        """Run a whole session for ``idea`` and return it, in a terminal phase.
+
+        Without ``plan``, the planner agent makes one. A failure (see
+        :class:`SessionError`) ends the session FAILED and is returned, not
+        raised; other exceptions and cancellation propagate after
+        ``session_failed`` / ``session_aborted`` is published.
+        """
+        session = await self.start_session(idea, session_id=session_id)
+        await self.plan(session, plan)
+        if session.phase is SessionPhase.PLAN_REVIEW:
+            await self.execute(session)
+        if session.phase is SessionPhase.EXECUTION:
+            await self.verify(session)
+        return session
+
+    async def start_session(self, idea: str, *, session_id: str | None = None) -> Session:
+        """Create a session in phase IDEA and emit ``session_started``."""
+        session_id = validate_session_id(session_id or new_session_id())
+        if session_id in self._sessions:
+            raise ValueError(f"session {session_id!r} already exists in this coordinator")
+        session = Session(session_id, idea, self.workspace_root / session_id)
+        await anyio.Path(session.workspace).mkdir(parents=True, exist_ok=True)
+        emitter = self.emitter(session)
+        started = await emitter.session_event(
+            EventType.SESSION_STARTED, idea=idea, workspace=str(session.workspace)
+        )
+        session.started_event_id = started.id
+        return session
+
+    async def plan(self, session: Session, plan: Plan | None = None) -> Session:
+        """IDEA -> PLAN_REVIEW: make the plan (the planner agent, unless ``plan`` is
+        given), publish ``build_spec`` and ``task_graph``, and let the gates review it."""
+        return await self._step(session, "plan", SessionPhase.IDEA, self._plan, plan)
+
+    async def execute(self, session: Session) -> Session:
+        """PLAN_REVIEW -> EXECUTION: run the task graph (dependencies, bounded
+        concurrency, retries); dependents of a failed task are skipped."""
+        return await self._step(session, "execute", SessionPhase.PLAN_REVIEW, self._execute, None)
+
+    async def verify(self, session: Session) -> Session:
+        """EXECUTION -> VERIFICATION -> COMPLETE: run every verifier's commands."""
+        return await self._step(session, "verify", SessionPhase.EXECUTION, self._verify, None)
+
+    async def _step(
+        self,
+        session: Session,
+        action: str,
+        expected: SessionPhase,
+        body: Callable[[Session, Emitter, Plan | None], Awaitable[None]],
+        plan: Plan | None,
+    ) -> Session:
+        if session.phase is not expected:
+            raise PhaseError(session.session_id, action, session.phase.value, expected.value)
+        emitter = self.emitter(session)
+        with parent_scope(session.started_event_id):
+            try:
+                await body(session, emitter, plan)
+            except SessionError as exc:
+                await self._end_failed(session, emitter, exc)
+            except Exception as exc:
+                await self._end_failed(session, emitter, exc)
+                raise
+            except BaseException as exc:
+                await self._end_aborted(session, emitter, exc)
+                raise
+        return session
+
+    async def _transition(self, session: Session, emitter: Emitter, phase: SessionPhase) -> None:
+        session.phase = phase
+        await emitter.transition(phase.value)
+
+    async def _end_failed(self, session: Session, emitter: Emitter, exc: Exception) -> None:
+        session.error = str(exc) or repr(exc)
+        await self._transition(session, emitter, SessionPhase.FAILED)
+        await emitter.session_event(
+            EventType.SESSION_FAILED,
+            message=f"Session failed: {session.session_id}: {session.error}",
+            error_type=type(exc).__name__,
+            error=session.error,
+            **session.summary(),
+        )
+
+    async def _end_aborted(self, session: Session, emitter: Emitter, exc: BaseException) -> None:
+        session.error = "aborted" if isinstance(exc, anyio.get_cancelled_exc_class()) else repr(exc)
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self._abort_timeout
+            roles = {task.id: task.role for task in session.plan.tasks} if session.plan else {}
+            for task_id in session.tasks_with(TaskStatus.PENDING):
+                session.task_status[task_id] = TaskStatus.SKIPPED
+                await emitter.task_event(
+                    EventType.TASK_SKIPPED,
+                    task_id,
+                    role=roles.get(task_id),
+                    reason="session aborted",
+                    message=f"Task skipped: {task_id} (session aborted)",
+                )
+            await self._transition(session, emitter, SessionPhase.ABORTED)
+            await emitter.session_event(
+                EventType.SESSION_ABORTED,
+                message=f"Session aborted: {session.session_id}",
+                reason=session.error,
+                **session.summary(),
+            )
+        if scope.cancelled_caught:
+            logger.error("session %s: could not publish its abort in time", session.session_id)
+
+    # --- IDEA and PLAN_REVIEW --------------------------------------------------------
+
+    async def _plan(self, session: Session, emitter: Emitter, plan: Plan | None) -> None:
+        if plan is None:
+            plan = await self._make_plan(session, emitter)
+        tasks = _ordered(plan, self._agents)
+        session.plan = plan
+        session.task_status = {task.id: TaskStatus.PENDING for task in plan.tasks}
+        await self._save_artifact(
+            session, emitter, "build_spec", {"idea": session.idea, **plan.spec}
+        )
+        await self._save_artifact(session, emitter, "task_graph", _graph(session, tasks))
+        await self._transition(session, emitter, SessionPhase.PLAN_REVIEW)
+        await self._run_gates(
+            emitter,
+            GateCheck(stage="plan", session_id=session.session_id, plan=plan),
+            "the plan",
+        )
+
+    async def _make_plan(self, session: Session, emitter: Emitter) -> Plan:
+        planner = self._agents.get(self._planner_role)
+        if planner is None:
+            raise PlanError(f"no plan was given and there is no {self._planner_role!r} agent")
+        task = TaskSpec(
+            id="plan",
+            role=self._planner_role,
+            title="Plan the session",
+            description=session.idea,
+        )
+        context = AgentContext(self, session, emitter, task, attempt=1)
+        async with emitter.agent(self._planner_role) as call:
+            result = await planner.run(task, context)
+            call.set_result(summary=result.summary)
+        if context._blocked is not None:
+            raise context._blocked
+        if result.plan is None:
+            raise PlanError(f"the {self._planner_role!r} agent returned no plan")
+        return result.plan
+
+    async def _run_gates(self, emitter: Emitter, check: GateCheck, subject: str) -> None:
+        blocked: GateBlockedError | None = None
+        for gate in self._gates:
+            result = await gate.evaluate(check)
+            await emitter.gate(gate.name, result.decision, reason=result.reason, stage=check.stage)
+            if result.decision == "block" and blocked is None:
+                blocked = GateBlockedError(gate.name, subject, result.reason)
+        if blocked is not None:
+            raise blocked
+
+    # --- EXECUTION -----------------------------------------------------------------
+
+    async def _execute(self, session: Session, emitter: Emitter, _: Plan | None) -> None:
+        assert session.plan is not None
+        tasks = _ordered(session.plan, self._agents)
+        await self._transition(session, emitter, SessionPhase.EXECUTION)
+        await emitter.note(
+            "Task graph enqueued for execution",
+            tasks=len(tasks),
+            max_concurrency=self._max_concurrency,
+        )
+        for task in tasks:
+            await emitter.task_event(
+                EventType.TASK_SCHEDULED,
+                task.id,
+                role=task.role,
+                title=task.title,
+                depends_on=list(task.depends_on),
+            )
+        done = {task.id: anyio.Event() for task in tasks}
+        limiter = anyio.CapacityLimiter(self._max_concurrency)
+        async with anyio.create_task_group() as tg:
+            for task in tasks:
+                tg.start_soon(self._run_node, session, emitter, task, done, limiter)
+        await self._save_artifact(session, emitter, "task_graph", _graph(session, tasks))
+        failed = session.tasks_with(TaskStatus.FAILED)
+        if failed:
+            raise TasksFailedError(failed, session.tasks_with(TaskStatus.SKIPPED))
+
+    async def _run_node(
+        self,
+        session: Session,
+        emitter: Emitter,
+        task: TaskSpec,
+        done: dict[str, anyio.Event],
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        try:
+            for dependency in task.depends_on:
+                await done[dependency].wait()
+            blocking = [
+                dependency
+                for dependency in task.depends_on
+                if session.task_status[dependency] is not TaskStatus.COMPLETED
+            ]
+            if blocking:
+                session.task_status[task.id] = TaskStatus.SKIPPED
+                await emitter.task_event(
+                    EventType.TASK_SKIPPED,
+                    task.id,
+                    role=task.role,
+                    message=f"Task skipped: {task.id} (depends on {', '.join(blocking)})",
+                    reason="dependency did not complete",
+                    blocked_by=blocking,
+                )
+                return
+            async with limiter:
+                await self._run_task(session, emitter, task)
+        finally:
+            done[task.id].set()
+
+    async def _run_task(self, session: Session, emitter: Emitter, task: TaskSpec) -> None:
+        session.task_status[task.id] = TaskStatus.RUNNING
+        delays = self._task_retry.delays()
+        try:
+            async with emitter.task(task.id, role=task.role, title=task.title) as span:
+                attempt = 1
+                while True:
+                    span.set_result(attempts=attempt)
+                    try:
+                        result = await self._attempt(session, emitter, task, attempt)
+                    except _NOT_RETRIED:
+                        raise
+                    except Exception as exc:
+                        if attempt > len(delays):
+                            raise
+                        delay = delays[attempt - 1]
+                        await span.retrying(exc, attempt=attempt, delay_s=delay)
+                        if delay > 0:
+                            await anyio.sleep(delay)
+                        attempt += 1
+                        continue
+                    span.set_result(summary=result.summary)
+                    break
+        except Exception as exc:
+            # Reported by the span's task_failed event; the graph goes on.
+            session.task_status[task.id] = TaskStatus.FAILED
+            session.errors[task.id] = str(exc) or repr(exc)
+            return
+        except BaseException:
+            session.task_status[task.id] = TaskStatus.FAILED
+            session.errors[task.id] = "cancelled"
+            raise
+        session.task_status[task.id] = TaskStatus.COMPLETED
+        session.results[task.id] = result
+
+    async def _attempt(
+        self, session: Session, emitter: Emitter, task: TaskSpec, attempt: int
+    ) -> AgentResult:
+        context = AgentContext(self, session, emitter, task, attempt=attempt)
+        async with emitter.agent(task.role, attempt=attempt) as call:
+            result = await self._agents[task.role].run(task, context)
+            call.set_result(summary=result.summary)
+        if context._blocked is not None:
+            raise context._blocked
+        return result
+
+    # --- VERIFICATION ---------------------------------------------------------------
+
+    async def _verify(self, session: Session, emitter: Emitter, _: Plan | None) -> None:
+        await self._transition(session, emitter, SessionPhase.VERIFICATION)
+        failure: VerificationFailedError | None = None
+        report: list[dict[str, Any]] = []
+        for verifier in self._verifiers:
+            async with emitter.verification(verifier.name) as span:
+                for command in verifier.commands(session.workspace):
+                    result = await self._run_command(emitter, command, session.workspace, ".")
+                    report.append(
+                        {
+                            "verifier": verifier.name,
+                            "command": shlex.join(result.command),
+                            "exit_code": result.exit_code,
+                            "duration_s": result.duration_s,
+                        }
+                    )
+                    if not result.ok:
+                        span.fail(f"{shlex.join(result.command)} exited with {result.exit_code}")
+                        failure = failure or VerificationFailedError(
+                            verifier.name, result.command, result.exit_code
+                        )
+                        break
+                span.set_result(commands=len(report))
+        await self._save_artifact(
+            session,
+            emitter,
+            "verification_report",
+            {"passed": failure is None, "commands": report},
+        )
+        if failure is not None:
+            raise failure
+        await self._transition(session, emitter, SessionPhase.COMPLETE)
+        await emitter.session_event(EventType.SESSION_COMPLETED, **session.summary())
+
+    # --- what agents do (through AgentContext) ----------------------------------------
+
+    async def _complete(
+        self,
+        session: Session,
+        emitter: Emitter,
+        context: AgentContext,
+        prompt: str,
+        system: str | None,
+    ) -> str:
+        task_id, _ = emitter.current_task()
+        route = self._router.route(context.role, context.task if task_id is not None else None)
+        await emitter.model_routed(route.model, role=context.role, reason=route.reason or None)
+        price = self._prices.get(route.model)
+        prompt_tokens = self._token_counter(prompt if system is None else system + "\n" + prompt)
+        request = ModelRequest(
+            model=route.model,
+            prompt=prompt,
+            role=context.role,
+            session_id=session.session_id,
+            system=system,
+            task_id=task_id,
+        )
+        async with emitter.llm_call(
+            model=route.model, role=context.role, prompt_tokens=prompt_tokens, price=price
+        ) as call:
+            response = await self._model_client.complete(request)
+            call.set_usage(
+                prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens,
+                cached_tokens=response.cached_tokens,
+            )
+        usage = session.usage.setdefault(route.model, ModelUsage())
+        usage.calls += 1
+        usage.prompt_tokens += response.prompt_tokens
+        usage.completion_tokens += response.completion_tokens
+        usage.cost_usd += call.cost_usd or 0.0
+        return response.text
+
+    async def _ask(
+        self, session: Session, emitter: Emitter, context: AgentContext, question: str
+    ) -> str:
+        if self._clarifier is None:
+            raise ClarificationUnavailableError(question)
+        session.questions += 1
+        question_id = f"q{session.questions}"
+        await emitter.clarification(question, question_id=question_id, role=context.role)
+        task_id, _ = emitter.current_task()
+        answer = await self._clarifier.answer(
+            ClarificationRequest(
+                question=question,
+                question_id=question_id,
+                session_id=session.session_id,
+                role=context.role,
+                task_id=task_id,
+            )
+        )
+        await emitter.clarification(question, answer, question_id=question_id, role=context.role)
+        return answer
+
+    async def _apply_diff(
+        self, session: Session, emitter: Emitter, context: AgentContext, diff: str
+    ) -> PatchResult:
+        try:
+            await self._run_gates(
+                emitter,
+                GateCheck(
+                    stage="diff", session_id=session.session_id, task=context.task, diff=diff
+                ),
+                f"the diff of {context.task.id}",
+            )
+        except GateBlockedError as exc:
+            context._blocked = exc
+            raise
+        try:
+            result = await self._patch_applier.apply(session.workspace, diff)
+        except Exception as exc:
+            files = _DIFF_TARGET.findall(diff)
+            await emitter.diff(files, applied=False, error=str(exc), attempt=context.attempt)
+            raise
+        await emitter.diff(
+            result.files, added=result.added, removed=result.removed, attempt=context.attempt
+        )
+        return result
+
+    async def _run_command(
+        self, emitter: Emitter, command: Sequence[str], directory: Path, cwd: str
+    ) -> CommandResult:
+        argv = tuple(str(part) for part in command)
+        started = time.perf_counter()
+        try:
+            process = await anyio.run_process(
+                argv, cwd=directory, check=False, stderr=subprocess.STDOUT
+            )
+        except OSError as exc:
+            exit_code, output = 127, f"{type(exc).__name__}: {exc}"
+        else:
+            exit_code = process.returncode
+            output = process.stdout.decode("utf-8", "replace")[-_OUTPUT_LIMIT:]
+        result = CommandResult(
+            command=argv,
+            exit_code=exit_code,
+            output=output,
+            duration_s=round(time.perf_counter() - started, 6),
+        )
+        await emitter.command(
+            shlex.join(argv), exit_code, duration_s=result.duration_s, output=output, cwd=cwd
+        )
+        return result
+
+    async def _save_artifact(
+        self, session: Session, emitter: Emitter, key: str, content: Any
+    ) -> None:
+        validate_name(key, "artifact key", ".json")
+        if key == _RUN_SUMMARY:
+            raise InvalidNameError("artifact key", key, "is kept by the artifact sink itself")
+        updated = key in session.artifacts
+        session.artifacts.add(key)
+        await emitter.artifact(key, content, updated=updated)
+
+
+def _ordered(plan: Plan, agents: Mapping[str, Agent]) -> list[TaskSpec]:
+    """The plan's tasks in a dependency order (plan order among ready tasks)."""
+    by_id: dict[str, TaskSpec] = {}
+    for task in plan.tasks:
+        if task.id in by_id:
+            raise PlanError(f"task id {task.id!r} is used twice")
+        by_id[task.id] = task
+    if not by_id:
+        raise PlanError("the plan has no tasks")
+    for task in plan.tasks:
+        if task.role not in agents:
+            raise PlanError(f"task {task.id!r} needs a {task.role!r} agent, which is missing")
+        for dependency in task.depends_on:
+            if dependency == task.id:
+                raise PlanError(f"task {task.id!r} depends on itself")
+            if dependency not in by_id:
+                raise PlanError(f"task {task.id!r} depends on unknown task {dependency!r}")
+    ordered: list[TaskSpec] = []
+    placed: set[str] = set()
+    remaining = list(plan.tasks)
+    while remaining:
+        ready = [task for task in remaining if placed.issuperset(task.depends_on)]
+        if not ready:
+            cycle = ", ".join(task.id for task in remaining)
+            raise PlanError(f"the dependencies of {cycle} form a cycle")
+        ordered.extend(ready)
+        placed.update(task.id for task in ready)
+        remaining = [task for task in remaining if task.id not in placed]
+    return ordered
+
+
+def _graph(session: Session, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+    return {
+        "tasks": [
+            {
+                "id": task.id,
+                "role": task.role,
+                "title": task.title,
+                "depends_on": list(task.depends_on),
+                "status": session.task_status.get(task.id, TaskStatus.PENDING).value,
+            }
+            for task in tasks
+        ]
+    }
