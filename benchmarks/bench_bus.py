@@ -25,18 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
+from _seed import SeedEvent, SeedEventLog
 from anyio.lowlevel import checkpoint
 
 from eventbus import BusFullError, Event, EventBus, EventType, MemorySink
@@ -65,51 +64,15 @@ def fields_for(i: int) -> dict[str, Any]:
 # --- the seed's naive path ---------------------------------------------------
 
 
-@dataclass
-class SeedEvent:
-    event_type: str
-    timestamp: datetime
-    session_id: str
-    message: str
-    phase: str | None = None
-    task_id: str | None = None
-    agent_role: str | None = None
-    model: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_type": self.event_type,
-            "timestamp": self.timestamp.isoformat(),
-            "session_id": self.session_id,
-            "message": self.message,
-            "phase": self.phase,
-            "task_id": self.task_id,
-            "agent_role": self.agent_role,
-            "model": self.model,
-            "metadata": self.metadata,
-        }
-
-
-class SeedEventLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.events: list[SeedEvent] = []
-
-    def append(self, event: SeedEvent) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(event.to_dict()) + "\n")
-        self.events.append(event)
-
-
 def run_naive(n: int, tmp: Path) -> float:
     log = SeedEventLog(tmp / "naive.jsonl")
+    kind = EventType.LLM_RESPONSE_RECEIVED
     contents = [fields_for(i) for i in range(n)]
     start = time.perf_counter()
     for content in contents:
         log.append(
             SeedEvent(
-                event_type="llm_response_received",
+                event_type=kind,
                 timestamp=datetime.utcnow(),  # the seed's call
                 **content,
             )

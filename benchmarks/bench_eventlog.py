@@ -24,12 +24,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sized
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
+from _seed import seed_load
 
 from eventbus import Event, EventBus, EventType, encode_jsonl
 from sinks.jsonl import Durability, EventLog, JsonlSink, iter_log
@@ -67,47 +66,6 @@ def write_log(path: Path, count: int) -> None:
     with path.open("wb") as file:
         for start in range(0, count, 10_000):
             file.write(encode_jsonl(make_events(min(10_000, count - start))))
-
-
-@dataclass
-class SeedEvent:
-    """The seed's ``Event`` dataclass, as written in the work package."""
-
-    event_type: EventType
-    timestamp: datetime
-    session_id: str
-    message: str
-    phase: str | None = None
-    task_id: str | None = None
-    agent_role: str | None = None
-    model: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SeedEvent:
-        """The seed's ``Event.from_dict``."""
-        return cls(
-            event_type=EventType(data["event_type"]),
-            timestamp=datetime.fromisoformat(data["timestamp"]),
-            session_id=data["session_id"],
-            message=data["message"],
-            phase=data.get("phase"),
-            task_id=data.get("task_id"),
-            agent_role=data.get("agent_role"),
-            model=data.get("model"),
-            metadata=data.get("metadata", {}),
-        )
-
-
-def seed_load(path: Path) -> list[SeedEvent]:
-    """The seed's ``EventLog._load_events``, verbatim: text lines, json.loads, from_dict."""
-    events = []
-    with path.open("r") as file:
-        for line in file:
-            if line.strip():
-                event = SeedEvent.from_dict(json.loads(line))
-                events.append(event)
-    return events
 
 
 def naive_load(path: Path) -> list[Event]:

@@ -1,0 +1,408 @@
+"""Benchmark the in-memory query index against the seed's list comprehensions.
+
+Run: ``python benchmarks/bench_index.py [--events N]`` (default 1,000,000).
+
+Builds N realistic events (8 interleaved sessions, ~30 event types, tasks of
+40 events, roles, models, token usage on LLM events), then prints, from one run:
+
+1. per query: the seed's ``get_events`` (a list comprehension per filter, over
+   a list) and :class:`sinks.memory.EventIndex`, the time of each and their
+   ratio, next to the issue's target;
+2. the cost of keeping the index current, per event (``add`` and the bus's
+   ``write``), and where it goes (a profile of ``add``);
+3. bytes per indexed event (tracemalloc) in memory and low-memory mode, the
+   cost of rebuilding from a workspace of JSONL logs, and low-memory queries
+   (which read their events back from the logs).
+
+Numbers are printed, never asserted. Logs go to a temporary directory that is
+removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Sized
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from eventbus import Event, EventQuery, EventType, decode_events, encode_jsonl
+from sinks.memory import EventIndex, TokenUsage
+
+T = EventType
+# One task's events: 40, ~30 types, two LLM responses (5% of all events).
+SCRIPT = [
+    T.TASK_SCHEDULED, T.TASK_STARTED, T.AGENT_INVOKED, T.MODEL_ROUTED, T.LLM_REQUEST_SENT,
+    T.LLM_RESPONSE_RECEIVED, T.AGENT_RESPONSE, T.GATE_EVALUATED, T.DIFF_APPLIED,
+    T.COMMAND_EXECUTED, T.COMMAND_EXECUTED, T.INFO, T.LLM_REQUEST_SENT,
+    T.LLM_RESPONSE_RECEIVED, T.AGENT_RESPONSE, T.DIFF_APPLIED, T.COMMAND_EXECUTED,
+    T.VERIFICATION_STARTED, T.VERIFICATION_PASSED, T.ARTIFACT_CREATED, T.ARTIFACT_UPDATED,
+    T.GATE_WARNED, T.INFO, T.WARNING, T.TASK_COMPLETED, T.PHASE_TRANSITION,
+    T.CLARIFICATION_REQUESTED, T.CLARIFICATION_ANSWERED, T.GATE_BLOCKED, T.DIFF_FAILED,
+    T.TASK_RETRYING, T.TASK_FAILED, T.VERIFICATION_FAILED, T.ERROR, T.TASK_SKIPPED,
+    T.SESSION_STARTED, T.INFO, T.COMMAND_EXECUTED, T.INFO, T.TASK_COMPLETED,
+]  # fmt: skip
+AGENT_TYPES = {T.AGENT_INVOKED, T.AGENT_RESPONSE, T.MODEL_ROUTED}
+LLM_TYPES = {T.LLM_REQUEST_SENT, T.LLM_RESPONSE_RECEIVED, T.MODEL_ROUTED}
+NO_TASK = {T.PHASE_TRANSITION, T.SESSION_STARTED}
+SESSIONS = 8
+ROLES = ["planner", "coder", "reviewer", "tester", "fixer", "writer"]
+MODELS = ["gpt-4o", "claude-sonnet", "gemini-pro", "llama-70b"]
+PHASES = ["IDEA", "PLAN_REVIEW", "EXECUTION", "VERIFICATION", "COMPLETE"]
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def make_events(count: int) -> list[Event]:
+    """``count`` events of 8 sessions, interleaved, in time order (100 us apart)."""
+    events = []
+    for i in range(count):
+        session, j = i % SESSIONS, i // SESSIONS
+        task, step = divmod(j, len(SCRIPT))
+        event_type = SCRIPT[step]
+        metadata: dict[str, Any] = {}
+        if event_type in (T.LLM_REQUEST_SENT, T.LLM_RESPONSE_RECEIVED):
+            prompt, completion = 500 + j % 300, 200 + j % 100
+            metadata = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "cost_usd": (prompt * 3 + completion * 15) / 1e6,
+            }
+        events.append(
+            Event(
+                event_type=event_type,
+                session_id=f"session-{session}",
+                message=f"{event_type.value} for task {task}",
+                timestamp=T0 + timedelta(microseconds=100 * i),
+                phase=PHASES[min(j * len(PHASES) * 2 // (count // SESSIONS + 1), 4)],
+                task_id=None if event_type in NO_TASK else f"s{session}-task-{task}",
+                agent_role=ROLES[task % len(ROLES)]
+                if event_type in AGENT_TYPES | LLM_TYPES
+                else None,
+                model=MODELS[(task + session) % len(MODELS)] if event_type in LLM_TYPES else None,
+                metadata=metadata,
+                parent_id=None,
+            )
+        )
+    return events
+
+
+def seed_get_events(
+    events: list[Event],
+    event_type: EventType | list[EventType] | None = None,
+    phase: str | None = None,
+    task_id: str | None = None,
+    agent_role: str | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+    session_id: str | None = None,
+) -> list[Event]:
+    """The seed's ``EventLog.get_events`` (plus a session filter in its style)."""
+    if event_type:
+        if isinstance(event_type, EventType):
+            event_type = [event_type]
+        events = [e for e in events if e.event_type in event_type]
+    if session_id:
+        events = [e for e in events if e.session_id == session_id]
+    if phase:
+        events = [e for e in events if e.phase == phase]
+    if task_id:
+        events = [e for e in events if e.task_id == task_id]
+    if agent_role:
+        events = [e for e in events if e.agent_role == agent_role]
+    if start_time:
+        events = [e for e in events if e.timestamp >= start_time]
+    if end_time:
+        events = [e for e in events if e.timestamp <= end_time]
+    return events
+
+
+def seed_usage(events: list[Event]) -> dict[str, float]:
+    """Token totals summed from the responses' metadata, as a dashboard would."""
+    totals = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"), 0.0)
+    for event in events:
+        for key in totals:
+            totals[key] += event.metadata.get(key, 0)
+    return totals
+
+
+def seed_usage_by_model(events: list[Event]) -> dict[str | None, dict[str, float]]:
+    by_model: dict[str | None, list[Event]] = {}
+    for event in seed_get_events(events, event_type=T.LLM_RESPONSE_RECEIVED):
+        by_model.setdefault(event.model, []).append(event)
+    return {model: seed_usage(members) for model, members in by_model.items()}
+
+
+def size(result: object) -> str:
+    """How many events (or groups, or responses) a query's result stands for."""
+    if isinstance(result, int):
+        return str(result)
+    if isinstance(result, TokenUsage):
+        return str(result.responses)
+    if isinstance(result, Sized):
+        return str(len(result))
+    return "-"
+
+
+def timed(call: Callable[[], object], *, budget: float = 0.3, least: int = 3) -> float:
+    """Median seconds of ``call`` over at least ``least`` runs or ``budget`` seconds."""
+    runs: list[float] = []
+    begin = time.perf_counter()
+    while len(runs) < least or (time.perf_counter() - begin < budget and len(runs) < 10_000):
+        start = time.perf_counter()
+        call()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def show(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:8.2f} ms"
+    return f"{seconds * 1e6:8.2f} us"
+
+
+def index_queries(
+    index: EventIndex, events: list[Event]
+) -> list[tuple[str, str, Callable[[], object], Callable[[], object]]]:
+    """(name, target, index query, seed equivalent) for the issue's queries and a few more."""
+    middle = events[len(events) // 2]
+    task = middle.task_id or "none"
+    session = middle.session_id
+    last_1pct = events[len(events) * 99 // 100].timestamp
+    after = index.query(EventQuery(task_id=task), limit=20)[-1].id
+    rare = T.TASK_FAILED
+    response = T.LLM_RESPONSE_RECEIVED
+    return [
+        (
+            "one task, page of 100",
+            "< 10 us",
+            lambda: index.query(EventQuery(task_id=task), limit=100),
+            lambda: seed_get_events(events, task_id=task)[:100],
+        ),
+        (
+            "one task, next page (after=id)",
+            "",
+            lambda: index.query(EventQuery(task_id=task), limit=100, after=after),
+            lambda: seed_get_events(events, task_id=task)[20:120],
+        ),
+        (
+            "latest 100 of one type",
+            "< 10 us",
+            lambda: index.get_latest(100, EventQuery(event_type=rare)),
+            lambda: seed_get_events(events, event_type=rare)[-100:],
+        ),
+        (
+            "type + session (get_events)",
+            "< 2 ms",
+            lambda: index.get_events(event_type=response, session_id=session),
+            lambda: seed_get_events(events, event_type=response, session_id=session),
+        ),
+        (
+            "time range: last 1%",
+            "< 50 us",
+            lambda: index.get_events(start_time=last_1pct),
+            lambda: seed_get_events(events, start_time=last_1pct),
+        ),
+        (
+            "latest 100 (get_latest)",
+            "",
+            lambda: index.get_latest(100),
+            lambda: events[-100:],
+        ),
+        (
+            "count of one type",
+            "",
+            lambda: index.count(response),
+            lambda: len(seed_get_events(events, event_type=response)),
+        ),
+        (
+            "usage by model (kept current)",
+            "",
+            lambda: index.usage_by("model"),
+            lambda: seed_usage_by_model(events),
+        ),
+        (
+            "usage of the last 1% of time",
+            "",
+            lambda: index.usage(EventQuery(start_time=last_1pct)),
+            lambda: seed_usage(seed_get_events(events, event_type=response, start_time=last_1pct)),
+        ),
+    ]
+
+
+def compare_queries(index: EventIndex, events: list[Event], *, seed: bool) -> None:
+    print(f"  {'query':32} {'hits':>6} {'seed':>11} {'index':>11} {'x seed':>8}  target")
+    for name, target, query, baseline in index_queries(index, events):
+        hits = size(query())
+        fast = timed(query)
+        if seed:
+            slow = timed(baseline, budget=0.5, least=3)
+            ratio = f"{slow / fast:8.0f}"
+            seed_time = show(slow)
+        else:
+            ratio, seed_time = "", ""
+        print(f"  {name:32} {hits:>6} {seed_time:>11} {show(fast):>11} {ratio:>8}  {target}")
+
+
+def indexing_cost(events: list[Event]) -> EventIndex:
+    batch = 1024
+    batches = [events[i : i + batch] for i in range(0, len(events), batch)]
+    gc.collect()
+    index = EventIndex()
+    start = time.perf_counter()
+    for chunk in batches:
+        index.add(chunk)
+    add_cost = (time.perf_counter() - start) / len(events)
+
+    written = EventIndex()
+
+    async def feed() -> None:
+        for chunk in batches:
+            await written.write(chunk)
+
+    start = time.perf_counter()
+    anyio.run(feed)
+    write_cost = (time.perf_counter() - start) / len(events)
+    print(
+        f"  add(), batches of {batch}:  {add_cost * 1e6:.2f} us/event  (target < 0.5 us)\n"
+        f"  write() (the bus path):    {write_cost * 1e6:.2f} us/event"
+    )
+    one = EventIndex()
+    sample = events[: min(len(events), 100_000)]
+    start = time.perf_counter()
+    for event in sample:
+        one.add((event,))
+    single = (time.perf_counter() - start) / len(sample)
+    print(f"  add(), one event a call:   {single * 1e6:.2f} us/event")
+    late = EventIndex()
+    late.add(events[: len(events) // 2])
+    tail = events[len(events) // 2 : len(events) // 2 + 2000]
+    start = time.perf_counter()
+    late.add(tail[1000:])
+    for event in tail[:1000]:  # late: older than the newest held
+        late.add((event,))
+    print(
+        f"  a late event, inserted:    {(time.perf_counter() - start) / 1000 * 1e6:.2f} us/event"
+        f" (into {len(late):,} held)"
+    )
+    profile_add(batches[: max(1, len(batches) // 5)])
+    return index
+
+
+def profile_add(batches: list[list[Event]]) -> None:
+    profiler = cProfile.Profile()
+    index = EventIndex()
+    profiler.enable()
+    for chunk in batches:
+        index.add(chunk)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = []
+    total = 0.0
+    for (_, _, function), entry in stats.stats.items():  # type: ignore[attr-defined]
+        own = entry[2]
+        total += own
+        rows.append((own, function))
+    rows.sort(reverse=True)
+    print("  where add() spends its time (own time, cProfile):")
+    for own, function in rows[:6]:
+        print(f"    {own / total:6.1%}  {function}")
+
+
+def bytes_per_event(build: Callable[[], EventIndex]) -> tuple[float, EventIndex]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = build()
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return used / max(1, len(index)), index
+
+
+def event_size(events: list[Event]) -> float:
+    """Bytes per Event decoded from JSON (its strings, datetime and metadata its own)."""
+    data = encode_jsonl(events[:20_000])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = decode_events(data)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return used / len(held)
+
+
+def write_workspace(root: Path, events: list[Event]) -> None:
+    by_session: dict[str, list[Event]] = {}
+    for event in events:
+        by_session.setdefault(event.session_id, []).append(event)
+    for session_id, members in by_session.items():
+        path = root / session_id / "events.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(encode_jsonl(members))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    count = parser.parse_args().events
+    print(f"building {count:,} events ...")
+    events = make_events(count)
+
+    print("\n1. keeping the index current")
+    index = indexing_cost(events)
+
+    print(f"\n2. queries over {count:,} events, memory mode, against the seed's scans")
+    compare_queries(index, events, seed=True)
+
+    print("\n3. memory")
+    per_event = event_size(events)
+    overhead, _ = bytes_per_event(lambda: _built(events))
+    print(f"  an Event held in memory:          {per_event:7.0f} bytes")
+    print(f"  memory mode, the index itself:    {overhead:7.0f} bytes/event")
+    print(f"  memory mode, events + index:      {per_event + overhead:7.0f} bytes/event")
+    del index
+    gc.collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_workspace(root, events)
+        low_bytes, low = bytes_per_event(lambda: EventIndex.from_workspace(root, low_memory=True))
+        print(f"  low-memory mode:                  {low_bytes:7.0f} bytes/event (target < 150)")
+
+        print("\n4. rebuilding from a workspace of JSONL logs")
+        for low_memory in (False, True):
+            start = time.perf_counter()
+            rebuilt = EventIndex.from_workspace(root, low_memory=low_memory)
+            took = time.perf_counter() - start
+            mode = "low-memory" if low_memory else "memory"
+            print(f"  {mode:10} {took:6.2f} s  ({took / len(rebuilt) * 1e6:.2f} us/event)")
+            del rebuilt
+            gc.collect()
+
+        print("\n5. queries in low-memory mode (events read back from the logs)")
+        compare_queries(low, events, seed=False)
+        low.close()
+
+
+def _built(events: list[Event]) -> EventIndex:
+    index = EventIndex()
+    for i in range(0, len(events), 1024):
+        index.add(events[i : i + 1024])
+    return index
+
+
+if __name__ == "__main__":
+    main()
