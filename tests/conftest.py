@@ -14,4 +14,3 @@ import pytest
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """The backend each ``@pytest.mark.anyio`` test runs on."""
     return str(request.param)
-
