@@ -6,8 +6,9 @@ Builds N realistic events (8 interleaved sessions, ~30 event types, tasks of
 40 events, roles, models, token usage on LLM events), then prints, from one run:
 
 1. per query: the seed's ``get_events`` (a list comprehension per filter, over
-   a list) and :class:`sinks.memory.EventIndex`, the time of each and their
-   ratio, next to the issue's target;
+   the same events as the seed's dataclass, ``_seed.SeedEvent``) and
+   :class:`sinks.memory.EventIndex`, the time of each and their ratio, next to
+   the issue's target;
 2. the cost of keeping the index current, per event (``add`` and the bus's
    ``write``), and where it goes (a profile of ``add``);
 3. bytes per indexed event (tracemalloc) in memory and low-memory mode, the
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _seed import SeedEvent
 
 from eventbus import Event, EventQuery, EventType, decode_events, encode_jsonl
 from sinks.memory import EventIndex, TokenUsage
@@ -96,8 +98,26 @@ def make_events(count: int) -> list[Event]:
     return events
 
 
+def as_seed_events(events: list[Event]) -> list[SeedEvent]:
+    """The same events as the seed's dataclass, for its list comprehensions."""
+    return [
+        SeedEvent(
+            event_type=e.event_type,
+            timestamp=e.timestamp,
+            session_id=e.session_id,
+            message=e.message,
+            phase=e.phase,
+            task_id=e.task_id,
+            agent_role=e.agent_role,
+            model=e.model,
+            metadata=e.metadata,
+        )
+        for e in events
+    ]
+
+
 def seed_get_events(
-    events: list[Event],
+    events: list[SeedEvent],
     event_type: EventType | list[EventType] | None = None,
     phase: str | None = None,
     task_id: str | None = None,
@@ -105,8 +125,8 @@ def seed_get_events(
     start_time: datetime | None = None,
     end_time: datetime | None = None,
     session_id: str | None = None,
-) -> list[Event]:
-    """The seed's ``EventLog.get_events`` (plus a session filter in its style)."""
+) -> list[SeedEvent]:
+    """The seed's ``EventLog.get_events``, verbatim (plus a session filter in its style)."""
     if event_type:
         if isinstance(event_type, EventType):
             event_type = [event_type]
@@ -126,7 +146,7 @@ def seed_get_events(
     return events
 
 
-def seed_usage(events: list[Event]) -> dict[str, float]:
+def seed_usage(events: list[SeedEvent]) -> dict[str, float]:
     """Token totals summed from the responses' metadata, as a dashboard would."""
     totals = dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"), 0.0)
     for event in events:
@@ -135,8 +155,8 @@ def seed_usage(events: list[Event]) -> dict[str, float]:
     return totals
 
 
-def seed_usage_by_model(events: list[Event]) -> dict[str | None, dict[str, float]]:
-    by_model: dict[str | None, list[Event]] = {}
+def seed_usage_by_model(events: list[SeedEvent]) -> dict[str | None, dict[str, float]]:
+    by_model: dict[str | None, list[SeedEvent]] = {}
     for event in seed_get_events(events, event_type=T.LLM_RESPONSE_RECEIVED):
         by_model.setdefault(event.model, []).append(event)
     return {model: seed_usage(members) for model, members in by_model.items()}
@@ -171,7 +191,7 @@ def show(seconds: float) -> str:
 
 
 def index_queries(
-    index: EventIndex, events: list[Event]
+    index: EventIndex, events: list[Event], seeds: list[SeedEvent]
 ) -> list[tuple[str, str, Callable[[], object], Callable[[], object]]]:
     """(name, target, index query, seed equivalent) for the issue's queries and a few more."""
     middle = events[len(events) // 2]
@@ -186,62 +206,64 @@ def index_queries(
             "one task, page of 100",
             "< 10 us",
             lambda: index.query(EventQuery(task_id=task), limit=100),
-            lambda: seed_get_events(events, task_id=task)[:100],
+            lambda: seed_get_events(seeds, task_id=task)[:100],
         ),
         (
             "one task, next page (after=id)",
             "",
             lambda: index.query(EventQuery(task_id=task), limit=100, after=after),
-            lambda: seed_get_events(events, task_id=task)[20:120],
+            lambda: seed_get_events(seeds, task_id=task)[20:120],
         ),
         (
             "latest 100 of one type",
             "< 10 us",
             lambda: index.get_latest(100, EventQuery(event_type=rare)),
-            lambda: seed_get_events(events, event_type=rare)[-100:],
+            lambda: seed_get_events(seeds, event_type=rare)[-100:],
         ),
         (
             "type + session (get_events)",
             "< 2 ms",
             lambda: index.get_events(event_type=response, session_id=session),
-            lambda: seed_get_events(events, event_type=response, session_id=session),
+            lambda: seed_get_events(seeds, event_type=response, session_id=session),
         ),
         (
             "time range: last 1%",
             "< 50 us",
             lambda: index.get_events(start_time=last_1pct),
-            lambda: seed_get_events(events, start_time=last_1pct),
+            lambda: seed_get_events(seeds, start_time=last_1pct),
         ),
         (
             "latest 100 (get_latest)",
             "",
             lambda: index.get_latest(100),
-            lambda: events[-100:],
+            lambda: seeds[-100:],
         ),
         (
             "count of one type",
             "",
             lambda: index.count(response),
-            lambda: len(seed_get_events(events, event_type=response)),
+            lambda: len(seed_get_events(seeds, event_type=response)),
         ),
         (
             "usage by model (kept current)",
             "",
             lambda: index.usage_by("model"),
-            lambda: seed_usage_by_model(events),
+            lambda: seed_usage_by_model(seeds),
         ),
         (
             "usage of the last 1% of time",
             "",
             lambda: index.usage(EventQuery(start_time=last_1pct)),
-            lambda: seed_usage(seed_get_events(events, event_type=response, start_time=last_1pct)),
+            lambda: seed_usage(seed_get_events(seeds, event_type=response, start_time=last_1pct)),
         ),
     ]
 
 
-def compare_queries(index: EventIndex, events: list[Event], *, seed: bool) -> None:
+def compare_queries(
+    index: EventIndex, events: list[Event], seeds: list[SeedEvent], *, seed: bool
+) -> None:
     print(f"  {'query':32} {'hits':>6} {'seed':>11} {'index':>11} {'x seed':>8}  target")
-    for name, target, query, baseline in index_queries(index, events):
+    for name, target, query, baseline in index_queries(index, events, seeds):
         hits = size(query())
         fast = timed(query)
         if seed:
@@ -264,18 +286,21 @@ def indexing_cost(events: list[Event]) -> EventIndex:
     add_cost = (time.perf_counter() - start) / len(events)
 
     written = EventIndex()
+    gc.collect()
 
-    async def feed() -> None:
+    async def feed(index: EventIndex) -> None:
         for chunk in batches:
-            await written.write(chunk)
+            await index.write(chunk)
 
     start = time.perf_counter()
-    anyio.run(feed)
+    anyio.run(feed, written)
     write_cost = (time.perf_counter() - start) / len(events)
     print(
         f"  add(), batches of {batch}:  {add_cost * 1e6:.2f} us/event  (target < 0.5 us)\n"
         f"  write() (the bus path):    {write_cost * 1e6:.2f} us/event"
     )
+    del written
+    gc.collect()
     one = EventIndex()
     sample = events[: min(len(events), 100_000)]
     start = time.perf_counter()
@@ -331,6 +356,19 @@ def bytes_per_event(build: Callable[[], EventIndex]) -> tuple[float, EventIndex]
     return used / max(1, len(index)), index
 
 
+def lookup_bytes(index: EventIndex, event_id: str) -> float:
+    """Bytes per event of the id lookup that a first ``after=<id>`` builds."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index.query(EventQuery(), limit=1, after=event_id)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return used / len(index)
+
+
 def event_size(events: list[Event]) -> float:
     """Bytes per Event decoded from JSON (its strings, datetime and metadata its own)."""
     data = encode_jsonl(events[:20_000])
@@ -366,21 +404,27 @@ def main() -> None:
     index = indexing_cost(events)
 
     print(f"\n2. queries over {count:,} events, memory mode, against the seed's scans")
-    compare_queries(index, events, seed=True)
+    compare_queries(index, events, as_seed_events(events), seed=True)
 
     print("\n3. memory")
     per_event = event_size(events)
-    overhead, _ = bytes_per_event(lambda: _built(events))
+    del index
+    gc.collect()
+    overhead, built = bytes_per_event(lambda: _built(events))
+    lookup = lookup_bytes(built, events[len(events) // 2].id)
+    del built
+    gc.collect()
     print(f"  an Event held in memory:          {per_event:7.0f} bytes")
     print(f"  memory mode, the index itself:    {overhead:7.0f} bytes/event")
     print(f"  memory mode, events + index:      {per_event + overhead:7.0f} bytes/event")
-    del index
-    gc.collect()
+    print(f"    + once after=<id> is used:      {lookup:7.0f} bytes/event (the id lookup)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_workspace(root, events)
         low_bytes, low = bytes_per_event(lambda: EventIndex.from_workspace(root, low_memory=True))
         print(f"  low-memory mode:                  {low_bytes:7.0f} bytes/event (target < 150)")
+        low_lookup = lookup_bytes(low, events[len(events) // 2].id)
+        print(f"    + once after=<id> is used:      {low_lookup:7.0f} bytes/event (the id lookup)")
 
         print("\n4. rebuilding from a workspace of JSONL logs")
         for low_memory in (False, True):
@@ -393,7 +437,7 @@ def main() -> None:
             gc.collect()
 
         print("\n5. queries in low-memory mode (events read back from the logs)")
-        compare_queries(low, events, seed=False)
+        compare_queries(low, events, [], seed=False)
         low.close()
 
 

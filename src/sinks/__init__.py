@@ -5,6 +5,8 @@
   ``{workspace}/{session_id}/events.jsonl``).
 - :mod:`sinks.artifacts`: ``ArtifactStore``, ``SessionArtifactQuery`` and
   ``ArtifactSink`` (artifacts and a live ``run_summary`` per session).
+- :mod:`sinks.memory`: ``EventIndex``, an in-memory query index over every
+  session it receives, with token and cost aggregates.
 
 Every sink follows :class:`eventbus.Sink`; this package imports ``eventbus``,
 never the reverse.
@@ -34,6 +36,16 @@ from .jsonl import (
     WrittenCallback,
     iter_log,
 )
+from .memory import (
+    EventIndex,
+    EventIndexError,
+    IndexArgumentError,
+    LocationRequiredError,
+    StaleLogError,
+    TokenUsage,
+    UnknownEventIdError,
+    UsageField,
+)
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -45,15 +57,23 @@ __all__ = [
     "CorruptArtifactError",
     "CorruptLogError",
     "Durability",
+    "EventIndex",
+    "EventIndexError",
     "EventLog",
+    "IndexArgumentError",
     "JsonlSink",
     "JsonlSinkStats",
+    "LocationRequiredError",
     "LogLockedError",
     "RecoveryReport",
     "RunSummary",
     "SessionArtifactQuery",
     "SessionInfo",
     "SessionSummary",
+    "StaleLogError",
+    "TokenUsage",
+    "UnknownEventIdError",
+    "UsageField",
     "WrittenCallback",
     "iter_log",
 ]
