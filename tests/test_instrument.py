@@ -10,9 +10,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from eventbus import Event, EventBus, EventType, MemorySink, parent_scope
-from eventbus._instrument import Emitter, ModelPrice
-from eventbus._session_errors import UsageNotReportedError
+from eventbus import (
+    Emitter,
+    Event,
+    EventBus,
+    EventType,
+    MemorySink,
+    ModelPrice,
+    UsageNotReportedError,
+    parent_scope,
+)
 
 pytestmark = pytest.mark.anyio
 

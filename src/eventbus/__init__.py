@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._event import Event, EventType, current_parent_id, new_event_id, parent_scope
 from ._helpers import (
+    GateDecision,
     create_agent_event,
     create_artifact_event,
     create_clarification_event,
@@ -110,6 +111,7 @@ __all__ = [
     "Gate",
     "GateBlockedError",
     "GateCheck",
+    "GateDecision",
     "GateResult",
     "InvalidNameError",
     "LLMCall",

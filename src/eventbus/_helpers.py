@@ -13,6 +13,7 @@ from typing import Any, Literal
 from ._event import Event, EventType
 
 __all__ = [
+    "GateDecision",
     "create_agent_event",
     "create_artifact_event",
     "create_clarification_event",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 GateDecision = Literal["pass", "warn", "block"]
+"""A gate's verdict: go on, go on with a warning, or stop."""
 
 _SESSION_TYPES = {
     EventType.SESSION_STARTED: "Session started",

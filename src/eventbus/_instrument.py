@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import anyio
 import msgspec
@@ -51,6 +51,7 @@ import msgspec
 from ._bus import EventBus
 from ._event import Event, EventType, parent_scope
 from ._helpers import (
+    GateDecision,
     create_agent_event,
     create_artifact_event,
     create_clarification_event,
@@ -71,7 +72,6 @@ __all__ = ["AgentSpan", "Emitter", "LLMCall", "ModelPrice", "TaskSpan", "Verific
 
 logger = logging.getLogger("eventbus")
 
-GateDecision = Literal["pass", "warn", "block"]
 
 # (emitter, task id, agent role) of the innermost ``task`` or ``agent`` block.
 _current_task: contextvars.ContextVar[tuple[Emitter, str | None, str | None] | None] = (

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from ._event import Event
+from ._helpers import GateDecision
 from ._patch import PatchResult
 
 if TYPE_CHECKING:
@@ -135,7 +136,6 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 
 
 GateStage = Literal["plan", "diff"]
-GateDecision = Literal["pass", "warn", "block"]
 
 
 class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
