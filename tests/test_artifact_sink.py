@@ -13,7 +13,8 @@ import anyio
 import msgspec
 import pytest
 
-import sinks.artifacts
+import sinks._artifact_files
+import sinks._artifact_store
 from eventbus import (
     Event,
     EventBatch,
@@ -190,13 +191,13 @@ async def test_run_summary_is_written_once_per_batch_per_session(
 ) -> None:
     """A batch of many events over two sessions writes two summaries, not one per event."""
     written: list[str] = []
-    real = sinks.artifacts._write_atomic
+    real = sinks._artifact_files.write_atomic
 
     def counting(directory: str, filename: str, data: bytes, durable: bool) -> None:
         written.append(os.path.join(os.path.basename(os.path.dirname(directory)), filename))
         real(directory, filename, data, durable)
 
-    monkeypatch.setattr(sinks.artifacts, "_write_atomic", counting)
+    monkeypatch.setattr(sinks._artifact_store, "write_atomic", counting)
     events = [llm(f"s{i % 2}", 10, 5, 0.0) for i in range(100)]
     await ArtifactSink(root).write(EventBatch(events))
     assert sorted(written) == ["s0/run_summary.json", "s1/run_summary.json"]
@@ -260,7 +261,7 @@ async def test_failed_write_is_retried_without_counting_twice(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a write fails and the bus retries the batch, totals count each event once."""
-    real = sinks.artifacts._write_atomic
+    real = sinks._artifact_files.write_atomic
     failures = [OSError(28, "No space left on device")]
 
     def flaky(directory: str, filename: str, data: bytes, durable: bool) -> None:
@@ -268,7 +269,7 @@ async def test_failed_write_is_retried_without_counting_twice(
             raise failures.pop()
         real(directory, filename, data, durable)
 
-    monkeypatch.setattr(sinks.artifacts, "_write_atomic", flaky)
+    monkeypatch.setattr(sinks._artifact_store, "write_atomic", flaky)
     sink = ArtifactSink(root)
     async with EventBus(retry=RetryPolicy(retries=2, initial_delay=0.0)) as bus:
         bus.subscribe(sink)

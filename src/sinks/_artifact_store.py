@@ -1,0 +1,190 @@
+"""``ArtifactStore``: one session's artifacts, and the errors of saving and loading them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from eventbus import EventBusError
+
+from ._artifact_files import (
+    SUFFIX,
+    check_key,
+    fsync_directory,
+    list_keys,
+    read_bytes,
+    write_atomic,
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+class CorruptArtifactError(EventBusError, ValueError):
+    """Raised by ``load_artifact`` when an artifact file does not hold valid JSON."""
+
+    def __init__(self, key: str, path: str, reason: str) -> None:
+        self.key = key
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"artifact {key!r} is corrupt: {path} is not valid JSON ({reason}); "
+            "restore the file, or delete it with delete_artifact()"
+        )
+
+
+class ArtifactEncodeError(EventBusError, TypeError):
+    """Raised by ``save_artifact`` when the data cannot be encoded as JSON; nothing is written."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(
+            f"cannot save artifact {key!r}: {reason}; an artifact must be JSON data "
+            "(dicts with str keys, lists, str, int, float, bool, None)"
+        )
+
+
+def load_artifact_file(key: str, path: str) -> Any:
+    """Return the artifact ``key`` stored at ``path``, decoded; ``None`` if there is no file.
+
+    :raises CorruptArtifactError: if the file does not hold valid JSON
+    """
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CorruptArtifactError(key, path, str(exc)) from exc
+
+
+class ArtifactStore:
+    """One session's artifacts: JSON documents stored as ``{artifacts_path}/{key}.json``.
+
+    The directory is created by the first save. Every write is atomic (see
+    the module docstring); ``durable=False`` skips the fsyncs: a crash of
+    the process still leaves the old or the new artifact, but a power loss
+    may lose recent saves. Keys are validated (:class:`InvalidNameError`).
+    Each method has an ``a``-prefixed twin that runs it in a worker thread,
+    so a large artifact never blocks the event loop.
+
+    :param artifacts_path: the directory of the artifacts
+    :param durable: fsync every write (the default)
+    """
+
+    def __init__(self, artifacts_path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.artifacts_path = Path(artifacts_path)
+        self.durable = durable
+        self._dir = os.fspath(self.artifacts_path)
+
+    def artifact_path(self, key: str) -> Path:
+        """Return where the artifact ``key`` is stored (whether or not it exists).
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        """
+        return self.artifacts_path / (check_key(key) + SUFFIX)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self._dir, check_key(key) + SUFFIX)
+
+    def save_artifact(self, key: str, data: Any) -> None:
+        """Save ``data`` (JSON) as the artifact ``key``, replacing any previous version atomically.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises ArtifactEncodeError: if ``data`` cannot be encoded as JSON
+        """
+        filename = check_key(key) + SUFFIX
+        try:
+            encoded = _encoder.encode(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ArtifactEncodeError(key, str(exc)) from exc
+        write_atomic(self._dir, filename, encoded + b"\n", self.durable)
+
+    def load_artifact(self, key: str) -> Any:
+        """Return the artifact ``key`` decoded from JSON, or ``None`` if there is none.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises CorruptArtifactError: if the file does not hold valid JSON
+        """
+        return load_artifact_file(key, self._path(key))
+
+    def list_artifacts(self) -> list[str]:
+        """Return the keys of the stored artifacts, sorted; temporary files are never listed."""
+        return list_keys(self._dir)
+
+    def artifact_exists(self, key: str) -> bool:
+        """Return whether the artifact ``key`` is stored.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        """
+        try:
+            return stat.S_ISREG(os.stat(self._path(key)).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def get_artifact_metadata(self, key: str) -> dict[str, Any]:
+        """Return ``key``, ``size_bytes``, ``modified_at`` (epoch seconds) and ``path``.
+
+        Returns ``{}`` when the artifact does not exist.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        """
+        path = self._path(key)
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        if not stat.S_ISREG(info.st_mode):
+            return {}
+        return {
+            "key": key,
+            "size_bytes": info.st_size,
+            "modified_at": info.st_mtime,
+            "path": path,
+        }
+
+    def delete_artifact(self, key: str) -> bool:
+        """Delete the artifact ``key``; return whether there was one.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        """
+        try:
+            os.unlink(self._path(key))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return False
+        if self.durable:
+            fsync_directory(self._dir)
+        return True
+
+    async def asave_artifact(self, key: str, data: Any) -> None:
+        """:meth:`save_artifact` in a worker thread; cancelling waits for the write to end."""
+        await anyio.to_thread.run_sync(self.save_artifact, key, data)
+
+    async def aload_artifact(self, key: str) -> Any:
+        """:meth:`load_artifact` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.load_artifact, key)
+
+    async def alist_artifacts(self) -> list[str]:
+        """:meth:`list_artifacts` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.list_artifacts)
+
+    async def aartifact_exists(self, key: str) -> bool:
+        """:meth:`artifact_exists` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.artifact_exists, key)
+
+    async def aget_artifact_metadata(self, key: str) -> dict[str, Any]:
+        """:meth:`get_artifact_metadata` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.get_artifact_metadata, key)
+
+    async def adelete_artifact(self, key: str) -> bool:
+        """:meth:`delete_artifact` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.delete_artifact, key)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self._dir!r})"
