@@ -28,6 +28,7 @@ from eventbus import (
 from sinks.jsonl import JsonlSink
 from sinks.memory import (
     EventIndex,
+    EventIndexError,
     IndexArgumentError,
     LocationRequiredError,
     StaleLogError,
@@ -694,7 +695,7 @@ def test_close_releases_files_and_later_queries_reopen_them(tmp_path: Path) -> N
     index = EventIndex(low_memory=True, max_open_files=2)
     LogWriter(tmp_path, index).write(events)
     assert index.get_events() == events
-    assert len(index._files) == 2
+    assert len(index._rows.files) == 2
     index.close()
     assert index.get_events(session_id="s3") == [events[3]]
 
@@ -740,3 +741,46 @@ def test_from_workspace_rebuilds_what_the_logs_hold(tmp_path: Path) -> None:
         rebuilt = EventIndex.from_workspace(tmp_path, low_memory=low_memory)
         assert rebuilt.get_events() == live.get_events() == events
         assert rebuilt.get_events(task_id="t2") == events[2::4]
+
+
+# --- log order and duplicates (what EventLog(cache=False) builds on) ---------------------
+
+
+def test_query_in_log_order_follows_the_lines_not_the_timestamps(tmp_path: Path) -> None:
+    """query_in_log_order returns matches in the order they were appended to their logs."""
+    events = [
+        make(EventType.TASK_STARTED, s, session_id=f"s{i % 2}", task_id=f"t{i % 3}")
+        for i, s in enumerate([5, 1, 9, 3, 7, 0, 8, 2])
+    ]
+    index = located_index(tmp_path, events)
+    assert index.query_in_log_order(EventQuery(session_id="s0")) == events[0::2]
+    assert index.query_in_log_order(EventQuery(task_id="t1", start_time=at(2))) == [
+        e for e in events[1::3] if e.timestamp >= at(2)
+    ]
+    assert (
+        index.query_in_log_order(EventQuery())
+        == [
+            *events[0::2],  # s0's log was seen first
+            *events[1::2],
+        ]
+    )
+    assert index.get_events() == in_time_order(events)
+
+
+def test_query_in_log_order_needs_a_low_memory_index() -> None:
+    """Only a low-memory index knows where its events are in their logs."""
+    with pytest.raises(EventIndexError, match=r"needs EventIndex\(low_memory=True\)"):
+        EventIndex().query_in_log_order(EventQuery())
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["in-order", "late"])
+def test_keep_duplicates_indexes_an_event_each_time_it_is_given(tmp_path: Path, late: bool) -> None:
+    """With keep_duplicates a repeated event is indexed again, not skipped."""
+    events = [make(seconds=s) for s in range(100)]
+    again = events[3] if late else events[-1]
+    index = located_index(tmp_path, [*events, again, again], keep_duplicates=True)
+    assert index.keep_duplicates
+    assert (len(index), index.duplicates) == (102, 0)
+    assert index.query_in_log_order(EventQuery()) == [*events, again, again]
+    skipping = located_index(tmp_path / "skip", [*events, again, again])
+    assert (len(skipping), skipping.duplicates) == (100, 2)

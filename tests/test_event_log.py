@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -267,12 +268,16 @@ def test_next_append_starts_on_a_clean_line(log_path: Path) -> None:
     assert lines == [encode_event(make_event(0)), encode_event(make_event(1)), b""]
 
 
-def test_reader_ignores_incomplete_last_line_until_it_is_complete(log_path: Path) -> None:
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_reader_ignores_incomplete_last_line_until_it_is_complete(
+    log_path: Path, cache: bool
+) -> None:
     """A reader neither cuts nor reports as corrupt a line a writer is finishing."""
     line = encode_event(make_event(1))
     write_lines(log_path, encode_event(make_event(0)), end=line[:10])
-    reader = EventLog(log_path)
+    reader = EventLog(log_path, cache=cache)
     assert reader.count() == 1
+    assert reader.get_events() == [make_event(0)]
     assert (reader.recovery.torn_bytes, reader.recovery.torn_cut) == (10, False)
     with log_path.open("ab") as file:
         file.write(line[10:] + b"\n")
@@ -542,3 +547,140 @@ def test_append_refuses_what_is_not_an_event(log: EventLog) -> None:
     with pytest.raises(TypeError, match="append takes an Event, got dict"):
         log.append({"event_type": "info"})  # type: ignore[arg-type]
     assert not log.log_path.exists()
+
+
+# --- cache=False: a low-memory index over the file ----------------------------------------
+
+_TYPES = [EventType.TASK_STARTED, EventType.ERROR, "quantum_leap", "other_new_type"]
+_uncached_events = st.builds(
+    make_event,
+    st.integers(min_value=0, max_value=5),  # few ids: the same event is appended again
+    event_type=st.sampled_from(_TYPES),
+    timestamp=st.integers(min_value=0, max_value=6).map(lambda m: T0 + timedelta(minutes=m)),
+    phase=st.sampled_from([None, "PLAN", "EXECUTION"]),
+    task_id=st.sampled_from([None, "task-1", "task-2"]),
+    agent_role=st.sampled_from([None, "coder"]),
+)
+_moments = st.none() | st.integers(min_value=0, max_value=6).map(
+    lambda m: T0 + timedelta(minutes=m)
+)
+_filters = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_type": st.sampled_from(_TYPES) | st.lists(st.sampled_from(_TYPES), min_size=1),
+        "phase": st.sampled_from(["PLAN", "EXECUTION"]),
+        "task_id": st.sampled_from(["task-1", "task-2"]),
+        "agent_role": st.just("coder"),
+        "start_time": _moments,
+        "end_time": _moments,
+    },
+)
+# An operation: append an event, or clear the log (None).
+_operations = st.lists(st.none() | _uncached_events, max_size=25).filter(
+    lambda ops: ops.count(None) <= 2
+)
+
+
+def brute_force(events: list[Event], query: dict[str, Any]) -> list[Event]:
+    """The events matching every filter of ``query``, in append order, by plain comparison."""
+    types = query.get("event_type")
+    if types is not None:
+        wanted = {EventType(t) for t in ([types] if isinstance(types, str) else types)}
+    start, end = query.get("start_time"), query.get("end_time")
+    return [
+        event
+        for event in events
+        if (types is None or event.event_type in wanted)
+        and all(
+            getattr(event, name) == query[name]
+            for name in ("phase", "task_id", "agent_role")
+            if query.get(name) is not None
+        )
+        and (start is None or event.timestamp >= start)
+        and (end is None or event.timestamp <= end)
+    ]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=_operations, queries=st.lists(_filters, min_size=1, max_size=4))
+def test_uncached_log_answers_like_cached_log_and_brute_force(
+    operations: list[Event | None], queries: list[dict[str, Any]]
+) -> None:
+    """cache=False (writing, reading, reloaded) equals cache=True and a filter in append order.
+
+    Timestamps arrive out of order, the same event is appended more than once,
+    types may be unknown, and the log may be cleared in between.
+    """
+    for query in queries:  # a start after the end is refused by every log alike
+        if None not in (query.get("start_time"), query.get("end_time")):
+            query["start_time"], query["end_time"] = sorted(
+                (query["start_time"], query["end_time"])
+            )
+
+    def check(path: Path) -> None:
+        appended: list[Event] = []
+        early_reader = EventLog(path, cache=False)  # follows the appends and clears
+        with EventLog(path, cache=False) as writer:
+            for operation in operations:
+                if operation is None:
+                    writer.clear()
+                    appended.clear()
+                else:
+                    writer.append(operation)
+                    appended.append(operation)
+                assert early_reader.count() == len(appended)  # reads what is new each time
+            logs = {
+                "writer": writer,
+                "cached reader": EventLog(path),
+                "uncached reader": EventLog(path, cache=False),
+                "early uncached reader": early_reader,
+            }
+            for name, log in logs.items():
+                for query in queries:
+                    expected = brute_force(appended, query)
+                    assert log.get_events(**query) == expected, name
+                    types = query.get("event_type")
+                    assert log.count(types) == len(brute_force(appended, {"event_type": types}))
+                for n in (0, 1, 3, 30):
+                    assert log.get_latest(n) == (appended[-n:] if n else []), name
+                assert log.count() == len(appended), name
+
+    in_temp_log(check)
+
+
+def test_uncached_log_holds_no_events(tmp_path: Path) -> None:
+    """cache=False keeps about 110 bytes per event (a held Event costs 600 to 900)."""
+    path = tmp_path / "events.jsonl"
+    n = 20_000
+    events = [
+        make_event(i, task_id=f"task-{i % 50}", phase="EXECUTION", agent_role="coder")
+        for i in range(n)
+    ]
+    path.write_bytes(encode_jsonl(events))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        log = EventLog(path, cache=False)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert log.count() == n
+    assert held / n < 200, f"{held / n:.0f} bytes per event"
+    assert log.get_events(task_id="task-7") == events[7::50]
+
+
+def test_uncached_log_keeps_late_and_repeated_appends_in_append_order(log_path: Path) -> None:
+    """A few late or repeated events among many (inserted in the index one by one)."""
+    events = [make_event(i, task_id=f"task-{i % 2}") for i in range(100)]
+    late = [events[10], make_event(5, message="late", id="late", task_id="task-1"), events[99]]
+    with EventLog(log_path, cache=False) as log:
+        for event in [*events, *late]:
+            log.append(event)
+        appended = [*events, *late]
+        assert log.get_events(task_id="task-1") == [e for e in appended if e.task_id == "task-1"]
+        assert log.get_events(end_time=T0 + timedelta(minutes=10)) == [
+            e for e in appended if e.timestamp <= T0 + timedelta(minutes=10)
+        ]
+        assert log.get_latest(4) == appended[-4:]
+        assert log.count() == log.count(EventType.INFO) == 103
+        assert EventLog(log_path).get_events() == log.get_events() == appended

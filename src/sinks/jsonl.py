@@ -45,22 +45,24 @@ Errors::
     ├── LogLockedError
     ├── CorruptLogError (ValueError)
     └── InvalidNameError (ValueError, from eventbus: a bad session id)
+
+Layout: this module holds :class:`EventLog` and :class:`JsonlSink`; reading
+and recovery (:func:`iter_log`, :class:`RecoveryReport`) live in
+``sinks._jsonl_read``, the locked writer and its fsync helpers in
+``sinks._jsonl_write``. Import every name from here.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import secrets
-import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from itertools import accumulate
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, NamedTuple, Self
+from typing import NamedTuple, Self
 
 import anyio.to_thread
 import msgspec
@@ -68,15 +70,16 @@ import msgspec
 from eventbus import (
     Event,
     EventBusError,
-    EventDecodeError,
     EventQuery,
     EventType,
-    decode_event,
-    decode_events,
     encode_event,
     encoded_lines,
     validate_session_id,
 )
+
+from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, CorruptLogError, LogScan, RecoveryReport, iter_log
+from ._jsonl_write import Durability, LogLockedError, LogWriter, check_durability
+from .memory import EventIndex
 
 __all__ = [
     "LOG_FILE_NAME",
@@ -93,509 +96,8 @@ __all__ = [
 
 logger = logging.getLogger("eventbus.sinks.jsonl")
 
-Durability = Literal["none", "flush", "fsync"]
-"""How far an acknowledged write has gone; see the module docstring."""
-
 LOG_FILE_NAME = "events.jsonl"
 """The name of each session's log under ``{workspace_root}/{session_id}/``."""
-
-_DURABILITIES: tuple[Durability, ...] = ("none", "flush", "fsync")
-_CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
-_TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
-_BUFFER_LIMIT = 64 * 1024  # bytes buffered per file in "none" mode
-_MAX_LISTED = 1000  # corrupt line numbers kept in a report (all are counted)
-_BLANK = b" \t\r"  # a line made only of these is blank (skipped, as msgspec does)
-_OPEN_ATTEMPTS = 10
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-
-
-# --- errors -------------------------------------------------------------------
-
-
-class LogLockedError(EventBusError):
-    """Raised when a log is opened for writing while another writer holds its lock.
-
-    The other writer is an :class:`EventLog` that appended or a
-    :class:`JsonlSink` that opened the file, in this process or another; it
-    holds the lock until it is closed.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        super().__init__(
-            f"cannot write to {self.path}: another writer (in this process or another) "
-            "holds its lock; close that EventLog or JsonlSink first, or only read from "
-            "this one (reading never needs the lock)"
-        )
-
-
-class CorruptLogError(EventBusError, ValueError):
-    """Raised in strict mode at the first damaged line of a log.
-
-    Without ``strict=True`` the line is skipped (or, for an incomplete last
-    line, cut by the writer) and counted in the :class:`RecoveryReport`.
-    """
-
-    def __init__(self, path: str, *, offset: int, problem: str, line: int | None = None) -> None:
-        self.path = path
-        self.offset = offset
-        self.line = line
-        self.problem = problem
-        where = f"line {line} (byte offset {offset})" if line is not None else f"byte {offset}"
-        super().__init__(
-            f"{path}: {where} {problem}; open the log without strict=True to skip "
-            "damaged lines (they are reported in its RecoveryReport)"
-        )
-
-
-def _check_durability(durability: str) -> None:
-    if durability not in _DURABILITIES:
-        raise ValueError(f"durability must be one of 'none', 'flush', 'fsync', got {durability!r}")
-
-
-# --- recovery reports -------------------------------------------------------------
-
-
-class RecoveryReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What reading or opening a log skipped or cut.
-
-    ``torn_offset``/``torn_bytes``: where the incomplete last line starts and
-    its size; ``torn_cut`` is true when a writer truncated it, false when a
-    reader only ignored it. ``corrupt_count`` corrupt lines were skipped;
-    ``corrupt_lines`` (1-based) and ``corrupt_offsets`` list the first 1000.
-    """
-
-    path: str
-    torn_offset: int | None = None
-    torn_bytes: int = 0
-    torn_cut: bool = False
-    corrupt_count: int = 0
-    corrupt_lines: tuple[int, ...] = ()
-    corrupt_offsets: tuple[int, ...] = ()
-
-    @property
-    def clean(self) -> bool:
-        """``True`` when nothing was skipped or cut."""
-        return self.torn_bytes == 0 and self.corrupt_count == 0
-
-    def describe(self) -> str:
-        """Say in one sentence what was skipped or cut."""
-        parts = []
-        if self.torn_bytes:
-            verb = "cut" if self.torn_cut else "ignored"
-            parts.append(
-                f"{verb} an incomplete last line of {self.torn_bytes} bytes at offset "
-                f"{self.torn_offset} (a write was interrupted)"
-            )
-        if self.corrupt_count:
-            shown = ", ".join(map(str, self.corrupt_lines[:10]))
-            more = ", ..." if self.corrupt_count > 10 else ""
-            parts.append(f"skipped {self.corrupt_count} corrupt lines ({shown}{more})")
-        return f"{self.path}: " + ("; ".join(parts) if parts else "clean")
-
-    def to_event(self, session_id: str) -> Event:
-        """Return a WARNING event for ``session_id`` that carries this report."""
-        return Event(
-            event_type=EventType.WARNING,
-            session_id=session_id,
-            message=f"event log recovered: {self.describe()}",
-            metadata={"recovery": msgspec.json.decode(msgspec.json.encode(self))},
-            parent_id=None,
-        )
-
-
-class _Scan:
-    """Incremental, tolerant reading of one log, with what it skipped.
-
-    ``end`` is the offset just after the last complete line read, ``tail``
-    the size of the incomplete last line the last read saw. Line numbers are
-    only needed for corrupt lines, so they are counted lazily: ``_lines``
-    lines end before offset ``_counted``.
-    """
-
-    def __init__(self, path: str, *, strict: bool) -> None:
-        self.path = path
-        self.strict = strict
-        self.end = 0
-        self.tail = 0
-        self.corrupt_count = 0
-        self.corrupt_lines: list[int] = []
-        self.corrupt_offsets: list[int] = []
-        self.cut: tuple[int, int] | None = None
-        self._fd: int | None = None
-        self._lines = 0
-        self._counted = 0
-
-    def report(self) -> RecoveryReport:
-        if self.cut is not None:
-            torn_offset, torn_bytes, torn_cut = self.cut[0], self.cut[1], True
-        elif self.tail:
-            torn_offset, torn_bytes, torn_cut = self.end, self.tail, False
-        else:
-            torn_offset, torn_bytes, torn_cut = None, 0, False
-        return RecoveryReport(
-            path=self.path,
-            torn_offset=torn_offset,
-            torn_bytes=torn_bytes,
-            torn_cut=torn_cut,
-            corrupt_count=self.corrupt_count,
-            corrupt_lines=tuple(self.corrupt_lines),
-            corrupt_offsets=tuple(self.corrupt_offsets),
-        )
-
-    def read(self, fd: int, *, stop: int | None = None) -> Iterator[list[Event]]:
-        """Yield the events of each chunk of complete lines from ``end`` on."""
-        self._fd = fd
-        try:
-            for offset, view in self._regions(fd, stop):
-                try:
-                    # decode_events is annotated ``bytes``; msgspec reads any buffer, and
-                    # a view saves copying each 4 MiB chunk.
-                    events = decode_events(view)
-                except EventDecodeError:
-                    events = [event for event, _, _ in self._decode_each(bytes(view), offset)]
-                self.end = offset + len(view)
-                yield events
-        finally:
-            self._fd = None
-
-    def read_positioned(self, fd: int) -> Iterator[list[tuple[Event, int, int]]]:
-        """Like :meth:`read`, with each event's line offset and length."""
-        self._fd = fd
-        try:
-            for offset, view in self._regions(fd, None):
-                decoded = self.decode_positioned(bytes(view), offset)
-                self.end = offset + len(view)
-                yield decoded
-        finally:
-            self._fd = None
-
-    def decode_positioned(self, data: bytes, offset: int) -> list[tuple[Event, int, int]]:
-        """Decode complete lines starting at ``offset``, with positions."""
-        try:
-            events = decode_events(data)
-        except EventDecodeError:
-            return list(self._decode_each(data, offset))
-        sizes = [size + 1 for size in map(len, data.split(b"\n"))]
-        sizes.pop()  # what follows the last newline
-        if len(sizes) != len(events):  # blank lines, which msgspec skipped: go slowly
-            return list(self._decode_each(data, offset))
-        # accumulate yields one more offset (the end), which strict=False leaves out
-        return list(zip(events, accumulate(sizes, initial=offset), sizes, strict=False))
-
-    def _regions(self, fd: int, stop: int | None) -> Iterator[tuple[int, memoryview]]:
-        """Yield ``(offset, view)`` of consecutive runs of complete lines."""
-        position = self.end
-        size = _CHUNK
-        self.tail = 0
-        while True:
-            want = size if stop is None else min(size, stop - position)
-            if want <= 0:
-                return
-            data = os.pread(fd, want, position)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield position, memoryview(data)[:cut]
-                position += cut
-                size = _CHUNK
-            elif len(data) < want or want < size:  # the end, inside an incomplete line
-                self.tail = len(data)
-                return
-            else:  # one line longer than a chunk
-                size *= 2
-
-    def _decode_each(self, data: bytes, offset: int) -> Iterator[tuple[Event, int, int]]:
-        """Decode line by line (the slow path), skipping and counting corrupt lines."""
-        lines = data.split(b"\n")[:-1]
-        first = self._lines_before(offset) + 1
-        self._lines, self._counted = first - 1 + len(lines), offset + len(data)
-        position = offset
-        for number, raw in enumerate(lines, first):
-            size = len(raw) + 1
-            if raw.strip(_BLANK):
-                try:
-                    event = decode_event(raw)
-                except EventDecodeError as exc:
-                    self._corrupt(number, position, exc.reason)
-                else:
-                    yield event, position, size
-            position += size
-
-    def _lines_before(self, offset: int) -> int:
-        """Count the lines that end before ``offset`` (0 when not reading a file)."""
-        if self._fd is None:
-            return 0
-        while self._counted < offset:
-            block = os.pread(self._fd, min(_CHUNK, offset - self._counted), self._counted)
-            if not block:
-                break
-            self._lines += block.count(b"\n")
-            self._counted += len(block)
-        return self._lines
-
-    def _corrupt(self, line: int, offset: int, reason: str) -> None:
-        if self.strict:
-            raise CorruptLogError(
-                self.path, offset=offset, line=line, problem=f"is not a valid event ({reason})"
-            )
-        self.corrupt_count += 1
-        if len(self.corrupt_lines) < _MAX_LISTED:
-            self.corrupt_lines.append(line)
-            self.corrupt_offsets.append(offset)
-
-
-def iter_log(
-    path: str | os.PathLike[str], *, strict: bool = False
-) -> Iterator[tuple[Event, int, int]]:
-    """Read a log without locking it: yield ``(event, offset, length)`` per event.
-
-    ``offset`` is the byte offset of the event's line and ``length`` its size
-    including the ``\\n``. Corrupt lines are skipped and an incomplete last
-    line is ignored (a live writer may be finishing it).
-
-    :param path: the ``events.jsonl`` file.
-    :param strict: raise :class:`CorruptLogError` at a corrupt line instead.
-    :raises FileNotFoundError: if ``path`` does not exist (raised by this call).
-    """
-    os.stat(path)  # a missing file raises here, not at the first next()
-    return _iter_path(os.fspath(path), strict)
-
-
-def _iter_path(path: str, strict: bool) -> Iterator[tuple[Event, int, int]]:
-    fd = os.open(path, _READ_FLAGS)
-    try:
-        for chunk in _Scan(path, strict=strict).read_positioned(fd):
-            yield from chunk
-    finally:
-        os.close(fd)
-
-
-# --- the locked, writing end of a log --------------------------------------------------
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_parents(directory: Path, *, fsync: bool) -> None:
-    """Create ``directory`` and missing parents; in fsync mode, fsync each new entry."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        if directory.parent == directory:
-            break
-        directory = directory.parent
-    for new in reversed(missing):
-        try:
-            new.mkdir()
-        except FileExistsError:
-            continue
-        if fsync:
-            _fsync_dir(new.parent)
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    """Return the offset just after the last ``\\n`` before ``size`` (0 if none)."""
-    position = size
-    while position > 0:
-        start = max(0, position - _TAIL_BLOCK)
-        found = os.pread(fd, position - start, start).rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        position = start
-    return 0
-
-
-def _release(fd: int, buffer: bytearray) -> None:
-    """Finalizer of a dropped writer: write what it buffered and close (unlock)."""
-    try:
-        if buffer:
-            _write_all(fd, buffer)
-    finally:
-        os.close(fd)
-
-
-class _LogWriter:
-    """The open, locked, append-only end of one log file.
-
-    ``size`` is the file's size on disk; in ``"none"`` mode up to 64 KiB more
-    wait in ``buffer``. A write that fails is cut back off the file before the
-    error propagates, so retrying it never duplicates events. Dropping the
-    object closes the file and releases the lock.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        fd: int,
-        *,
-        durability: Durability,
-        size: int,
-        cut: tuple[int, int] | None = None,
-    ) -> None:
-        self.path = path
-        self.fd = fd
-        self.durability = durability
-        self.size = size
-        self.cut = cut
-        self.buffer = bytearray()
-        self._finalizer = weakref.finalize(self, _release, fd, self.buffer)
-
-    @classmethod
-    def open(
-        cls, path: Path, *, durability: Durability, strict: bool, recover: bool = True
-    ) -> _LogWriter:
-        """Open ``path`` for appending, lock it, and cut an incomplete last line.
-
-        :raises LogLockedError: if another writer holds the lock.
-        :raises CorruptLogError: in strict mode, if there is an incomplete last line.
-        """
-        fsync = durability == "fsync"
-        _make_parents(path.parent, fsync=fsync)
-        for _ in range(_OPEN_ATTEMPTS):
-            try:
-                fd = os.open(path, _APPEND_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                fd = os.open(path, _APPEND_FLAGS)
-            else:
-                if fsync:
-                    _fsync_dir(path.parent)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise LogLockedError(path) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            if _is_at(fd, path):
-                break
-            os.close(fd)  # replaced between open and lock (a clear()): open the new file
-        else:
-            raise LogLockedError(path)
-        try:
-            size = os.fstat(fd).st_size
-            cut = None
-            keep = _last_line_end(fd, size) if recover else size
-            if keep < size:
-                if strict:
-                    raise CorruptLogError(
-                        os.fspath(path),
-                        offset=keep,
-                        problem=f"is an incomplete last line of {size - keep} bytes "
-                        "(a write was interrupted)",
-                    )
-                os.ftruncate(fd, keep)
-                if fsync:
-                    os.fsync(fd)
-                cut = (keep, size - keep)
-                logger.warning(
-                    "%s: cut an incomplete last line of %d bytes at offset %d",
-                    path,
-                    size - keep,
-                    keep,
-                )
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, durability=durability, size=keep, cut=cut)
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-    @property
-    def end(self) -> int:
-        """The offset the next write starts at (buffered bytes included)."""
-        return self.size + len(self.buffer)
-
-    def write(self, data: bytes) -> None:
-        """Append complete lines, as far as the durability mode says."""
-        if self.durability == "none":
-            if len(self.buffer) + len(data) <= _BUFFER_LIMIT:
-                self.buffer += data
-                return
-            self.flush_buffer()
-            if len(data) < _BUFFER_LIMIT:
-                self.buffer += data
-                return
-        self._write_through(data)
-
-    def flush_buffer(self) -> None:
-        """Write what ``"none"`` mode buffered to the operating system."""
-        if self.buffer:
-            self._write_through(bytes(self.buffer))
-            self.buffer.clear()
-
-    def _write_through(self, data: bytes) -> None:
-        start = self.size
-        try:
-            _write_all(self.fd, data)
-            if self.durability == "fsync":
-                os.fsync(self.fd)
-        except BaseException as exc:
-            self._undo(start, exc)
-            raise
-        self.size = start + len(data)
-
-    def _undo(self, start: int, exc: BaseException) -> None:
-        try:
-            os.ftruncate(self.fd, start)
-        except OSError as undo_exc:
-            exc.add_note(
-                f"could not cut the failed write off {self.path} ({undo_exc!r}); the file "
-                "was closed and is repaired when it is opened again"
-            )
-            self._finalizer.detach()
-            os.close(self.fd)
-
-    def replace_with_empty(self) -> _LogWriter:
-        """Atomically replace the file with an empty one, locked; close this writer."""
-        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, _APPEND_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.replace(temp, self.path)
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
-        if self.durability == "fsync":
-            _fsync_dir(self.path.parent)
-        self.buffer.clear()  # events not yet written are cleared too
-        self.close()
-        return _LogWriter(self.path, fd, durability=self.durability, size=0)
-
-    def close(self) -> None:
-        """Write what is buffered, then close the file, releasing the lock."""
-        if self._finalizer.alive:
-            try:
-                self.flush_buffer()
-            finally:
-                if self._finalizer.alive:
-                    self._finalizer.detach()
-                    os.close(self.fd)
-
-
-def _is_at(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is still the file at ``path``."""
-    opened = os.fstat(fd)
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 # --- EventLog --------------------------------------------------------------------------
@@ -613,9 +115,11 @@ class EventLog:
 
     :param log_path: the JSONL file (its directory is created on first append).
     :param cache: keep every event in memory for fast queries. With
-        ``cache=False`` only counts are kept: :meth:`get_events` reads the file
-        each time and :meth:`get_latest` reads its end, so memory stays small
-        for long sessions and answers are the same.
+        ``cache=False`` no event is held: a low-memory
+        :class:`~sinks.memory.EventIndex` keeps where each line is (about
+        110 bytes per event), :meth:`get_events` reads back only the events
+        it returns, :meth:`get_latest` reads the end of the file, and the
+        answers are the same, in append order.
     :param strict: raise :class:`CorruptLogError` at the first damaged line
         instead of skipping it.
     :param durability: what a returned :meth:`append` guarantees: ``"none"``
@@ -634,16 +138,17 @@ class EventLog:
         strict: bool = False,
         durability: Durability = "flush",
     ) -> None:
-        _check_durability(durability)
+        check_durability(durability)
         self.log_path = Path(log_path)
         self.cache = cache
         self.strict = strict
         self.durability: Durability = durability
-        self._writer: _LogWriter | None = None
+        self._writer: LogWriter | None = None
         self._events: list[Event] = []
+        self._index: EventIndex | None = None if cache else self._new_index()
         self._count = 0
         self._type_counts: Counter[EventType] | None = None  # made by the first count(type)
-        self._scan = _Scan(os.fspath(self.log_path), strict=strict)
+        self._scan = LogScan(os.fspath(self.log_path), strict=strict)
         self._seen: tuple[int, int, int] | None = None  # (device, inode, size) last read
         self._refresh()
 
@@ -662,8 +167,11 @@ class EventLog:
             raise TypeError(f"append takes an Event, got {type(event).__name__}")
         line = encode_event(event) + b"\n"
         writer = self._writer if self._writer is not None else self._lock()
+        offset = writer.end
         writer.write(line)
         self._scan.end += len(line)
+        if self._index is not None:
+            self._index.add_located([event], self.log_path, [offset], [len(line)])
         self._add([event])
 
     def clear(self) -> None:
@@ -675,7 +183,7 @@ class EventLog:
         """
         writer = self._writer
         if writer is None or writer.closed:
-            writer = _LogWriter.open(
+            writer = LogWriter.open(
                 self.log_path, durability=self.durability, strict=False, recover=False
             )
         try:
@@ -739,10 +247,9 @@ class EventLog:
             end_time=end_time,
         )
         self._sync()
-        if self.cache:
-            return list(self._events) if query.is_empty else query.filter(self._events)
-        matches = query.matches
-        return [event for chunk in self._stream() for event in chunk if matches(event)]
+        if self._index is not None:
+            return self._index.query_in_log_order(query)
+        return list(self._events) if query.is_empty else query.filter(self._events)
 
     def get_latest(self, n: int = 100) -> list[Event]:
         """Return the last ``n`` events in append order (fewer if the log is shorter)."""
@@ -751,23 +258,23 @@ class EventLog:
         self._sync()
         if n == 0:
             return []
-        if self.cache:
-            return self._events[-n:]
-        return self._read_latest(n)
+        if self._index is not None:
+            return self._read_latest(n)
+        return self._events[-n:]
 
     def count(self, event_type: EventType | str | Sequence[EventType | str] | None = None) -> int:
         """Return the number of events, or of events of ``event_type`` (one or a list)."""
         self._sync()
         if event_type is None:
             return self._count
-        types = EventQuery(event_type=event_type).event_type
+        query = EventQuery(event_type=event_type)
+        if self._index is not None:
+            return self._index.count_query(query)
+        types = query.event_type
         assert types is not None
         counts = self._type_counts
         if counts is None:
-            counts = Counter(event.event_type for event in self._events)
-            for chunk in () if self.cache else self._stream():
-                counts.update([event.event_type for event in chunk])
-            self._type_counts = counts
+            counts = self._type_counts = Counter(event.event_type for event in self._events)
         return sum(counts[t] for t in types)
 
     def __len__(self) -> int:
@@ -779,8 +286,8 @@ class EventLog:
 
     # --- internals ------------------------------------------------------------------
 
-    def _lock(self) -> _LogWriter:
-        writer = _LogWriter.open(self.log_path, durability=self.durability, strict=self.strict)
+    def _lock(self) -> LogWriter:
+        writer = LogWriter.open(self.log_path, durability=self.durability, strict=self.strict)
         try:
             self._refresh()  # what was appended since the last read, now that no one writes
         except BaseException:
@@ -816,13 +323,17 @@ class EventLog:
         ):
             self._reset()  # replaced (cleared) or truncated: read it again
         try:
-            fd = os.open(self.log_path, _READ_FLAGS)
+            fd = os.open(self.log_path, READ_FLAGS)
         except FileNotFoundError:
             self._reset()
             return
         try:
-            for events in self._scan.read(fd):
-                self._add(events)
+            if self._index is None:
+                for events in self._scan.read(fd):
+                    self._add(events)
+            else:
+                for located in self._scan.read_positioned(fd):
+                    self._add_located(located)
             status = os.fstat(fd)
         finally:
             os.close(fd)
@@ -830,35 +341,44 @@ class EventLog:
 
     def _add(self, events: list[Event]) -> None:
         self._count += len(events)
+        if self._index is not None:
+            return  # the index has them
         if self._type_counts is not None:
             self._type_counts.update([event.event_type for event in events])
-        if self.cache:
-            self._events.extend(events)
+        self._events.extend(events)
+
+    def _add_located(self, located: list[tuple[Event, int, int]]) -> None:
+        """Index events read from the file (``cache=False``), with their lines' places."""
+        if not located:
+            return
+        assert self._index is not None
+        events = [event for event, _, _ in located]
+        offsets = [offset for _, offset, _ in located]
+        lengths = [length for _, _, length in located]
+        self._index.add_located(events, self.log_path, offsets, lengths)
+        self._count += len(events)
+
+    @staticmethod
+    def _new_index() -> EventIndex:
+        # One log: one file to keep open; duplicate lines are kept, like the cache keeps them.
+        return EventIndex(low_memory=True, max_open_files=1, keep_duplicates=True)
 
     def _reset(self) -> None:
         self._events = []
+        if self._index is not None:
+            self._index.close()  # its open file may be the replaced one
+            self._index = self._new_index()
         self._count = 0
         self._type_counts = None
-        self._scan = _Scan(os.fspath(self.log_path), strict=self.strict)
+        self._scan = LogScan(os.fspath(self.log_path), strict=self.strict)
         self._seen = None
-
-    def _stream(self) -> Iterator[list[Event]]:
-        """Yield the file's events chunk by chunk, up to what this object has read."""
-        try:
-            fd = os.open(self.log_path, _READ_FLAGS)
-        except FileNotFoundError:
-            return
-        try:
-            yield from _Scan(self._scan.path, strict=False).read(fd, stop=self._scan.end)
-        finally:
-            os.close(fd)
 
     def _read_latest(self, n: int) -> list[Event]:
         """The last ``n`` events, reading backwards from the end in growing windows."""
         end = self._scan.end
-        window = max(_TAIL_BLOCK, n * 1024)
+        window = max(TAIL_BLOCK, n * 1024)
         try:
-            fd = os.open(self.log_path, _READ_FLAGS)
+            fd = os.open(self.log_path, READ_FLAGS)
         except FileNotFoundError:
             return []
         try:
@@ -869,7 +389,7 @@ class EventLog:
                 if start and not skip:  # no line starts in the window
                     window *= 2
                     continue
-                decoded = _Scan(self._scan.path, strict=False).decode_positioned(
+                decoded = LogScan(self._scan.path, strict=False).decode_positioned(
                     data[skip:], start + skip
                 )
                 if len(decoded) >= n or start == 0:
@@ -963,7 +483,7 @@ class JsonlSink:
         on_written: WrittenCallback | None = None,
         name: str = "jsonl",
     ) -> None:
-        _check_durability(durability)
+        check_durability(durability)
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
         if on_written is not None and durability == "none":
@@ -979,7 +499,7 @@ class JsonlSink:
         self._on_recovery = on_recovery
         self._on_written = on_written
         self._written: list[tuple[list[Event], Path, list[int], list[int]]] = []
-        self._files: OrderedDict[str, _LogWriter] = OrderedDict()
+        self._files: OrderedDict[str, LogWriter] = OrderedDict()
         self._recoveries: list[RecoveryReport] = []
         self._unannounced: list[tuple[str, RecoveryReport]] = []
         self._partial: tuple[tuple[int, str, str], set[str]] | None = None
@@ -1087,7 +607,7 @@ class JsonlSink:
                 offsets.pop()  # the end of the last line
                 self._written.append((group.events, writer.path, offsets, group.lengths))
 
-    def _file(self, session_id: str) -> _LogWriter:
+    def _file(self, session_id: str) -> LogWriter:
         writer = self._files.get(session_id)
         if writer is not None:
             if not writer.closed:
@@ -1099,7 +619,7 @@ class JsonlSink:
             self._evicted += 1
             evicted.close()
         path = self.path_for(session_id)
-        writer = _LogWriter.open(path, durability=self.durability, strict=self.strict)
+        writer = LogWriter.open(path, durability=self.durability, strict=self.strict)
         self._opened += 1
         self._files[session_id] = writer
         if writer.cut is not None:

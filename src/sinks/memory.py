@@ -43,33 +43,46 @@ Errors::
 
 An :class:`EventIndex` is not thread-safe: use it from one thread (the bus's
 event loop, or the thread that owns it).
+
+Layout: :class:`EventIndex` (adding, ordering, eviction, queries) is here;
+the postings and the algorithms over them are in ``sinks._index_postings``, the
+low-memory rows (places in the logs, reading back) in ``sinks._index_disk``,
+token usage in ``sinks._index_usage`` and the errors in
+``sinks._index_errors``. Import every name from here.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import weakref
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import chain, compress, islice, repeat
-from operator import attrgetter, eq, is_not, lt
+from operator import attrgetter, eq
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
-import msgspec
+from eventbus import Event, EventQuery, EventType
 
-from eventbus import (
-    Event,
-    EventBusError,
-    EventDecodeError,
-    EventQuery,
-    EventType,
-    decode_event,
-    decode_events,
+from ._index_disk import Locations, LogRows, take
+from ._index_errors import (
+    EventIndexError,
+    IndexArgumentError,
+    LocationRequiredError,
+    StaleLogError,
+    UnknownEventIdError,
+)
+from ._index_postings import Check, Postings, both, cut, increasing, insort, scan, time_sorted
+from ._index_usage import (
+    NO_USAGE,
+    RESPONSE,
+    USAGE_FIELDS,
+    TokenUsage,
+    UsageField,
+    UsageTable,
+    to_usage,
 )
 
 __all__ = [
@@ -83,204 +96,34 @@ __all__ = [
     "UsageField",
 ]
 
-UsageField: TypeAlias = Literal["session_id", "model", "agent_role", "task_id"]
-"""The fields :meth:`EventIndex.usage_by` groups by."""
-
-
-# --- errors -------------------------------------------------------------------------------
-
-
-class EventIndexError(EventBusError):
-    """Base class of the errors raised by :class:`EventIndex`."""
-
-
-class IndexArgumentError(EventIndexError, ValueError):
-    """Raised when an argument of an :class:`EventIndex` method is out of range."""
-
-    def __init__(self, name: str, value: object, requirement: str) -> None:
-        self.name = name
-        self.value = value
-        super().__init__(f"{name}={value!r} is invalid: {requirement}")
-
-
-class UnknownEventIdError(EventIndexError, LookupError):
-    """Raised when ``query(after=...)`` names an event id the index does not hold."""
-
-    def __init__(self, event_id: str) -> None:
-        self.event_id = event_id
-        super().__init__(
-            f"after={event_id!r}: no event with this id is in the index (never added, or "
-            "evicted by max_events); pass the Event itself as 'after' to page past an "
-            "evicted event"
-        )
-
-
-class LocationRequiredError(EventIndexError):
-    """Raised when a low-memory index is given events without their places in a log."""
-
-    def __init__(self, action: str) -> None:
-        self.action = action
-        super().__init__(
-            f"cannot {action}: EventIndex(low_memory=True) keeps only where each event is "
-            "in its JSONL log, so events reach it through add_located(events, path, offsets, "
-            "lengths), called by the writer that wrote them; use EventIndex() to index "
-            "events straight from a bus"
-        )
-
-
-class StaleLogError(EventIndexError):
-    """Raised when a low-memory index reads an event back and its log no longer holds it."""
-
-    def __init__(self, path: str, offset: int, reason: str) -> None:
-        self.path = path
-        self.offset = offset
-        super().__init__(
-            f"cannot read the event indexed at byte {offset} of {path}: {reason}; the log "
-            "changed after it was indexed (cleared or rewritten): rebuild the index with "
-            "EventIndex.from_workspace(...)"
-        )
-
-
-# --- token usage --------------------------------------------------------------------------
-
-
-class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """Token and cost totals of LLM responses (``llm_response_received`` events).
-
-    Only responses count: a request's ``prompt_tokens`` is repeated by its
-    response, so counting both would count it twice. ``total_tokens`` is the
-    response's own value, or ``prompt_tokens + completion_tokens`` when it has
-    none. A token count that is not a non-negative ``int``, or a ``cost_usd``
-    that is not a finite non-negative number, counts as zero. Costs are summed
-    exactly (in units of 1e-12 USD), so totals do not depend on arrival order.
-    """
-
-    responses: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: float = 0.0
-
-
-_PICO: Final = 10**12
-_MAX_TOKENS: Final = 1 << 63
-_NO_USAGE: Final = TokenUsage()
-
-
-def _tokens(value: object) -> int | None:
-    if type(value) is int and 0 <= value < _MAX_TOKENS:
-        return value
-    return None
-
-
-def _picodollars(value: object) -> int:
-    if type(value) is float and math.isfinite(value) and value >= 0:
-        return round(value * _PICO)
-    if type(value) is int and value >= 0:
-        return value * _PICO
-    return 0
-
-
-def _usage_amounts(metadata: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """Return (prompt, completion, total, cached, cost in 1e-12 USD) of one response."""
-    prompt = _tokens(metadata.get("prompt_tokens")) or 0
-    completion = _tokens(metadata.get("completion_tokens")) or 0
-    total = _tokens(metadata.get("total_tokens"))
-    return (
-        prompt,
-        completion,
-        prompt + completion if total is None else total,
-        _tokens(metadata.get("cached_tokens")) or 0,
-        _picodollars(metadata.get("cost_usd")),
-    )
-
-
-def _to_usage(sums: list[int] | None) -> TokenUsage:
-    if sums is None:
-        return _NO_USAGE
-    return TokenUsage(
-        responses=sums[0],
-        prompt_tokens=sums[1],
-        completion_tokens=sums[2],
-        total_tokens=sums[3],
-        cached_tokens=sums[4],
-        cost_usd=sums[5] / _PICO,
-    )
-
-
 # --- the index ----------------------------------------------------------------------------
 
 _FIELDS: Final = ("event_type", "session_id", "phase", "task_id", "agent_role", "model")
 _GETTERS: Final = tuple(map(attrgetter, _FIELDS))
 _TYPE, _SESSION, _SESSION_TYPE = 0, 1, 6  # posting lists: the six fields, then (session, type)
 _POSTED: Final = 7
-_USAGE_FIELDS: Final = ("session_id", "model", "agent_role", "task_id")
 _FIELD_INDEX: Final = {name: i for i, name in enumerate(_FIELDS)}
 _MAYBE_NONE: Final = (2, 3, 4, 5)  # fields that are often None: phase, task, role, model
 _get_id = attrgetter("id")
 _get_timestamp = attrgetter("timestamp")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
-_RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
 _EVERYTHING: Final = EventQuery()
 # Stands in for an evicted (or duplicate) event until its row is compacted away.
 _GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
 _INSERT_RATIO: Final = 32  # insert late events one by one while fewer than live/ratio
 _MIN_COMPACTION: Final = 4096  # compact once this many (and half the rows) are dead
-_READ_GAP: Final = 16 * 1024  # read neighbouring lines of a log in one call within this gap
-_MAX_READ: Final = 1 << 20
 _BATCH: Final = 4096
-_LIMITS: Final = (("B", 1 << 8), ("H", 1 << 16), ("I", 1 << 32), ("q", 1 << 63))
 
-_Check: TypeAlias = Callable[[Sequence[int]], list[int]]
 _Key: TypeAlias = tuple[Any, str]
-_Locations: TypeAlias = tuple[int, list[int], list[int]]  # file id, offsets, lengths
-_Posting: TypeAlias = MutableSequence[int]
-
-
-def _fit(column: array[int], largest: int) -> array[int]:
-    """Return ``column``, or a copy with a wider item type if ``largest`` does not fit."""
-    for typecode, limit in _LIMITS:
-        if largest < limit:
-            if array(typecode).itemsize <= column.itemsize:
-                return column
-            return array(typecode, column)
-    raise OverflowError(f"{largest} does not fit in 63 bits")
-
-
-def _take(column: MutableSequence[Any], positions: Sequence[int]) -> MutableSequence[Any]:
-    """Return the items of ``column`` at ``positions``, as the same kind of sequence."""
-    if type(positions) is range:
-        return column[positions.start : positions.stop]
-    picked = map(column.__getitem__, positions)
-    if isinstance(column, array):
-        return array(column.typecode, picked)
-    return list(picked)
 
 
 def _microseconds(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    if hasattr(os, "pread"):
-        return os.pread(fd, size, offset)
-    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - platforms without pread
-    return os.read(fd, size)  # pragma: no cover
-
-
-def _close_files(files: OrderedDict[int, int]) -> None:
-    while files:
-        os.close(files.popitem()[1])
-
-
-def _increasing(items: Sequence[Any]) -> bool:
-    return all(map(lt, items, islice(items, 1, None)))
-
-
-def _pick(located: _Locations | None, keep: list[int]) -> _Locations | None:
+def _pick(located: Locations | None, keep: list[int]) -> Locations | None:
     if located is None:
         return None
     return located[0], [located[1][i] for i in keep], [located[2][i] for i in keep]
@@ -310,6 +153,9 @@ class EventIndex:
         by :meth:`from_workspace`); queries read the events they return back
         from the logs.
     :param max_open_files: in low-memory mode, how many logs stay open for reading.
+    :param keep_duplicates: index every event given, even one the index holds
+        (same id and timestamp), instead of skipping it. A log can hold a line
+        twice; :class:`~sinks.jsonl.EventLog` keeps both, and so does its index.
     """
 
     def __init__(
@@ -318,6 +164,7 @@ class EventIndex:
         max_events: int | None = None,
         low_memory: bool = False,
         max_open_files: int = 32,
+        keep_duplicates: bool = False,
     ) -> None:
         if max_events is not None and max_events < 1:
             raise IndexArgumentError("max_events", max_events, "hold at least 1 event, or None")
@@ -325,7 +172,7 @@ class EventIndex:
             raise IndexArgumentError("max_open_files", max_open_files, "must be >= 1")
         self._max_events = max_events
         self._low_memory = low_memory
-        self._max_open_files = max_open_files
+        self._keep_duplicates = keep_duplicates
         self._live = 0
         self._dead = 0  # rows of evicted or duplicate events, until compacted away
         self._evicted = 0
@@ -340,41 +187,14 @@ class EventIndex:
         # while events arrive in order. Entries before _order_start are evicted.
         self._order: range | array[int] = range(0)
         self._order_start = 0
-        # Postings: per field (and per (session, type)), value -> positions in
-        # time order; entries before _starts[field][value] are evicted. Lists
-        # in memory mode (faster to append), arrays in low-memory mode.
-        self._postings: list[dict[Any, _Posting]] = [{} for _ in range(_POSTED)]
-        self._starts: list[dict[Any, int]] = [{} for _ in range(_POSTED)]
-        self._scratch: list[int] = []
-        self._appends: list[dict[Any, Callable[[int], None]]] = []
-        self._reset_appends()
+        # Per field (and per (session, type)), value -> positions in time order.
+        self._postings = Postings(_POSTED, arrays=low_memory, sparse=_MAYBE_NONE)
         # Event id -> position, built when `after=<id>` first needs it.
         self._id_map: dict[str, int] | None = None
         self._id_map_rows = 0
-        # Low-memory mode: field values as small ints, where each event is, and
-        # id hashes (with an open-addressing table of them, built when needed).
-        self._codes: list[dict[Any, int]] = [{None: 0} for _ in _FIELDS]
-        self._values: list[list[Any]] = [[None] for _ in _FIELDS]
-        self._columns: list[array[int]] = [array("B") for _ in _FIELDS]
-        self._file: array[int] = array("B")
-        self._offset: array[int] = array("q")
-        self._length: array[int] = array("I")
-        self._hashes: array[int] = array("q")
-        self._slots: array[int] | None = None  # 0 empty, else position + 1
-        self._slots_rows = 0
-        self._paths: list[str] = []
-        self._path_ids: dict[str, int] = {}
-        self._files: OrderedDict[int, int] = OrderedDict()
-        weakref.finalize(self, _close_files, self._files)
-        # Token usage: one row per response (positions increase), folded lazily
-        # into the totals.
-        self._usage_positions: array[int] = array("q")
-        self._usage_row: dict[int, int] = {}  # position -> row
-        self._usage_amounts: list[array[int]] = [array("q") for _ in range(4)]
-        self._usage_cost: list[int] = []
-        self._usage_folded = 0
-        self._usage_total: list[int] = [0] * 6
-        self._usage_groups: dict[str, dict[Any, list[int]]] = {name: {} for name in _USAGE_FIELDS}
+        # Low-memory mode: where each event is in its log, its id hash and field codes.
+        self._rows = LogRows(len(_FIELDS), max_open_files)
+        self._usage = UsageTable()  # token usage: a row per response, folded lazily
 
     # --- properties ---------------------------------------------------------------------
 
@@ -382,6 +202,11 @@ class EventIndex:
     def low_memory(self) -> bool:
         """Whether events are read back from their logs instead of held in memory."""
         return self._low_memory
+
+    @property
+    def keep_duplicates(self) -> bool:
+        """Whether an event the index holds is indexed again rather than skipped."""
+        return self._keep_duplicates
 
     @property
     def max_events(self) -> int | None:
@@ -427,7 +252,7 @@ class EventIndex:
 
     def close(self) -> None:
         """Release open log files; they are reopened if a later query needs them."""
-        _close_files(self._files)
+        self._rows.close()
 
     def add(self, events: Iterable[Event]) -> int:
         """Index ``events`` (in any order); return how many were new.
@@ -472,7 +297,7 @@ class EventIndex:
             raise IndexArgumentError(
                 "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
             )
-        return self._add(events, (self._file_id(path), list(offsets), list(lengths)))
+        return self._add(events, (self._rows.file_id(path), list(offsets), list(lengths)))
 
     @classmethod
     def from_workspace(
@@ -501,26 +326,17 @@ class EventIndex:
             entries = iter_log(path)
             while chunk := list(islice(entries, _BATCH)):
                 events = [entry[0] for entry in chunk]
-                located: _Locations | None = None
+                located: Locations | None = None
                 if low_memory:
                     offsets = [entry[1] for entry in chunk]
-                    located = (index._file_id(path), offsets, [entry[2] for entry in chunk])
+                    located = (index._rows.file_id(path), offsets, [entry[2] for entry in chunk])
                 index._add(events, located, bulk=True)
                 if max_events is not None and index._live >= 2 * max_events:
                     index._settle()
         index._settle()
         return index
 
-    def _file_id(self, path: str | os.PathLike[str]) -> int:
-        name = os.path.abspath(path)
-        file_id = self._path_ids.get(name)
-        if file_id is None:
-            file_id = self._path_ids[name] = len(self._paths)
-            self._paths.append(name)
-            self._file = _fit(self._file, file_id)
-        return file_id
-
-    def _add(self, events: list[Event], located: _Locations | None, *, bulk: bool = False) -> int:
+    def _add(self, events: list[Event], located: Locations | None, *, bulk: bool = False) -> int:
         """Index a batch. ``bulk`` leaves late events unsorted until :meth:`_settle`.
 
         Events normally arrive in time order: then every posting gets an append,
@@ -540,12 +356,7 @@ class EventIndex:
         values.append(list(zip(values[_SESSION], values[_TYPE], strict=True)))
         if self._low_memory:
             assert located is not None
-            self._file.extend(repeat(located[0], n))
-            self._offset.extend(located[1])
-            self._length.extend(located[2])
-            self._hashes.extend(map(hash, ids))
-            for field in range(len(_FIELDS)):
-                self._append_codes(field, values[field])
+            self._rows.extend(located, ids, values)
         else:
             self._events.extend(events)
         # Postings: append what sorts after the newest event, insert the rest in place.
@@ -555,7 +366,7 @@ class EventIndex:
         if start < n:
             tail = positions[start:] if start else positions
             for field, field_values in enumerate(values):
-                self._append_postings(field, field_values[start:] if start else field_values, tail)
+                self._postings.append(field, field_values[start:] if start else field_values, tail)
             if type(self._order) is range:
                 self._order = range(first + n)
             else:
@@ -569,14 +380,14 @@ class EventIndex:
         newest = (stamps[-1], ids[-1])
         if last is None or newest > last:
             self._last = newest
-        self._add_usage(events, values[_TYPE], positions)
+        self._usage.add(events, values[_TYPE], positions)
         if not bulk:
             self._settle()
         return given - (self._duplicates - duplicates)
 
     def _prepare(
-        self, events: list[Event], located: _Locations | None, *, bulk: bool
-    ) -> tuple[list[Event], list[str], list[Any], _Locations | None, int, bool] | None:
+        self, events: list[Event], located: Locations | None, *, bulk: bool
+    ) -> tuple[list[Event], list[str], list[Any], Locations | None, int, bool] | None:
         """Order a batch by (timestamp, id) and drop the events the index holds.
 
         Returns the events, their ids, timestamps and locations, how many sort
@@ -590,9 +401,9 @@ class EventIndex:
         if self._low_memory:
             stamps = list(map(_microseconds, stamps))
         keys: list[_Key] | None = None
-        if not _increasing(stamps):
+        if not increasing(stamps):
             keys = list(zip(stamps, ids, strict=True))
-            if not _increasing(keys):
+            if not increasing(keys):
                 keep = self._sorted_unique(keys)
                 events = [events[i] for i in keep]
                 ids = [ids[i] for i in keep]
@@ -606,7 +417,7 @@ class EventIndex:
             keys = list(zip(stamps, ids, strict=True))
         late = bisect_right(keys, last)
         insert = not bulk and late * _INSERT_RATIO <= self._live
-        if insert:  # few: drop those held now (many: _resort finds them)
+        if insert and not self._keep_duplicates:  # few: drop those held now (many: _resort)
             held = [i for i in range(late) if self._holds(stamps[i], ids[i])]
             if held:
                 self._duplicates += len(held)
@@ -621,8 +432,13 @@ class EventIndex:
         return events, ids, stamps, located, late, insert and late > 0
 
     def _sorted_unique(self, keys: list[_Key]) -> list[int]:
-        """Return the indexes of ``keys`` in key order, without repeated keys (counted)."""
+        """Return the indexes of ``keys`` in key order, without repeated keys (counted).
+
+        With ``keep_duplicates`` repeated keys are kept, in the order given.
+        """
         order = sorted(range(len(keys)), key=keys.__getitem__)
+        if self._keep_duplicates:
+            return order
         keep = [i for i, j in zip(order, [-1, *order], strict=False) if j < 0 or keys[i] != keys[j]]
         self._duplicates += len(keys) - len(keep)
         return keep
@@ -640,78 +456,13 @@ class EventIndex:
             i += 1
         return False
 
-    def _append_codes(self, field: int, values: list[Any]) -> None:
-        codes = self._codes[field]
-        missing = set(values).difference(codes)
-        if missing:
-            names = self._values[field]
-            for value in missing:
-                codes[value] = len(names)
-                names.append(value)
-            self._columns[field] = _fit(self._columns[field], len(names) - 1)
-        self._columns[field].extend(map(codes.__getitem__, values))
-
-    def _posting(self, field: int, value: Any) -> _Posting:
-        postings = self._postings[field]
-        posting = postings.get(value)
-        if posting is None:
-            posting = postings[value] = array("q") if self._low_memory else []
-            self._appends[field][value] = posting.append
-        return posting
-
-    def _append_postings(self, field: int, values: list[Any], positions: list[int]) -> None:
-        n = len(values)
-        first = values[0]
-        if values[-1] == first and values.count(first) == n:  # one value: one extend
-            if first is not None:
-                self._posting(field, first).extend(positions)
-            return
-        appends = self._appends[field]
-        for value in set(values).difference(appends):
-            self._posting(field, value)
-        if field in _MAYBE_NONE and values.count(None) * 4 > n:  # sparse: skip Nones in C
-            present = list(map(is_not, values, repeat(None)))
-            for position, value in zip(
-                compress(positions, present), compress(values, present), strict=True
-            ):
-                appends[value](position)
-            return
-        for position, value in zip(positions, values, strict=True):
-            appends[value](position)
-        self._scratch.clear()  # the Nones' appends
-
-    def _reset_appends(self) -> None:
-        self._appends = [
-            {value: posting.append for value, posting in postings.items()}
-            for postings in self._postings
-        ]
-        for appends in self._appends:
-            appends[None] = self._scratch.append
-
-    def _like(self, items: Iterable[int]) -> _Posting:
-        """A posting (a list, or in low-memory mode an array) holding ``items``."""
-        return array("q", items) if self._low_memory else list(items)
-
     def _insert_late(self, position: int, values: list[Any]) -> None:
         """Insert one late row into the time order and its postings."""
         assert type(self._order) is not range
-        self._insort(self._order, self._order_start, position)
+        insort(self._order, self._order_start, self._ts, position, self._id_at)
         for field, value in enumerate(values):
             if value is not None:
-                start = self._starts[field].get(value, 0)
-                self._insort(self._posting(field, value), start, position)
-
-    def _insort(self, posting: _Posting, start: int, position: int) -> None:
-        ts = self._ts
-        stamp = ts[position]
-        i = bisect_right(posting, stamp, start, key=ts.__getitem__)
-        if i > start and ts[posting[i - 1]] == stamp:
-            event_id = self._id_at(position)
-            while i > start and ts[posting[i - 1]] == stamp:
-                if self._id_at(posting[i - 1]) < event_id:
-                    break
-                i -= 1
-        posting.insert(i, position)
+                self._postings.insert(field, value, self._ts, position, self._id_at)
 
     def _settle(self) -> None:
         """Sort rows added late in bulk, then evict down to ``max_events``."""
@@ -722,19 +473,18 @@ class EventIndex:
 
     def _resort(self) -> None:
         """Put every posting back in time order, dropping duplicate rows."""
-        order, duplicates = self._time_sorted(self._order[self._order_start :], dedupe=True)
+        order, duplicates = time_sorted(
+            self._order[self._order_start :],
+            self._ts,
+            self._ids_at,
+            dedupe=not self._keep_duplicates,
+        )
         # Not a range: a late row sorts before an earlier one (compaction may restore it).
         self._order, self._order_start = array("q", order), 0
         rank = array("q", [-1]) * len(self._ts)
         for i, position in enumerate(order):
             rank[position] = i
-        keep = (0).__le__
-        for postings, starts in zip(self._postings, self._starts, strict=True):
-            for value, posting in postings.items():
-                live: Iterable[int] = posting[starts.pop(value, 0) :]
-                if duplicates:
-                    live = compress(live, map(keep, map(rank.__getitem__, live)))
-                posting[:] = self._like(sorted(live, key=rank.__getitem__))
+        self._postings.sort(rank, dropped=bool(duplicates))
         if duplicates:
             self._drop(duplicates)
         self._sorted = True
@@ -747,52 +497,13 @@ class EventIndex:
         if not self._low_memory:
             for position in positions:
                 self._events[position] = _GONE
-        rows = {self._usage_row[p] for p in positions if p in self._usage_row}
-        for row in rows:
-            if row < self._usage_folded:
-                self._apply_usage(row, -1)
-        self._remove_usage_rows(rows)
-
-    def _time_sorted(
-        self, positions: Iterable[int], *, dedupe: bool = False
-    ) -> tuple[list[int], list[int]]:
-        """Return ``positions`` sorted by (timestamp, id), and (``dedupe``) the repeats.
-
-        Of events with equal timestamp and id, the first to arrive is kept.
-        """
-        ts = self._ts
-        ordered = sorted(positions, key=ts.__getitem__)
-        stamps = list(map(ts.__getitem__, ordered))
-        ties = list(map(eq, stamps, islice(stamps, 1, None)))
-        i = _index(ties, True, 0)
-        if i < 0:
-            return ordered, []
-        result: list[int] = []
-        repeats: list[int] = []
-        done = 0
-        while i >= 0:
-            j = i
-            while j < len(ties) and ties[j]:
-                j += 1
-            run = ordered[i : j + 1]  # these share one timestamp
-            result.extend(ordered[done:i])
-            previous = None
-            for event_id, position in sorted(zip(self._ids_at(run), run, strict=True)):
-                if dedupe and event_id == previous:
-                    repeats.append(position)
-                else:
-                    result.append(position)
-                previous = event_id
-            done = j + 1
-            i = _index(ties, True, j)
-        result.extend(ordered[done:])
-        return result, repeats
+        self._usage.discard(positions, self._usage_value)
 
     # --- eviction and compaction --------------------------------------------------------
 
     def _evict(self, k: int) -> None:
         """Evict the ``k`` oldest events (the front of every posting)."""
-        self._fold_usage()
+        self._usage.fold(self._usage_value)
         start = self._order_start
         victims = self._order[start : start + k]
         self._order_start = start + k
@@ -801,13 +512,10 @@ class EventIndex:
         self._dead += k
         columns = [self._values_at(field, victims) for field in range(len(_FIELDS))]
         columns.append(list(zip(columns[_SESSION], columns[_TYPE], strict=True)))
-        for field, starts in enumerate(self._starts):
-            for value, count in Counter(columns[field]).items():
-                if value is not None:
-                    starts[value] = starts.get(value, 0) + count
+        self._postings.evict(columns)
         for position, event_type in zip(victims, columns[_TYPE], strict=True):
-            if event_type == _RESPONSE:
-                self._apply_usage(self._usage_row[position], -1)
+            if event_type == RESPONSE:
+                self._usage.subtract(position, self._usage_value)
         if not self._low_memory:
             events = self._events
             for position in victims:
@@ -817,7 +525,7 @@ class EventIndex:
 
     def _compact(self) -> None:
         """Drop dead rows and renumber positions (amortised over the evictions)."""
-        self._fold_usage()
+        self._usage.fold(self._usage_value)
         order, start = self._order, self._order_start
         live: Sequence[int]
         new_position: Callable[[int], int]
@@ -837,73 +545,27 @@ class EventIndex:
         self._order_start = 0
         shared = list(range(len(live)))  # one int object per row, shared by the postings
 
-        def renumber(positions: Iterable[int]) -> _Posting:
+        def renumber(positions: Iterable[int]) -> MutableSequence[int]:
             if self._low_memory:
                 return array("q", map(new_position, positions))
             return list(map(shared.__getitem__, map(new_position, positions)))
 
-        self._ts = _take(self._ts, live)
+        self._ts = take(self._ts, live)
         if self._low_memory:
-            self._file = array(self._file.typecode, _take(self._file, live))
-            self._offset = array("q", _take(self._offset, live))
-            self._length = array("I", _take(self._length, live))
-            self._hashes = array("q", _take(self._hashes, live))
-            self._columns = [array(c.typecode, _take(c, live)) for c in self._columns]
-            self._recode()
-            self._slots = None
+            self._rows.keep(live)
         else:
-            self._events = list(_take(self._events, live))
+            self._events = list(take(self._events, live))
             self._id_map = None
-        for postings, starts in zip(self._postings, self._starts, strict=True):
-            for value in list(postings):
-                skip = starts.pop(value, 0)
-                if skip == len(postings[value]):
-                    del postings[value]
-                else:
-                    postings[value] = renumber(postings[value][skip:])
-        self._reset_appends()
-        self._remove_usage_rows(
-            {r for r, p in enumerate(self._usage_positions) if not self._is_row(p, live)}
-        )
-        self._usage_positions = array("q", map(new_position, self._usage_positions))
-        self._usage_row = dict(
-            zip(self._usage_positions, range(len(self._usage_positions)), strict=True)
-        )
+        self._postings.renumber(renumber)
+        self._usage.renumber(partial(self._is_row, live=live), new_position)
         self._dead = 0
 
     @staticmethod
-    def _is_row(position: int, live: Sequence[int]) -> bool:
+    def _is_row(position: int, *, live: Sequence[int]) -> bool:
         if type(live) is range:
             return position in live
         i = bisect_left(live, position)
         return i < len(live) and live[i] == position
-
-    def _remove_usage_rows(self, rows: set[int]) -> None:
-        """Delete usage rows (already subtracted from the totals, or never folded)."""
-        if not rows:
-            return
-        keep = [row for row in range(len(self._usage_positions)) if row not in rows]
-        folded = sum(1 for row in keep if row < self._usage_folded)
-        self._usage_positions = array("q", map(self._usage_positions.__getitem__, keep))
-        self._usage_amounts = [array("q", map(a.__getitem__, keep)) for a in self._usage_amounts]
-        self._usage_cost = list(map(self._usage_cost.__getitem__, keep))
-        self._usage_folded = folded
-        self._usage_row = dict(zip(self._usage_positions, range(len(keep)), strict=True))
-
-    def _recode(self) -> None:
-        """Forget field values no live event holds (low-memory mode)."""
-        for field, column in enumerate(self._columns):
-            used = sorted({0, *column})
-            if len(used) * 2 > len(self._values[field]):
-                continue
-            names = self._values[field]
-            recode = array("q", [0]) * len(names)
-            for new, code in enumerate(used):
-                recode[code] = new
-            self._values[field] = [names[code] for code in used]
-            self._codes[field] = {name: code for code, name in enumerate(self._values[field])}
-            fitted = _fit(array("B"), len(used) - 1)
-            self._columns[field] = array(fitted.typecode, map(recode.__getitem__, column))
 
     # --- ids ----------------------------------------------------------------------------
 
@@ -922,21 +584,7 @@ class EventIndex:
             if position is None or events[position] is _GONE:
                 return None
             return position
-        slots = self._hash_slots()
-        hashes = self._hashes
-        mask = len(slots) - 1
-        h = hash(event_id)
-        i = h & mask
-        while (slot := slots[i]) != 0:
-            position = slot - 1
-            if (
-                hashes[position] == h
-                and self._is_live(position)
-                and self._id_at(position) == event_id
-            ):
-                return position
-            i = (i + 1) & mask
-        return None
+        return self._rows.find(event_id, self._is_live)
 
     def _is_live(self, position: int) -> bool:
         if not self._low_memory:
@@ -952,118 +600,15 @@ class EventIndex:
             i += 1
         return False
 
-    def _hash_slots(self) -> array[int]:
-        """The id-hash table (low-memory mode), brought up to date."""
-        rows = len(self._hashes)
-        slots = self._slots
-        if slots is None or rows * 10 > len(slots) * 7:
-            size = 8
-            while rows * 2 > size:
-                size *= 2
-            slots = self._slots = array("q", bytes(8 * size))
-            self._slots_rows = 0
-        mask = len(slots) - 1
-        hashes = self._hashes
-        for position in range(self._slots_rows, rows):
-            i = hashes[position] & mask
-            while slots[i]:
-                i = (i + 1) & mask
-            slots[i] = position + 1
-        self._slots_rows = rows
-        return slots
-
     def _id_at(self, position: int) -> str:
         if self._low_memory:
-            return self._read([position])[0].id
+            return self._rows.id_at(position)
         return self._events[position].id
 
     def _ids_at(self, positions: Sequence[int]) -> list[str]:
         if self._low_memory:
-            return [event.id for event in self._read(positions)]
+            return self._rows.ids_at(positions)
         return [self._events[p].id for p in positions]
-
-    # --- reading back (low-memory mode) -------------------------------------------------
-
-    def _fd(self, file_id: int) -> int:
-        files = self._files
-        fd = files.get(file_id)
-        if fd is None:
-            path = self._paths[file_id]
-            try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                raise StaleLogError(path, 0, "the file is gone") from None
-            files[file_id] = fd
-            if len(files) > self._max_open_files:
-                os.close(files.popitem(last=False)[1])
-        else:
-            files.move_to_end(file_id)
-        return fd
-
-    def _read(self, positions: Sequence[int]) -> list[Event]:
-        """Read the events at ``positions`` from their logs, in the order given."""
-        k = len(positions)
-        files = list(map(self._file.__getitem__, positions))
-        offsets = list(map(self._offset.__getitem__, positions))
-        lengths = list(map(self._length.__getitem__, positions))
-        if k and files.count(files[0]) == k:
-            by_place = sorted(range(k), key=offsets.__getitem__)
-        else:
-            places = list(zip(files, offsets, strict=True))
-            by_place = sorted(range(k), key=places.__getitem__)
-        out: list[Any] = [None] * k
-        i = 0
-        while i < k:  # one read per run of nearby lines of one file
-            first = by_place[i]
-            file_id, begin = files[first], offsets[first]
-            end = begin + lengths[first]
-            adjacent = True
-            j = i + 1
-            while j < k:
-                nxt = by_place[j]
-                if files[nxt] != file_id or offsets[nxt] - end > _READ_GAP:
-                    break
-                if offsets[nxt] + lengths[nxt] - begin > _MAX_READ:
-                    break
-                adjacent = adjacent and offsets[nxt] == end
-                end = offsets[nxt] + lengths[nxt]
-                j += 1
-            data = _pread(self._fd(file_id), end - begin, begin)
-            run = by_place[i:j]
-            if not (adjacent and self._decode_run(data, run, positions, out)):
-                for index in run:
-                    at = offsets[index] - begin
-                    out[index] = self._decode(data[at : at + lengths[index]], positions[index])
-            i = j
-        return out
-
-    def _decode_run(
-        self, data: bytes, run: list[int], positions: Sequence[int], out: list[Any]
-    ) -> bool:
-        """Decode adjacent lines in one call; ``False`` if they are not what was indexed."""
-        try:
-            events = decode_events(data)
-        except EventDecodeError:
-            return False
-        hashes = self._hashes
-        wanted = [hashes[positions[index]] for index in run]
-        if list(map(hash, map(_get_id, events))) != wanted:
-            return False
-        for index, event in zip(run, events, strict=True):
-            out[index] = event
-        return True
-
-    def _decode(self, line: bytes, position: int) -> Event:
-        path, offset = self._paths[self._file[position]], self._offset[position]
-        if len(line) != self._length[position] or not line.endswith(b"\n"):
-            raise StaleLogError(path, offset, "the line there is shorter than when indexed")
-        try:
-            event = decode_event(line)
-        except EventDecodeError as exc:
-            raise StaleLogError(path, offset, f"it is not an event ({exc})") from exc
-        if hash(event.id) != self._hashes[position]:
-            raise StaleLogError(path, offset, f"it holds another event ({event.id})")
-        return event
 
     # --- querying -----------------------------------------------------------------------
 
@@ -1131,7 +676,7 @@ class EventIndex:
         sequence, lo, hi, checks = plan
         if not checks:
             return hi - lo
-        return len(self._scan(sequence, lo, hi, checks, None, newest_first=False))
+        return len(scan(sequence, lo, hi, checks, None, newest_first=False))
 
     def get_latest(self, n: int = 100, query: EventQuery | None = None) -> list[Event]:
         """Return the ``n`` most recent events (matching ``query``), oldest first.
@@ -1148,7 +693,7 @@ class EventIndex:
         if plan is None:
             return []
         sequence, lo, hi, checks = plan
-        return self._events_at(self._scan(sequence, lo, hi, checks, n, newest_first=True))
+        return self._events_at(scan(sequence, lo, hi, checks, n, newest_first=True))
 
     def query(
         self,
@@ -1173,7 +718,28 @@ class EventIndex:
         if plan is None or limit == 0:
             return []
         sequence, lo, hi, checks = plan
-        return self._events_at(self._scan(sequence, lo, hi, checks, limit, newest_first=False))
+        return self._events_at(scan(sequence, lo, hi, checks, limit, newest_first=False))
+
+    def query_in_log_order(self, query: EventQuery) -> list[Event]:
+        """Return the events matching ``query`` in the order of their lines in their logs.
+
+        That is by log (in the order the index first saw each), then by byte
+        offset: for the events of one log, the order they were appended in.
+        Costs in proportion to the result (found like :meth:`query`, then
+        sorted by place). Only a low-memory index knows where its events are.
+
+        :raises EventIndexError: if the index is not ``low_memory``.
+        """
+        if not self._low_memory:
+            raise EventIndexError(
+                "query_in_log_order needs EventIndex(low_memory=True): only a low-memory "
+                "index knows where its events are in their logs; use query() for time order"
+            )
+        plan = self._plan(_check_query(query), None)
+        if plan is None:
+            return []
+        positions = scan(*plan, None, newest_first=False)
+        return self._rows.read(self._rows.in_log_order(positions))
 
     def _stamp(self, moment: datetime) -> Any:
         return _microseconds(moment) if self._low_memory else moment
@@ -1192,7 +758,7 @@ class EventIndex:
 
     def _plan(
         self, query: EventQuery, after: str | Event | None
-    ) -> tuple[Sequence[int], int, int, list[_Check]] | None:
+    ) -> tuple[Sequence[int], int, int, list[Check]] | None:
         """Choose the smallest candidate list for ``query``: (list, lo, hi, other checks).
 
         The candidates are the postings of the query's values (for a session
@@ -1208,159 +774,86 @@ class EventIndex:
             if low is None or cursor[0] >= low:
                 low, low_id = cursor
         high: Any = None if query.end_time is None else self._stamp(query.end_time)
+        bounds = (low, low_id, high)
         types, session = query.event_type, query.session_id
         # (size, list (None: a union of postings), lo, hi, check)
-        candidates: list[tuple[int, Sequence[int] | None, int, int, _Check | None]] = []
+        candidates: list[tuple[int, Sequence[int] | None, int, int, Check | None]] = []
         for field in range(1, len(_FIELDS)):
             value = getattr(query, _FIELDS[field])
             if value is None or (field == _SESSION and types is not None):
                 continue
-            posting = self._postings[field].get(value)
-            if posting is None:
+            found = self._postings.get(field, value)
+            if found is None:
                 return None
-            lo, hi = self._cut(posting, self._starts[field].get(value, 0), low, low_id, high)
+            lo, hi = cut(found[0], found[1], self._ts, bounds, self._id_at)
             if lo >= hi:
                 return None
-            candidates.append((hi - lo, posting, lo, hi, self._equals(field, value)))
+            candidates.append((hi - lo, found[0], lo, hi, self._equals(field, value)))
         union: list[tuple[Sequence[int], int, int]] = []
         if types is not None:
             field = _TYPE if session is None else _SESSION_TYPE
             for event_type in types:
                 value = event_type if session is None else (session, event_type)
-                posting = self._postings[field].get(value)
-                if posting is not None:
-                    start = self._starts[field].get(value, 0)
-                    lo, hi = self._cut(posting, start, low, low_id, high)
+                found = self._postings.get(field, value)
+                if found is not None:
+                    lo, hi = cut(found[0], found[1], self._ts, bounds, self._id_at)
                     if lo < hi:
-                        union.append((posting, lo, hi))
+                        union.append((found[0], lo, hi))
             if not union:
                 return None
             check = self._one_of(types)
             if session is not None:
-                check = _both(check, self._equals(_SESSION, session))
+                check = both(check, self._equals(_SESSION, session))
             if len(union) == 1:
                 only, lo, hi = union[0]
                 candidates.append((hi - lo, only, lo, hi, check))
             else:
                 candidates.append((sum(hi - lo for _, lo, hi in union), None, 0, 0, check))
         if not candidates or low is not None or high is not None:
-            lo, hi = self._cut(self._order, self._order_start, low, low_id, high)
+            lo, hi = cut(self._order, self._order_start, self._ts, bounds, self._id_at)
             if lo >= hi:
                 return None
             candidates.append((hi - lo, self._order, lo, hi, None))
         best = min(range(len(candidates)), key=lambda i: candidates[i][0])
         _, sequence, lo, hi, _check = candidates[best]
         if sequence is None:
-            sequence = self._time_sorted(chain.from_iterable(p[lo:hi] for p, lo, hi in union))[0]
+            sequence = time_sorted(
+                chain.from_iterable(p[lo:hi] for p, lo, hi in union), self._ts, self._ids_at
+            )[0]
             lo, hi = 0, len(sequence)
         checks = [c[4] for i, c in enumerate(candidates) if i != best and c[4] is not None]
         return sequence, lo, hi, checks
 
-    def _cut(
-        self, sequence: Sequence[int], start: int, low: Any, low_id: str | None, high: Any
-    ) -> tuple[int, int]:
-        """Return the bounds of the entries of ``sequence`` in the time range."""
-        lo, hi = start, len(sequence)
-        if low is None and high is None:
-            return lo, hi
-        ts = self._ts
-        if type(sequence) is range:  # the time order, while events arrive in order
-            if low is not None:
-                lo = bisect_left(ts, low, lo, hi)
-            if high is not None:
-                hi = bisect_right(ts, high, lo, hi)
-        else:
-            key = ts.__getitem__
-            if low is not None:
-                lo = bisect_left(sequence, low, lo, hi, key=key)
-            if high is not None:
-                hi = bisect_right(sequence, high, lo, hi, key=key)
-        if low_id is not None:  # strictly after (low, low_id): skip ties up to that id
-            while lo < hi and ts[sequence[lo]] == low and self._id_at(sequence[lo]) <= low_id:
-                lo += 1
-        return lo, hi
-
-    def _equals(self, field: int, value: Any) -> _Check:
+    def _equals(self, field: int, value: Any) -> Check:
         if self._low_memory:
-            column, code = self._columns[field], self._codes[field][value]
-            return lambda c: list(compress(c, map(eq, map(column.__getitem__, c), repeat(code))))
+            return self._rows.equals(field, value)
         events, getter = self._events, _GETTERS[field]
         return lambda c: list(
             compress(c, map(eq, map(getter, map(events.__getitem__, c)), repeat(value)))
         )
 
-    def _one_of(self, types: frozenset[EventType]) -> _Check:
+    def _one_of(self, types: frozenset[EventType]) -> Check:
         if len(types) == 1:
             (only,) = types
-            if not self._low_memory or only in self._codes[_TYPE]:
+            if not self._low_memory or only in self._rows.codes[_TYPE]:
                 return self._equals(_TYPE, only)
         if self._low_memory:
-            column, codes = self._columns[_TYPE], self._codes[_TYPE]
-            wanted = frozenset(codes[t] for t in types if t in codes)
-            return lambda c: list(compress(c, map(wanted.__contains__, map(column.__getitem__, c))))
+            return self._rows.one_of(_TYPE, types)
         events, getter = self._events, _GETTERS[_TYPE]
         return lambda c: list(
             compress(c, map(types.__contains__, map(getter, map(events.__getitem__, c))))
         )
 
-    @staticmethod
-    def _scan(
-        sequence: Sequence[int],
-        lo: int,
-        hi: int,
-        checks: list[_Check],
-        limit: int | None,
-        *,
-        newest_first: bool,
-    ) -> Sequence[int]:
-        """Return the entries of ``sequence[lo:hi]`` that pass ``checks`` (up to ``limit``).
-
-        With a limit, the entries are checked in growing chunks from the
-        oldest (or ``newest_first``, the newest) end, so a page costs in
-        proportion to the page, not to the candidates.
-        """
-        if not checks:
-            if limit is not None and hi - lo > limit:
-                if newest_first:
-                    lo = hi - limit
-                else:
-                    hi = lo + limit
-            return sequence[lo:hi]
-        if limit is None:
-            found: Sequence[int] = sequence[lo:hi]
-            for check in checks:
-                found = check(found)
-            return found
-        chunks: list[Sequence[int]] = []
-        total = 0
-        step = max(64, 4 * limit)
-        while lo < hi and total < limit:
-            if newest_first:
-                part: Sequence[int] = sequence[max(lo, hi - step) : hi]
-                hi -= len(part)
-            else:
-                part = sequence[lo : min(hi, lo + step)]
-                lo += len(part)
-            for check in checks:
-                part = check(part)
-            chunks.append(part)
-            total += len(part)
-            step *= 2
-        if newest_first:
-            return list(chain.from_iterable(reversed(chunks)))[-limit:]
-        return list(chain.from_iterable(chunks))[:limit]
-
     def _events_at(self, positions: Sequence[int]) -> list[Event]:
         if self._low_memory:
-            return self._read(positions)
+            return self._rows.read(positions)
         if type(positions) is range:
             return self._events[positions.start : positions.stop]
         return list(map(self._events.__getitem__, positions))
 
     def _values_at(self, field: int, positions: Sequence[int]) -> list[Any]:
         if self._low_memory:
-            column = self._columns[field]
-            return list(map(self._values[field].__getitem__, map(column.__getitem__, positions)))
+            return self._rows.values_at(field, positions)
         return list(map(_GETTERS[field], map(self._events.__getitem__, positions)))
 
     # --- token usage --------------------------------------------------------------------
@@ -1397,16 +890,16 @@ class EventIndex:
             start_time=start_time,
             end_time=end_time,
         )
-        self._fold_usage()
+        self._usage.fold(self._usage_value)
         if query is None or query.is_empty:
-            return _to_usage(self._usage_total)
+            return to_usage(self._usage.total)
         group = _single_group(query)
         if group is not None:
-            return _to_usage(self._usage_groups[group[0]].get(group[1]))
+            return to_usage(self._usage.groups[group[0]].get(group[1]))
         positions = self._usage_rows(query)
         if not positions:
-            return _NO_USAGE
-        return _to_usage(self._sum_rows(list(map(self._usage_row.__getitem__, positions))))
+            return NO_USAGE
+        return to_usage(self._usage.sum_positions(positions))
 
     def usage_by(
         self,
@@ -1430,8 +923,8 @@ class EventIndex:
         :raises IndexArgumentError: if ``field`` is not one of those, or both
             a query and keywords are given.
         """
-        if field not in _USAGE_FIELDS:
-            raise IndexArgumentError("field", field, f"must be one of {', '.join(_USAGE_FIELDS)}")
+        if field not in USAGE_FIELDS:
+            raise IndexArgumentError("field", field, f"must be one of {', '.join(USAGE_FIELDS)}")
         query = _usage_query(
             query,
             session_id=session_id,
@@ -1442,22 +935,25 @@ class EventIndex:
             start_time=start_time,
             end_time=end_time,
         )
-        self._fold_usage()
+        self._usage.fold(self._usage_value)
         if query is None or query.is_empty:
-            return {value: _to_usage(sums) for value, sums in self._usage_groups[field].items()}
+            return {value: to_usage(sums) for value, sums in self._usage.groups[field].items()}
         positions = self._usage_rows(query)
         groups: dict[Any, list[int]] = {}
-        rows = list(map(self._usage_row.__getitem__, positions))
-        for value, row in zip(self._values_at(_FIELD_INDEX[field], positions), rows, strict=True):
-            groups.setdefault(value, []).append(row)
-        return {value: _to_usage(self._sum_rows(group)) for value, group in groups.items()}
+        for value, position in zip(
+            self._values_at(_FIELD_INDEX[field], positions), positions, strict=True
+        ):
+            groups.setdefault(value, []).append(position)
+        return {
+            value: to_usage(self._usage.sum_positions(group)) for value, group in groups.items()
+        }
 
     def _usage_rows(self, query: EventQuery) -> Sequence[int]:
         """Return the positions of the responses matching ``query``."""
-        if query.event_type is not None and _RESPONSE not in query.event_type:
+        if query.event_type is not None and RESPONSE not in query.event_type:
             return []
         responses = EventQuery(
-            event_type=_RESPONSE,
+            event_type=RESPONSE,
             session_id=query.session_id,
             phase=query.phase,
             task_id=query.task_id,
@@ -1469,52 +965,10 @@ class EventIndex:
         plan = self._plan(responses, None)
         if plan is None:
             return []
-        return self._scan(*plan, None, newest_first=False)
+        return scan(*plan, None, newest_first=False)
 
-    def _sum_rows(self, rows: list[int]) -> list[int]:
-        sums = [len(rows)]
-        sums.extend(sum(map(amounts.__getitem__, rows)) for amounts in self._usage_amounts)
-        sums.append(sum(map(self._usage_cost.__getitem__, rows)))
-        return sums
-
-    def _add_usage(self, events: list[Event], types: list[Any], positions: list[int]) -> None:
-        count = types.count(_RESPONSE)
-        i = -1
-        for _ in range(count):
-            i = types.index(_RESPONSE, i + 1)
-            amounts = _usage_amounts(events[i].metadata)
-            self._usage_row[positions[i]] = len(self._usage_positions)
-            self._usage_positions.append(positions[i])
-            for column, amount in zip(self._usage_amounts, amounts[:4], strict=True):
-                column.append(amount)
-            self._usage_cost.append(amounts[4])
-
-    def _row_amounts(self, row: int) -> list[int]:
-        return [1, *(amounts[row] for amounts in self._usage_amounts), self._usage_cost[row]]
-
-    def _fold_usage(self) -> None:
-        """Add the responses indexed since the last fold to the totals."""
-        end = len(self._usage_positions)
-        for row in range(self._usage_folded, end):
-            self._apply_usage(row, 1)
-        self._usage_folded = end
-
-    def _apply_usage(self, row: int, sign: int) -> None:
-        amounts = self._row_amounts(row)
-        position = self._usage_positions[row]
-        total = self._usage_total
-        for i, amount in enumerate(amounts):
-            total[i] += sign * amount
-        for name in _USAGE_FIELDS:
-            value = self._values_at(_FIELD_INDEX[name], [position])[0]
-            groups = self._usage_groups[name]
-            sums = groups.get(value)
-            if sums is None:
-                sums = groups[value] = [0] * 6
-            for i, amount in enumerate(amounts):
-                sums[i] += sign * amount
-            if sums[0] == 0:
-                del groups[value]
+    def _usage_value(self, field: str, position: int) -> Any:
+        return self._values_at(_FIELD_INDEX[field], [position])[0]
 
 
 def _checked(events: Iterable[Event]) -> list[Event]:
@@ -1549,18 +1003,6 @@ def _single_group(query: EventQuery) -> tuple[str, str] | None:
         return None
     if query.start_time is not None or query.end_time is not None:
         return None
-    named = [(name, getattr(query, name)) for name in _USAGE_FIELDS]
+    named = [(name, getattr(query, name)) for name in USAGE_FIELDS]
     named = [(name, value) for name, value in named if value is not None]
     return named[0] if len(named) == 1 else None
-
-
-def _both(first: _Check, second: _Check) -> _Check:
-    return lambda candidates: second(first(candidates))
-
-
-def _index(items: list[bool], wanted: bool, start: int) -> int:
-    """Return the index of ``wanted`` in ``items[start:]``, or -1."""
-    try:
-        return items.index(wanted, start)
-    except ValueError:
-        return -1

@@ -1,0 +1,286 @@
+"""Postings: lists of index positions in time order, and the algorithms over them.
+
+An :class:`~sinks.memory.EventIndex` keeps, per field value, the positions of
+the events holding it sorted by (timestamp, id); ``ts`` maps a position to
+its timestamp and ``id_at``/``ids_at`` read ids (from memory or, in
+low-memory mode, from the logs), so ties are broken only when they occur.
+:class:`Postings` holds them; the functions find a time range by bisection
+(:func:`cut`), insert a late event (:func:`insort`), sort positions
+(:func:`time_sorted`) and filter a range of candidates, a page at a time
+(:func:`scan`).
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
+from itertools import chain, compress, islice, repeat
+from operator import eq, is_not, lt
+from typing import Any, TypeAlias
+
+__all__: list[str] = []
+
+Check: TypeAlias = Callable[[Sequence[int]], list[int]]
+"""A filter of candidate positions: returns those that pass, in the order given."""
+
+
+def increasing(items: Sequence[Any]) -> bool:
+    """Whether ``items`` are strictly increasing."""
+    return all(map(lt, items, islice(items, 1, None)))
+
+
+def both(first: Check, second: Check) -> Check:
+    """A check passing what passes ``first`` and then ``second``."""
+    return lambda candidates: second(first(candidates))
+
+
+def cut(
+    sequence: Sequence[int],
+    start: int,
+    ts: Sequence[Any],
+    bounds: tuple[Any, str | None, Any],
+    id_at: Callable[[int], str],
+) -> tuple[int, int]:
+    """Return the bounds of the entries of ``sequence[start:]`` in the time range.
+
+    ``bounds`` is ``(low, low_id, high)``: inclusive timestamps (``None``: open)
+    and, with ``low_id``, strictly after ``(low, low_id)`` instead.
+    """
+    low, low_id, high = bounds
+    lo, hi = start, len(sequence)
+    if low is None and high is None:
+        return lo, hi
+    if type(sequence) is range:  # the time order, while events arrive in order
+        if low is not None:
+            lo = bisect_left(ts, low, lo, hi)
+        if high is not None:
+            hi = bisect_right(ts, high, lo, hi)
+    else:
+        key = ts.__getitem__
+        if low is not None:
+            lo = bisect_left(sequence, low, lo, hi, key=key)
+        if high is not None:
+            hi = bisect_right(sequence, high, lo, hi, key=key)
+    if low_id is not None:  # strictly after (low, low_id): skip ties up to that id
+        while lo < hi and ts[sequence[lo]] == low and id_at(sequence[lo]) <= low_id:
+            lo += 1
+    return lo, hi
+
+
+def insort(
+    posting: MutableSequence[int],
+    start: int,
+    ts: Sequence[Any],
+    position: int,
+    id_at: Callable[[int], str],
+) -> None:
+    """Insert ``position`` into ``posting[start:]`` at its place in time order (ties by id)."""
+    stamp = ts[position]
+    i = bisect_right(posting, stamp, start, key=ts.__getitem__)
+    if i > start and ts[posting[i - 1]] == stamp:
+        event_id = id_at(position)
+        while i > start and ts[posting[i - 1]] == stamp:
+            if id_at(posting[i - 1]) < event_id:
+                break
+            i -= 1
+    posting.insert(i, position)
+
+
+def time_sorted(
+    positions: Iterable[int],
+    ts: Sequence[Any],
+    ids_at: Callable[[Sequence[int]], list[str]],
+    *,
+    dedupe: bool = False,
+) -> tuple[list[int], list[int]]:
+    """Return ``positions`` sorted by (timestamp, id), and (``dedupe``) the repeats.
+
+    Of events with equal timestamp and id, the first to arrive is kept.
+    """
+    ordered = sorted(positions, key=ts.__getitem__)
+    stamps = list(map(ts.__getitem__, ordered))
+    ties = list(map(eq, stamps, islice(stamps, 1, None)))
+    i = _index(ties, True, 0)
+    if i < 0:
+        return ordered, []
+    result: list[int] = []
+    repeats: list[int] = []
+    done = 0
+    while i >= 0:
+        j = i
+        while j < len(ties) and ties[j]:
+            j += 1
+        run = ordered[i : j + 1]  # these share one timestamp
+        result.extend(ordered[done:i])
+        previous = None
+        for event_id, position in sorted(zip(ids_at(run), run, strict=True)):
+            if dedupe and event_id == previous:
+                repeats.append(position)
+            else:
+                result.append(position)
+            previous = event_id
+        done = j + 1
+        i = _index(ties, True, j)
+    result.extend(ordered[done:])
+    return result, repeats
+
+
+def scan(
+    sequence: Sequence[int],
+    lo: int,
+    hi: int,
+    checks: list[Check],
+    limit: int | None,
+    *,
+    newest_first: bool,
+) -> Sequence[int]:
+    """Return the entries of ``sequence[lo:hi]`` that pass ``checks`` (up to ``limit``).
+
+    With a limit, the entries are checked in growing chunks from the
+    oldest (or ``newest_first``, the newest) end, so a page costs in
+    proportion to the page, not to the candidates.
+    """
+    if not checks:
+        if limit is not None and hi - lo > limit:
+            if newest_first:
+                lo = hi - limit
+            else:
+                hi = lo + limit
+        return sequence[lo:hi]
+    if limit is None:
+        found: Sequence[int] = sequence[lo:hi]
+        for check in checks:
+            found = check(found)
+        return found
+    chunks: list[Sequence[int]] = []
+    total = 0
+    step = max(64, 4 * limit)
+    while lo < hi and total < limit:
+        if newest_first:
+            part: Sequence[int] = sequence[max(lo, hi - step) : hi]
+            hi -= len(part)
+        else:
+            part = sequence[lo : min(hi, lo + step)]
+            lo += len(part)
+        for check in checks:
+            part = check(part)
+        chunks.append(part)
+        total += len(part)
+        step *= 2
+    if newest_first:
+        return list(chain.from_iterable(reversed(chunks)))[-limit:]
+    return list(chain.from_iterable(chunks))[:limit]
+
+
+def _index(items: list[bool], wanted: bool, start: int) -> int:
+    """Return the index of ``wanted`` in ``items[start:]``, or -1."""
+    try:
+        return items.index(wanted, start)
+    except ValueError:
+        return -1
+
+
+class Postings:
+    """Per field (``fields`` of them), value -> the positions holding it, in time order.
+
+    Entries before ``starts[field][value]`` belong to evicted events; they
+    are dropped when the index compacts (:meth:`renumber`). A posting is a
+    list (faster to append) or, with ``arrays``, an ``array("q")`` (8 bytes
+    an entry). ``None`` is never posted. For the fields in ``sparse``, often
+    ``None``, appends skip the ``None`` values in bulk.
+    """
+
+    def __init__(self, fields: int, *, arrays: bool, sparse: tuple[int, ...]) -> None:
+        self.arrays = arrays
+        self.sparse = sparse
+        self.lists: list[dict[Any, MutableSequence[int]]] = [{} for _ in range(fields)]
+        self.starts: list[dict[Any, int]] = [{} for _ in range(fields)]
+        self._scratch: list[int] = []  # where the appends of None go
+        self._appends: list[dict[Any, Callable[[int], None]]] = []
+        self._reset_appends()
+
+    def get(self, field: int, value: Any) -> tuple[MutableSequence[int], int] | None:
+        """Return the posting of ``value`` and where its live entries start, or ``None``."""
+        posting = self.lists[field].get(value)
+        if posting is None:
+            return None
+        return posting, self.starts[field].get(value, 0)
+
+    def append(self, field: int, values: list[Any], positions: list[int]) -> None:
+        """Append each of ``positions`` to the posting of its value (newest events)."""
+        n = len(values)
+        first = values[0]
+        if values[-1] == first and values.count(first) == n:  # one value: one extend
+            if first is not None:
+                self._posting(field, first).extend(positions)
+            return
+        appends = self._appends[field]
+        for value in set(values).difference(appends):
+            self._posting(field, value)
+        if field in self.sparse and values.count(None) * 4 > n:  # sparse: skip Nones in C
+            present = list(map(is_not, values, repeat(None)))
+            for position, value in zip(
+                compress(positions, present), compress(values, present), strict=True
+            ):
+                appends[value](position)
+            return
+        for position, value in zip(positions, values, strict=True):
+            appends[value](position)
+        self._scratch.clear()  # the Nones' appends
+
+    def insert(
+        self, field: int, value: Any, ts: Sequence[Any], position: int, id_at: Callable[[int], str]
+    ) -> None:
+        """Insert a late event's ``position`` into the posting of ``value``, in place."""
+        start = self.starts[field].get(value, 0)
+        insort(self._posting(field, value), start, ts, position, id_at)
+
+    def sort(self, rank: Sequence[int], *, dropped: bool) -> None:
+        """Sort every posting by ``rank`` (a position's place in time order), dropping evicted
+        entries and, if ``dropped``, the positions ranked ``-1``."""
+        keep = (0).__le__
+        for postings, starts in zip(self.lists, self.starts, strict=True):
+            for value, posting in postings.items():
+                live: Iterable[int] = posting[starts.pop(value, 0) :]
+                if dropped:
+                    live = compress(live, map(keep, map(rank.__getitem__, live)))
+                posting[:] = self._like(sorted(live, key=rank.__getitem__))
+
+    def evict(self, values: list[list[Any]]) -> None:
+        """Mark evicted the oldest entries: per field, the values of the evicted events."""
+        for field, starts in enumerate(self.starts):
+            for value, count in Counter(values[field]).items():
+                if value is not None:
+                    starts[value] = starts.get(value, 0) + count
+
+    def renumber(self, renumber: Callable[[Iterable[int]], MutableSequence[int]]) -> None:
+        """Drop evicted entries and empty postings; map the rest through ``renumber``."""
+        for postings, starts in zip(self.lists, self.starts, strict=True):
+            for value in list(postings):
+                skip = starts.pop(value, 0)
+                if skip == len(postings[value]):
+                    del postings[value]
+                else:
+                    postings[value] = renumber(postings[value][skip:])
+        self._reset_appends()
+
+    def _posting(self, field: int, value: Any) -> MutableSequence[int]:
+        postings = self.lists[field]
+        posting = postings.get(value)
+        if posting is None:
+            posting = postings[value] = array("q") if self.arrays else []
+            self._appends[field][value] = posting.append
+        return posting
+
+    def _reset_appends(self) -> None:
+        self._appends = [
+            {value: posting.append for value, posting in postings.items()}
+            for postings in self.lists
+        ]
+        for appends in self._appends:
+            appends[None] = self._scratch.append
+
+    def _like(self, items: Iterable[int]) -> MutableSequence[int]:
+        return array("q", items) if self.arrays else list(items)

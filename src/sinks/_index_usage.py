@@ -1,0 +1,194 @@
+"""Token usage of an :class:`~sinks.memory.EventIndex`: :class:`TokenUsage` and its table.
+
+The index keeps one row per LLM response (its position in the index and its
+amounts) in a :class:`UsageTable`, folded lazily into running totals: a grand
+total and one per session, model, agent role and task. Rows leave the totals
+when their events are evicted or found to be duplicates. Costs are summed
+exactly, in units of 1e-12 USD. The public names are re-exported by
+:mod:`sinks.memory`.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+from eventbus import Event, EventType
+
+__all__ = ["TokenUsage", "UsageField"]
+
+UsageField: TypeAlias = Literal["session_id", "model", "agent_role", "task_id"]
+"""The fields :meth:`EventIndex.usage_by` groups by."""
+
+
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Token and cost totals of LLM responses (``llm_response_received`` events).
+
+    Only responses count: a request's ``prompt_tokens`` is repeated by its
+    response, so counting both would count it twice. ``total_tokens`` is the
+    response's own value, or ``prompt_tokens + completion_tokens`` when it has
+    none. A token count that is not a non-negative ``int``, or a ``cost_usd``
+    that is not a finite non-negative number, counts as zero. Costs are summed
+    exactly (in units of 1e-12 USD), so totals do not depend on arrival order.
+    """
+
+    responses: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+_PICO: Final = 10**12
+_MAX_TOKENS: Final = 1 << 63
+NO_USAGE: Final = TokenUsage()
+
+
+def _tokens(value: object) -> int | None:
+    if type(value) is int and 0 <= value < _MAX_TOKENS:
+        return value
+    return None
+
+
+def _picodollars(value: object) -> int:
+    if type(value) is float and math.isfinite(value) and value >= 0:
+        return round(value * _PICO)
+    if type(value) is int and value >= 0:
+        return value * _PICO
+    return 0
+
+
+def _usage_amounts(metadata: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """Return (prompt, completion, total, cached, cost in 1e-12 USD) of one response."""
+    prompt = _tokens(metadata.get("prompt_tokens")) or 0
+    completion = _tokens(metadata.get("completion_tokens")) or 0
+    total = _tokens(metadata.get("total_tokens"))
+    return (
+        prompt,
+        completion,
+        prompt + completion if total is None else total,
+        _tokens(metadata.get("cached_tokens")) or 0,
+        _picodollars(metadata.get("cost_usd")),
+    )
+
+
+def to_usage(sums: list[int] | None) -> TokenUsage:
+    if sums is None:
+        return NO_USAGE
+    return TokenUsage(
+        responses=sums[0],
+        prompt_tokens=sums[1],
+        completion_tokens=sums[2],
+        total_tokens=sums[3],
+        cached_tokens=sums[4],
+        cost_usd=sums[5] / _PICO,
+    )
+
+
+USAGE_FIELDS: Final = ("session_id", "model", "agent_role", "task_id")
+RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
+
+ValueOf: TypeAlias = Callable[[str, int], Any]
+"""``value_of(field, position)``: the value of a usage field of the event at ``position``."""
+
+
+class UsageTable:
+    """One row per indexed response (its position and amounts), and the totals.
+
+    Rows are added in increasing position order; ``folded`` rows are in the
+    totals, the rest are added by :meth:`fold`, which every read of the
+    totals calls first. The per-field totals need each response's session,
+    model, role and task: the index passes ``value_of`` to look them up.
+    """
+
+    def __init__(self) -> None:
+        self.positions: array[int] = array("q")
+        self.row: dict[int, int] = {}  # position -> row
+        self.amounts: list[array[int]] = [array("q") for _ in range(4)]
+        self.cost: list[int] = []
+        self.folded = 0
+        self.total: list[int] = [0] * 6
+        self.groups: dict[str, dict[Any, list[int]]] = {name: {} for name in USAGE_FIELDS}
+
+    def add(self, events: list[Event], types: list[Any], positions: list[int]) -> None:
+        """Add a row per response among ``events`` (``types`` are their event types)."""
+        count = types.count(RESPONSE)
+        i = -1
+        for _ in range(count):
+            i = types.index(RESPONSE, i + 1)
+            amounts = _usage_amounts(events[i].metadata)
+            self.row[positions[i]] = len(self.positions)
+            self.positions.append(positions[i])
+            for column, amount in zip(self.amounts, amounts[:4], strict=True):
+                column.append(amount)
+            self.cost.append(amounts[4])
+
+    def fold(self, value_of: ValueOf) -> None:
+        """Add the rows added since the last fold to the totals."""
+        end = len(self.positions)
+        for row in range(self.folded, end):
+            self._apply(row, 1, value_of)
+        self.folded = end
+
+    def sum_positions(self, positions: Iterable[int]) -> list[int]:
+        """Return the sums (count, tokens..., cost) of the rows of these responses."""
+        rows = list(map(self.row.__getitem__, positions))
+        sums = [len(rows)]
+        sums.extend(sum(map(amounts.__getitem__, rows)) for amounts in self.amounts)
+        sums.append(sum(map(self.cost.__getitem__, rows)))
+        return sums
+
+    def subtract(self, position: int, value_of: ValueOf) -> None:
+        """Take the (folded) response at ``position`` out of the totals (it was evicted)."""
+        self._apply(self.row[position], -1, value_of)
+
+    def discard(self, positions: Iterable[int], value_of: ValueOf) -> None:
+        """Forget the rows of these positions (duplicates), out of the totals if folded."""
+        rows = {self.row[p] for p in positions if p in self.row}
+        for row in rows:
+            if row < self.folded:
+                self._apply(row, -1, value_of)
+        self._remove_rows(rows)
+
+    def renumber(self, is_live: Callable[[int], bool], new_position: Callable[[int], int]) -> None:
+        """After a compaction: drop the rows of dead positions and renumber the rest.
+
+        The rows of dead positions must be out of the totals already (fold first).
+        """
+        self._remove_rows({r for r, p in enumerate(self.positions) if not is_live(p)})
+        self.positions = array("q", map(new_position, self.positions))
+        self.row = dict(zip(self.positions, range(len(self.positions)), strict=True))
+
+    def _remove_rows(self, rows: set[int]) -> None:
+        """Delete rows (already subtracted from the totals, or never folded)."""
+        if not rows:
+            return
+        keep = [row for row in range(len(self.positions)) if row not in rows]
+        folded = sum(1 for row in keep if row < self.folded)
+        self.positions = array("q", map(self.positions.__getitem__, keep))
+        self.amounts = [array("q", map(a.__getitem__, keep)) for a in self.amounts]
+        self.cost = list(map(self.cost.__getitem__, keep))
+        self.folded = folded
+        self.row = dict(zip(self.positions, range(len(keep)), strict=True))
+
+    def _apply(self, row: int, sign: int, value_of: ValueOf) -> None:
+        amounts = [1, *(amounts[row] for amounts in self.amounts), self.cost[row]]
+        position = self.positions[row]
+        total = self.total
+        for i, amount in enumerate(amounts):
+            total[i] += sign * amount
+        for name in USAGE_FIELDS:
+            value = value_of(name, position)
+            groups = self.groups[name]
+            sums = groups.get(value)
+            if sums is None:
+                sums = groups[value] = [0] * 6
+            for i, amount in enumerate(amounts):
+                sums[i] += sign * amount
+            if sums[0] == 0:
+                del groups[value]
