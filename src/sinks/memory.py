@@ -188,7 +188,9 @@ class EventIndex:
         self._order: range | array[int] = range(0)
         self._order_start = 0
         # Per field (and per (session, type)), value -> positions in time order.
-        self._postings = Postings(_POSTED, arrays=low_memory, sparse=_MAYBE_NONE)
+        self._postings = Postings(
+            _POSTED, arrays=low_memory, sparse=_MAYBE_NONE, pair=(_SESSION, _TYPE)
+        )
         # Event id -> position, built when `after=<id>` first needs it.
         self._id_map: dict[str, int] | None = None
         self._id_map_rows = 0
@@ -352,8 +354,7 @@ class EventIndex:
         n, last, first = len(events), self._last, len(self._ts)
         positions = list(range(first, first + n))  # shared by every posting
         self._ts.extend(stamps)
-        values = [list(map(getter, events)) for getter in _GETTERS]
-        values.append(list(zip(values[_SESSION], values[_TYPE], strict=True)))
+        values = [list(map(getter, events)) for getter in _GETTERS]  # the pairs: by Postings
         if self._low_memory:
             assert located is not None
             self._rows.extend(located, ids, values)
@@ -365,15 +366,15 @@ class EventIndex:
         start = late if insert else 0
         if start < n:
             tail = positions[start:] if start else positions
-            for field, field_values in enumerate(values):
-                self._postings.append(field, field_values[start:] if start else field_values, tail)
+            self._postings.append_all([v[start:] for v in values] if start else values, tail)
             if type(self._order) is range:
                 self._order = range(first + n)
             else:
                 self._order.extend(tail)
         if insert:
             for i in range(late):
-                self._insert_late(positions[i], [field_values[i] for field_values in values])
+                row = [field_values[i] for field_values in values]
+                self._insert_late(positions[i], [*row, (row[_SESSION], row[_TYPE])])
         elif late:
             self._sorted = False
         self._live += n
