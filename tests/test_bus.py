@@ -11,6 +11,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.lowlevel import checkpoint
 
+import eventbus._bus
 import eventbus._codec
 from eventbus import (
     BusClosedError,
@@ -132,6 +133,7 @@ class TestOrder:
             return real(obj)
 
         monkeypatch.setattr(eventbus._codec, "_encode", counting)
+        monkeypatch.setattr(eventbus._bus, "_encode", counting)
         outputs: list[bytes] = []
 
         class BytesSink(MemorySink):

@@ -26,7 +26,7 @@ import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup
 
-from ._codec import EventBatch, encode_event
+from ._codec import EventBatch, _encode, _explain_encode_error, encode_event
 from ._errors import BusClosedError, BusFullError, EventBusError, SinkFailedError
 from ._event import Event, EventType
 from ._listen import Listener
@@ -221,7 +221,6 @@ class EventBus:
         self._base = 0
         self._head = 0
         self._floor = 0
-        self._published = 0
         self._lost = 0
         self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
@@ -447,7 +446,11 @@ class EventBus:
             self._check_session(event.session_id)
         if self._head - self._floor >= self._capacity:
             raise BusFullError(self._capacity)
-        self._append(event, encode_event(event))
+        try:
+            line = _encode(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _explain_encode_error(event, exc) from exc
+        self._append(event, line)
 
     async def publish(self, event: Event) -> None:
         """Publish ``event``, waiting while the buffer is full (backpressure).
@@ -463,7 +466,10 @@ class EventBus:
             _reject(event)
         if event.session_id not in self._valid_sessions:
             self._check_session(event.session_id)
-        line = encode_event(event)
+        try:
+            line = _encode(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _explain_encode_error(event, exc) from exc
         while self._head - self._floor >= self._capacity:
             await self._wait_progress()
             if self._state != "running":
@@ -494,7 +500,6 @@ class EventBus:
         self._valid_sessions.add(session_id)
 
     def _append(self, event: Event, line: bytes) -> None:
-        self._published += 1
         if self._active:
             self._events.append(event)
             self._lines.append(line)
@@ -549,7 +554,7 @@ class EventBus:
             )
         return BusStats(
             state=self._state,
-            published=self._published,
+            published=self._head,
             buffered=self._head - self._floor,
             capacity=self._capacity,
             lost=self._lost,

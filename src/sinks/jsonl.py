@@ -55,6 +55,7 @@ and recovery (:func:`iter_log`, :class:`RecoveryReport`) live in
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -101,6 +102,9 @@ LOG_FILE_NAME = "events.jsonl"
 
 
 # --- EventLog --------------------------------------------------------------------------
+
+
+_get_session_id = operator.attrgetter("session_id")
 
 
 class EventLog:
@@ -574,15 +578,19 @@ class JsonlSink:
         """Split the batch by session, reusing each event's encoding; validate new ids."""
         lines = encoded_lines(events)
         groups: dict[str, tuple[list[Event], list[bytes]]] = {}
-        current_id: str | None = None
-        current: tuple[list[Event], list[bytes]] = ([], [])
-        for event, line in zip(events, lines, strict=True):
-            session_id = event.session_id
-            if session_id != current_id:
-                current = groups.setdefault(session_id, ([], []))
-                current_id = session_id
-            current[0].append(event)
-            current[1].append(line)
+        sessions = set(map(_get_session_id, events))  # C-level: the common case is one
+        if len(sessions) == 1:
+            groups[sessions.pop()] = (list(events), list(lines))
+        else:
+            current_id: str | None = None
+            current: tuple[list[Event], list[bytes]] = ([], [])
+            for event, line in zip(events, lines, strict=True):
+                session_id = event.session_id
+                if session_id != current_id:
+                    current = groups.setdefault(session_id, ([], []))
+                    current_id = session_id
+                current[0].append(event)
+                current[1].append(line)
         for session_id in groups:
             if session_id not in self._files:
                 validate_session_id(session_id)
