@@ -198,7 +198,7 @@ class EventBus:
         self,
         *,
         buffer: int = 8192,
-        max_batch: int = 1024,
+        max_batch: int = 2048,
         retry: RetryPolicy | None = None,
         close_timeout: float = 5.0,
     ) -> None:
@@ -450,7 +450,14 @@ class EventBus:
             line = _encode(event)
         except (TypeError, ValueError, OverflowError) as exc:
             raise _explain_encode_error(event, exc) from exc
-        self._append(event, line)
+        if self._active:  # _append, inlined: this is the hot path
+            self._events.append(event)
+            self._lines.append(line)
+            self._head += 1
+            if self._data_waiting:
+                self._wake_data()
+        else:
+            self._append(event, line)
 
     async def publish(self, event: Event) -> None:
         """Publish ``event``, waiting while the buffer is full (backpressure).
