@@ -113,19 +113,25 @@ _unknown_types: dict[str, EventType] = {}
 # within one process (the millisecond never steps back; the counter breaks
 # ties). The random part (42 bits per process) keeps processes apart.
 
-_counter = itertools.count()
 _time_ns = time.time_ns
-_process_bits = int.from_bytes(os.urandom(6), "big")
-_version_and_rand_a = 0x7000 | (_process_bits >> 30) & 0xFFF
-_variant_and_node = (0b10 << 62) | ((_process_bits & 0x3FFFFFFF) << 32)
+# The counter, as 8 hex digits, wrapping at 2**32: all in C, and each next()
+# is atomic under the GIL, so threads never share a value.
+_hex_counter = map("{:08x}".format, itertools.chain.from_iterable(itertools.repeat(range(1 << 32))))
 _id_state: list[Any] = [-1, ""]  # [millisecond, id prefix for that millisecond]
 
 
+def _random_bits() -> tuple[int, int]:
+    """(version nibble + 12 random bits, variant bits + 30 random bits): fixed per process."""
+    bits = int.from_bytes(os.urandom(6), "big")
+    return 0x7000 | (bits >> 30) & 0xFFF, (0b10 << 30) | (bits & 0x3FFFFFFF)
+
+
+_version_and_rand_a, _variant_and_node = _random_bits()
+
+
 def _reseed_after_fork() -> None:
-    global _process_bits, _version_and_rand_a, _variant_and_node
-    _process_bits = int.from_bytes(os.urandom(6), "big")
-    _version_and_rand_a = 0x7000 | (_process_bits >> 30) & 0xFFF
-    _variant_and_node = (0b10 << 62) | ((_process_bits & 0x3FFFFFFF) << 32)
+    global _version_and_rand_a, _variant_and_node
+    _version_and_rand_a, _variant_and_node = _random_bits()
     _id_state[0] = -1
 
 
@@ -139,9 +145,9 @@ def new_event_id() -> str:
     ms = _time_ns() // 1_000_000
     if ms > state[0]:
         state[0] = ms
-        state[1] = f"{ms:012x}{_version_and_rand_a:04x}"
+        state[1] = f"{ms:012x}{_version_and_rand_a:04x}{_variant_and_node:08x}"
     prefix: str = state[1]
-    return prefix + f"{_variant_and_node | (next(_counter) & 0xFFFFFFFF):016x}"
+    return prefix + next(_hex_counter)
 
 
 # --- Causality --------------------------------------------------------------
