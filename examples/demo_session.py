@@ -16,7 +16,6 @@ summarised.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from eventbus import (
     SessionCoordinator,
     StaticRouter,
     TaskSpec,
+    make_unified_diff,
 )
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog, JsonlSink
@@ -84,18 +84,6 @@ MODULES = {
     "greet": ('def greet(name: str) -> str:\n    """Say hello."""\n    return f"Hello, {name}!"\n'),
 }
 CHECKS = {"add": ("add(2, 3)", "5"), "greet": ('greet("bus")', '"Hello, bus!"')}
-
-
-def diff(path: str, old: str | None, new: str) -> str:
-    """A unified diff from the file's current content (None: a new file) to new."""
-    return "".join(
-        difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            new.splitlines(keepends=True),
-            "/dev/null" if old is None else f"a/{path}",
-            f"b/{path}",
-        )
-    )
 
 
 class Planner:
@@ -141,7 +129,7 @@ class Coder:
         await context.complete(f"Write code for {task.id}")
         if task.metadata["kind"] == "scaffold":
             for path in ("app/__init__.py", "tests/__init__.py"):
-                await context.apply_diff(diff(path, None, '"""Package."""\n'))
+                await context.apply_diff(make_unified_diff(path, None, '"""Package."""\n'))
             return AgentResult(summary="scaffolded")
         module = task.metadata["module"]
         source = MODULES[module]
@@ -149,7 +137,7 @@ class Coder:
             source = source.replace(":\n", "\n", 1)  # a typo: the compile check fails
         path = f"app/{module}.py"
         # Diff against what is on disk now: on the retry, that is the typo.
-        await context.apply_diff(diff(path, context.read_text(path), source))
+        await context.apply_diff(make_unified_diff(path, context.read_text(path), source))
         # A non-zero exit raises CommandFailedError: the attempt fails, the task retries.
         await context.run_command([sys.executable, "-m", "py_compile", path])
         return AgentResult(summary=f"wrote {path}")
@@ -167,7 +155,7 @@ class Tester:
             f"        self.assertEqual({call}, {expected})\n"
         )
         path = f"tests/test_{module}.py"
-        await context.apply_diff(diff(path, context.read_text(path), test))
+        await context.apply_diff(make_unified_diff(path, context.read_text(path), test))
         await context.run_command([sys.executable, "-m", "unittest", "-q", f"tests.test_{module}"])
         return AgentResult(summary=f"tested {module}")
 

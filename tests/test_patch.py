@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import pytest
 
-from eventbus import PatchError, UnifiedDiffApplier, apply_unified_diff
+from eventbus import PatchError, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
 
 pytestmark = pytest.mark.anyio
 
 
-def make_diff(path: str, old: str | None, new: str) -> str:
-    return "".join(
-        difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            new.splitlines(keepends=True),
-            "/dev/null" if old is None else f"a/{path}",
-            f"b/{path}",
-        )
-    )
-
-
 class TestUnifiedDiffApplier:
     def test_creates_modifies_and_deletes_files(self, tmp_path: Path) -> None:
-        apply_unified_diff(tmp_path, make_diff("pkg/a.py", None, "one\ntwo\n"))
-        result = apply_unified_diff(tmp_path, make_diff("pkg/a.py", "one\ntwo\n", "one\n2\n"))
+        apply_unified_diff(tmp_path, make_unified_diff("pkg/a.py", None, "one\ntwo\n"))
+        result = apply_unified_diff(
+            tmp_path, make_unified_diff("pkg/a.py", "one\ntwo\n", "one\n2\n")
+        )
         assert (tmp_path / "pkg/a.py").read_text() == "one\n2\n"
         assert (result.files, result.added, result.removed) == (("pkg/a.py",), 1, 1)
         apply_unified_diff(tmp_path, "--- a/pkg/a.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-one\n-2\n")
@@ -43,7 +33,9 @@ class TestUnifiedDiffApplier:
     def test_a_hunk_that_does_not_match_changes_no_file(self, tmp_path: Path) -> None:
         (tmp_path / "a.txt").write_text("a\n")
         (tmp_path / "b.txt").write_text("b\n")
-        diff = make_diff("a.txt", "a\n", "A\n") + make_diff("b.txt", "other\n", "B\n")
+        diff = make_unified_diff("a.txt", "a\n", "A\n") + make_unified_diff(
+            "b.txt", "other\n", "B\n"
+        )
         with pytest.raises(PatchError, match=r"'b\.txt': hunk 1 .* does not match"):
             apply_unified_diff(tmp_path, diff)
         assert (tmp_path / "a.txt").read_text() == "a\n"
@@ -61,9 +53,9 @@ class TestUnifiedDiffApplier:
     def test_creating_an_existing_file_is_refused(self, tmp_path: Path) -> None:
         (tmp_path / "a.txt").write_text("a\n")
         with pytest.raises(PatchError, match="already exists"):
-            apply_unified_diff(tmp_path, make_diff("a.txt", None, "b\n"))
+            apply_unified_diff(tmp_path, make_unified_diff("a.txt", None, "b\n"))
 
     async def test_applies_in_a_worker_thread(self, tmp_path: Path) -> None:
-        result = await UnifiedDiffApplier().apply(tmp_path, make_diff("a.txt", None, "a\n"))
+        result = await UnifiedDiffApplier().apply(tmp_path, make_unified_diff("a.txt", None, "a\n"))
         assert result.files == ("a.txt",)
         assert (tmp_path / "a.txt").read_text() == "a\n"

@@ -9,7 +9,6 @@ cancellation.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import stat
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from eventbus import (
     StaticRouter,
     TaskSpec,
     TaskStatus,
+    make_unified_diff,
 )
 from sinks.artifacts import SessionArtifactQuery
 from sinks.jsonl import EventLog, JsonlSink
@@ -93,17 +93,6 @@ LISTED_TYPES = {
 
 
 # --- fakes ------------------------------------------------------------------------
-
-
-def make_diff(path: str, old: str | None, new: str) -> str:
-    return "".join(
-        difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            new.splitlines(keepends=True),
-            "/dev/null" if old is None else f"a/{path}",
-            f"b/{path}",
-        )
-    )
 
 
 class FakeModel:
@@ -162,8 +151,8 @@ class Worker:
             raise RuntimeError(f"{task.id} attempt {context.attempt} broke")
         path = meta.get("path", f"{task.id}.txt")
         if context.attempt <= meta.get("bad_diff_attempts", 0):
-            await context.apply_diff(make_diff(path, "stale content\n", "new\n"))
-        new = make_diff(path, context.read_text(path), f"by {task.role}\n")
+            await context.apply_diff(make_unified_diff(path, "stale content\n", "new\n"))
+        new = make_unified_diff(path, context.read_text(path), f"by {task.role}\n")
         if meta.get("swallow_block"):
             with contextlib.suppress(GateBlockedError):
                 await context.apply_diff(new)

@@ -43,7 +43,7 @@ from ._helpers import (
 from ._instrument import AgentSpan, Emitter, LLMCall, ModelPrice, TaskSpan, VerificationSpan
 from ._listen import Gap, Listener
 from ._names import InvalidNameError, is_valid_name, validate_name, validate_session_id
-from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff
+from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
 from ._query import EventQuery, as_utc
 from ._session import (
     Agent,
@@ -172,6 +172,7 @@ __all__ = [
     "encoded_lines",
     "estimate_tokens",
     "is_valid_name",
+    "make_unified_diff",
     "new_event_id",
     "parent_scope",
     "validate_name",

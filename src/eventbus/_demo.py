@@ -12,7 +12,6 @@ the request, so two runs use the same tokens.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import sys
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ import anyio.lowlevel
 from ._bus import EventBus
 from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
 from ._instrument import ModelPrice
+from ._patch import make_unified_diff
 from ._session import (
     AgentResult,
     ClarificationRequest,
@@ -206,18 +206,6 @@ def demo_plan(tasks: int) -> Plan:
     return Plan(tasks=tuple(graph), spec=spec)
 
 
-def make_diff(path: str, old: str | None, new: str) -> str:
-    """A unified diff turning ``old`` (``None``: no file) into ``new`` at ``path``."""
-    return "".join(
-        difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            new.splitlines(keepends=True),
-            "/dev/null" if old is None else f"a/{path}",
-            f"b/{path}",
-        )
-    )
-
-
 class OfflineModel:
     """A deterministic :class:`ModelClient`: no network; usage derived from the request.
 
@@ -296,7 +284,7 @@ class DemoCoder:
                 "README.md": _README,
             }
             for path, content in files.items():
-                await context.apply_diff(make_diff(path, context.read_text(path), content))
+                await context.apply_diff(make_unified_diff(path, context.read_text(path), content))
             return AgentResult(summary=f"created {len(files)} files")
         if kind == "docs":
             readme = context.read_text("README.md") or _README
@@ -305,7 +293,9 @@ class DemoCoder:
                 for index, module in enumerate(task.metadata["modules"])
             )
             await context.apply_diff(
-                make_diff("README.md", readme, readme.replace("(none yet)\n", listing or "-\n"))
+                make_unified_diff(
+                    "README.md", readme, readme.replace("(none yet)\n", listing or "-\n")
+                )
             )
             return AgentResult(summary="documented the modules")
         module = task.metadata["module"]
@@ -313,7 +303,7 @@ class DemoCoder:
         if task.id == self.flaky and context.attempt == 1:
             source = source.replace(":\n", "\n", 1)  # a typo: the def line's colon
         path = f"app/{module}.py"
-        await context.apply_diff(make_diff(path, context.read_text(path), source))
+        await context.apply_diff(make_unified_diff(path, context.read_text(path), source))
         if self.run_commands:
             await context.run_command([sys.executable, "-m", "py_compile", path])
         else:
@@ -345,7 +335,7 @@ class DemoTester:
             "    unittest.main()\n"
         )
         path = f"tests/test_{module}.py"
-        await context.apply_diff(make_diff(path, context.read_text(path), test))
+        await context.apply_diff(make_unified_diff(path, context.read_text(path), test))
         if self.run_commands:
             await context.run_command(
                 [sys.executable, "-m", "unittest", "-q", f"tests.test_{module}"]

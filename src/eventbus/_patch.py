@@ -10,6 +10,7 @@ file is written, and paths may not leave the workspace.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import secrets
@@ -244,3 +245,19 @@ def apply_unified_diff(workspace: Path, diff: str) -> PatchResult:
         else:
             _write(target, content)
     return PatchResult(files=tuple(files), added=added, removed=removed)
+
+
+def make_unified_diff(path: str, old: str | None, new: str) -> str:
+    """Return a unified diff that turns ``old`` into ``new`` at ``path``.
+
+    ``old=None`` means the file does not exist yet (a ``/dev/null`` diff).
+    What an agent hands to ``AgentContext.apply_diff`` to write a file.
+    """
+    return "".join(
+        difflib.unified_diff(
+            (old or "").splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            "/dev/null" if old is None else f"a/{path}",
+            f"b/{path}",
+        )
+    )
