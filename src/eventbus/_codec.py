@@ -73,7 +73,7 @@ def _find_unencodable(value: Any, path: str) -> tuple[str, str]:
     try:
         _encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        return path, f"holds a {type(value).__name__} that cannot be encoded as JSON ({exc})"
+        return path, f"holds a value of type {type(value).__name__!r} that JSON cannot hold ({exc})"
     return "", ""
 
 
