@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sinks._index_order
 import sinks.memory
 from eventbus import (
     Event,
@@ -248,7 +249,7 @@ def test_live_rebuilt_and_brute_force_answer_alike(
         held = held[-cap:]
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mock.patch.object(sinks.memory, "_INSERT_RATIO", insert_ratio),
+        mock.patch.object(sinks._index_order, "_INSERT_RATIO", insert_ratio),
         mock.patch.object(sinks.memory, "_MIN_COMPACTION", compact_at),
     ):
         root = Path(tmp)
@@ -530,7 +531,7 @@ def test_long_run_with_a_cap_compacts_and_keeps_answering() -> None:
         e for e in held if e.session_id == "s1" and e.task_id == "t1"
     ]
     assert index.evicted == 11_000
-    assert len(index._ts) < 3000  # evicted rows were compacted away
+    assert len(index._time.ts) < 3000  # evicted rows were compacted away
 
 
 # --- token usage ----------------------------------------------------------------------

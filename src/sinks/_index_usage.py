@@ -4,7 +4,8 @@ The index keeps one row per LLM response (its position in the index and its
 amounts) in a :class:`UsageTable`, folded lazily into running totals: a grand
 total and one per session, model, agent role and task. Rows leave the totals
 when their events are evicted or found to be duplicates. Costs are summed
-exactly, in units of 1e-12 USD. The public names are re-exported by
+exactly, in units of 1e-12 USD. :func:`usage_query` and :func:`single_group`
+read the filters of ``usage()``. The public names are re-exported by
 :mod:`sinks.memory`.
 """
 
@@ -19,7 +20,9 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from eventbus import Event, EventType
+from eventbus import Event, EventQuery, EventType
+
+from ._index_errors import IndexArgumentError
 
 __all__ = ["TokenUsage", "UsageField"]
 
@@ -214,3 +217,29 @@ class UsageTable:
                 sums[i] += sign * amount
             if sums[0] == 0:
                 del groups[value]
+
+
+def usage_query(query: EventQuery | None, **filters: Any) -> EventQuery | None:
+    """The query of :meth:`EventIndex.usage`: ``query`` (as given), or one made of keyword filters.
+
+    :raises IndexArgumentError: if both are given.
+    """
+    given = {name: value for name, value in filters.items() if value is not None}
+    if not given:
+        return query
+    if query is not None:
+        raise IndexArgumentError(
+            "query", query, f"give an EventQuery or keyword filters ({', '.join(given)}), not both"
+        )
+    return EventQuery(**given)
+
+
+def single_group(query: EventQuery) -> tuple[str, str] | None:
+    """Return (field, value) if ``query`` names exactly one session, model, role or task."""
+    if query.event_type is not None or query.phase is not None:
+        return None
+    if query.start_time is not None or query.end_time is not None:
+        return None
+    named = [(name, getattr(query, name)) for name in USAGE_FIELDS]
+    named = [(name, value) for name, value in named if value is not None]
+    return named[0] if len(named) == 1 else None

@@ -44,25 +44,25 @@ Errors::
 An :class:`EventIndex` is not thread-safe: use it from one thread (the bus's
 event loop, or the thread that owns it).
 
-Layout: :class:`EventIndex` (adding, ordering, eviction, queries) is here;
-the postings and the algorithms over them are in ``sinks._index_postings``, the
-low-memory rows (places in the logs, reading back) in ``sinks._index_disk``,
-token usage in ``sinks._index_usage`` and the errors in
-``sinks._index_errors``. Import every name from here.
+Layout: :class:`EventIndex` (adding, eviction, queries) is here; the time
+order (batches sorted and de-duplicated, late events, re-sorting, compaction)
+is in ``sinks._index_order``, the postings and the algorithms over them in
+``sinks._index_postings``, the low-memory rows (places in the logs, reading
+back) in ``sinks._index_disk``, token usage in ``sinks._index_usage`` and the
+errors in ``sinks._index_errors``. Import every name from here.
 """
 
 from __future__ import annotations
 
 import os
 from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, MutableSequence, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, MutableSequence, Sequence
+from datetime import datetime
 from functools import partial
 from itertools import chain, compress, islice, repeat
 from operator import attrgetter, eq
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 from eventbus import Event, EventQuery, EventType
 
@@ -74,7 +74,8 @@ from ._index_errors import (
     StaleLogError,
     UnknownEventIdError,
 )
-from ._index_postings import Check, Postings, both, cut, increasing, insort, scan, time_sorted
+from ._index_order import Key, TimeOrder, is_row
+from ._index_postings import Check, Postings, both, cut, scan, time_sorted
 from ._index_usage import (
     NO_USAGE,
     RESPONSE,
@@ -82,7 +83,9 @@ from ._index_usage import (
     TokenUsage,
     UsageField,
     UsageTable,
+    single_group,
     to_usage,
+    usage_query,
 )
 
 __all__ = [
@@ -105,28 +108,12 @@ _POSTED: Final = 7
 _FIELD_INDEX: Final = {name: i for i, name in enumerate(_FIELDS)}
 _MAYBE_NONE: Final = (2, 3, 4, 5)  # fields that are often None: phase, task, role, model
 _get_id = attrgetter("id")
-_get_timestamp = attrgetter("timestamp")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 _EVERYTHING: Final = EventQuery()
 # Stands in for an evicted (or duplicate) event until its row is compacted away.
 _GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
-_INSERT_RATIO: Final = 32  # insert late events one by one while fewer than live/ratio
 _MIN_COMPACTION: Final = 4096  # compact once this many (and half the rows) are dead
 _BATCH: Final = 4096
-
-_Key: TypeAlias = tuple[Any, str]
-
-
-def _microseconds(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _pick(located: Locations | None, keep: list[int]) -> Locations | None:
-    if located is None:
-        return None
-    return located[0], [located[1][i] for i in keep], [located[2][i] for i in keep]
 
 
 class EventIndex:
@@ -172,21 +159,13 @@ class EventIndex:
             raise IndexArgumentError("max_open_files", max_open_files, "must be >= 1")
         self._max_events = max_events
         self._low_memory = low_memory
-        self._keep_duplicates = keep_duplicates
         self._live = 0
         self._dead = 0  # rows of evicted or duplicate events, until compacted away
         self._evicted = 0
-        self._duplicates = 0
-        self._last: _Key | None = None  # (timestamp, id) of the newest event
-        self._sorted = True  # False while late rows added in bulk await _resort
-        # Rows, by position (arrival order). Timestamps are datetimes in memory
-        # mode and microseconds since the epoch in low-memory mode.
+        # Row timestamps and the time order; ordering and de-duplicating batches.
+        self._time = TimeOrder(low_memory=low_memory, keep_duplicates=keep_duplicates)
+        # Rows, by position (arrival order), in memory mode.
         self._events: list[Event] = []
-        self._ts: MutableSequence[Any] = array("q") if low_memory else []
-        # All live positions in time order: a range (equal to range(rows))
-        # while events arrive in order. Entries before _order_start are evicted.
-        self._order: range | array[int] = range(0)
-        self._order_start = 0
         # Per field (and per (session, type)), value -> positions in time order.
         self._postings = Postings(
             _POSTED, arrays=low_memory, sparse=_MAYBE_NONE, pair=(_SESSION, _TYPE)
@@ -208,7 +187,7 @@ class EventIndex:
     @property
     def keep_duplicates(self) -> bool:
         """Whether an event the index holds is indexed again rather than skipped."""
-        return self._keep_duplicates
+        return self._time.keep_duplicates
 
     @property
     def max_events(self) -> int | None:
@@ -227,7 +206,7 @@ class EventIndex:
     @property
     def duplicates(self) -> int:
         """How many events were skipped because the index already held them."""
-        return self._duplicates
+        return self._time.duplicates
 
     def __len__(self) -> int:
         return self._live
@@ -346,168 +325,63 @@ class EventIndex:
         newest). Late events are inserted in place, or, when many, appended and
         sorted; duplicates are found among them.
         """
-        given, duplicates = len(events), self._duplicates
-        prepared = self._prepare(events, located, bulk=bulk)
+        time = self._time
+        given, duplicates = len(events), time.duplicates
+        prepared = time.prepare(events, located, bulk=bulk, live=self._live, id_at=self._id_at)
         if prepared is None:
             return 0
         events, ids, stamps, located, late, insert = prepared
-        n, last, first = len(events), self._last, len(self._ts)
+        n, first = len(events), len(time.ts)
         positions = list(range(first, first + n))  # shared by every posting
-        self._ts.extend(stamps)
         values = [list(map(getter, events)) for getter in _GETTERS]  # the pairs: by Postings
         if self._low_memory:
             assert located is not None
             self._rows.extend(located, ids, values)
         else:
             self._events.extend(events)
+        time.add(stamps, ids, positions, late, insert, self._id_at)
         # Postings: append what sorts after the newest event, insert the rest in place.
-        if insert and type(self._order) is range:
-            self._order = array("q", self._order)
         start = late if insert else 0
         if start < n:
             tail = positions[start:] if start else positions
             self._postings.append_all([v[start:] for v in values] if start else values, tail)
-            if type(self._order) is range:
-                self._order = range(first + n)
-            else:
-                self._order.extend(tail)
         if insert:
             for i in range(late):
                 row = [field_values[i] for field_values in values]
-                self._insert_late(positions[i], [*row, (row[_SESSION], row[_TYPE])])
-        elif late:
-            self._sorted = False
+                for field, value in enumerate([*row, (row[_SESSION], row[_TYPE])]):
+                    if value is not None:
+                        self._postings.insert(field, value, time.ts, positions[i], self._id_at)
         self._live += n
-        newest = (stamps[-1], ids[-1])
-        if last is None or newest > last:
-            self._last = newest
         self._usage.add(events, values[_TYPE], positions)
         if not bulk:
             self._settle()
-        return given - (self._duplicates - duplicates)
-
-    def _prepare(
-        self, events: list[Event], located: Locations | None, *, bulk: bool
-    ) -> tuple[list[Event], list[str], list[Any], Locations | None, int, bool] | None:
-        """Order a batch by (timestamp, id) and drop the events the index holds.
-
-        Returns the events, their ids, timestamps and locations, how many sort
-        before the newest event held (``late``), and whether to insert those
-        one by one (else they are sorted in later). ``None``: nothing new.
-        """
-        if not events:
-            return None
-        ids = list(map(_get_id, events))
-        stamps: list[Any] = list(map(_get_timestamp, events))
-        if self._low_memory:
-            stamps = list(map(_microseconds, stamps))
-        keys: list[_Key] | None = None
-        if not increasing(stamps):
-            keys = list(zip(stamps, ids, strict=True))
-            if not increasing(keys):
-                keep = self._sorted_unique(keys)
-                events = [events[i] for i in keep]
-                ids = [ids[i] for i in keep]
-                stamps = [stamps[i] for i in keep]
-                keys = [keys[i] for i in keep]
-                located = _pick(located, keep)
-        last = self._last
-        if last is None or (stamps[0], ids[0]) > last:  # the usual case: all in order
-            return events, ids, stamps, located, 0, False
-        if keys is None:
-            keys = list(zip(stamps, ids, strict=True))
-        late = bisect_right(keys, last)
-        insert = not bulk and late * _INSERT_RATIO <= self._live
-        if insert and not self._keep_duplicates:  # few: drop those held now (many: _resort)
-            held = [i for i in range(late) if self._holds(stamps[i], ids[i])]
-            if held:
-                self._duplicates += len(held)
-                keep = sorted(set(range(len(events))).difference(held))
-                if not keep:
-                    return None
-                events = [events[i] for i in keep]
-                ids = [ids[i] for i in keep]
-                stamps = [stamps[i] for i in keep]
-                located = _pick(located, keep)
-                late -= len(held)
-        return events, ids, stamps, located, late, insert and late > 0
-
-    def _sorted_unique(self, keys: list[_Key]) -> list[int]:
-        """Return the indexes of ``keys`` in key order, without repeated keys (counted).
-
-        With ``keep_duplicates`` repeated keys are kept, in the order given.
-        """
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        if self._keep_duplicates:
-            return order
-        keep = [i for i, j in zip(order, [-1, *order], strict=False) if j < 0 or keys[i] != keys[j]]
-        self._duplicates += len(keys) - len(keep)
-        return keep
-
-    def _holds(self, stamp: Any, event_id: str) -> bool:
-        """Whether the (sorted) index holds an event with this timestamp and id."""
-        order, ts = self._order, self._ts
-        if type(order) is range:
-            i = bisect_left(ts, stamp, self._order_start)
-        else:
-            i = bisect_left(order, stamp, self._order_start, key=ts.__getitem__)
-        while i < len(order) and ts[order[i]] == stamp:
-            if self._id_at(order[i]) == event_id:
-                return True
-            i += 1
-        return False
-
-    def _insert_late(self, position: int, values: list[Any]) -> None:
-        """Insert one late row into the time order and its postings."""
-        assert type(self._order) is not range
-        insort(self._order, self._order_start, self._ts, position, self._id_at)
-        for field, value in enumerate(values):
-            if value is not None:
-                self._postings.insert(field, value, self._ts, position, self._id_at)
+        return given - (time.duplicates - duplicates)
 
     def _settle(self) -> None:
         """Sort rows added late in bulk, then evict down to ``max_events``."""
-        if not self._sorted:
+        if not self._time.sorted:
             self._resort()
         if self._max_events is not None and self._live > self._max_events:
             self._evict(self._live - self._max_events)
 
     def _resort(self) -> None:
         """Put every posting back in time order, dropping duplicate rows."""
-        order, duplicates = time_sorted(
-            self._order[self._order_start :],
-            self._ts,
-            self._ids_at,
-            dedupe=not self._keep_duplicates,
-        )
-        # Not a range: a late row sorts before an earlier one (compaction may restore it).
-        self._order, self._order_start = array("q", order), 0
-        rank = array("q", [-1]) * len(self._ts)
-        for i, position in enumerate(order):
-            rank[position] = i
-        self._postings.sort(rank, dropped=bool(duplicates))
-        if duplicates:
-            self._drop(duplicates)
-        self._sorted = True
-
-    def _drop(self, positions: list[int]) -> None:
-        """Forget the rows of duplicate events (found by :meth:`_resort`)."""
-        self._live -= len(positions)
-        self._dead += len(positions)
-        self._duplicates += len(positions)
-        if not self._low_memory:
-            for position in positions:
-                self._events[position] = _GONE
-        self._usage.discard(positions, self._usage_value)
+        rank, repeats = self._time.resort(self._ids_at)
+        self._postings.sort(rank, dropped=bool(repeats))
+        if repeats:  # forget their rows
+            self._live -= len(repeats)
+            self._dead += len(repeats)
+            if not self._low_memory:
+                for position in repeats:
+                    self._events[position] = _GONE
+            self._usage.discard(repeats, self._usage_value)
 
     # --- eviction and compaction --------------------------------------------------------
 
     def _evict(self, k: int) -> None:
         """Evict the ``k`` oldest events (the front of every posting)."""
         self._usage.fold(self._usage_value)
-        start = self._order_start
-        victims = self._order[start : start + k]
-        self._order_start = start + k
+        victims = self._time.evict(k)
         self._live -= k
         self._evicted += k
         self._dead += k
@@ -527,23 +401,7 @@ class EventIndex:
     def _compact(self) -> None:
         """Drop dead rows and renumber positions (amortised over the evictions)."""
         self._usage.fold(self._usage_value)
-        order, start = self._order, self._order_start
-        live: Sequence[int]
-        new_position: Callable[[int], int]
-        if type(order) is range:
-            live = range(start, order.stop)
-            new_position = start.__rsub__
-            self._order = range(len(live))
-        else:
-            live = sorted(order[start:])
-            remap = array("q", [-1]) * len(self._ts)
-            for new, old in enumerate(live):
-                remap[old] = new
-            new_position = remap.__getitem__
-            renumbered = array("q", map(new_position, order[start:]))
-            in_order = all(map(eq, renumbered, range(len(renumbered))))
-            self._order = range(len(renumbered)) if in_order else renumbered
-        self._order_start = 0
+        live, new_position = self._time.compact()
         shared = list(range(len(live)))  # one int object per row, shared by the postings
 
         def renumber(positions: Iterable[int]) -> MutableSequence[int]:
@@ -551,22 +409,14 @@ class EventIndex:
                 return array("q", map(new_position, positions))
             return list(map(shared.__getitem__, map(new_position, positions)))
 
-        self._ts = take(self._ts, live)
         if self._low_memory:
             self._rows.keep(live)
         else:
             self._events = list(take(self._events, live))
             self._id_map = None
         self._postings.renumber(renumber)
-        self._usage.renumber(partial(self._is_row, live=live), new_position)
+        self._usage.renumber(partial(is_row, live=live), new_position)
         self._dead = 0
-
-    @staticmethod
-    def _is_row(position: int, *, live: Sequence[int]) -> bool:
-        if type(live) is range:
-            return position in live
-        i = bisect_left(live, position)
-        return i < len(live) and live[i] == position
 
     # --- ids ----------------------------------------------------------------------------
 
@@ -590,16 +440,7 @@ class EventIndex:
     def _is_live(self, position: int) -> bool:
         if not self._low_memory:
             return self._events[position] is not _GONE
-        order, ts = self._order, self._ts
-        stamp = ts[position]
-        if type(order) is range:
-            return self._order_start <= position < order.stop
-        i = bisect_left(order, stamp, self._order_start, key=ts.__getitem__)
-        while i < len(order) and ts[order[i]] == stamp:
-            if order[i] == position:
-                return True
-            i += 1
-        return False
+        return self._time.is_live(position)
 
     def _id_at(self, position: int) -> str:
         if self._low_memory:
@@ -742,12 +583,9 @@ class EventIndex:
         positions = scan(*plan, None, newest_first=False)
         return self._rows.read(self._rows.in_log_order(positions))
 
-    def _stamp(self, moment: datetime) -> Any:
-        return _microseconds(moment) if self._low_memory else moment
-
-    def _cursor(self, after: str | Event) -> _Key:
+    def _cursor(self, after: str | Event) -> Key:
         if isinstance(after, Event):
-            return self._stamp(after.timestamp), after.id
+            return self._time.stamp(after.timestamp), after.id
         if not isinstance(after, str):
             raise TypeError(
                 f"after must be an event id, an Event or None, got {type(after).__name__}"
@@ -755,7 +593,7 @@ class EventIndex:
         position = self._find(after)
         if position is None:
             raise UnknownEventIdError(after)
-        return self._ts[position], after
+        return self._time.ts[position], after
 
     def _plan(
         self, query: EventQuery, after: str | Event | None
@@ -768,13 +606,14 @@ class EventIndex:
         bisection, and the conditions of the others become checks on the
         chosen one. ``None``: no event can match.
         """
-        low: Any = None if query.start_time is None else self._stamp(query.start_time)
+        time = self._time
+        low: Any = None if query.start_time is None else time.stamp(query.start_time)
         low_id: str | None = None
         if after is not None:
             cursor = self._cursor(after)
             if low is None or cursor[0] >= low:
                 low, low_id = cursor
-        high: Any = None if query.end_time is None else self._stamp(query.end_time)
+        high: Any = None if query.end_time is None else time.stamp(query.end_time)
         bounds = (low, low_id, high)
         types, session = query.event_type, query.session_id
         # (size, list (None: a union of postings), lo, hi, check)
@@ -786,7 +625,7 @@ class EventIndex:
             found = self._postings.get(field, value)
             if found is None:
                 return None
-            lo, hi = cut(found[0], found[1], self._ts, bounds, self._id_at)
+            lo, hi = cut(found[0], found[1], time.ts, bounds, self._id_at)
             if lo >= hi:
                 return None
             candidates.append((hi - lo, found[0], lo, hi, self._equals(field, value)))
@@ -797,7 +636,7 @@ class EventIndex:
                 value = event_type if session is None else (session, event_type)
                 found = self._postings.get(field, value)
                 if found is not None:
-                    lo, hi = cut(found[0], found[1], self._ts, bounds, self._id_at)
+                    lo, hi = cut(found[0], found[1], time.ts, bounds, self._id_at)
                     if lo < hi:
                         union.append((found[0], lo, hi))
             if not union:
@@ -811,15 +650,15 @@ class EventIndex:
             else:
                 candidates.append((sum(hi - lo for _, lo, hi in union), None, 0, 0, check))
         if not candidates or low is not None or high is not None:
-            lo, hi = cut(self._order, self._order_start, self._ts, bounds, self._id_at)
+            lo, hi = cut(time.order, time.start, time.ts, bounds, self._id_at)
             if lo >= hi:
                 return None
-            candidates.append((hi - lo, self._order, lo, hi, None))
+            candidates.append((hi - lo, time.order, lo, hi, None))
         best = min(range(len(candidates)), key=lambda i: candidates[i][0])
         _, sequence, lo, hi, _check = candidates[best]
         if sequence is None:
             sequence = time_sorted(
-                chain.from_iterable(p[lo:hi] for p, lo, hi in union), self._ts, self._ids_at
+                chain.from_iterable(p[lo:hi] for p, lo, hi in union), time.ts, self._ids_at
             )[0]
             lo, hi = 0, len(sequence)
         checks = [c[4] for i, c in enumerate(candidates) if i != best and c[4] is not None]
@@ -881,7 +720,7 @@ class EventIndex:
 
         :raises IndexArgumentError: if both a query and keywords are given.
         """
-        query = _usage_query(
+        query = usage_query(
             query,
             session_id=session_id,
             model=model,
@@ -892,9 +731,9 @@ class EventIndex:
             end_time=end_time,
         )
         self._usage.fold(self._usage_value)
-        if query is None or query.is_empty:
+        if query is None or _check_query(query).is_empty:
             return to_usage(self._usage.total)
-        group = _single_group(query)
+        group = single_group(query)
         if group is not None:
             return to_usage(self._usage.groups[group[0]].get(group[1]))
         positions = self._usage_rows(query)
@@ -926,7 +765,7 @@ class EventIndex:
         """
         if field not in USAGE_FIELDS:
             raise IndexArgumentError("field", field, f"must be one of {', '.join(USAGE_FIELDS)}")
-        query = _usage_query(
+        query = usage_query(
             query,
             session_id=session_id,
             model=model,
@@ -937,7 +776,7 @@ class EventIndex:
             end_time=end_time,
         )
         self._usage.fold(self._usage_value)
-        if query is None or query.is_empty:
+        if query is None or _check_query(query).is_empty:
             return {value: to_usage(sums) for value, sums in self._usage.groups[field].items()}
         positions = self._usage_rows(query)
         groups: dict[Any, list[int]] = {}
@@ -984,26 +823,3 @@ def _check_query(query: EventQuery) -> EventQuery:
     if not isinstance(query, EventQuery):
         raise TypeError(f"query must be an EventQuery, got {type(query).__name__}")
     return query
-
-
-def _usage_query(query: EventQuery | None, **filters: Any) -> EventQuery | None:
-    """The query of :meth:`EventIndex.usage`: ``query``, or one made of keyword filters."""
-    given = {name: value for name, value in filters.items() if value is not None}
-    if not given:
-        return None if query is None else _check_query(query)
-    if query is not None:
-        raise IndexArgumentError(
-            "query", query, f"give an EventQuery or keyword filters ({', '.join(given)}), not both"
-        )
-    return EventQuery(**given)
-
-
-def _single_group(query: EventQuery) -> tuple[str, str] | None:
-    """Return (field, value) if ``query`` names exactly one session, model, role or task."""
-    if query.event_type is not None or query.phase is not None:
-        return None
-    if query.start_time is not None or query.end_time is not None:
-        return None
-    named = [(name, getattr(query, name)) for name in USAGE_FIELDS]
-    named = [(name, value) for name, value in named if value is not None]
-    return named[0] if len(named) == 1 else None

@@ -1,0 +1,264 @@
+"""The time order of an :class:`~sinks.memory.EventIndex`, and the batches that extend it.
+
+Each indexed event has a row (its position, in arrival order); :class:`TimeOrder`
+keeps the row timestamps (``ts``) and the live positions sorted by (timestamp,
+id) (``order``; a ``range`` while events arrive in order, entries before
+``start`` evicted). It prepares each batch before it is indexed (sorted, the
+events it already holds skipped and counted in ``duplicates``), inserts late
+events in place or leaves many to one :meth:`TimeOrder.resort`, and does the
+time-order part of eviction and compaction; the index does the rest (events,
+postings, usage). Ids are read through the ``id_at``/``ids_at`` callables the
+index passes in.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, MutableSequence, Sequence
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter, eq
+from typing import Any, Final, TypeAlias
+
+from eventbus import Event
+
+from ._index_disk import Locations, take
+from ._index_postings import increasing, insort, time_sorted
+
+__all__: list[str] = []
+
+Key: TypeAlias = tuple[Any, str]
+"""(timestamp, id): what the time order sorts by."""
+
+Prepared: TypeAlias = tuple[list[Event], list[str], list[Any], Locations | None, int, bool]
+"""A batch ready to index: events, ids, timestamps, locations, ``late``, ``insert``."""
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_INSERT_RATIO: Final = 32  # insert late events one by one while fewer than live/ratio
+_get_id = attrgetter("id")
+_get_timestamp = attrgetter("timestamp")
+
+
+def microseconds(moment: datetime) -> int:
+    """``moment`` as microseconds since the epoch (the low-memory timestamps)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def is_row(position: int, *, live: Sequence[int]) -> bool:
+    """Whether ``position`` is in ``live`` (sorted), the rows kept by a compaction."""
+    if type(live) is range:
+        return position in live
+    i = bisect_left(live, position)
+    return i < len(live) and live[i] == position
+
+
+def _pick(located: Locations | None, keep: list[int]) -> Locations | None:
+    if located is None:
+        return None
+    return located[0], [located[1][i] for i in keep], [located[2][i] for i in keep]
+
+
+class TimeOrder:
+    """Row timestamps and the live positions in time order (ties by id).
+
+    :param low_memory: timestamps are microseconds in an ``array`` (else datetimes).
+    :param keep_duplicates: keep events with the (timestamp, id) of one held.
+    """
+
+    def __init__(self, *, low_memory: bool, keep_duplicates: bool) -> None:
+        self.low_memory = low_memory
+        self.keep_duplicates = keep_duplicates
+        self.duplicates = 0  # events skipped or dropped as held already
+        self.last: Key | None = None  # (timestamp, id) of the newest event
+        self.sorted = True  # False while late rows added in bulk await resort()
+        # Rows, by position: datetimes in memory mode, microseconds in low-memory mode.
+        self.ts: MutableSequence[Any] = array("q") if low_memory else []
+        # All live positions in time order: a range (equal to range(rows))
+        # while events arrive in order. Entries before start are evicted.
+        self.order: range | array[int] = range(0)
+        self.start = 0
+
+    def stamp(self, moment: datetime) -> Any:
+        """``moment`` as the index stores timestamps."""
+        return microseconds(moment) if self.low_memory else moment
+
+    # --- batches ------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        events: list[Event],
+        located: Locations | None,
+        *,
+        bulk: bool,
+        live: int,
+        id_at: Callable[[int], str],
+    ) -> Prepared | None:
+        """Order a batch by (timestamp, id) and drop the events the index holds.
+
+        Returns the events, their ids, timestamps and locations, how many sort
+        before the newest event held (``late``), and whether to insert those
+        one by one (else they are sorted in by :meth:`resort`). ``None``:
+        nothing new.
+        """
+        if not events:
+            return None
+        ids = list(map(_get_id, events))
+        stamps: list[Any] = list(map(_get_timestamp, events))
+        if self.low_memory:
+            stamps = list(map(microseconds, stamps))
+        keys: list[Key] | None = None
+        if not increasing(stamps):
+            keys = list(zip(stamps, ids, strict=True))
+            if not increasing(keys):
+                keep = self._sorted_unique(keys)
+                events = [events[i] for i in keep]
+                ids = [ids[i] for i in keep]
+                stamps = [stamps[i] for i in keep]
+                keys = [keys[i] for i in keep]
+                located = _pick(located, keep)
+        last = self.last
+        if last is None or (stamps[0], ids[0]) > last:  # the usual case: all in order
+            return events, ids, stamps, located, 0, False
+        if keys is None:
+            keys = list(zip(stamps, ids, strict=True))
+        late = bisect_right(keys, last)
+        insert = not bulk and late * _INSERT_RATIO <= live
+        if insert and not self.keep_duplicates:  # few: drop those held now (many: resort)
+            held = [i for i in range(late) if self._holds(stamps[i], ids[i], id_at)]
+            if held:
+                self.duplicates += len(held)
+                keep = sorted(set(range(len(events))).difference(held))
+                if not keep:
+                    return None
+                events = [events[i] for i in keep]
+                ids = [ids[i] for i in keep]
+                stamps = [stamps[i] for i in keep]
+                located = _pick(located, keep)
+                late -= len(held)
+        return events, ids, stamps, located, late, insert and late > 0
+
+    def _sorted_unique(self, keys: list[Key]) -> list[int]:
+        """Return the indexes of ``keys`` in key order, without repeated keys (counted).
+
+        With ``keep_duplicates`` repeated keys are kept, in the order given.
+        """
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        if self.keep_duplicates:
+            return order
+        keep = [i for i, j in zip(order, [-1, *order], strict=False) if j < 0 or keys[i] != keys[j]]
+        self.duplicates += len(keys) - len(keep)
+        return keep
+
+    def _holds(self, stamp: Any, event_id: str, id_at: Callable[[int], str]) -> bool:
+        """Whether the (sorted) index holds an event with this timestamp and id."""
+        order, ts = self.order, self.ts
+        if type(order) is range:
+            i = bisect_left(ts, stamp, self.start)
+        else:
+            i = bisect_left(order, stamp, self.start, key=ts.__getitem__)
+        while i < len(order) and ts[order[i]] == stamp:
+            if id_at(order[i]) == event_id:
+                return True
+            i += 1
+        return False
+
+    def add(
+        self,
+        stamps: list[Any],
+        ids: list[str],
+        positions: list[int],
+        late: int,
+        insert: bool,
+        id_at: Callable[[int], str],
+    ) -> None:
+        """Add the rows of a prepared batch (their events must be readable by ``id_at``).
+
+        The first ``late`` are inserted in place if ``insert``, else left for
+        :meth:`resort`; the rest are appended.
+        """
+        self.ts.extend(stamps)
+        if insert and type(self.order) is range:
+            self.order = array("q", self.order)
+        start = late if insert else 0
+        if start < len(positions):
+            if type(self.order) is range:
+                self.order = range(positions[-1] + 1)
+            else:
+                self.order.extend(positions[start:] if start else positions)
+        if insert:
+            for position in positions[:late]:
+                self.insert(position, id_at)
+        elif late:
+            self.sorted = False
+        newest = (stamps[-1], ids[-1])
+        if self.last is None or newest > self.last:
+            self.last = newest
+
+    def insert(self, position: int, id_at: Callable[[int], str]) -> None:
+        """Insert one late row into the time order."""
+        assert type(self.order) is not range
+        insort(self.order, self.start, self.ts, position, id_at)
+
+    def resort(self, ids_at: Callable[[Sequence[int]], list[str]]) -> tuple[array[int], list[int]]:
+        """Sort the time order after bulk late rows; return each row's rank and the repeats.
+
+        A rank is a position's place in the new order (``-1``: not in it); the
+        repeats (rows of events held already, unless ``keep_duplicates``) are
+        dropped from the order and counted in ``duplicates``.
+        """
+        order, repeats = time_sorted(
+            self.order[self.start :], self.ts, ids_at, dedupe=not self.keep_duplicates
+        )
+        # Not a range: a late row sorts before an earlier one (compaction may restore it).
+        self.order, self.start = array("q", order), 0
+        rank = array("q", [-1]) * len(self.ts)
+        for i, position in enumerate(order):
+            rank[position] = i
+        self.duplicates += len(repeats)
+        self.sorted = True
+        return rank, repeats
+
+    # --- eviction and compaction --------------------------------------------------------
+
+    def evict(self, k: int) -> Sequence[int]:
+        """Evict the ``k`` oldest rows; return their positions."""
+        start = self.start
+        victims = self.order[start : start + k]
+        self.start = start + k
+        return victims
+
+    def compact(self) -> tuple[Sequence[int], Callable[[int], int]]:
+        """Drop evicted rows and renumber: return the rows kept (sorted) and old -> new."""
+        order, start = self.order, self.start
+        live: Sequence[int]
+        new_position: Callable[[int], int]
+        if type(order) is range:
+            live = range(start, order.stop)
+            new_position = start.__rsub__
+            self.order = range(len(live))
+        else:
+            live = sorted(order[start:])
+            remap = array("q", [-1]) * len(self.ts)
+            for new, old in enumerate(live):
+                remap[old] = new
+            new_position = remap.__getitem__
+            renumbered = array("q", map(new_position, order[start:]))
+            in_order = all(map(eq, renumbered, range(len(renumbered))))
+            self.order = range(len(renumbered)) if in_order else renumbered
+        self.start = 0
+        self.ts = take(self.ts, live)
+        return live, new_position
+
+    def is_live(self, position: int) -> bool:
+        """Whether ``position`` is in the time order (not evicted nor dropped)."""
+        order, ts = self.order, self.ts
+        stamp = ts[position]
+        if type(order) is range:
+            return self.start <= position < order.stop
+        i = bisect_left(order, stamp, self.start, key=ts.__getitem__)
+        while i < len(order) and ts[order[i]] == stamp:
+            if order[i] == position:
+                return True
+            i += 1
+        return False
