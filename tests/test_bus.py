@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from anyio import wait_all_tasks_blocked
@@ -499,6 +500,43 @@ class TestThreads:
         async with EventBus() as bus:
             with pytest.raises(EventBusError, match="would deadlock"):
                 bus.publish_threadsafe(ev(0))
+
+    async def test_threadsafe_publish_after_close_raises_in_the_thread(self) -> None:
+        """A thread publishing to a closed bus gets BusClosedError, not a hang."""
+        async with EventBus() as bus:
+            pass
+
+        def produce() -> None:
+            bus.publish_threadsafe(ev(0))
+
+        with anyio.fail_after(5), pytest.raises(BusClosedError, match="the bus is closed"):
+            await anyio.to_thread.run_sync(produce)
+
+    async def test_thread_waiting_for_space_is_told_when_the_bus_closes(self) -> None:
+        """A thread blocked by backpressure is released with BusClosedError at close."""
+        sink = GatedSink()
+        outcome: list[BaseException | None] = []
+
+        def produce(bus: EventBus) -> None:
+            try:
+                bus.publish_threadsafe(ev(1))
+            except BusClosedError as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        async with anyio.create_task_group() as tg, EventBus(buffer=1) as bus:
+            bus.subscribe(sink)
+            await bus.publish(ev(0))
+            await sink.writing.wait()
+            tg.start_soon(anyio.to_thread.run_sync, produce, bus)
+            with anyio.fail_after(5):
+                while not bus._progress_waiting:  # the thread's publish waits for space
+                    await anyio.lowlevel.checkpoint()
+            sink.gate.set()  # leaving the block now drains event 0 and closes
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BusClosedError)
+        assert [e.message for e in sink.events] == ["0"]
 
 
 class TestMemorySink:
