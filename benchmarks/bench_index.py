@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _seed import SeedEvent
+from _seed import SeedEvent, seed_get_events
 
 from eventbus import Event, EventQuery, EventType, decode_events, encode_jsonl
 from sinks.memory import EventIndex, TokenUsage
@@ -114,36 +114,6 @@ def as_seed_events(events: list[Event]) -> list[SeedEvent]:
         )
         for e in events
     ]
-
-
-def seed_get_events(
-    events: list[SeedEvent],
-    event_type: EventType | list[EventType] | None = None,
-    phase: str | None = None,
-    task_id: str | None = None,
-    agent_role: str | None = None,
-    start_time: datetime | None = None,
-    end_time: datetime | None = None,
-    session_id: str | None = None,
-) -> list[SeedEvent]:
-    """The seed's ``EventLog.get_events``, verbatim (plus a session filter in its style)."""
-    if event_type:
-        if isinstance(event_type, EventType):
-            event_type = [event_type]
-        events = [e for e in events if e.event_type in event_type]
-    if session_id:
-        events = [e for e in events if e.session_id == session_id]
-    if phase:
-        events = [e for e in events if e.phase == phase]
-    if task_id:
-        events = [e for e in events if e.task_id == task_id]
-    if agent_role:
-        events = [e for e in events if e.agent_role == agent_role]
-    if start_time:
-        events = [e for e in events if e.timestamp >= start_time]
-    if end_time:
-        events = [e for e in events if e.timestamp <= end_time]
-    return events
 
 
 def seed_usage(events: list[SeedEvent]) -> dict[str, float]:
