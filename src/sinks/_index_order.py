@@ -30,8 +30,12 @@ __all__: list[str] = []
 Key: TypeAlias = tuple[Any, str]
 """(timestamp, id): what the time order sorts by."""
 
-Prepared: TypeAlias = tuple[list[Event], list[str], list[Any], Locations | None, int, bool]
-"""A batch ready to index: events, ids, timestamps, locations, ``late``, ``insert``."""
+Prepared: TypeAlias = tuple[list[Event], list[str] | None, list[Any], Locations | None, int, bool]
+"""A batch ready to index: events, ids, timestamps, locations, ``late``, ``insert``.
+
+The ids are ``None`` (not read) when the batch is in order, after the newest
+event held, in memory mode (where the index can read them from the events).
+"""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -103,12 +107,24 @@ class TimeOrder:
         """
         if not events:
             return None
-        ids = list(map(_get_id, events))
         stamps: list[Any] = list(map(_get_timestamp, events))
         if self.low_memory:
             stamps = list(map(microseconds, stamps))
+        in_order = increasing(stamps)
+        last = self.last
+        if in_order and (last is None or stamps[0] > last[0]):  # the usual case
+            # Then no event can be one held: the ids are not needed (but in low-memory rows).
+            return (
+                events,
+                list(map(_get_id, events)) if self.low_memory else None,
+                stamps,
+                located,
+                0,
+                False,
+            )
+        ids = list(map(_get_id, events))
         keys: list[Key] | None = None
-        if not increasing(stamps):
+        if not in_order:
             keys = list(zip(stamps, ids, strict=True))
             if not increasing(keys):
                 keep = self._sorted_unique(keys)
@@ -117,8 +133,7 @@ class TimeOrder:
                 stamps = [stamps[i] for i in keep]
                 keys = [keys[i] for i in keep]
                 located = _pick(located, keep)
-        last = self.last
-        if last is None or (stamps[0], ids[0]) > last:  # the usual case: all in order
+        if last is None or (stamps[0], ids[0]) > last:  # all in order (ties with the newest)
             return events, ids, stamps, located, 0, False
         if keys is None:
             keys = list(zip(stamps, ids, strict=True))
@@ -166,7 +181,7 @@ class TimeOrder:
     def add(
         self,
         stamps: list[Any],
-        ids: list[str],
+        ids: list[str] | None,
         positions: list[int],
         late: int,
         insert: bool,
@@ -191,7 +206,7 @@ class TimeOrder:
                 self.insert(position, id_at)
         elif late:
             self.sorted = False
-        newest = (stamps[-1], ids[-1])
+        newest = (stamps[-1], id_at(positions[-1]) if ids is None else ids[-1])
         if self.last is None or newest > self.last:
             self.last = newest
 

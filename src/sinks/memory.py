@@ -336,6 +336,7 @@ class EventIndex:
         values = [list(map(getter, events)) for getter in _GETTERS]  # the pairs: by Postings
         if self._low_memory:
             assert located is not None
+            assert ids is not None
             self._rows.extend(located, ids, values)
         else:
             self._events.extend(events)
