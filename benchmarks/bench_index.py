@@ -31,6 +31,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sized
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ ROLES = ["planner", "coder", "reviewer", "tester", "fixer", "writer"]
 MODELS = ["gpt-4o", "claude-sonnet", "gemini-pro", "llama-70b"]
 PHASES = ["IDEA", "PLAN_REVIEW", "EXECUTION", "VERIFICATION", "COMPLETE"]
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+FIELD_GETTERS = [
+    attrgetter(name)
+    for name in ("timestamp", "event_type", "session_id", "phase", "task_id", "agent_role", "model")
+]
 
 
 def make_events(count: int) -> list[Event]:
@@ -265,9 +270,16 @@ def indexing_cost(events: list[Event]) -> EventIndex:
     start = time.perf_counter()
     anyio.run(feed, written)
     write_cost = (time.perf_counter() - start) / len(events)
+    gc.collect()
+    start = time.perf_counter()
+    for chunk in batches:
+        for getter in FIELD_GETTERS:
+            list(map(getter, chunk))
+    reading = (time.perf_counter() - start) / len(events)
     print(
         f"  add(), batches of {batch}:  {add_cost * 1e6:.2f} us/event  (target < 0.5 us)\n"
-        f"  write() (the bus path):    {write_cost * 1e6:.2f} us/event"
+        f"  write() (the bus path):    {write_cost * 1e6:.2f} us/event\n"
+        f"  of which reading the 7 fields indexed, a column each: {reading * 1e6:.2f} us/event"
     )
     del written
     gc.collect()
