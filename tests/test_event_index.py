@@ -530,6 +530,11 @@ def test_long_run_with_a_cap_compacts_and_keeps_answering() -> None:
     assert index.get_events(session_id="s1", task_id="t1") == [
         e for e in held if e.session_id == "s1" and e.task_id == "t1"
     ]
+    # Type + session: the (session, type) postings, replaced by each compaction.
+    assert index.get_events(event_type=EventType.INFO, session_id="s2") == [
+        e for e in held if e.session_id == "s2"
+    ]
+    assert index.count(EventType.INFO, session_id="s0") == sum(e.session_id == "s0" for e in held)
     assert index.evicted == 11_000
     assert len(index._time.ts) < 3000  # evicted rows were compacted away
 
