@@ -113,15 +113,9 @@ class TimeOrder:
         in_order = increasing(stamps)
         last = self.last
         if in_order and (last is None or stamps[0] > last[0]):  # the usual case
-            # Then no event can be one held: the ids are not needed (but in low-memory rows).
-            return (
-                events,
-                list(map(_get_id, events)) if self.low_memory else None,
-                stamps,
-                located,
-                0,
-                False,
-            )
+            # No event can be one held, so only low-memory rows need the ids.
+            unread = list(map(_get_id, events)) if self.low_memory else None
+            return events, unread, stamps, located, 0, False
         ids = list(map(_get_id, events))
         keys: list[Key] | None = None
         if not in_order:

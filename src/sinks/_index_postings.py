@@ -258,7 +258,7 @@ class Postings:
         n = len(values)
         first = values[0]
         postings = self.lists[field]
-        if values[-1] is first and values.count(first) == n:  # one value: one extend
+        if values[-1] == first and values.count(first) == n:  # one value: one extend
             if first is not None:
                 postings[first].extend(positions)
             return
