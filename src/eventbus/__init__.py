@@ -21,6 +21,8 @@ from ._errors import (
     EventBusError,
     EventDecodeError,
     EventEncodeError,
+    EventsLostError,
+    PartialWriteError,
     SinkFailedError,
 )
 from ._event import Event, EventType, current_parent_id, new_event_id, parent_scope
@@ -107,6 +109,7 @@ __all__ = [
     "EventEncodeError",
     "EventQuery",
     "EventType",
+    "EventsLostError",
     "Gap",
     "Gate",
     "GateBlockedError",
@@ -123,6 +126,7 @@ __all__ = [
     "ModelResponse",
     "ModelRouter",
     "ModelUsage",
+    "PartialWriteError",
     "PatchApplier",
     "PatchError",
     "PatchResult",

@@ -9,12 +9,14 @@ also describes the failure, the class inherits from it too, so existing
     ├── BusFullError
     ├── EventEncodeError (TypeError)
     ├── EventDecodeError (ValueError)
+    ├── EventsLostError
+    ├── PartialWriteError
     └── SinkFailedError
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class EventBusError(Exception):
@@ -74,6 +76,49 @@ class EventDecodeError(EventBusError, ValueError):
         self.where = where
         location = f" ({where})" if where else ""
         super().__init__(f"invalid event{location}: {reason}")
+
+
+class EventsLostError(EventBusError):
+    """Raised by a sink when events it had already acknowledged can no longer be written.
+
+    A sink that buffers (``JsonlSink(durability="none")``) acknowledges events
+    before they reach the disk; when writing that buffer fails (a full disk,
+    an I/O error on eviction, on ``aclose`` or on a flush), those events are
+    gone. ``lost`` counts them. The bus never retries this error: it declares
+    the sink failed at once and adds ``lost`` to ``bus.stats().lost``.
+    """
+
+    def __init__(self, lost: int, where: str, reason: str) -> None:
+        self.lost = lost
+        self.where = where
+        self.reason = reason
+        noun = "event" if lost == 1 else "events"
+        super().__init__(
+            f"{lost} acknowledged {noun} could not be written to {where} and are lost: {reason}"
+        )
+
+
+class PartialWriteError(EventBusError):
+    """Raised by a sink's ``write`` when some sessions of a batch failed and the rest were written.
+
+    ``failures`` maps each failed session id to its exception. The bus
+    retries the same batch (the sink must skip what it already wrote); if
+    sessions still fail after the last retry, the bus fails *those sessions*
+    for this sink only: their later events are not delivered to it (counted
+    as dropped), an ``error`` event is published for each, ``flush()`` raises
+    :class:`SinkFailedError` naming sink and session, and every other
+    session keeps flowing to the sink.
+    """
+
+    def __init__(self, failures: Mapping[str, BaseException]) -> None:
+        if not failures:
+            raise ValueError("PartialWriteError needs at least one failed session")
+        self.failures = dict(failures)
+        described = "; ".join(f"session {sid!r}: {exc!r}" for sid, exc in self.failures.items())
+        super().__init__(
+            f"{len(self.failures)} session(s) of the batch could not be written "
+            f"(the others were): {described}"
+        )
 
 
 class SinkFailedError(EventBusError):
