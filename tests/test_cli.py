@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eventbus import EventType
-from eventbus._cli import main
+from eventbus.cli import main
 from sinks.artifacts import SessionArtifactQuery
 from sinks.jsonl import EventLog
 
@@ -82,7 +82,7 @@ def test_demo_runs_on_trio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_demo_runs_as_a_module(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "eventbus._cli", "demo", "--tasks", "2"],
+        [sys.executable, "-m", "eventbus", "demo", "--tasks", "2"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

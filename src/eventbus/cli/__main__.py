@@ -1,0 +1,10 @@
+"""``python -m eventbus.cli``: the ``eventbus`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())

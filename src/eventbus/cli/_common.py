@@ -1,0 +1,106 @@
+"""What every ``eventbus`` command shares: the subparsers type, user errors, output helpers.
+
+A command module exposes ``add_parser(subparsers: Subparsers) -> None``, which
+adds its parser and calls ``parser.set_defaults(run=<function(args) -> int>)``.
+``run`` returns the exit status; a user error (bad input, a missing extra, a
+workspace that cannot be used) is raised as an :class:`~eventbus.EventBusError`
+(for instance :class:`CommandError`), which ``main`` prints as one line on
+stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
+
+from .._errors import EventBusError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "CommandError",
+    "MissingExtraError",
+    "Subparsers",
+    "console",
+    "import_extra",
+    "table",
+]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CommandError(EventBusError):
+    """A command cannot do what was asked; ``main`` prints the message and exits with 2.
+
+    :param message: one line saying what happened and what to do.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class MissingExtraError(EventBusError, ImportError):
+    """A command needs an optional dependency that is not installed."""
+
+    def __init__(self, module: str, extra: str, command: str) -> None:
+        self.module = module
+        self.extra = extra
+        self.command = command
+        super().__init__(
+            f"{command} needs {module}, which is not installed: pip install 'eventbus[{extra}]'"
+        )
+
+
+def import_extra(module: str, *, extra: str, command: str) -> ModuleType:
+    """Import ``module`` from an extra, or raise :class:`MissingExtraError` naming the extra.
+
+    :param module: the module to import, e.g. ``"rich.console"``.
+    :param extra: the extra that installs it, e.g. ``"web"``.
+    :param command: what needs it, for the message, e.g. ``"eventbus tail"``.
+    :raises MissingExtraError: the module (or a module it needs) is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:  # ModuleNotFoundError, or None in sys.modules
+        raise MissingExtraError(module.partition(".")[0], extra, command) from error
+
+
+def console(file: IO[str], *, command: str) -> Console:
+    """A ``rich`` console on ``file``: colour only on a terminal and without ``NO_COLOR``.
+
+    ``rich`` detects a pipe (plain output) and honours ``NO_COLOR`` itself;
+    this also treats an empty ``NO_COLOR`` as unset, as https://no-color.org says.
+
+    :raises MissingExtraError: ``rich`` is not installed (the ``web`` extra).
+    """
+    rich_console = import_extra("rich.console", extra="web", command=command)
+    no_color = bool(os.environ.get("NO_COLOR"))
+    result: Console = rich_console.Console(file=file, no_color=no_color, highlight=False)
+    return result
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> str:
+    """A plain-text table, two spaces indented, with a rule under the headers.
+
+    :param headers: the column titles.
+    :param rows: the cells (anything ``str()`` shows); each row as long as ``headers``.
+    :param align: one letter per column: ``l`` (left) or ``r`` (right).
+    """
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        parts = [
+            cell.rjust(width) if side == "r" else cell.ljust(width)
+            for cell, width, side in zip(row, widths, align, strict=True)
+        ]
+        return "  " + "  ".join(parts).rstrip()
+
+    rule = "  " + "  ".join("-" * width for width in widths)
+    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])

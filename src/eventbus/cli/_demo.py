@@ -1,0 +1,370 @@
+"""``eventbus demo``: an offline agent session, with its progress and a summary.
+
+``eventbus demo [--workspace DIR] [--tasks N]`` runs the session of
+:mod:`eventbus.cli._agents` with the JSONL log and the artifact store as
+sinks, prints a line per phase and per finished (or retried) task, then a
+summary and where the files are: ``DIR/{session_id}/events.jsonl``,
+``DIR/{session_id}/artifacts/`` and the project the agents wrote in
+``DIR/{session_id}/project/``. Exit status: 0 the session completed, 1 it
+failed, 2 a user error, 130 interrupted, 141 stdout was closed (``| head``):
+the session is then aborted, as with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from sinks.artifacts import ArtifactSink
+from sinks.jsonl import JsonlSink
+
+from .._bus import EventBus
+from .._event import Event, EventType
+from .._names import validate_session_id
+from .._query import EventQuery
+from .._session import Session
+from .._sink import MemorySink
+from ._agents import IDEA, build_demo_coordinator
+from ._common import CommandError, Subparsers, import_extra, table
+
+__all__ = ["DESCRIPTION", "DemoRun", "ProgressPrinter", "add_parser", "print_summary", "run_demo"]
+
+#: What the demo shows, as ``eventbus demo --help`` says it (and the README).
+DESCRIPTION = (
+    "Run an offline agent session: a planner plans a small Python package, coders, "
+    "testers and reviewers write and check it through unified diffs and real commands, "
+    "with every step an event in WORKSPACE/{session_id}/events.jsonl and the artifacts "
+    "beside it. With 3 tasks or more, one task fails its first attempt (a syntax error "
+    "that its compile check catches) and is retried: task_retrying, then task_completed "
+    "on attempt 2. task_failed is logged only when a task fails for good (no attempt left)."
+)
+#: How many names of a list the summary shows, one per line, before counting the rest.
+LIST_LIMIT = 10
+
+_PROGRESS = EventQuery(
+    event_type=[
+        EventType.SESSION_STARTED,
+        EventType.PHASE_TRANSITION,
+        EventType.TASK_COMPLETED,
+        EventType.TASK_FAILED,
+        EventType.TASK_RETRYING,
+        EventType.TASK_SKIPPED,
+    ]
+)
+_LABELS = {
+    EventType.TASK_COMPLETED: "ok",
+    EventType.TASK_FAILED: "FAILED",
+    EventType.TASK_RETRYING: "retry",
+    EventType.TASK_SKIPPED: "skipped",
+}
+
+
+def _clip(text: str, width: int = 72) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class ProgressPrinter:
+    """A sink printing a line per phase change and per finished (or retried) task.
+
+    When ``out`` is closed by its reader (a broken pipe), the printer stops
+    printing, sets :attr:`closed` and calls ``on_closed`` (once) instead of failing.
+    """
+
+    name = "progress"
+
+    def __init__(
+        self, out: TextIO, total: int, on_closed: Callable[[], object] | None = None
+    ) -> None:
+        self.out = out
+        self.total = total
+        self.finished = 0
+        self.closed = False
+        self._on_closed = on_closed
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Print the batch's lines."""
+        if self.closed:
+            return
+        try:
+            for event in events:
+                line = self._line(event)
+                if line:
+                    print(line, file=self.out, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            if self._on_closed is not None:
+                self._on_closed()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def _line(self, event: Event) -> str:
+        if event.event_type is EventType.SESSION_STARTED:
+            return f"-- {event.phase}  (session {event.session_id})"
+        if event.event_type is EventType.PHASE_TRANSITION:
+            return f"-- {event.metadata.get('new_phase', event.phase)}"
+        label = _LABELS[event.event_type]
+        metadata = event.metadata
+        if event.event_type is EventType.TASK_RETRYING:
+            detail = f"attempt {metadata.get('attempt')} failed: {metadata.get('error', '')}"
+            counter = " " * (2 * len(str(self.total)) + 3)
+        else:
+            self.finished += 1
+            counter = f"[{self.finished:>{len(str(self.total))}}/{self.total}]"
+            if event.event_type is EventType.TASK_COMPLETED:
+                detail = f"{metadata.get('duration_s', 0):.3f}s  {metadata.get('summary', '')}"
+            elif event.event_type is EventType.TASK_FAILED:
+                detail = str(metadata.get("error", ""))
+            else:
+                detail = str(metadata.get("reason", ""))
+        task = f"{event.task_id or '':<20} {event.agent_role or '':<9}"
+        detail = detail.replace(sys.executable, "python")
+        return f"  {counter} {label:<7} {task} {_clip(detail, 64)}"
+
+
+@dataclass
+class DemoRun:
+    """What :func:`run_demo` returns: the session, its events and where its files are."""
+
+    session: Session
+    events: list[Event]
+    events_path: Path
+    artifacts_path: Path
+
+
+async def run_demo(
+    workspace_root: Path,
+    *,
+    tasks: int = 8,
+    max_concurrency: int = 4,
+    session_id: str | None = None,
+    out: TextIO | None = None,
+) -> DemoRun:
+    """Run the demo session under ``workspace_root``; print progress to ``out``.
+
+    :raises BrokenPipeError: ``out`` was closed by its reader; the session was
+        aborted (its log says so).
+    """
+    index = MemorySink("summary")
+    jsonl = JsonlSink(workspace_root)
+    with anyio.CancelScope() as scope:
+        printer = None if out is None else ProgressPrinter(out, tasks, on_closed=scope.cancel)
+        async with EventBus() as bus:
+            bus.subscribe(jsonl)
+            bus.subscribe(ArtifactSink(workspace_root))
+            bus.subscribe(index)
+            if printer is not None:
+                bus.subscribe(printer, query=_PROGRESS)
+            coordinator = build_demo_coordinator(
+                bus, workspace_root, tasks=tasks, max_concurrency=max_concurrency
+            )
+            session = await coordinator.run(IDEA, session_id=session_id)
+            await bus.flush()
+    if printer is not None and printer.closed:
+        raise BrokenPipeError(errno.EPIPE, "the demo's output was closed by its reader")
+    return DemoRun(
+        session=session,
+        events=list(index.events),
+        events_path=jsonl.path_for(session.session_id),
+        artifacts_path=session.directory / "artifacts",
+    )
+
+
+def _task_rows(events: Sequence[Event]) -> list[list[Any]]:
+    rows: dict[str, list[Any]] = {}
+    for event in events:
+        if event.event_type is EventType.TASK_SCHEDULED and event.task_id:
+            rows[event.task_id] = [event.task_id, event.agent_role or "", "scheduled", "", ""]
+        elif event.task_id in rows and event.event_type in _LABELS:
+            row = rows[event.task_id]
+            if event.event_type is EventType.TASK_RETRYING:
+                continue
+            row[2] = event.event_type.value.removeprefix("task_")
+            row[3] = event.metadata.get("attempts", "")
+            duration = event.metadata.get("duration_s")
+            row[4] = f"{duration:.3f}s" if isinstance(duration, int | float) else ""
+    return list(rows.values())
+
+
+def _usage_rows(events: Sequence[Event]) -> list[list[Any]]:
+    usage: dict[str, list[float]] = {}
+    for event in events:
+        if event.event_type is EventType.LLM_RESPONSE_RECEIVED:
+            totals = usage.setdefault(event.model or "?", [0, 0, 0, 0, 0, 0.0])
+            metadata = event.metadata
+            totals[0] += 1
+            for i, key in enumerate(
+                ("prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens"), 1
+            ):
+                totals[i] += metadata.get(key) or 0
+            totals[5] += metadata.get("cost_usd") or 0.0
+    rows: list[list[Any]] = [
+        [model, *(int(value) for value in totals[:5]), f"${totals[5]:.6f}"]
+        for model, totals in sorted(usage.items())
+    ]
+    if len(rows) > 1:
+        sums = [sum(totals[i] for totals in usage.values()) for i in range(6)]
+        rows.append(["total", *(int(value) for value in sums[:5]), f"${sums[5]:.6f}"])
+    return rows
+
+
+def print_summary(run: DemoRun, out: TextIO) -> None:
+    """Print the tables (tasks, events by type, tokens and cost by model) and the paths."""
+    session = run.session
+    summary = session.summary()
+    print(file=out)
+    print(f"Session {session.session_id}: {session.phase.value}", file=out)
+    if session.error:
+        print(f"  error: {session.error}", file=out)
+    print("\nTasks", file=out)
+    print(
+        table(["task", "role", "status", "attempts", "duration"], _task_rows(run.events), "lllrr"),
+        file=out,
+    )
+    counts = Counter(event.event_type.value for event in run.events)
+    print(f"\nEvents by type ({len(run.events)} events)", file=out)
+    print(table(["event type", "count"], counts.most_common(), "lr"), file=out)
+    print("\nTokens and cost by model", file=out)
+    headers = ["model", "calls", "prompt", "cached", "completion", "total", "cost"]
+    print(table(headers, _usage_rows(run.events), "lrrrrrr"), file=out)
+    print(f"\nDuration: {summary['duration_s']:.2f}s", file=out)
+    files = sorted(
+        path.relative_to(session.workspace).as_posix()
+        for path in session.workspace.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    artifacts = sorted(path.stem for path in run.artifacts_path.glob("*.json"))
+    print("\nFiles", file=out)
+    print(f"  events:     {run.events_path}", file=out)
+    print(f"  artifacts:  {run.artifacts_path}/  ({_count(artifacts, 'artifact')})", file=out)
+    _print_list(artifacts, out)
+    print(f"  project:    {session.workspace}/  ({_count(files, 'file')})", file=out)
+    _print_list(files, out)
+
+
+def _count(names: Sequence[str], noun: str) -> str:
+    return f"{len(names)} {noun}{'' if len(names) == 1 else 's'}"
+
+
+def _print_list(names: Sequence[str], out: TextIO) -> None:
+    """Print ``names`` one per line, at most :data:`LIST_LIMIT`, then how many more."""
+    shown = names if len(names) <= LIST_LIMIT else names[: LIST_LIMIT - 1]
+    for name in shown:
+        print(f"              {name}", file=out)
+    if len(shown) < len(names):
+        print(f"              ... and {len(names) - len(shown)} more", file=out)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``eventbus demo`` to ``subparsers``."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="run an offline agent session and show its events",
+        description=DESCRIPTION,
+    )
+    demo.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path("workspaces"),
+        help="the workspace root, created if missing (default: ./workspaces)",
+    )
+    demo.add_argument("--tasks", type=_positive, default=8, help="tasks in the plan (default: 8)")
+    demo.add_argument(
+        "--concurrency", type=_positive, default=4, help="tasks run at once (default: 4)"
+    )
+    demo.add_argument(
+        "--session-id",
+        default=None,
+        help="the session id, which must be new in the workspace (default: time-based)",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="the anyio backend (default: asyncio; trio needs the trio extra)",
+    )
+    demo.set_defaults(run=run)
+
+
+def check_workspace(root: Path, session_id: str | None) -> None:
+    """Refuse, before anything is written, a workspace or session id the demo cannot use.
+
+    Creates ``root`` if it is missing.
+
+    :raises InvalidNameError: ``session_id`` cannot name a session directory.
+    :raises CommandError: ``root`` is not a writable directory, or ``session_id``
+        names a session that already exists there.
+    """
+    if session_id is not None:
+        validate_session_id(session_id)
+    if root.exists() and not root.is_dir():
+        raise CommandError(
+            f"workspace {root} is not a directory: pass --workspace a directory "
+            "(it is created if missing)"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        raise CommandError(
+            f"cannot write in workspace {root}: {error.strerror or error}; "
+            "pass --workspace a directory you can write to"
+        ) from None
+    if session_id is None:
+        return
+    directory = root / session_id
+    if directory.is_symlink() or directory.exists():
+        log = directory / "events.jsonl"
+        holds = f"its log {log} exists" if log.exists() else f"{directory} exists"
+        raise CommandError(
+            f"session {session_id!r} already exists in workspace {root} ({holds}); "
+            "choose a new --session-id, or leave it out for a time-based one"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``eventbus demo``; return 0 if the session completed, 1 if it failed."""
+    if args.backend == "trio":
+        import_extra("trio", extra="trio", command="--backend trio")
+    check_workspace(args.workspace, args.session_id)
+    status: int = anyio.run(_demo, args, sys.stdout, backend=args.backend)
+    return status
+
+
+async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    print(
+        f"eventbus demo: {args.tasks} tasks, up to {args.concurrency} at once, "
+        f"workspace {args.workspace}",
+        file=out,
+        flush=True,
+    )
+    result = await run_demo(
+        args.workspace,
+        tasks=args.tasks,
+        max_concurrency=args.concurrency,
+        session_id=args.session_id,
+        out=out,
+    )
+    print_summary(result, out)
+    return 0 if result.session.phase.value == "COMPLETE" else 1

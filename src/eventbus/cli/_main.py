@@ -1,0 +1,83 @@
+"""The ``eventbus`` command line: the parser, the dispatch, and how it fails.
+
+Each command lives in its own module of this package (named in
+:data:`COMMANDS`), which exposes ``add_parser(subparsers)``; see
+:mod:`eventbus.cli._common`. Exit statuses: 0 success, 1 the command ran
+and reports a failure (e.g. the demo session failed), 2 a user error (one
+line on stderr), 130 interrupted (Ctrl-C). A closed stdout (``| head``)
+ends the command quietly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import cast
+
+from .._errors import EventBusError
+from ._common import Subparsers
+
+__all__ = ["COMMANDS", "main", "parser"]
+
+#: The command modules, in the order ``--help`` lists them: add one line per command.
+COMMANDS: tuple[str, ...] = ("eventbus.cli._demo",)
+
+
+def _version() -> str:
+    try:
+        return version("eventbus")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``eventbus`` parser with every command of :data:`COMMANDS`."""
+    result = argparse.ArgumentParser(
+        prog="eventbus", description="An async event bus with pluggable sinks."
+    )
+    result.add_argument("--version", action="version", version=f"eventbus {_version()}")
+    subparsers: Subparsers = result.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        add_parser = cast(Callable[[Subparsers], None], importlib.import_module(name).add_parser)
+        add_parser(subparsers)
+    return result
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no file descriptor (e.g. captured)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``eventbus`` command line and return its exit status.
+
+    :param argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    """
+    args = parser().parse_args(argv)
+    run = cast(Callable[[argparse.Namespace], int], args.run)
+    try:
+        status = run(args)
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("eventbus: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
+        _quiet_stdout()
+        return 0
+    except EventBusError as error:
+        print(f"eventbus {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 2
+    return status
