@@ -1,14 +1,18 @@
 """Names that become file names: session ids and artifact keys.
 
 A session id names a directory (``{workspace}/{session_id}/``) and an artifact
-key a file, so both must be one safe file name. The bus checks session ids
-when an event is published, so a bad id is refused there, with a clear
-error, instead of failing a sink's whole batch later.
+key a file, so both must be one safe file name, on every system a workspace
+may be copied to: names Windows cannot hold are refused on POSIX too, and
+so are names not in Unicode NFC (two ids that look the same must be the
+same session). The bus checks session ids when an event is published, so a
+bad id is refused there, with a clear error, instead of failing a sink's
+whole batch later.
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 from ._errors import EventBusError
 
@@ -21,20 +25,26 @@ __all__ = [
 ]
 
 MAX_NAME_BYTES = 255
+# Windows device names, reserved with any extension ("nul.tar.gz") and with
+# spaces before the dot ("CON .txt"); the superscript digits count too.
 _WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"COM{digit}" for digit in "123456789\u00b9\u00b2\u00b3"}
+    | {f"LPT{digit}" for digit in "123456789\u00b9\u00b2\u00b3"}
 )
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 
 
 class InvalidNameError(EventBusError, ValueError):
     """Raised when a session id or an artifact key cannot safely name a file.
 
-    A name is valid when it is one file name: not empty, no ``/`` or ``\\``,
-    no ``..``, no leading or trailing dot, printable characters only, no
-    leading or trailing whitespace, not a Windows device name (``CON``,
-    ``NUL``, ...), and at most 255 bytes in UTF-8 (with its file suffix).
+    A name is valid when it is one file name that every system can hold:
+    not empty, no ``/`` or ``\\``, no ``..``, no leading or trailing dot,
+    printable characters only, no leading or trailing whitespace, none of
+    ``< > : " | ? *``, not a Windows device name with or without an
+    extension (``CON``, ``nul.txt``, ``COM1.json``, ...), in Unicode NFC
+    (normalise with ``unicodedata.normalize("NFC", name)``), and at most 255
+    bytes in UTF-8 (with its file suffix).
     """
 
     def __init__(self, kind: str, name: object, reason: str) -> None:
@@ -43,9 +53,10 @@ class InvalidNameError(EventBusError, ValueError):
         self.reason = reason
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
         super().__init__(
-            f"invalid {kind} {shown!r}: {reason}; use a single file name "
-            "(no path separators, no '..', no leading or trailing dot, printable characters, "
-            f"at most {MAX_NAME_BYTES} bytes)"
+            f"invalid {kind} {shown!r}: {reason}; use a single file name that Windows, "
+            "macOS and Linux can all hold (no path separators, no '..', no leading or "
+            'trailing dot or space, printable characters, none of <>:"|?*, not a device '
+            f"name like CON or NUL, in Unicode NFC, at most {MAX_NAME_BYTES} bytes)"
         )
 
 
@@ -76,8 +87,14 @@ def _short_name_problem(name: str, suffix: str) -> str | None:
         return f"contains the non-printable character {bad!r}"
     if name != name.strip():
         return "starts or ends with whitespace"
-    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        return "is a reserved device name on Windows"
+    if not _WINDOWS_FORBIDDEN.isdisjoint(name):
+        bad = next(char for char in name if char in _WINDOWS_FORBIDDEN)
+        return f"contains {bad!r}, which Windows does not allow in file names"
+    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+        return "is a reserved device name on Windows (with any extension)"
+    if not unicodedata.is_normalized("NFC", name):
+        normal = unicodedata.normalize("NFC", name)
+        return f"is not in Unicode NFC; normalise it to NFC ({normal!r}) first"
     size = len(name.encode()) + len(suffix)
     if size > MAX_NAME_BYTES:
         return f"is {size} bytes long as a file name; the limit is {MAX_NAME_BYTES}"
