@@ -12,10 +12,11 @@ they never hold the publisher back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -27,7 +28,14 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from ._codec import EventBatch, _encode, _explain_encode_error, encode_event
-from ._errors import BusClosedError, BusFullError, EventBusError, SinkFailedError
+from ._errors import (
+    BusClosedError,
+    BusFullError,
+    EventBusError,
+    EventsLostError,
+    PartialWriteError,
+    SinkFailedError,
+)
 from ._event import Event, EventType
 from ._listen import Listener
 from ._names import validate_session_id
@@ -84,8 +92,11 @@ class SubscriptionStats(msgspec.Struct, frozen=True, kw_only=True):
 
     ``delivered``: events its sink accepted (after the query's filter).
     ``pending``: events published that it has not processed yet.
-    ``dropped``: events it will never receive: dropped by a full listener, or
-    published after its sink failed.
+    ``dropped``: events it will never receive: dropped by a full listener,
+    published after its sink failed, or belonging to a session that failed
+    for this sink. ``failed_sessions``: the sessions this sink could not
+    write (see :class:`~eventbus.PartialWriteError`); their events no longer
+    reach it, while every other session's still do.
     """
 
     name: str
@@ -96,12 +107,15 @@ class SubscriptionStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int
     failed: bool
     error: str | None
+    failed_sessions: tuple[str, ...] = ()
 
 
 class BusStats(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of the bus: ``published`` events in all, ``buffered`` not yet
     handled by every lossless sink (at most ``capacity``), ``lost`` events that
-    a cancelled close could not drain in its grace period, and each subscription."""
+    were acknowledged but never written (a close that ran out of
+    ``close_timeout``, a sink's buffer that could not be written: see
+    :class:`~eventbus.EventsLostError`), and each subscription."""
 
     state: str
     published: int
@@ -112,8 +126,8 @@ class BusStats(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def healthy(self) -> bool:
-        """``True`` when no sink has failed and nothing was lost."""
-        return self.lost == 0 and not any(s.failed for s in self.subscriptions)
+        """``True`` when no sink (nor any session of a sink) has failed and nothing was lost."""
+        return self.lost == 0 and not any(s.failed or s.failed_sessions for s in self.subscriptions)
 
 
 class Subscription:
@@ -125,9 +139,11 @@ class Subscription:
         "_done",
         "_error",
         "_failed",
+        "_failed_sessions",
         "_removed",
         "_retries",
         "_scope",
+        "_session_dropped",
         "_writing",
         "lossless",
         "max_batch",
@@ -157,8 +173,10 @@ class Subscription:
         self._cursor = cursor
         self._delivered = 0
         self._retries = 0
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
         self._failed = False
+        self._failed_sessions: dict[str, BaseException] = {}
+        self._session_dropped = 0
         self._removed = False
         self._writing = False
         self._scope: anyio.CancelScope | None = None
@@ -170,9 +188,14 @@ class Subscription:
         return self._failed
 
     @property
-    def error(self) -> Exception | None:
+    def error(self) -> BaseException | None:
         """The exception of the sink's last failed write, if any."""
         return self._error
+
+    @property
+    def failed_sessions(self) -> dict[str, BaseException]:
+        """The sessions this sink failed to write, with why (see :class:`PartialWriteError`)."""
+        return dict(self._failed_sessions)
 
     def __repr__(self) -> str:
         state = "failed" if self._failed else "removed" if self._removed else "active"
@@ -187,11 +210,21 @@ class EventBus:
         :class:`BusFullError`).
     :param max_batch: the most events handed to one ``write``.
     :param retry: the default :class:`RetryPolicy` of subscriptions.
-    :param close_timeout: on cancellation, how long leaving the ``async with``
-        block may spend draining sinks (shielded) before giving up; also the
-        bound on each sink's ``aclose``.
+    :param close_timeout: how long leaving the ``async with`` block may take,
+        however it is left (normal exit, an exception, cancellation): draining
+        the lossless sinks (shielded from cancellation) and closing every sink
+        share this budget; each ``aclose`` gets at least a quarter of it, so
+        the exit returns within about 1.25 times ``close_timeout``. A write or
+        ``aclose`` still running then is abandoned (cancelled: a sink doing
+        blocking work in a thread must use ``abandon_on_cancel=True``), logged,
+        and what it did not write is counted in ``stats().lost``.
 
-    Each bus owns its task group; buses are independent of each other.
+    Each bus owns its task group; buses are independent of each other. The
+    exception that ended the block always reaches the caller unchanged; a
+    sink's failure on close is raised (as :class:`SinkFailedError`) only when
+    the block ended normally. A sink raising ``KeyboardInterrupt`` or
+    ``SystemExit`` fails that sink only: the others drain, then the interrupt
+    is re-raised, as itself, from :meth:`flush` or on leaving the block.
     """
 
     def __init__(
@@ -222,6 +255,8 @@ class EventBus:
         self._head = 0
         self._floor = 0
         self._lost = 0
+        self._interrupt: BaseException | None = None
+        self._cancelled: type[BaseException] = BaseException  # set on entering
         self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
         self._active: list[Subscription] = []
@@ -241,6 +276,7 @@ class EventBus:
             raise EventBusError("an EventBus can be entered only once; create a new one")
         self._data_ready = anyio.Event()
         self._progress = anyio.Event()
+        self._cancelled = anyio.get_cancelled_exc_class()
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._tg = anyio.create_task_group()
@@ -255,62 +291,103 @@ class EventBus:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         assert self._tg is not None
         self._state = "closing"
-        cancelled_exc = anyio.get_cancelled_exc_class()
+        deadline = anyio.current_time() + self._close_timeout
         drained = False
         try:
-            if isinstance(exc, cancelled_exc):
-                drained = await self._drain_within_grace()
-            else:
-                try:
-                    await self._drain()
-                    drained = True
-                except cancelled_exc:
-                    drained = await self._drain_within_grace()
-                    raise
+            with anyio.CancelScope(shield=True, deadline=deadline):
+                await self._drain()
+                drained = True
         finally:
             self._state = "closed"
             if not drained:
-                self._lost = sum(self._head - sub._cursor for sub in self._active if sub.lossless)
-                logger.error(
-                    "event bus closed before its sinks were drained: %d events lost", self._lost
-                )
+                self._count_lost()
             self._wake_data()
             self._notify_progress()
-            if not drained:
-                for sub in self._subs:
-                    if sub._scope is not None:
-                        sub._scope.cancel()
+            for sub in self._subs:  # anything still writing now is abandoned
+                if sub._scope is not None and (not drained or sub._writing):
+                    sub._scope.cancel()
             try:
                 await self._tg.__aexit__(None, None, None)
             finally:
+                close_deadline = max(deadline, anyio.current_time() + self._close_timeout / 4)
                 with anyio.CancelScope(shield=True):
-                    await self._close_sinks(self._subs)
-        if exc is None:
-            self._raise_if_failed()
+                    await self._close_sinks(self._subs, close_deadline)
+        if exc is not None:
+            return None  # the block's own exception propagates unchanged
+        self._raise_if_failed()
+        if not drained:
+            raise SinkFailedError(
+                [
+                    (
+                        sub.name,
+                        TimeoutError(f"not drained within close_timeout={self._close_timeout}s"),
+                    )
+                    for sub in self._subs
+                    if sub.lossless and not sub._failed
+                ]
+                or [("bus", TimeoutError("close_timeout expired"))]
+            )
+        return None
+
+    def _count_lost(self) -> None:
+        lost = sum(self._head - sub._cursor for sub in self._active if sub.lossless)
+        if lost:
+            self._lost += lost
+            logger.error(
+                "event bus closed before its sinks were drained within close_timeout=%ss: "
+                "%d events lost",
+                self._close_timeout,
+                lost,
+            )
 
     async def _drain(self) -> None:
         while any(sub._cursor < self._head for sub in self._active):
             await self._wait_progress()
 
-    async def _drain_within_grace(self) -> bool:
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self._close_timeout
-            await self._drain()
-            return True
-        return False
-
-    async def _close_sinks(self, subs: Sequence[Subscription]) -> None:
-        for sub in subs:
-            with anyio.move_on_after(self._close_timeout) as scope:
+    async def _close_sinks(self, subs: Sequence[Subscription], deadline: float) -> None:
+        async def close(sub: Subscription) -> None:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 try:
                     await sub.sink.aclose()
-                except Exception:
-                    logger.exception("closing sink %r failed", sub.name)
+                except BaseException as exc:
+                    if isinstance(exc, self._cancelled) and scope.cancel_called:
+                        raise
+                    self._sink_broke(sub, exc, "closing")
             if scope.cancelled_caught:
-                logger.error("closing sink %r took over %ss", sub.name, self._close_timeout)
+                logger.error(
+                    "closing sink %r took over close_timeout=%ss and was abandoned",
+                    sub.name,
+                    self._close_timeout,
+                )
+                self._mark_failed(sub, TimeoutError("aclose did not finish within close_timeout"))
+
+        if len(subs) == 1:
+            await close(subs[0])
+            return
+        async with anyio.create_task_group() as tg:
+            for sub in subs:
+                tg.start_soon(close, sub)
+
+    def _sink_broke(self, sub: Subscription, exc: BaseException, doing: str) -> None:
+        """Record an exception a sink raised while ``doing`` (closing or writing) for good."""
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            if self._interrupt is None:
+                self._interrupt = exc
+            logger.error("sink %r raised %r while %s", sub.name, exc, doing)
+        else:
+            logger.error("sink %r failed while %s: %r", sub.name, doing, exc)
+        if isinstance(exc, EventsLostError):
+            self._lost += exc.lost
+        self._mark_failed(sub, exc)
+
+    def _mark_failed(self, sub: Subscription, exc: BaseException) -> None:
+        sub._failed = True
+        if sub._error is None or not isinstance(sub._error, EventsLostError):
+            sub._error = exc
+        self._deactivate(sub)
 
     # --- subscribing --------------------------------------------------------
 
@@ -396,7 +473,7 @@ class EventBus:
             with anyio.CancelScope(shield=True):
                 await subscription._done.wait()
         with anyio.CancelScope(shield=True):
-            await self._close_sinks([subscription])
+            await self._close_sinks([subscription], anyio.current_time() + self._close_timeout)
 
     @asynccontextmanager
     async def listen(
@@ -523,8 +600,10 @@ class EventBus:
 
         "Handled" means the sink's ``write`` returned for it (for a durable
         sink: it is durable) or the query filtered it out. Raises
-        :class:`SinkFailedError` naming each failed sink still subscribed:
-        their events were not written to them.
+        :class:`SinkFailedError` naming each failed sink still subscribed, and
+        each session a sink failed to write: those events were not written
+        to them. Re-raises a ``KeyboardInterrupt`` or ``SystemExit`` that a
+        sink raised.
         """
         target = self._head
         while any(sub.lossless and sub._cursor < target for sub in self._active):
@@ -532,10 +611,21 @@ class EventBus:
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
-        failed = [sub for sub in self._subs if sub._failed]
-        if failed:
-            failures = [(sub.name, sub._error or EventBusError("unknown")) for sub in failed]
-            raise SinkFailedError(failures) from failures[0][1]
+        interrupt = self._interrupt
+        if interrupt is not None:
+            self._interrupt = None
+            raise interrupt
+        failures = [
+            (sub.name, sub._error or EventBusError("unknown")) for sub in self._subs if sub._failed
+        ]
+        sessions = [
+            (sub.name, session_id, error)
+            for sub in self._subs
+            for session_id, error in sub._failed_sessions.items()
+        ]
+        if failures or sessions:
+            cause = failures[0][1] if failures else sessions[0][2]
+            raise SinkFailedError(failures, sessions) from cause
 
     # --- introspection ---------------------------------------------------------
 
@@ -544,7 +634,7 @@ class EventBus:
         subs = []
         for sub in self._subs:
             pending = 0 if sub._failed else self._head - sub._cursor
-            dropped = self._head - sub._cursor if sub._failed else 0
+            dropped = (self._head - sub._cursor if sub._failed else 0) + sub._session_dropped
             if isinstance(sub.sink, Listener):
                 dropped += sub.sink.missed
             subs.append(
@@ -557,6 +647,7 @@ class EventBus:
                     retries=sub._retries,
                     failed=sub._failed,
                     error=repr(sub._error) if sub._error is not None else None,
+                    failed_sessions=tuple(sub._failed_sessions),
                 )
             )
         return BusStats(
@@ -593,21 +684,44 @@ class EventBus:
             batch = EventBatch(self._events[start:stop], self._lines[start:stop])
             if sub.query is not None:
                 batch = batch.filter(sub.query.matches)
+            if sub._failed_sessions:
+                kept = batch.filter(functools.partial(_session_not_in, sub._failed_sessions))
+                sub._session_dropped += len(batch) - len(kept)
+                batch = kept
             if batch and not await self._write(sub, batch):
                 return
             sub._delivered += len(batch)
             self._advance(sub, stop - start)
 
     async def _write(self, sub: Subscription, batch: EventBatch) -> bool:
-        """Write ``batch`` to ``sub``'s sink with retries; False if it failed for good."""
+        """Write ``batch`` to ``sub``'s sink with retries; False if the sink failed for good.
+
+        A :class:`PartialWriteError` after the last retry fails only its
+        sessions (the rest of the batch was written: True). An
+        :class:`EventsLostError`, ``KeyboardInterrupt`` or ``SystemExit`` is
+        not retried. A cancellation exception the bus did not cause (the
+        subscription's scope was not cancelled) is a failing write.
+        """
         delays = sub.retry.delays()
         for attempt in range(len(delays) + 1):
             sub._writing = True
             try:
                 await sub.sink.write(batch)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, self._cancelled) and (
+                    sub._scope is None or sub._scope.cancel_called
+                ):
+                    raise  # the bus is abandoning this write
                 sub._error = exc
-                if attempt == len(delays) or sub._removed:
+                final = (
+                    attempt == len(delays)
+                    or sub._removed
+                    or isinstance(exc, EventsLostError | KeyboardInterrupt | SystemExit)
+                )
+                if final:
+                    if isinstance(exc, PartialWriteError):
+                        self._fail_sessions(sub, exc, batch, attempts=attempt + 1)
+                        return True
                     self._fail(sub, exc, batch, attempts=attempt + 1)
                     return False
                 logger.warning(
@@ -620,6 +734,8 @@ class EventBus:
                 )
                 sub._retries += 1
             else:
+                if attempt:
+                    sub._error = None
                 return True
             finally:
                 sub._writing = False
@@ -648,29 +764,77 @@ class EventBus:
             del self._lines[:drop]
             self._base = self._floor
 
-    def _fail(self, sub: Subscription, exc: Exception, batch: EventBatch, attempts: int) -> None:
-        sub._failed = True
-        self._deactivate(sub)
-        logger.error(
-            "sink %r failed after %d attempts and receives no more events: %r",
-            sub.name,
-            attempts,
-            exc,
-        )
+    def _fail(
+        self, sub: Subscription, exc: BaseException, batch: EventBatch, attempts: int
+    ) -> None:
+        self._sink_broke(sub, exc, f"writing {len(batch)} events after {attempts} attempts")
         if sub._removed or self._state == "closed":
             return
         first = batch[0]
+        self._announce_failure(
+            sub,
+            exc,
+            session_id=first.session_id,
+            phase=first.phase,
+            attempts=attempts,
+            first_undelivered_id=first.id,
+            what="failed and stopped receiving events",
+        )
+
+    def _fail_sessions(
+        self, sub: Subscription, exc: PartialWriteError, batch: EventBatch, attempts: int
+    ) -> None:
+        """Fail, for ``sub`` only, the sessions ``exc`` names; the others keep flowing."""
+        failed = {sid: error for sid, error in exc.failures.items() if sid}
+        sub._failed_sessions.update(failed)
+        written = sum(1 for event in batch if event.session_id not in failed)
+        sub._session_dropped += len(batch) - written
+        sub._delivered -= len(batch) - written  # the caller adds the whole batch
+        for session_id, error in failed.items():
+            logger.error(
+                "sink %r failed to write session %r after %d attempts and receives no more "
+                "of its events: %r",
+                sub.name,
+                session_id,
+                attempts,
+                error,
+            )
+            if self._state == "closed" or sub._removed:
+                continue
+            first = next((event for event in batch if event.session_id == session_id), None)
+            self._announce_failure(
+                sub,
+                error,
+                session_id=session_id,
+                phase=first.phase if first is not None else None,
+                attempts=attempts,
+                first_undelivered_id=first.id if first is not None else None,
+                what=f"failed for session {session_id!r} and stopped receiving its events",
+            )
+
+    def _announce_failure(
+        self,
+        sub: Subscription,
+        exc: BaseException,
+        *,
+        session_id: str,
+        phase: str | None,
+        attempts: int,
+        first_undelivered_id: str | None,
+        what: str,
+    ) -> None:
         notice = Event(
             event_type=EventType.ERROR,
-            session_id=first.session_id,
-            message=f"sink {sub.name!r} failed and stopped receiving events: {exc!r}",
-            phase=first.phase,
+            session_id=session_id,
+            message=f"sink {sub.name!r} {what}: {exc!r}",
+            phase=phase,
             metadata={
                 "sink": sub.name,
                 "error_type": type(exc).__name__,
                 "error": str(exc),
                 "attempts": attempts,
-                "first_undelivered_id": first.id,
+                "first_undelivered_id": first_undelivered_id,
+                "session_failed": session_id if "session" in what else None,
             },
             parent_id=None,
         )
@@ -701,6 +865,10 @@ class EventBus:
             self._progress_waiting = False
             self._progress = anyio.Event()
             progress.set()
+
+
+def _session_not_in(sessions: Mapping[str, object], event: Event) -> bool:
+    return event.session_id not in sessions
 
 
 def _reject(event: object) -> None:

@@ -125,18 +125,33 @@ class SinkFailedError(EventBusError):
     """Raised by ``flush`` (and on leaving the bus) when a lossless sink has failed.
 
     A sink fails when a write keeps raising after every retry of its
-    subscription's :class:`~eventbus.RetryPolicy`. The events it did not
-    write are not lost from the bus's other sinks; they are lost to this one.
-    ``failures`` holds ``(subscription name, exception)`` pairs; the first
-    exception is also the ``__cause__``.
+    subscription's :class:`~eventbus.RetryPolicy` (at once for
+    :class:`EventsLostError`), or when its ``aclose`` fails. The events it
+    did not write are not lost from the bus's other sinks; they are lost to
+    this one. ``failures`` holds ``(subscription name, exception)`` pairs;
+    ``sessions`` holds ``(subscription name, session id, exception)`` for
+    each session a sink could not write (see :class:`PartialWriteError`)
+    while it kept writing the others. The first exception is also the
+    ``__cause__``.
     """
 
-    def __init__(self, failures: Sequence[tuple[str, BaseException]]) -> None:
+    def __init__(
+        self,
+        failures: Sequence[tuple[str, BaseException]],
+        sessions: Sequence[tuple[str, str, BaseException]] = (),
+    ) -> None:
         self.failures = tuple(failures)
-        described = "; ".join(f"{name!r} ({exc!r})" for name, exc in self.failures)
-        noun = "sink has" if len(self.failures) == 1 else "sinks have"
+        self.sessions = tuple(sessions)
+        parts = [
+            f"sink {name!r} failed and stopped receiving events ({exc!r})"
+            for name, exc in self.failures
+        ]
+        parts += [
+            f"sink {name!r} failed for session {session_id!r} and stopped receiving its "
+            f"events ({exc!r})"
+            for name, session_id, exc in self.sessions
+        ]
         super().__init__(
-            f"{len(self.failures)} {noun} failed and stopped receiving events: {described}; "
-            "see bus.stats() for what each missed, and call 'await bus.unsubscribe(...)' "
-            "to detach a failed sink"
+            "; ".join(parts) + "; see bus.stats() for what each missed, and call "
+            "'await bus.unsubscribe(...)' to detach a failed sink"
         )
