@@ -20,10 +20,29 @@ class Sink(Protocol):
     ``write`` receives a non-empty batch of events in publish order (an
     :class:`~eventbus.EventBatch`, whose ``lines`` hold each event's JSON).
     When it returns, the bus counts the batch as handled by this sink: a
-    durable sink must have made it durable by then. When it raises, the bus
-    retries the *same* batch, so a sink must tolerate seeing a batch again
-    (event ids make duplicates detectable). ``aclose`` is awaited once, when
-    the bus closes or the sink is unsubscribed, after its last write.
+    durable sink must have made it durable by then. ``aclose`` is awaited
+    once, when the bus closes or the sink is unsubscribed, after its last
+    write. What a custom sink must do:
+
+    - **Be idempotent under retry.** When ``write`` raises, the bus retries
+      the *same* batch (same events, same order). A sink that did part of the
+      work before failing must not do it twice on the retry: remember what
+      it finished (e.g. per batch ``(len, first id, last id)``), or undo it
+      before raising. Event ids make duplicates detectable.
+    - **Fail sessions, not itself, when only some sessions fail.** Write every
+      session it can, then raise :class:`~eventbus.PartialWriteError` naming
+      the failed ones: the bus stops sending this sink those sessions' events
+      and reports them, and the other sessions keep flowing.
+    - **Report acknowledged events it lost** (a buffer it could not write)
+      with :class:`~eventbus.EventsLostError`: never return normally with
+      events missing.
+    - **Let the bus abandon it.** On close, the bus waits ``close_timeout``
+      and then cancels a write or ``aclose`` still running. Blocking work in
+      a worker thread must use ``anyio.to_thread.run_sync(...,
+      abandon_on_cancel=True)`` (and tolerate the thread finishing later),
+      or a stuck disk holds the close.
+    - **Raise exceptions, not cancellations.** A cancellation exception the
+      bus did not cause counts as a failed write.
     """
 
     async def write(self, events: Sequence[Event]) -> None:
