@@ -1,0 +1,764 @@
+"""Reading a workspace that another process writes: sessions, events, usage, live follow.
+
+A workspace is the directory a :class:`~sinks.jsonl.JsonlSink` and an
+:class:`~sinks.artifacts.ArtifactSink` write to::
+
+    {root}/{session_id}/events.jsonl
+    {root}/{session_id}/artifacts/run_summary.json
+
+:class:`Workspace` answers the questions of the ``eventbus`` CLI and of the
+web API from those files, never writing, never locking::
+
+    workspace = Workspace("workspaces")
+    workspace.sessions()                                   # newest first
+    events, next_id = workspace.events(EventQuery(event_type="task_failed"), limit=100)
+    workspace.usage("model")                   # {"by": "model", "rows": [...], "total": {...}}
+    async for event in workspace.follow(session_id="s1"):  # stored events, then live ones
+        ...
+
+Every answer is read from the logs as they are when it is asked: events
+appended since the last call are read (only the growth of each log), new
+sessions are found, a log that was replaced is read again.
+
+**Cost.** The first query of events builds an in-memory index of every log
+(a low-memory :class:`~sinks.memory.EventIndex`, about 100 bytes per event,
+holding where each line is rather than the event), in about the time of one
+:class:`~sinks.jsonl.EventLog` load; later queries cost in proportion to
+their answer plus what was appended since.
+
+**Threads.** The methods block on the disk: from async code, call them in a
+worker thread (``anyio.to_thread.run_sync``). A :class:`Workspace` is safe
+to share between threads. :meth:`Workspace.follow` is async.
+
+Errors::
+
+    EventBusError
+    ├── SessionNotFoundError (LookupError)
+    ├── InvalidTimeError (ValueError)
+    ├── InvalidNameError (ValueError, from eventbus: a bad session id)
+    └── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import anyio.to_thread
+
+from eventbus import (
+    Event,
+    EventBusError,
+    EventQuery,
+    EventType,
+    as_utc,
+    is_valid_name,
+    validate_session_id,
+)
+
+from ._index_usage import _picodollars, _tokens
+from ._workspace_lines import complete_end, iter_growth, open_log, read_places
+from ._workspace_sessions import SessionRows
+from .jsonl import LOG_FILE_NAME
+from .memory import EventIndex, TokenUsage, UnknownEventIdError
+
+__all__ = [
+    "USAGE_KEYS",
+    "InvalidTimeError",
+    "SessionNotFoundError",
+    "Workspace",
+    "parse_time",
+]
+
+USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase")
+"""What :meth:`Workspace.usage` can group by."""
+
+FOLLOW_DEBOUNCE_MS: Final = 30
+"""The longest :meth:`Workspace.follow` gathers file changes before reading them."""
+FOLLOW_STEP_MS: Final = 10
+"""How long the logs must be quiet before :meth:`Workspace.follow` reads them."""
+FOLLOW_RESCAN_MS: Final = 1000
+"""How often :meth:`Workspace.follow` rereads every log when no change was reported.
+
+A safety net for a change the file watcher did not see (a log created in a
+directory made a moment before); not how new events are normally found.
+"""
+
+_PAGE: Final = 1000  # events per page when follow replays the stored ones
+_RECENT_IDS: Final = 65536  # ids remembered by follow to drop an event seen twice
+_RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
+_PICO: Final = 10**12
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class SessionNotFoundError(EventBusError, LookupError):
+    """Raised when a workspace has no session with the id asked for."""
+
+    def __init__(self, session_id: str, root: str) -> None:
+        self.session_id = session_id
+        self.root = root
+        super().__init__(
+            f"no session {session_id!r} in the workspace {root!r}; "
+            "list its sessions with 'eventbus sessions' or GET /api/sessions"
+        )
+
+
+class InvalidTimeError(EventBusError, ValueError):
+    """Raised by :func:`parse_time` for a time it cannot read."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(
+            f"cannot read the time {text!r}: give an ISO 8601 time such as "
+            "2026-01-31T12:00:00 (no offset means UTC) or 2026-01-31, or a time "
+            "ago such as 30s, 10m, 2h, 3d or 1w"
+        )
+
+
+# --- times -----------------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """Return the moment ``text`` names, as an aware UTC datetime.
+
+    ``text`` is an ISO 8601 time (``2026-01-31T12:00:00``, ``...Z``,
+    ``...+02:00``, or a date; without an offset it is UTC), or a time ago:
+    a number and a unit, ``s``, ``m``, ``h``, ``d`` or ``w`` (``30s``,
+    ``10m``, ``2h``, ``3d``, ``1.5h``), counted back from ``now`` (default:
+    the current time).
+
+    :raises InvalidTimeError: if ``text`` is neither.
+    """
+    match = _RELATIVE.fullmatch(text)
+    if match is not None:
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        base = datetime.now(UTC) if now is None else as_utc(now)
+        try:
+            return base - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidTimeError(text) from None
+    try:
+        return as_utc(datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise InvalidTimeError(text) from None
+
+
+# --- the workspace ---------------------------------------------------------------------
+
+
+class _Log:
+    """One session's log as the index has read it."""
+
+    __slots__ = ("end", "ident", "path")
+
+    def __init__(self, path: str, ident: tuple[int, int]) -> None:
+        self.path = path
+        self.ident = ident
+        self.end = 0  # just after the last complete line indexed
+
+
+class Workspace:
+    """Read-only queries over the sessions of a workspace directory.
+
+    :param root: the directory holding one directory per session (it may
+        not exist yet: it then has no sessions).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._root = os.path.abspath(root)
+        self._lock = threading.RLock()
+        self._index: EventIndex | None = None
+        self._logs: dict[str, _Log] = {}
+        self._rows = SessionRows(self._root)
+
+    def __repr__(self) -> str:
+        return f"Workspace({os.fspath(self.root)!r})"
+
+    def close(self) -> None:
+        """Forget the index and close the logs it keeps open; the next query rebuilds it."""
+        with self._lock:
+            if self._index is not None:
+                self._index.close()
+            self._index = None
+            self._logs = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def session_ids(self) -> list[str]:
+        """Return the ids of the sessions (directories with a valid name), sorted."""
+        return self._rows.query.list_sessions()
+
+    def sessions(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Return one summary per session, newest first.
+
+        Each summary holds JSON values under ``session_id``, ``status``
+        (``"running"``, ``"completed"``, ``"failed"``, ``"aborted"``, or
+        ``None`` if unknown), ``phase``, ``tasks_completed``, ``tasks_failed``,
+        ``llm_calls``, ``prompt_tokens``, ``completion_tokens``,
+        ``total_tokens``, ``cost_usd``, ``started_at`` and ``ended_at`` (ISO
+        8601 or ``None``), ``duration_s``, ``event_count`` and ``error`` (why
+        part of the session could not be read, else ``None``). They come from
+        the session's ``run_summary`` artifact, or from its log when it has
+        none. An unreadable session is listed with ``error`` set.
+
+        :param since: only sessions started at or after this time (naive is UTC).
+        :param until: only sessions started at or before this time.
+        """
+        start = None if since is None else as_utc(since).timestamp()
+        end = None if until is None else as_utc(until).timestamp()
+        found: list[tuple[float, str, dict[str, Any]]] = []
+        with self._lock:
+            for session_id in self.session_ids():
+                made = self._rows.row(session_id)
+                if made is None:
+                    continue
+                row, created = made
+                if (start is not None or end is not None) and created is None:
+                    continue
+                if (start is not None and created is not None and created < start) or (
+                    end is not None and created is not None and created > end
+                ):
+                    continue
+                found.append((created if created is not None else float("-inf"), session_id, row))
+        found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return [row for _, _, row in found]
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        """Return the summary of one session (as :meth:`sessions`) plus ``"artifacts"``.
+
+        ``artifacts`` lists the keys of its artifacts, sorted.
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        """
+        self._check_session(session_id)
+        with self._lock:
+            made = self._rows.row(session_id)
+            artifacts = self._rows.query.get_session_artifacts(session_id)
+        if made is None:
+            raise SessionNotFoundError(session_id, os.fspath(self.root))
+        return {**made[0], "artifacts": artifacts}
+
+    # --- events -------------------------------------------------------------------------
+
+    def events(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[Event], str | None]:
+        """Return the events matching ``query``, in time order (ties by id), a page at a time.
+
+        Returns ``(events, next)``: ``next`` is the id to pass as ``after``
+        for the following page, or ``None`` when this page is the last.
+
+        :param query: the filters (``None``: every event).
+        :param session_id: only this session's events (it may also be in ``query``).
+        :param after: only events after the event with this id (in time order).
+        :param limit: at most this many events (>= 1); ``None``: all.
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        """
+        query = self._query(query, session_id)
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        with self._lock:
+            found = self._current().query(
+                query, after=after, limit=None if limit is None else limit + 1
+            )
+        if limit is not None and len(found) > limit:
+            del found[limit:]
+            return found, found[-1].id
+        return found, None
+
+    def latest(
+        self, n: int, query: EventQuery | None = None, *, session_id: str | None = None
+    ) -> list[Event]:
+        """Return the last ``n`` events matching ``query`` in time order, oldest first.
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        query = self._query(query, session_id)
+        with self._lock:
+            return self._current().get_latest(n, query)
+
+    def read_lines(self, events: Sequence[Event]) -> list[bytes]:
+        """Return each event's line exactly as its log stores it (without the newline).
+
+        The events must have come from this workspace (:meth:`events`,
+        :meth:`latest`): printing the lines prints the logs' bytes.
+
+        :raises UnknownEventIdError: for an event no log holds.
+        """
+        with self._lock:
+            places = self._places(self._current(refresh=False), events)
+        return read_places(places)
+
+    # --- usage --------------------------------------------------------------------------
+
+    def usage(self, by: str = "model", *, session_id: str | None = None) -> dict[str, Any]:
+        """Return LLM calls, tokens and cost per value of ``by``, and in total.
+
+        Only ``llm_response_received`` events count (see
+        :class:`~sinks.memory.TokenUsage`). The result is::
+
+            {"by": "model",
+             "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
+                       "completion_tokens": 300, "total_tokens": 1500, "cost_usd": 0.02}, ...],
+             "total": {"calls": ..., "prompt_tokens": ..., "completion_tokens": ...,
+                       "total_tokens": ..., "cost_usd": ...}}
+
+        Rows come most expensive first (then most tokens, then by key);
+        responses without a value of ``by`` are under the key ``None``.
+
+        :param by: ``"model"``, ``"agent_role"``, ``"task_id"``, ``"session_id"``
+            or ``"phase"``.
+        :param session_id: count only this session's responses.
+        :raises ValueError: if ``by`` is not one of those.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        """
+        if by not in USAGE_KEYS:
+            raise ValueError(f"cannot group usage by {by!r}: use one of {', '.join(USAGE_KEYS)}")
+        query = self._query(None, session_id)
+        with self._lock:
+            index = self._current()
+            total = index.usage(session_id=query.session_id)
+            if by == "phase":
+                responses = index.query(EventQuery(event_type=_RESPONSE, session_id=session_id))
+                groups = _usage_by_phase(responses)
+            else:
+                groups = index.usage_by(by, session_id=query.session_id)  # type: ignore[arg-type]
+        rows = [{"key": key, **_usage_values(usage)} for key, usage in groups.items()]
+        rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], _none_last(row["key"])))
+        return {"by": by, "rows": rows, "total": _usage_values(total)}
+
+    # --- following ----------------------------------------------------------------------
+
+    async def follow(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        from_start: bool = True,
+        stop_event: anyio.Event | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Yield the stored events, then each new event as it is written, forever.
+
+        Like :meth:`follow_lines`, yielding the events only.
+        """
+        async with aclosing(
+            self.follow_lines(
+                query,
+                session_id=session_id,
+                after=after,
+                from_start=from_start,
+                stop_event=stop_event,
+            )
+        ) as lines:
+            async for event, _ in lines:
+                yield event
+
+    async def follow_lines(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        from_start: bool = True,
+        stop_event: anyio.Event | None = None,
+    ) -> AsyncGenerator[tuple[Event, bytes], None]:
+        """Yield ``(event, line)`` for the stored events, then for each new one as it is written.
+
+        ``line`` is the event's line as stored, without the newline. First
+        the stored events matching ``query`` in time order: all of them, or
+        those after the event with id ``after``, or none if ``from_start``
+        is false. Then every new matching event of every session, including
+        sessions created later, in the order they are found (each wake-up's
+        events sorted by time), usually within a few tens of milliseconds of
+        the write. Nothing is missed or yielded twice across the switch from
+        stored to new events. Only complete lines are read: a line written in
+        two parts comes out once, whole. Needs ``watchfiles`` (the ``web`` extra).
+
+        Runs until cancelled, until ``stop_event`` is set, or until the
+        caller stops iterating (``async with contextlib.aclosing(...)``
+        closes the file watcher at once).
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        :raises FileNotFoundError: if the workspace directory does not exist.
+        """
+        query = self._query(query, session_id)
+        awatch = _awatch()
+        if not await anyio.Path(self._root).is_dir():
+            raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
+        stop = stop_event if stop_event is not None else anyio.Event()
+        if from_start or after is not None:
+            ends = await anyio.to_thread.run_sync(self._snapshot)
+            cursor: str | Event | None = after
+            while True:
+                page, last = await anyio.to_thread.run_sync(self._replay_page, query, cursor, ends)
+                for item in page:
+                    yield item
+                if last is None:
+                    break
+                cursor = last
+        else:
+            ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
+        tail = _Tail(self._root, ends, query)
+        root = self._root
+        watcher = awatch(
+            root,
+            watch_filter=lambda _change, path: _is_log_change(root, path),
+            debounce=FOLLOW_DEBOUNCE_MS,
+            step=FOLLOW_STEP_MS,
+            rust_timeout=FOLLOW_RESCAN_MS,
+            yield_on_timeout=True,
+            stop_event=stop,
+        )
+        async with aclosing(watcher):
+            for item in await anyio.to_thread.run_sync(tail.read, None):
+                yield item
+            async for changes in watcher:
+                if stop.is_set():
+                    return
+                paths = {path for _, path in changes} if changes else None
+                for item in await anyio.to_thread.run_sync(tail.read, paths):
+                    yield item
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _check_session(self, session_id: str) -> None:
+        validate_session_id(session_id)
+        if not os.path.isdir(os.path.join(self._root, session_id)):
+            raise SessionNotFoundError(session_id, os.fspath(self.root))
+
+    def _query(self, query: EventQuery | None, session_id: str | None) -> EventQuery:
+        """``query`` restricted to ``session_id``, which is checked."""
+        if query is None:
+            query = EventQuery()
+        elif not isinstance(query, EventQuery):
+            raise TypeError(f"query must be an EventQuery or None, got {type(query).__name__}")
+        if session_id is None:
+            session_id = query.session_id
+        elif query.session_id not in (None, session_id):
+            raise ValueError(
+                f"session_id {session_id!r} contradicts the query's {query.session_id!r}: "
+                "give one of them"
+            )
+        if session_id is None:
+            return query
+        self._check_session(session_id)
+        return EventQuery(
+            event_type=query.event_type,
+            session_id=session_id,
+            phase=query.phase,
+            task_id=query.task_id,
+            agent_role=query.agent_role,
+            model=query.model,
+            start_time=query.start_time,
+            end_time=query.end_time,
+        )
+
+    def _current(self, *, refresh: bool = True) -> EventIndex:
+        """The index, built or brought up to date with the logs (the lock is held)."""
+        if self._index is None or (refresh and not self._refresh()):
+            self._build()
+        assert self._index is not None
+        return self._index
+
+    def _log_files(self) -> list[tuple[str, str, os.stat_result]]:
+        """(session id, path, stat) of every session's log file."""
+        found = []
+        for session_id in self.session_ids():
+            path = os.path.join(self._root, session_id, LOG_FILE_NAME)
+            try:
+                status = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISREG(status.st_mode):
+                found.append((session_id, path, status))
+        return found
+
+    def _build(self) -> None:
+        if self._index is not None:
+            self._index.close()
+        index = self._index = EventIndex(low_memory=True)
+        self._logs = {}
+        for session_id, path, status in self._log_files():
+            log = self._logs[session_id] = _Log(path, (status.st_dev, status.st_ino))
+            self._read(index, log, bulk=True)
+        _settle(index)
+
+    def _refresh(self) -> bool:
+        """Read what the logs gained; ``False`` if one was replaced or removed (rebuild)."""
+        index = self._index
+        assert index is not None
+        seen = set()
+        for session_id, path, status in self._log_files():
+            ident = (status.st_dev, status.st_ino)
+            log = self._logs.get(session_id)
+            if log is None:
+                log = self._logs[session_id] = _Log(path, ident)
+            elif log.ident != ident or status.st_size < log.end:
+                return False
+            seen.add(session_id)
+            if status.st_size > log.end:
+                self._read(index, log, bulk=False)
+        return len(seen) == len(self._logs)
+
+    def _read(self, index: EventIndex, log: _Log, *, bulk: bool) -> None:
+        fd = open_log(log.path)
+        if fd is None:
+            return
+        try:
+            for growth in iter_growth(fd, log.end):
+                if growth.events:
+                    if bulk:
+                        _add_bulk(index, growth.events, log.path, growth.offsets, growth.lengths)
+                    else:
+                        index.add_located(growth.events, log.path, growth.offsets, growth.lengths)
+                log.end = growth.end
+        finally:
+            os.close(fd)
+
+    def _places(self, index: EventIndex, events: Sequence[Event]) -> list[tuple[str, int, int]]:
+        return [_place(index, event.id) for event in events]
+
+    def _snapshot(self) -> dict[str, tuple[tuple[int, int], int]]:
+        """Bring the index up to date; return where each log's indexed lines end."""
+        with self._lock:
+            self._current()
+            return {log.path: (log.ident, log.end) for log in self._logs.values()}
+
+    def _replay_page(
+        self,
+        query: EventQuery,
+        cursor: str | Event | None,
+        ends: dict[str, tuple[tuple[int, int], int]],
+    ) -> tuple[list[tuple[Event, bytes]], Event | None]:
+        """One page of stored events after ``cursor``, only those within the snapshot."""
+        with self._lock:
+            index = self._current(refresh=False)
+            page = index.query(query, after=cursor, limit=_PAGE)
+            places = self._places(index, page)
+        lines = read_places(places)
+        kept = []
+        for event, line, (path, offset, length) in zip(page, lines, places, strict=True):
+            end = ends.get(path)
+            if end is not None and offset + length <= end[1]:
+                kept.append((event, line))
+        return kept, page[-1] if len(page) == _PAGE else None
+
+    def _complete_ends(self, session_id: str | None) -> dict[str, tuple[tuple[int, int], int]]:
+        """Where each log's last complete line ends now."""
+        ends = {}
+        for found_id, path, status in self._log_files():
+            if session_id is not None and found_id != session_id:
+                continue
+            fd = open_log(path)
+            if fd is None:
+                continue
+            try:
+                ends[path] = ((status.st_dev, status.st_ino), complete_end(fd, status.st_size))
+            finally:
+                os.close(fd)
+        return ends
+
+
+# --- following: the growth of each log -----------------------------------------------------
+
+
+class _Tail:
+    """Reads what every log gained since the last read (for :meth:`Workspace.follow_lines`)."""
+
+    def __init__(
+        self, root: str, ends: dict[str, tuple[tuple[int, int], int]], query: EventQuery
+    ) -> None:
+        self.root = root
+        self.ends = dict(ends)
+        self.query = query
+        self.only = query.session_id
+        self.recent: OrderedDict[str, None] = OrderedDict()
+
+    def read(self, changed: set[str] | None) -> list[tuple[Event, bytes]]:
+        """Read the changed logs (``None``: every log); return the new matching events."""
+        paths = self._all() if changed is None else self._changed(changed)
+        found: list[tuple[Event, bytes]] = []
+        for path in paths:
+            found.extend(self._read(path))
+        if len(paths) > 1:
+            found.sort(key=lambda item: (item[0].timestamp, item[0].id))
+        return found
+
+    def _all(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        if self.only is not None:
+            names = [self.only] if self.only in names else []
+        return [
+            os.path.join(self.root, name, LOG_FILE_NAME) for name in names if is_valid_name(name)
+        ]
+
+    def _changed(self, changed: set[str]) -> list[str]:
+        paths = set()
+        for path in changed:
+            if os.path.basename(path) == LOG_FILE_NAME:
+                session = os.path.basename(os.path.dirname(path))
+            else:  # a session's directory, made or replaced
+                session = os.path.basename(path)
+            if not is_valid_name(session) or (self.only is not None and session != self.only):
+                continue
+            paths.add(os.path.join(self.root, session, LOG_FILE_NAME))
+        return sorted(paths)
+
+    def _read(self, path: str) -> list[tuple[Event, bytes]]:
+        fd = open_log(path)
+        if fd is None:
+            return []
+        found: list[tuple[Event, bytes]] = []
+        try:
+            status = os.fstat(fd)
+            ident = (status.st_dev, status.st_ino)
+            known = self.ends.get(path)
+            start = (
+                0 if known is None or known[0] != ident or status.st_size < known[1] else known[1]
+            )
+            if status.st_size <= start:
+                self.ends[path] = (ident, start)
+                return []
+            matches, recent = self.query.matches, self.recent
+            for growth in iter_growth(fd, start):
+                for event, line in zip(growth.events, growth.lines, strict=True):
+                    if event.id in recent:
+                        continue
+                    recent[event.id] = None
+                    if len(recent) > _RECENT_IDS:
+                        recent.popitem(last=False)
+                    if matches(event):
+                        found.append((event, line))
+                start = growth.end
+            self.ends[path] = (ident, start)
+        finally:
+            os.close(fd)
+        return found
+
+
+def _is_log_change(root: str, path: str) -> bool:
+    """Whether a change at ``path`` can concern a log: the log, or a session's directory."""
+    return os.path.basename(path) == LOG_FILE_NAME or os.path.dirname(path) == root
+
+
+def _awatch() -> Any:
+    try:
+        from watchfiles import awatch
+    except ImportError as exc:  # pragma: no cover - the web extra is installed in tests
+        raise ModuleNotFoundError(
+            "following a workspace needs watchfiles: pip install 'eventbus[web]'"
+        ) from exc
+    return awatch
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+def _usage_values(usage: TokenUsage) -> dict[str, Any]:
+    return {
+        "calls": usage.responses,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+
+
+def _none_last(key: str | None) -> tuple[bool, str]:
+    return (key is None, key or "")
+
+
+def _usage_by_phase(responses: list[Event]) -> dict[str | None, TokenUsage]:
+    """Sum responses per phase by :class:`TokenUsage`'s rules (the index keeps no phase totals)."""
+    sums: dict[str | None, list[int]] = {}
+    for event in responses:
+        metadata = event.metadata
+        prompt = _tokens(metadata.get("prompt_tokens")) or 0
+        completion = _tokens(metadata.get("completion_tokens")) or 0
+        total = _tokens(metadata.get("total_tokens"))
+        row = sums.setdefault(event.phase, [0, 0, 0, 0, 0])
+        row[0] += 1
+        row[1] += prompt
+        row[2] += completion
+        row[3] += prompt + completion if total is None else total
+        row[4] += _picodollars(metadata.get("cost_usd"))
+    return {
+        phase: TokenUsage(
+            responses=row[0],
+            prompt_tokens=row[1],
+            completion_tokens=row[2],
+            total_tokens=row[3],
+            cost_usd=row[4] / _PICO,
+        )
+        for phase, row in sums.items()
+    }
+
+
+# --- the index's places (read through its private rows: same package) ----------------------
+
+
+def _add_bulk(
+    index: EventIndex, events: list[Event], path: str, offsets: list[int], lengths: list[int]
+) -> None:
+    """Add located events, sorting late ones once at the end (:func:`_settle`), as
+    ``EventIndex.from_workspace`` does."""
+    index._add(events, (index._rows.file_id(path), offsets, lengths), bulk=True)
+
+
+def _settle(index: EventIndex) -> None:
+    index._settle()
+
+
+def _place(index: EventIndex, event_id: str) -> tuple[str, int, int]:
+    """(path, offset, length) of the line of the event ``event_id`` in a low-memory index."""
+    position = index._find(event_id)
+    if position is None:
+        raise UnknownEventIdError(event_id)
+    rows = index._rows
+    return rows.paths[rows.file[position]], rows.offset[position], rows.length[position]
