@@ -1,17 +1,30 @@
-"""`eventbus demo`: an offline session that leaves its events, artifacts and files on disk."""
+"""The ``eventbus`` command line: the demo, and failing like a Unix tool.
+
+Exit statuses: 0 done, 1 the demo session failed, 2 a user error (one line
+on stderr), 130 interrupted, 141 stdout closed by its reader.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from eventbus import EventType
 from eventbus.cli import main
+from eventbus.cli._common import MissingExtraError, console
 from sinks.artifacts import SessionArtifactQuery
 from sinks.jsonl import EventLog
+
+#: Start the command line as ``eventbus`` does, in a new interpreter.
+CLI = [sys.executable, "-m", "eventbus"]
 
 
 def only_session(workspace: Path) -> Path:
@@ -58,6 +71,9 @@ def test_demo_retries_one_task_once_and_uses_tokens_on_every_llm_call(
     assert "SyntaxError" in retry.metadata["error"]
     (completed,) = log.get_events(event_type=EventType.TASK_COMPLETED, task_id="impl-clamp")
     assert completed.metadata["attempts"] == 2
+    (failed_attempt,) = log.get_events(event_type=EventType.ERROR, task_id="impl-clamp")
+    assert "SyntaxError" in failed_attempt.message
+    assert log.count(EventType.TASK_FAILED) == 0  # only a task failing for good logs it
     responses = log.get_events(event_type=EventType.LLM_RESPONSE_RECEIVED)
     assert len(responses) == log.count(EventType.LLM_REQUEST_SENT) > 5
     assert all(e.metadata["total_tokens"] > 0 and e.metadata["cost_usd"] > 0 for e in responses)
@@ -68,11 +84,22 @@ def test_demo_retries_one_task_once_and_uses_tokens_on_every_llm_call(
     assert "retry   impl-clamp" in capsys.readouterr().out
 
 
-def test_tasks_scales_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tasks_scale_the_plan_and_the_summary_lists_files_one_per_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More tasks, more files: the summary lists them one per line and counts the rest."""
     assert main(["demo", "--workspace", str(tmp_path), "--tasks", "14"]) == 0
     log = EventLog(only_session(tmp_path) / "events.jsonl")
     assert log.count(EventType.TASK_SCHEDULED) == log.count(EventType.TASK_COMPLETED) == 14
-    assert "[14/14] ok" in capsys.readouterr().out
+    out = capsys.readouterr().out.replace(str(tmp_path), "WORKSPACE")
+    assert "[14/14] ok" in out
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert "app/clamp.py" in [line.strip() for line in lines]
+    project = only_session(tmp_path) / "project"
+    files = [p for p in project.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert f"({len(files)} files)" in out
+    assert any(line.strip().startswith("... and ") for line in lines)
 
 
 def test_demo_runs_on_trio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,8 +108,9 @@ def test_demo_runs_on_trio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_demo_runs_as_a_module(tmp_path: Path) -> None:
+    """``python -m eventbus`` is the same command line as ``eventbus``."""
     result = subprocess.run(
-        [sys.executable, "-m", "eventbus", "demo", "--tasks", "2"],
+        [*CLI, "demo", "--tasks", "2"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -103,3 +131,228 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="2"):
         main([])
     assert "required" in capsys.readouterr().err
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``eventbus --version`` prints ``eventbus <version>`` and exits 0."""
+    with pytest.raises(SystemExit, match="0"):
+        main(["--version"])
+    assert capsys.readouterr().out == f"eventbus {version('eventbus')}\n"
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("eventbus demo: ")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(lambda tmp: ["--workspace", str(_file(tmp))], "is not a directory", id="file"),
+        pytest.param(
+            lambda tmp: ["--workspace", str(_file(tmp) / "ws")], "Not a directory", id="under-file"
+        ),
+        pytest.param(
+            lambda tmp: ["--workspace", str(tmp / "ws"), "--session-id", "../escape"],
+            "invalid session id '../escape'",
+            id="session-id-path",
+        ),
+        pytest.param(
+            lambda tmp: ["--workspace", str(tmp / "ws"), "--session-id", "two\nlines"],
+            "invalid session id",
+            id="session-id-newline",
+        ),
+    ],
+)
+def test_a_user_error_is_one_line_on_stderr_and_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Path], list[str]],
+    expected: str,
+) -> None:
+    """A workspace that cannot be one, or a bad session id: one line, exit 2, nothing run."""
+    assert main(["demo", *make(tmp_path)]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "ws").exists()
+
+
+def _file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("not a directory\n")
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only bind mount (writes fail with EROFS, even for root)."""
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(directory), str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only: {mounted.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["is-read-only", "under-read-only"])
+def test_a_read_only_workspace_is_one_line_and_exit_2(
+    read_only_dir: Path, capsys: pytest.CaptureFixture[str], inside: bool
+) -> None:
+    """A workspace on a read-only file system is refused before the session starts."""
+    workspace = read_only_dir / "ws" if inside else read_only_dir
+    assert main(["demo", "--workspace", str(workspace)]) == 2
+    line = _one_error_line(capsys)
+    assert f"cannot write in workspace {workspace}: Read-only file system" in line
+
+
+def test_an_existing_session_id_is_refused_and_its_log_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reusing a session id never appends a second run to the old session's log."""
+    log = tmp_path / "s1" / "events.jsonl"
+    log.parent.mkdir()
+    log.write_bytes(b'{"the": "old session"}\n')
+    assert main(["demo", "--workspace", str(tmp_path), "--session-id", "s1"]) == 2
+    line = _one_error_line(capsys)
+    assert "session 's1' already exists" in line
+    assert "--session-id" in line
+    assert log.read_bytes() == b'{"the": "old session"}\n'
+    assert [path.name for path in log.parent.iterdir()] == ["events.jsonl"]
+
+
+def test_backend_trio_without_trio_names_the_extra(tmp_path: Path) -> None:
+    """``--backend trio`` without trio installed: one line saying what to install, exit 2."""
+    hide_trio = (
+        "import sys, runpy; sys.modules['trio'] = None; "
+        "runpy.run_module('eventbus', run_name='__main__')"
+    )
+    workspace = tmp_path / "ws"
+    result = subprocess.run(
+        [sys.executable, "-c", hide_trio, "demo", "--backend", "trio", "--workspace", workspace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "eventbus demo: --backend trio needs trio, which is not installed: "
+        "pip install 'eventbus[trio]'"
+    ]
+    assert not workspace.exists()
+
+
+def _last_event(workspace: Path) -> EventType:
+    return EventLog(only_session(workspace) / "events.jsonl").get_events()[-1].event_type
+
+
+def test_a_closed_stdout_ends_the_demo_quietly_with_141(tmp_path: Path) -> None:
+    """``eventbus demo | head -3``: no traceback, nothing on stderr, session aborted, 141."""
+    with subprocess.Popen(
+        [*CLI, "demo", "--workspace", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        head = [process.stdout.readline() for _ in range(3)]
+        process.stdout.close()
+        assert process.wait(timeout=60) == 141
+        assert process.stderr.read() == ""
+    assert head[0].startswith("eventbus demo: 8 tasks")
+    assert _last_event(tmp_path) is EventType.SESSION_ABORTED
+
+
+def test_ctrl_c_aborts_the_session_with_one_line_and_exit_130(tmp_path: Path) -> None:
+    """SIGINT mid-session: exit 130, one line on stderr, the log ends with session_aborted."""
+    with subprocess.Popen(
+        [*CLI, "demo", "--workspace", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("-- EXECUTION"):
+                break
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.splitlines() == [
+        "eventbus demo: interrupted; the session was aborted "
+        "(its events.jsonl ends with session_aborted)"
+    ]
+    assert _last_event(tmp_path) is EventType.SESSION_ABORTED
+
+
+def test_the_core_imports_neither_sinks_nor_the_extras() -> None:
+    """``import eventbus`` needs no sink and no extra; the CLI imports extras lazily."""
+    check = (
+        "import sys, eventbus; core = set(sys.modules); import eventbus.cli; "
+        "extras = {'rich', 'starlette', 'uvicorn', 'sse_starlette', 'watchfiles', 'trio'}; "
+        "print(sorted({'sinks'} & core), sorted(extras & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout == "[] []\n"
+
+
+@pytest.fixture
+def color_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A colour terminal's environment, without the variables that force colour."""
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    return monkeypatch
+
+
+def _printed_on(file: io.TextIOWrapper, read_fd: int) -> str:
+    console(file, command="eventbus test").print("[red]red[/red]")
+    file.flush()
+    return os.read(read_fd, 4096).decode()
+
+
+def test_console_output_is_plain_when_piped(color_env: pytest.MonkeyPatch) -> None:
+    """A command's rich output into a pipe carries no escape codes."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as pipe:
+        printed = _printed_on(pipe, read_fd)
+    os.close(read_fd)
+    assert printed == "red\n"
+
+
+@pytest.mark.parametrize(("no_color", "colored"), [("", True), ("1", False)])
+def test_console_honours_no_color_on_a_terminal(
+    color_env: pytest.MonkeyPatch, no_color: str, colored: bool
+) -> None:
+    """On a terminal, colour is used unless NO_COLOR is set (and not empty)."""
+    color_env.setenv("NO_COLOR", no_color)
+    main_fd, terminal_fd = os.openpty()
+    try:
+        with os.fdopen(terminal_fd, "w") as terminal:
+            printed = _printed_on(terminal, main_fd)
+    finally:
+        os.close(main_fd)
+    assert ("\x1b[31m" in printed) is colored
+    assert "red" in printed
+
+
+def test_a_command_needing_a_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without rich installed, asking for a console says which extra to install."""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    with pytest.raises(
+        MissingExtraError, match=r"^eventbus tail needs rich, .* 'eventbus\[web\]'$"
+    ):
+        console(sys.stdout, command="eventbus tail")

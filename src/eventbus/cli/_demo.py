@@ -36,16 +36,30 @@ from .._sink import MemorySink
 from ._agents import IDEA, build_demo_coordinator
 from ._common import CommandError, Subparsers, import_extra, table
 
-__all__ = ["DESCRIPTION", "DemoRun", "ProgressPrinter", "add_parser", "print_summary", "run_demo"]
+__all__ = [
+    "DESCRIPTION",
+    "LIST_LIMIT",
+    "RETRY_NOTE",
+    "DemoRun",
+    "ProgressPrinter",
+    "add_parser",
+    "print_summary",
+    "run_demo",
+]
 
 #: What the demo shows, as ``eventbus demo --help`` says it (and the README).
+#: What the demo shows, as ``eventbus demo --help`` says it (and the README).
 DESCRIPTION = (
-    "Run an offline agent session: a planner plans a small Python package, coders, "
-    "testers and reviewers write and check it through unified diffs and real commands, "
-    "with every step an event in WORKSPACE/{session_id}/events.jsonl and the artifacts "
+    "Run an offline agent session: a planner plans a small Python package; coders, "
+    "testers and reviewers write and check it through unified diffs and real commands; "
+    "every step is an event in WORKSPACE/{session_id}/events.jsonl, with the artifacts "
     "beside it. With 3 tasks or more, one task fails its first attempt (a syntax error "
-    "that its compile check catches) and is retried: task_retrying, then task_completed "
-    "on attempt 2. task_failed is logged only when a task fails for good (no attempt left)."
+    "that its compile check catches: an error event) and is retried (task_retrying, then "
+    "task_completed on attempt 2); task_failed is logged only when a task fails for good."
+)
+#: The line under the demo's first line (with 3 tasks or more): the failure it shows.
+RETRY_NOTE = (
+    "one task fails its first attempt and is retried; task_failed only if it fails for good"
 )
 #: How many names of a list the summary shows, one per line, before counting the rest.
 LIST_LIMIT = 10
@@ -303,7 +317,9 @@ def add_parser(subparsers: Subparsers) -> None:
         default="asyncio",
         help="the anyio backend (default: asyncio; trio needs the trio extra)",
     )
-    demo.set_defaults(run=run)
+    demo.set_defaults(
+        run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
+    )
 
 
 def check_workspace(root: Path, session_id: str | None) -> None:
@@ -357,8 +373,10 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
         f"eventbus demo: {args.tasks} tasks, up to {args.concurrency} at once, "
         f"workspace {args.workspace}",
         file=out,
-        flush=True,
     )
+    if args.tasks >= 3:
+        print(f"  {RETRY_NOTE}", file=out)
+    out.flush()
     result = await run_demo(
         args.workspace,
         tasks=args.tasks,

@@ -4,8 +4,10 @@ Each command lives in its own module of this package (named in
 :data:`COMMANDS`), which exposes ``add_parser(subparsers)``; see
 :mod:`eventbus.cli._common`. Exit statuses: 0 success, 1 the command ran
 and reports a failure (e.g. the demo session failed), 2 a user error (one
-line on stderr), 130 interrupted (Ctrl-C). A closed stdout (``| head``)
-ends the command quietly with status 0.
+line on stderr, never a traceback), 130 interrupted (Ctrl-C, one line on
+stderr), 141 stdout closed by its reader (``| head``: quietly, nothing on
+stderr). A command may set ``interrupted`` (a hint for the Ctrl-C line) with
+``set_defaults``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from typing import cast
 from .._errors import EventBusError
 from ._common import Subparsers
 
-__all__ = ["COMMANDS", "main", "parser"]
+__all__ = ["BROKEN_PIPE", "COMMANDS", "main", "parser"]
+
+#: The exit status when stdout is closed by its reader: 128 + SIGPIPE, as the shell
+#: reports a tool killed by SIGPIPE (``set -o pipefail`` sees the same as with ``yes``).
+BROKEN_PIPE = 141
 
 #: The command modules, in the order ``--help`` lists them: add one line per command.
 COMMANDS: tuple[str, ...] = ("eventbus.cli._demo",)
@@ -48,7 +54,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror}"
+    return text or type(error).__name__
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The error to show in one line, if ``error`` (or every error of a group) is the user's.
+
+    User errors are :class:`~eventbus.EventBusError` (bad input, a missing extra,
+    a failed sink) and :class:`OSError` (a file or directory that cannot be used).
+    """
+    if isinstance(error, EventBusError | OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [_user_error(inner) for inner in error.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+    return None
 
 
 def _quiet_stdout() -> None:
@@ -68,16 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     run = cast(Callable[[argparse.Namespace], int], args.run)
+    prefix = f"eventbus {args.command}:"
     try:
         status = run(args)
         sys.stdout.flush()
     except KeyboardInterrupt:
-        print("eventbus: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupted", "")
+        print(f"{prefix} interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
         _quiet_stdout()
-        return 0
-    except EventBusError as error:
-        print(f"eventbus {args.command}: {_one_line(error)}", file=sys.stderr)
+        return BROKEN_PIPE
+    except BaseException as error:
+        shown = _user_error(error)
+        if shown is None:
+            raise
+        print(f"{prefix} {_one_line(shown)}", file=sys.stderr)
         return 2
     return status
