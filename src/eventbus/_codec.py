@@ -9,13 +9,26 @@ event exactly once, when it is published, and hands sinks an
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, overload
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Final, TypeVar, overload
+from uuid import UUID
 
 import msgspec
 
 from ._errors import EventDecodeError, EventEncodeError
-from ._event import Event, _parent_id
+from ._event import (
+    MISSING_ID,
+    MISSING_TIMESTAMP,
+    Event,
+    EventType,
+    _missing,
+    _parent_id,
+    derived_event_id,
+)
 
 __all__ = [
     "EventBatch",
@@ -27,21 +40,85 @@ __all__ = [
 ]
 
 _encoder = msgspec.json.Encoder()
-_encode = _encoder.encode
+_encode_unchecked = _encoder.encode
 _decoder = msgspec.json.Decoder(Event)
 _decode = _decoder.decode
 _decode_lines = _decoder.decode_lines
-# Decoding never inherits a parent id from the caller's context (see
-# ``parent_scope``): an event stored without ``parent_id`` had none.
+_T = TypeVar("_T")
+
+
+# --- encoding: what is refused ------------------------------------------------------
+#
+# msgspec encodes more than JSON holds, silently: NaN and infinities as null,
+# int keys as strings, bytes as base64, sets as lists, dataclasses and Structs
+# as objects. Such an event would not read back as it was published (or not at
+# all), so it is refused. The checks run on every publish: each field's type
+# first (plain attribute and type() comparisons), then msgspec encodes, then
+# metadata is walked only when it holds something other than str, int, bool
+# and None values under str keys.
+
+_NONE: Final = type(None)
+_FLAT: Final = frozenset({str, int, bool, _NONE})  # values needing no further look
+_STR: Final = frozenset({str})
+# Leaves taken as they are (str, int) or written as strings (datetime, date,
+# time, UUID, Decimal); subclasses included.
+_ACCEPTED: Final = (str, int, datetime, date, time, UUID, Decimal)
+_TEXT_FIELDS: Final = ("session_id", "message", "id")
+_OPTIONAL_TEXT_FIELDS: Final = ("phase", "task_id", "agent_role", "model", "parent_id")
+
+
+class _Refused(TypeError):
+    """A field or metadata value that the checks refuse: where it is, and why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} {reason}")
+
+
+def _encode(event: Event) -> bytes:
+    """Encode a published event, refusing wrong field types and what JSON cannot hold.
+
+    Raises ``_Refused`` (a ``TypeError``), or msgspec's own error, which
+    :func:`_explain_encode_error` turns into an :class:`EventEncodeError`.
+    """
+    if (
+        type(event.session_id) is not str
+        or type(event.message) is not str
+        or type(event.id) is not str
+        or type(event.timestamp) is not datetime
+        or type(event.metadata) is not dict
+        or (event.phase is not None and type(event.phase) is not str)
+        or (event.task_id is not None and type(event.task_id) is not str)
+        or (event.agent_role is not None and type(event.agent_role) is not str)
+        or (event.model is not None and type(event.model) is not str)
+        or (event.parent_id is not None and type(event.parent_id) is not str)
+    ):
+        problem = _field_problem(event)  # subclasses of str, datetime, dict pass
+        if problem is not None:
+            raise _Refused(*problem)
+    line = _encode_unchecked(event)
+    metadata = event.metadata
+    if (
+        metadata
+        and not (
+            _FLAT.issuperset(map(type, metadata.values())) and _STR.issuperset(map(type, metadata))
+        )
+        and not _holds_json(metadata)
+    ):
+        raise _Refused(*(_find_refused(metadata, "metadata") or ("metadata", "is refused")))
+    return line
 
 
 def encode_event(event: Event) -> bytes:
     """Return ``event`` as one line of compact JSON, without the trailing newline.
 
     Newlines and other line separators inside strings are escaped or kept
-    inside the string, so the result never contains a ``\\n`` byte.
-    Raises :class:`EventEncodeError` naming the metadata key that holds a
-    value JSON cannot represent.
+    inside the string, so the result never contains a ``\\n`` byte. The
+    checks are those of publishing (see :class:`EventEncodeError`).
+
+    :raises EventEncodeError: naming the field, or the path in ``metadata``,
+        of a value of the wrong type or one JSON cannot hold.
     """
     try:
         return _encode(event)
@@ -50,60 +127,205 @@ def encode_event(event: Event) -> bytes:
 
 
 def _explain_encode_error(event: Event, exc: Exception) -> EventEncodeError:
-    path, reason = _find_unencodable(event.metadata, "metadata")
-    if not path:  # not in metadata: a field of the wrong type
-        path, reason = "the event", str(exc)
+    """The :class:`EventEncodeError` for ``exc``, raised by :func:`_encode` for ``event``."""
+    if isinstance(exc, _Refused):
+        path, reason = exc.path, exc.reason
+    else:
+        found = _field_problem(event) or _find_refused(event.metadata, "metadata")
+        path, reason = found or ("the event", str(exc))
     return EventEncodeError(event.id, str(event.event_type.value), path, reason)
 
 
-def _find_unencodable(value: Any, path: str) -> tuple[str, str]:
-    """Return (path, reason) of the first value that JSON cannot hold, or ("", "")."""
+def _field_problem(event: Event) -> tuple[str, str] | None:
+    """Return (field, reason) for the first field of a type the event cannot hold."""
+    for name in _TEXT_FIELDS + _OPTIONAL_TEXT_FIELDS:
+        value = getattr(event, name)
+        if value is None and name in _OPTIONAL_TEXT_FIELDS:
+            continue
+        if not isinstance(value, str):
+            expected = "a str or None" if name in _OPTIONAL_TEXT_FIELDS else "a str"
+            return name, f"must be {expected}, got {_describe(value)}"
+        try:
+            _encode_unchecked(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return name, f"cannot be encoded ({exc})"
+    if not isinstance(event.timestamp, datetime):
+        return "timestamp", f"must be a datetime, got {_describe(event.timestamp)}"
+    if not isinstance(event.metadata, dict):
+        return "metadata", f"must be a dict, got {_describe(event.metadata)}"
+    if not isinstance(event.event_type, EventType):
+        return "event_type", f"must be an EventType, got {_describe(event.event_type)}"
+    return None
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _holds_json(metadata: dict[Any, Any]) -> bool:
+    """Whether every value in ``metadata`` (nested) is JSON or converted to it as documented.
+
+    The quick walk, without paths: :func:`_find_refused` says where, once
+    this has said no.
+    """
+    stack: list[Any] = [metadata]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if not _STR.issuperset(map(type, value)) and not all(
+                isinstance(key, str) for key in value
+            ):
+                return False
+            items: Iterable[Any] = value.values()
+        else:
+            items = value  # a list or tuple
+        if _FLAT.issuperset(map(type, items)):
+            continue
+        for item in items:
+            kind = type(item)
+            if kind in _FLAT:
+                continue
+            if kind is float:
+                if not math.isfinite(item):
+                    return False
+            elif isinstance(item, dict | list | tuple):
+                stack.append(item)
+            elif _leaf_problem(item) is not None:
+                return False
+    return True
+
+
+def _leaf_problem(value: Any) -> str | None:
+    """Why ``value`` (not a dict, list or tuple) is refused in metadata, or ``None``."""
+    if isinstance(value, Enum):
+        if type(value.value) in (str, int):
+            return None
+        return f"is the enum member {value!r}, whose value is not a str or an int"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"is {value!r}, which JSON cannot hold (msgspec would write null)"
+    if isinstance(value, _ACCEPTED) or value is None:
+        return None
+    kind = type(value).__name__
+    return f"holds a value of type {kind!r}, which JSON cannot hold"
+
+
+def _find_refused(value: Any, path: str) -> tuple[str, str] | None:
+    """Return (path, reason) of the first value refused in metadata, or ``None``."""
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _find_unencodable(item, f"{path}[{key!r}]")
-            if found[0]:
+            if not isinstance(key, str):
+                kind = type(key).__name__
+                return path, f"has the key {key!r} of type {kind!r}; JSON keys are str"
+            found = _find_refused(item, f"{path}[{key!r}]")
+            if found:
                 return found
-        return "", ""
+        return None
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = _find_unencodable(item, f"{path}[{index}]")
-            if found[0]:
+            found = _find_refused(item, f"{path}[{index}]")
+            if found:
                 return found
-        return "", ""
-    try:
-        _encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        return path, f"holds a value of type {type(value).__name__!r} that JSON cannot hold ({exc})"
-    return "", ""
+        return None
+    problem = _leaf_problem(value)
+    if problem is None:
+        try:
+            _encode_unchecked(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            kind = type(value).__name__
+            problem = f"holds a value of type {kind!r} that cannot be encoded ({exc})"
+    return None if problem is None else (path, problem)
 
 
-def decode_event(data: bytes | bytearray | memoryview | str) -> Event:
+# --- decoding: lines without timestamp or id ------------------------------------------
+
+
+def _counting(decode: Callable[[Any], _T], data: Any) -> tuple[_T, int]:
+    """Run ``decode(data)`` with missing timestamps and ids made sentinels; count them.
+
+    Decoding never inherits a parent id from the caller's context (see
+    ``parent_scope``): an event stored without ``parent_id`` had none.
+    """
+    missing = [0]
+    if _parent_id.get() is None:
+        token = _missing.set(missing)
+        try:
+            result = decode(data)
+        finally:
+            _missing.reset(token)
+    else:
+        result = contextvars.Context().run(_counting_in_context, decode, data, missing)
+    return result, missing[0]
+
+
+def _counting_in_context(decode: Callable[[Any], _T], data: Any, missing: list[int]) -> _T:
+    _missing.set(missing)
+    return decode(data)
+
+
+def _complete(event: Event, line: bytes, offset: int) -> Event:
+    """Refuse ``event`` if its line had no timestamp; derive its id if it had none."""
+    if event.timestamp is MISSING_TIMESTAMP:
+        raise EventDecodeError("Object missing required field `timestamp`")
+    if event.id is MISSING_ID:
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        msgspec.structs.force_setattr(event, "id", derived_event_id(line, offset, event.timestamp))
+    return event
+
+
+def decode_event(data: bytes | bytearray | memoryview | str, *, offset: int = 0) -> Event:
     """Decode one JSON line into an :class:`Event`.
 
-    An unknown ``event_type`` is kept (see :class:`EventType`). Raises
-    :class:`EventDecodeError` saying where the line is invalid.
+    An unknown ``event_type`` is kept (see :class:`EventType`). A line
+    without ``parent_id`` has none. A line without ``id`` (the seed's format)
+    gets one derived from its bytes and ``offset`` (see
+    :func:`decode_events`), the same on every decode.
+
+    :param offset: the line's byte offset in its log.
+    :raises EventDecodeError: saying where the line is invalid, also when it
+        has no ``timestamp`` (a line is never stamped with the time it is read).
     """
     try:
-        if _parent_id.get() is None:
-            return _decode(data)
-        return contextvars.Context().run(_decode, data)
+        event, missing = _counting(_decode, data)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(str(exc)) from exc
+    if missing:
+        line = data.encode() if isinstance(data, str) else bytes(data)
+        event = _complete(event, line, offset)
+    return event
 
 
-def decode_events(data: bytes | bytearray | memoryview) -> list[Event]:
+def decode_events(data: bytes | bytearray | memoryview, *, offset: int = 0) -> list[Event]:
     """Decode newline-delimited JSON (every line complete and valid) into events.
 
     Fast path for whole chunks of a log; raises :class:`EventDecodeError` on
-    the first invalid line, so callers that tolerate corruption fall back to
-    :func:`decode_event` line by line.
+    the first invalid line (one without ``timestamp`` included), so callers
+    that tolerate corruption fall back to :func:`decode_event` line by line.
+    A line without ``id`` (the seed's format) gets one derived from its bytes
+    and its byte offset in the log (``offset`` is where ``data`` starts
+    there), the same on every load, and ordered by time like other ids.
     """
     try:
-        if _parent_id.get() is None:
-            return _decode_lines(data)
-        return contextvars.Context().run(_decode_lines, data)
+        events, missing = _counting(_decode_lines, data)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(str(exc)) from exc
+    if not missing:
+        return events
+    events = []  # some line lacks a timestamp or an id: line by line, with offsets
+    position = offset
+    for raw in bytes(data).split(b"\n"):
+        if raw.strip(b" \t\r"):
+            try:
+                events.append(decode_event(raw, offset=position))
+            except EventDecodeError as exc:
+                raise EventDecodeError(exc.reason, where=f"line at byte {position}") from exc
+        position += len(raw) + 1
+    return events
 
 
 class EventBatch(Sequence[Event]):

@@ -52,20 +52,26 @@ class BusFullError(EventBusError):
 
 
 class EventEncodeError(EventBusError, TypeError):
-    """Raised when an event cannot be encoded as JSON, naming the offending value.
+    """Raised when a field of an event has the wrong type, or its metadata is not JSON.
 
-    Raised by ``publish`` before the event is accepted, never later in a sink.
+    ``path`` names the field (``"task_id"``) or the value in metadata
+    (``"metadata['a'][1]"``). Raised by ``publish`` before the event is
+    accepted (nothing is published), never later in a sink.
     """
 
     def __init__(self, event_id: str, event_type: str, path: str, reason: str) -> None:
         self.event_id = event_id
         self.path = path
         self.reason = reason
-        super().__init__(
-            f"cannot publish event {event_id} ({event_type}): {path} {reason}; "
-            "metadata must hold JSON values only (str, int, float, bool, None, "
-            "lists and dicts with str keys): convert it before publishing"
-        )
+        if path.startswith("metadata"):
+            hint = (
+                "metadata must hold JSON values only (str, int, finite float, bool, None, "
+                "lists and dicts with str keys; datetimes, UUIDs, Decimals and enums become "
+                "strings or their values, tuples lists): convert it before publishing"
+            )
+        else:
+            hint = "give each field a value of its declared type"
+        super().__init__(f"cannot publish event {event_id} ({event_type}): {path} {reason}; {hint}")
 
 
 class EventDecodeError(EventBusError, ValueError):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import functools
+import hashlib
 import itertools
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import msgspec
 
@@ -176,7 +176,58 @@ def parent_scope(parent_id: str | None) -> Iterator[None]:
         _parent_id.reset(token)
 
 
-_utc_now = functools.partial(datetime.now, UTC)
+# --- Defaults, and what decoding does with a field a line lacks ---------------------
+#
+# ``timestamp`` and ``id`` default to now and a new id when an event is made.
+# A stored line that lacks them must not get those: a missing timestamp makes
+# the line corrupt, and a missing id is derived from the line (see
+# ``derived_event_id``), the same on every load. So decoding runs with
+# ``_missing`` set (in the decoding call's own context, which also keeps
+# ``parent_scope`` out); there the factories return the sentinels below and
+# count how often they did. The count is 0 for lines this library wrote, and
+# then nothing more is done.
+
+_missing: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "eventbus_missing", default=None
+)
+MISSING_TIMESTAMP: Final = datetime(1, 1, 1, tzinfo=UTC)  # compared by identity
+MISSING_ID: Final = "\x00missing id"  # compared by identity
+
+
+def _default_timestamp() -> datetime:
+    missing = _missing.get()
+    if missing is None:
+        return datetime.now(UTC)
+    missing[0] += 1
+    return MISSING_TIMESTAMP
+
+
+def _default_id() -> str:
+    missing = _missing.get()
+    if missing is None:
+        return new_event_id()
+    missing[0] += 1
+    return MISSING_ID
+
+
+def derived_event_id(line: bytes, offset: int, timestamp: datetime) -> str:
+    """Return the id of a stored event whose line has none (the seed's format).
+
+    Shaped like :func:`new_event_id` (so it sorts by time): the timestamp's
+    Unix milliseconds, then a BLAKE2b hash of the line's bytes (without the
+    newline) and its byte offset. The same line at the same place always gets
+    the same id; equal lines at two places get two ids.
+    """
+    digest = hashlib.blake2b(line, digest_size=10, person=offset.to_bytes(8, "big", signed=True))
+    bits = int.from_bytes(digest.digest(), "big")  # 80 bits
+    ms = max(0, (timestamp - _EPOCH) // _MILLISECOND) & 0xFFFF_FFFF_FFFF
+    high = 0x7000 | (bits >> 68)  # version 7, 12 bits
+    low = (0b10 << 62) | (bits & ((1 << 62) - 1))  # variant 10, 62 bits
+    return f"{ms:012x}{high:04x}{low:016x}"
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -195,18 +246,22 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_type: EventType
     session_id: str
     message: str
-    timestamp: datetime = msgspec.field(default_factory=_utc_now)
+    timestamp: datetime = msgspec.field(default_factory=_default_timestamp)
     phase: str | None = None
     task_id: str | None = None
     agent_role: str | None = None
     model: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    id: str = msgspec.field(default_factory=new_event_id)
+    id: str = msgspec.field(default_factory=_default_id)
     parent_id: str | None = msgspec.field(default_factory=_parent_id.get)
 
     def __post_init__(self) -> None:
         timestamp = self.timestamp
-        if timestamp.tzinfo is not UTC:
+        try:
+            utc = timestamp.tzinfo is UTC
+        except AttributeError:  # not a datetime (free when it is one)
+            utc = False
+        if not utc:
             if not isinstance(timestamp, datetime):
                 raise EventDecodeError(
                     f"timestamp must be a datetime, got {type(timestamp).__name__}"
@@ -249,12 +304,26 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def from_dict(cls, data: dict[str, Any]) -> Event:
         """Build an event from :meth:`to_dict`'s shape (or the seed's, without ids).
 
-        A dict without ``id`` gets a new one. Raises :class:`EventDecodeError`
-        naming the bad field when the dict does not describe an event.
+        ``timestamp`` is required (as in the seed). A dict without ``id`` gets
+        a new one each time, since a dict has no place in a log to derive one
+        from (lines of a log do: see :func:`~eventbus.decode_events`); one
+        without ``parent_id`` has none.
+
+        :raises EventDecodeError: naming the bad or missing field when the
+            dict does not describe an event.
         """
         if "parent_id" not in data:
             data = {**data, "parent_id": None}  # never inherit a parent when loading
+        missing = [0]
+        token = _missing.set(missing)
         try:
-            return msgspec.convert(data, cls)
+            event = msgspec.convert(data, cls)
         except msgspec.ValidationError as exc:
             raise EventDecodeError(str(exc)) from exc
+        finally:
+            _missing.reset(token)
+        if missing[0]:
+            if event.timestamp is MISSING_TIMESTAMP:
+                raise EventDecodeError("Object missing required field `timestamp`")
+            msgspec.structs.force_setattr(event, "id", new_event_id())
+        return event

@@ -285,7 +285,7 @@ class LogRows:
     ) -> bool:
         """Decode adjacent lines in one call; ``False`` if they are not what was indexed."""
         try:
-            events = decode_events(data)
+            events = decode_events(data, offset=self.offset[positions[run[0]]])
         except EventDecodeError:
             return False
         hashes = self.hashes
@@ -301,7 +301,7 @@ class LogRows:
         if len(line) != self.length[position] or not line.endswith(b"\n"):
             raise StaleLogError(path, offset, "the line there is shorter than when indexed")
         try:
-            event = decode_event(line)
+            event = decode_event(line, offset=offset)
         except EventDecodeError as exc:
             raise StaleLogError(path, offset, f"it is not an event ({exc})") from exc
         if hash(event.id) != self.hashes[position]:

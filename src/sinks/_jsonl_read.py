@@ -24,6 +24,8 @@ from eventbus import (
     decode_events,
 )
 
+from ._jsonl_files import check_regular_path, open_regular
+
 __all__ = ["CorruptLogError", "RecoveryReport", "iter_log"]
 
 CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
@@ -153,7 +155,7 @@ class LogScan:
                 try:
                     # decode_events is annotated ``bytes``; msgspec reads any buffer, and
                     # a view saves copying each 4 MiB chunk.
-                    events = decode_events(view)
+                    events = decode_events(view, offset=offset)
                 except EventDecodeError:
                     events = [event for event, _, _ in self._decode_each(bytes(view), offset)]
                 self.end = offset + len(view)
@@ -175,7 +177,7 @@ class LogScan:
     def decode_positioned(self, data: bytes, offset: int) -> list[tuple[Event, int, int]]:
         """Decode complete lines starting at ``offset``, with positions."""
         try:
-            events = decode_events(data)
+            events = decode_events(data, offset=offset)
         except EventDecodeError:
             return list(self._decode_each(data, offset))
         sizes = [size + 1 for size in map(len, data.split(b"\n"))]
@@ -216,7 +218,7 @@ class LogScan:
             size = len(raw) + 1
             if raw.strip(_BLANK):
                 try:
-                    event = decode_event(raw)
+                    event = decode_event(raw, offset=position)
                 except EventDecodeError as exc:
                     self._corrupt(number, position, exc.reason)
                 else:
@@ -258,13 +260,14 @@ def iter_log(
     :param path: the ``events.jsonl`` file.
     :param strict: raise :class:`CorruptLogError` at a corrupt line instead.
     :raises FileNotFoundError: if ``path`` does not exist (raised by this call).
+    :raises NotARegularFileError: if it is a FIFO, a device... (raised by this call).
     """
-    os.stat(path)  # a missing file raises here, not at the first next()
+    check_regular_path(path)  # a missing file or a FIFO raises here, not at the first next()
     return _iter_path(os.fspath(path), strict)
 
 
 def _iter_path(path: str, strict: bool) -> Iterator[tuple[Event, int, int]]:
-    fd = os.open(path, READ_FLAGS)
+    fd = open_regular(path, READ_FLAGS)
     try:
         for chunk in LogScan(path, strict=strict).read_positioned(fd):
             yield from chunk
