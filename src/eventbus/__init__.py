@@ -47,6 +47,7 @@ from ._listen import Gap, Listener
 from ._names import InvalidNameError, is_valid_name, validate_name, validate_session_id
 from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
 from ._query import EventQuery, as_utc
+from ._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
 from ._session import (
     Agent,
     AgentResult,
@@ -87,6 +88,8 @@ from ._session_errors import (
 from ._sink import MemorySink, Sink
 
 __all__ = [
+    "DEFAULT_MAX_TEXT_CHARS",
+    "REDACTED",
     "Agent",
     "AgentContext",
     "AgentResult",
@@ -133,6 +136,7 @@ __all__ = [
     "PhaseError",
     "Plan",
     "PlanError",
+    "Redactor",
     "RetryPolicy",
     "Route",
     "Session",
@@ -179,6 +183,7 @@ __all__ = [
     "make_unified_diff",
     "new_event_id",
     "parent_scope",
+    "redact_secrets",
     "validate_name",
     "validate_session_id",
 ]

@@ -2,15 +2,19 @@
 
 Each returns an :class:`Event` stamped now (UTC). Token usage is kept in
 ``metadata`` under ``prompt_tokens``, ``completion_tokens`` and
-``total_tokens`` (plus ``cached_tokens`` and ``cost_usd`` when known).
+``total_tokens`` (plus ``cached_tokens`` and ``cost_usd`` when known). The
+prompt of an LLM request is ``metadata["messages"]`` (a list of ``{"role":
+str, "content": str}``) and the text of its response
+``metadata["response"]``, both passed through a redact hook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ._event import Event, EventType
+from ._redact import Redactor, redact_messages, redact_secrets, safe_redact
 
 __all__ = [
     "GateDecision",
@@ -177,9 +181,22 @@ def create_llm_request_event(
     task_id: str | None = None,
     *,
     phase: str | None = None,
+    messages: Sequence[Mapping[str, Any]] | None = None,
+    redact: Redactor | None = redact_secrets,
     **metadata: Any,
 ) -> Event:
-    """``llm_request_sent`` to ``model`` for ``role``, with ``prompt_tokens`` in metadata."""
+    """``llm_request_sent`` to ``model`` for ``role``, with ``prompt_tokens`` in metadata.
+
+    :param messages: the prompt; kept as ``metadata["messages"]``, a list of
+        ``{"role": str, "content": str}`` (other keys are dropped), each
+        content passed through ``redact``.
+    :param redact: masks secrets in the captured text (``None``: the text is
+        kept as given). If it raises or returns no string, the whole content
+        becomes a ``[REDACTED: ...]`` marker and the failure is logged.
+        Unlike :meth:`Emitter.llm_call`, no size cap is applied here.
+    """
+    if messages is not None:
+        metadata["messages"] = redact_messages(messages, redact)
     return Event(
         event_type=EventType.LLM_REQUEST_SENT,
         session_id=session_id,
@@ -205,6 +222,8 @@ def create_llm_response_event(
     cost_usd: float | None = None,
     duration_s: float | None = None,
     parent_id: str | None = None,
+    response: str | None = None,
+    redact: Redactor | None = redact_secrets,
     **metadata: Any,
 ) -> Event:
     """``llm_response_received`` with token usage (and cost) in metadata.
@@ -212,7 +231,12 @@ def create_llm_response_event(
     ``total_tokens`` is ``prompt_tokens + completion_tokens``. Pass the
     request event's id as ``parent_id`` to link the two (the instrumentation
     API does this for you).
+
+    :param response: the response text, kept as ``metadata["response"]``
+        after ``redact`` (as in :func:`create_llm_request_event`).
     """
+    if response is not None:
+        metadata["response"] = response if redact is None else safe_redact(redact, response)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
