@@ -36,6 +36,7 @@ from ._event import EventType, parent_scope
 from ._instrument import Emitter, ModelPrice
 from ._names import InvalidNameError, validate_name, validate_session_id
 from ._patch import PatchResult, UnifiedDiffApplier
+from ._redact import DEFAULT_MAX_TEXT_CHARS, Redactor, redact_secrets
 from ._session import (
     Agent,
     AgentResult,
@@ -212,6 +213,11 @@ class SessionCoordinator:
     :param planner_role: the role whose agent makes the plan.
     :param abort_timeout: how long, shielded, publishing the end of a
         cancelled task or session may take before it is given up (and logged).
+    :param redact: masks secrets in the prompts and responses captured in
+        LLM events (``metadata["messages"]``, ``metadata["response"]``).
+    :param max_text_chars: how many characters of each captured string an
+        LLM event keeps (``None``: all); the full redacted text is saved as
+        an artifact (see :class:`Emitter`).
     """
 
     def __init__(
@@ -232,6 +238,8 @@ class SessionCoordinator:
         token_counter: Callable[[str], int] = estimate_tokens,
         planner_role: str = "planner",
         abort_timeout: float = 5.0,
+        redact: Redactor = redact_secrets,
+        max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -250,6 +258,8 @@ class SessionCoordinator:
         self._token_counter = token_counter
         self._planner_role = planner_role
         self._abort_timeout = abort_timeout
+        self._redact = redact
+        self._max_text_chars = max_text_chars
         self._sessions: dict[str, Session] = {}
         self._emitters: dict[str, Emitter] = {}
 
@@ -278,6 +288,8 @@ class SessionCoordinator:
                 phase=session.phase.value,
                 on_event=session.record,
                 shield_timeout=self._abort_timeout,
+                redact=self._redact,
+                max_text_chars=self._max_text_chars,
             )
             self._emitters[session.session_id] = emitter
         return emitter
@@ -606,10 +618,18 @@ class SessionCoordinator:
             system=system,
             task_id=task_id,
         )
+        messages = [{"role": "user", "content": prompt}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
         async with emitter.llm_call(
-            model=route.model, role=context.role, prompt_tokens=prompt_tokens, price=price
+            model=route.model,
+            role=context.role,
+            prompt_tokens=prompt_tokens,
+            price=price,
+            messages=messages,
         ) as call:
             response = await self._model_client.complete(request)
+            call.set_response(response.text)
             call.set_usage(
                 prompt_tokens=response.prompt_tokens,
                 completion_tokens=response.completion_tokens,

@@ -32,6 +32,19 @@ block point to its ``task_started`` (the closing event too), events inside a
 (or failure) to its request. An ``agent`` block opens no parent scope (the
 agent's events belong to the enclosing task); it only stamps its role on
 events that have none.
+
+An ``llm_call`` given ``messages`` (and :meth:`LLMCall.set_response`) puts
+the prompt and the answer in its events: ``metadata["messages"]`` (a list of
+``{"role": str, "content": str}``) on the request, ``metadata["response"]``
+on the response (or the ``error`` event). Each string is first passed
+through the emitter's ``redact`` hook (:func:`~eventbus.redact_secrets` by
+default), then cut to ``max_text_chars`` characters followed by
+``…[truncated N chars; full text in artifact KEY]``; the event then has
+``metadata["truncated"][field] = {"chars": N, "total_chars": M, "artifact":
+KEY}`` and, just before it, an ``artifact_created`` event publishes the full
+redacted text (the message list, or the response string) under ``KEY``
+(``llm-{event id}-messages`` or ``llm-{event id}-response``). Without text,
+none of this work is done.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import abc
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -65,6 +78,13 @@ from ._helpers import (
     create_session_event,
     create_task_event,
     create_verification_event,
+)
+from ._redact import (
+    DEFAULT_MAX_TEXT_CHARS,
+    Redactor,
+    capture_messages,
+    capture_text,
+    redact_secrets,
 )
 from ._session_errors import UsageNotReportedError
 
@@ -117,9 +137,24 @@ class Emitter:
         coordinator derives the legacy ``session.logs`` from it).
     :param shield_timeout: how long publishing a closing event may take
         after a cancellation, shielded, before it is given up (and logged).
+    :param redact: masks secrets in the prompts and responses that LLM
+        events capture, before they are published. If it raises (or returns
+        no string), the whole string is replaced by ``[REDACTED: the redact
+        hook raised ...]`` and an error is logged (with the exception's type
+        only): the raw text never leaves the process.
+    :param max_text_chars: how many characters of each captured string an
+        event keeps (``None``: no cap); the full text goes to an artifact.
     """
 
-    __slots__ = ("_bus", "_on_event", "_session_id", "_shield_timeout", "phase")
+    __slots__ = (
+        "_bus",
+        "_max_text_chars",
+        "_on_event",
+        "_redact",
+        "_session_id",
+        "_shield_timeout",
+        "phase",
+    )
 
     def __init__(
         self,
@@ -129,9 +164,15 @@ class Emitter:
         phase: str | None = None,
         on_event: Callable[[Event], None] | None = None,
         shield_timeout: float = 5.0,
+        redact: Redactor = redact_secrets,
+        max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
     ) -> None:
         if shield_timeout < 0:
             raise ValueError(f"shield_timeout must be >= 0, got {shield_timeout}")
+        if max_text_chars is not None and max_text_chars < 0:
+            raise ValueError(f"max_text_chars must be >= 0 or None, got {max_text_chars}")
+        self._redact = redact
+        self._max_text_chars = max_text_chars
         self._bus = bus
         self._session_id = session_id
         self._on_event = on_event
@@ -374,16 +415,21 @@ class Emitter:
         role: str,
         prompt_tokens: int,
         price: ModelPrice | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
         **metadata: Any,
     ) -> LLMCall:
         """A block around one model call: ``llm_request_sent``, then
         ``llm_response_received`` with the usage given to :meth:`LLMCall.set_usage`
         (and ``cost_usd`` when ``price`` is given), or an ``error`` event.
 
+        ``messages`` (``{"role": ..., "content": ...}`` each) is the prompt,
+        captured redacted and capped in ``llm_request_sent`` (see the module
+        docstring); give the answer to :meth:`LLMCall.set_response`.
+
         Leaving the block normally without reporting usage raises
         :class:`UsageNotReportedError` (after emitting the ``error`` event).
         """
-        return LLMCall(self, model, role, prompt_tokens, price, metadata)
+        return LLMCall(self, model, role, prompt_tokens, price, messages, metadata)
 
     def verification(self, verifier: str, **metadata: Any) -> VerificationSpan:
         """A block around a verifier: ``verification_started``, then
@@ -457,10 +503,17 @@ class _Span(abc.ABC):
     def _check(self) -> BaseException | None:
         return None
 
+    def _take_companions(self) -> list[Event]:
+        """Events to publish just before the one last built (an LLM call's artifacts)."""
+        return []
+
     async def __aenter__(self) -> Self:
         if self._opened is not None:
             raise RuntimeError(f"{type(self).__name__} blocks cannot be re-entered")
-        self._opened = await self._emitter.emit(self._open())
+        opening = self._open()
+        for companion in self._take_companions():
+            await self._emitter.emit(companion)
+        self._opened = await self._emitter.emit(opening)
         self._t0 = time.perf_counter()
         for scope in self._enter_scopes():
             scope.__enter__()
@@ -483,17 +536,21 @@ class _Span(abc.ABC):
         finally:
             while self._scopes:
                 self._scopes.pop().__exit__(None, None, None)
+        companions = self._take_companions()
         if exc is None:
+            for companion in companions:
+                await self._emitter.emit(companion)
             await self._emitter.emit(closing)
         else:
-            try:
-                await self._emitter.emit(closing, shield=not isinstance(exc, Exception))
-            except Exception:
-                logger.exception(
-                    "could not publish %s for %r; the original exception propagates",
-                    closing.event_type.value,
-                    exc,
-                )
+            for event in (*companions, closing):
+                try:
+                    await self._emitter.emit(event, shield=not isinstance(exc, Exception))
+                except Exception:
+                    logger.exception(
+                        "could not publish %s for %r; the original exception propagates",
+                        event.event_type.value,
+                        exc,
+                    )
         if error is not None:
             raise error
 
@@ -632,9 +689,19 @@ class AgentSpan(_Span):
 
 
 class LLMCall(_Span):
-    """The block of :meth:`Emitter.llm_call`; report usage with :meth:`set_usage`."""
+    """The block of :meth:`Emitter.llm_call`; report usage with :meth:`set_usage`
+    and the answer's text with :meth:`set_response`."""
 
-    __slots__ = ("_usage", "model", "price", "prompt_tokens", "role")
+    __slots__ = (
+        "_companions",
+        "_messages",
+        "_response",
+        "_usage",
+        "model",
+        "price",
+        "prompt_tokens",
+        "role",
+    )
 
     def __init__(
         self,
@@ -643,6 +710,7 @@ class LLMCall(_Span):
         role: str,
         prompt_tokens: int,
         price: ModelPrice | None,
+        messages: Sequence[Mapping[str, Any]] | None,
         metadata: dict[str, Any],
     ) -> None:
         super().__init__(emitter, metadata)
@@ -650,7 +718,44 @@ class LLMCall(_Span):
         self.role = role
         self.prompt_tokens = prompt_tokens
         self.price = price
+        self._messages = messages
+        self._response: str | None = None
+        self._companions: list[Event] = []
         self._usage: tuple[int, int, int | None] | None = None
+
+    def set_response(self, text: str) -> None:
+        """Capture the response ``text`` in ``llm_response_received`` (or the
+        ``error`` event), redacted and capped like the prompt."""
+        self._response = text
+
+    def _take_companions(self) -> list[Event]:
+        companions, self._companions = self._companions, []
+        return companions
+
+    def _capture(self, event: Event, field: str, value: Any) -> Event:
+        """``event`` with ``value`` (messages or response text) captured in ``metadata[field]``;
+        when it was cut, the full text's artifact event becomes a companion."""
+        emitter = self._emitter
+        key = f"llm-{event.id}-{field}"
+        capture = capture_messages if field == "messages" else capture_text
+        captured: tuple[Any, dict[str, Any] | None, Any] = capture(
+            value, emitter._redact, emitter._max_text_chars, key
+        )
+        shown, truncated, full = captured
+        metadata = {**event.metadata, field: shown}
+        if truncated is not None:
+            metadata["truncated"] = {**metadata.get("truncated", {}), field: truncated}
+            artifact = create_artifact_event(
+                event.session_id,
+                key,
+                full,
+                phase=event.phase,
+                task_id=event.task_id,
+                source_event_id=event.id,
+                field=field,
+            )
+            self._companions.append(msgspec.structs.replace(artifact, parent_id=event.id))
+        return msgspec.structs.replace(event, metadata=metadata)
 
     def set_usage(
         self,
@@ -676,7 +781,7 @@ class LLMCall(_Span):
 
     def _open(self) -> Event:
         task_id, _ = self._emitter.current_task()
-        return create_llm_request_event(
+        event = create_llm_request_event(
             self._emitter.session_id,
             self.model,
             self.role,
@@ -685,6 +790,9 @@ class LLMCall(_Span):
             phase=self._emitter.phase,
             **self._metadata,
         )
+        if self._messages is None:
+            return event
+        return self._capture(event, "messages", self._messages)
 
     def _enter_scopes(self) -> Iterator[AbstractContextManager[None]]:
         yield parent_scope(self.event.id)
@@ -696,7 +804,7 @@ class LLMCall(_Span):
         assert self._usage is not None
         prompt, completion, cached = self._usage
         task_id, _ = self._emitter.current_task()
-        return create_llm_response_event(
+        event = create_llm_response_event(
             self._emitter.session_id,
             self.model,
             self.role,
@@ -710,10 +818,13 @@ class LLMCall(_Span):
             parent_id=self.id,
             **self._result,
         )
+        if self._response is None:
+            return event
+        return self._capture(event, "response", self._response)
 
     def _fail(self, duration_s: float, exc: BaseException) -> Event:
         data = {"operation": "llm_call", **self._result, **_failure(exc, duration_s)}
-        return Event(
+        event = Event(
             event_type=EventType.ERROR,
             session_id=self._emitter.session_id,
             message=f"LLM call to {self.model} for {self.role} failed: {data['error']}",
@@ -723,6 +834,9 @@ class LLMCall(_Span):
             metadata=data,
             parent_id=self.id,
         )
+        if self._response is None:
+            return event
+        return self._capture(event, "response", self._response)
 
 
 class VerificationSpan(_Span):
