@@ -1,0 +1,289 @@
+"""The app factory: one list of routes, thin handlers over the workspace's data layer."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._bus import EventBus
+from .._errors import EventBusError
+from .._names import InvalidNameError, validate_session_id
+from ._openapi import openapi_schema
+from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
+from ._stream import LineCache, bus_stream, file_stream
+from ._workspace import Workspace, open_workspace, status_of
+
+__all__ = ["create_app"]
+
+_STATIC = Path(str(files("eventbus.web") / "static"))
+_EVENT_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+#: Most events one ``/events`` page holds.
+MAX_LIMIT = 10_000
+
+
+class ApiError(EventBusError):
+    """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+class _Api:
+    """The handlers, bound to one workspace and (optionally) a live bus."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        bus: EventBus | None,
+        *,
+        heartbeat: float,
+        listener_buffer: int,
+        send_timeout: float | None,
+    ) -> None:
+        self.workspace = workspace
+        self.bus = bus
+        self.heartbeat = heartbeat
+        self.listener_buffer = listener_buffer
+        self.send_timeout = send_timeout
+        self.lines = LineCache()
+
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a (blocking) data-layer call in a worker thread; map its errors to statuses."""
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+        except Exception as error:
+            status = status_of(error)
+            if status is None:
+                raise
+            raise ApiError(status, " ".join(str(error).split())) from error
+
+    async def sessions(self, request: Request) -> Response:
+        """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
+        since, until = request.query_params.get("since"), request.query_params.get("until")
+        rows = await self._call(
+            self.workspace.sessions,
+            parse_time("since", since) if since else None,
+            parse_time("until", until) if until else None,
+        )
+        return JSONResponse({"sessions": rows})
+
+    async def session(self, request: Request) -> Response:
+        """One session's summary with its artifact keys."""
+        summary = await self._call(self.workspace.session, _session_id(request))
+        return JSONResponse(summary)
+
+    async def events(self, request: Request) -> Response:
+        """A page of a session's events: ``{"events": [...], "next": id | null}``."""
+        session_id = _session_id(request)
+        params = request.query_params
+        query = event_query(params, session_id=session_id)
+        limit = (
+            positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
+        )
+        after = _event_id("after", params.get("after"))
+        page, next_id = await self._call(
+            self.workspace.events, query, session_id=session_id, after=after, limit=limit
+        )
+        return JSONResponse({"events": [event.to_dict() for event in page], "next": next_id})
+
+    async def usage(self, request: Request) -> Response:
+        """LLM calls, tokens and cost grouped by ``by``, over all sessions or one."""
+        params = request.query_params
+        by = params.get("by", "model")
+        if by not in USAGE_KEYS:
+            raise BadRequest("by", by, "one of " + ", ".join(USAGE_KEYS))
+        session_id = params.get("session_id") or None
+        if session_id is not None:
+            validate_session_id(session_id)
+        return JSONResponse(await self._call(self.workspace.usage, by, session_id=session_id))
+
+    async def session_stream(self, request: Request) -> Response:
+        """Server-Sent Events of one session (resumes after ``Last-Event-ID``)."""
+        return self._stream(request, _session_id(request))
+
+    async def stream(self, request: Request) -> Response:
+        """Server-Sent Events of every session (``type=`` and the other filters apply)."""
+        return self._stream(request, None)
+
+    def _stream(self, request: Request, session_id: str | None) -> Response:
+        query = event_query(request.query_params, session_id=session_id)
+        after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        after = _event_id("Last-Event-ID", after)
+        content: AsyncIterator[bytes]
+        if self.bus is not None:
+            content = bus_stream(
+                self.bus,
+                self.workspace,
+                query,
+                session_id=session_id,
+                after=after,
+                buffer=self.listener_buffer,
+                cache=self.lines,
+            )
+        else:
+            content = file_stream(self.workspace, query, session_id=session_id, after=after)
+        return EventSourceResponse(
+            content,
+            ping=self.heartbeat,
+            send_timeout=self.send_timeout,
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _session_id(request: Request) -> str:
+    session_id: str = request.path_params["session_id"]
+    validate_session_id(session_id)
+    return session_id
+
+
+def _event_id(parameter: str, value: str | None) -> str | None:
+    if not value:
+        return None
+    if not _EVENT_ID.match(value):
+        raise BadRequest(parameter, value, "an event id (letters, digits, '-' and '_')")
+    return value
+
+
+async def _index(request: Request) -> Response:
+    """The dashboard (HTML; its data comes from the ``/api`` routes)."""
+    return FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return _error(exc.status, exc.message)
+    if isinstance(exc, HTTPException):
+        message = {404: f"no route {request.url.path}: see /openapi.json"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return _error(exc.status_code, message, exc.headers)
+    if isinstance(exc, BadRequest | InvalidNameError):
+        return _error(400, " ".join(str(exc).split()))
+    raise exc
+
+
+class _TokenGuard:
+    """Refuses ``/api`` requests without the token (``Authorization: Bearer`` or ``?token=``)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api"):
+            request = Request(scope)
+            given = request.headers.get("authorization", "")
+            scheme, _, credentials = given.partition(" ")
+            if scheme.lower() != "bearer":
+                credentials = request.query_params.get("token", "")
+            if not hmac.compare_digest(credentials.strip().encode(), self.token):
+                response = _error(
+                    401,
+                    "this server wants a token: send 'Authorization: Bearer <token>' "
+                    "or add ?token=<token> to the URL",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    workspace: str | os.PathLike[str] | Workspace,
+    *,
+    bus: EventBus | None = None,
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    heartbeat: float = 15.0,
+    listener_buffer: int = 1000,
+    send_timeout: float | None = 30.0,
+) -> Starlette:
+    """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
+
+    Serve it with uvicorn (``eventbus serve DIR`` does).
+
+    :param workspace: the workspace root, or a data layer object like
+        :class:`sinks.workspace.Workspace`.
+    :param bus: a running bus whose sinks write that workspace: streams then
+        take live events from ``bus.listen`` (the coordinator never waits for
+        a client; a slow client gets ``event: gap``). Without it, or once it is
+        closed, streams follow the files.
+    :param token: when set, every ``/api`` request must carry it
+        (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
+        otherwise it is answered 401.
+    :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param heartbeat: seconds between SSE comment lines that keep idle streams open.
+    :param listener_buffer: events a stream's listener holds before it drops the
+        oldest (and the client gets a gap).
+    :param send_timeout: seconds a stalled client may block one send before it is
+        disconnected (``None``: never).
+    """
+    data = open_workspace(workspace) if isinstance(workspace, str | os.PathLike) else workspace
+    api = _Api(
+        data,
+        bus,
+        heartbeat=heartbeat,
+        listener_buffer=listener_buffer,
+        send_timeout=send_timeout,
+    )
+    routes = [
+        Route("/", _index, name="dashboard"),
+        Route("/api/sessions", api.sessions, name="sessions"),
+        Route("/api/sessions/{session_id}", api.session, name="session"),
+        Route("/api/sessions/{session_id}/events", api.events, name="events"),
+        Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
+        Route("/api/stream", api.stream, name="stream"),
+        Route("/api/usage", api.usage, name="usage"),
+        Route("/openapi.json", _openapi, name="openapi"),
+        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+    ]
+    middleware = []
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET"],
+                allow_headers=["Authorization", "Last-Event-ID"],
+            )
+        )
+    if token is not None:
+        if not token:
+            raise ValueError("token must not be empty: pass None to serve without one")
+        middleware.append(Middleware(_TokenGuard, token=token))
+    handlers: dict[Any, Any] = {
+        ApiError: _on_api_error,
+        HTTPException: _on_api_error,
+        BadRequest: _on_api_error,
+        InvalidNameError: _on_api_error,
+    }
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+async def _openapi(request: Request) -> Response:
+    """This API's OpenAPI 3.1 description."""
+    return JSONResponse(openapi_schema())

@@ -1,0 +1,84 @@
+"""Query-string parameters of the API; a bad value raises :class:`BadRequest` (a 400)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from starlette.datastructures import QueryParams
+
+from .._errors import EventBusError
+from .._query import EventQuery, as_utc
+
+__all__ = ["USAGE_KEYS", "BadRequest", "event_query", "parse_time", "positive_int"]
+
+#: The values ``by`` takes in ``/api/usage``.
+USAGE_KEYS = ("model", "agent_role", "task_id", "session_id", "phase")
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class BadRequest(EventBusError, ValueError):
+    """A request parameter cannot be used; the API answers 400 with this message."""
+
+    def __init__(self, parameter: str, value: str, expected: str) -> None:
+        self.parameter = parameter
+        self.value = value
+        super().__init__(f"parameter {parameter}={value!r} is not valid: expected {expected}")
+
+
+def parse_time(parameter: str, text: str, *, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (naive means UTC) or a relative one (``10m``, ``2h``: that long ago).
+
+    :raises BadRequest: ``text`` is neither.
+    """
+    match = _RELATIVE.match(text)
+    if match:
+        amount = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return (now or datetime.now(UTC)) - amount
+    try:
+        return as_utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+    except ValueError:
+        raise BadRequest(
+            parameter, text, "an ISO 8601 time (2025-01-31T12:00:00Z) or an age (30s, 10m, 2h, 1d)"
+        ) from None
+
+
+def positive_int(parameter: str, text: str, *, maximum: int) -> int:
+    """A whole number from 1 to ``maximum``.
+
+    :raises BadRequest: ``text`` is not one.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise BadRequest(parameter, text, f"a whole number from 1 to {maximum}")
+    return value
+
+
+def event_query(params: QueryParams, *, session_id: str | None = None) -> EventQuery:
+    """The :class:`EventQuery` of ``type`` (repeated or comma-separated), ``phase``,
+    ``task_id``, ``agent_role``, ``model``, ``since``, ``until`` (and ``session_id``).
+
+    :raises BadRequest: a time cannot be read, or ``since`` is after ``until``.
+    """
+    types = [t for value in params.getlist("type") for t in value.split(",") if t.strip()]
+    since = params.get("since")
+    until = params.get("until")
+    start = parse_time("since", since) if since else None
+    end = parse_time("until", until) if until else None
+    if start is not None and end is not None and start > end:
+        raise BadRequest("since", since or "", f"a time before until={until!r}")
+    return EventQuery(
+        event_type=[t.strip() for t in types] or None,
+        session_id=session_id if session_id is not None else params.get("session_id") or None,
+        phase=params.get("phase") or None,
+        task_id=params.get("task_id") or None,
+        agent_role=params.get("agent_role") or None,
+        model=params.get("model") or None,
+        start_time=start,
+        end_time=end,
+    )
