@@ -131,6 +131,17 @@ class LogRows:
             self.columns[field] = fit(self.columns[field], len(names) - 1)
         self.columns[field].extend(map(codes.__getitem__, values))
 
+    def truncate(self, rows: int) -> None:
+        """Forget every row from ``rows`` on (a batch that failed part way).
+
+        Field values interned for them stay: a value no row holds matches nothing.
+        """
+        for column in (self.file, self.offset, self.length, self.hashes, *self.columns):
+            del column[rows:]
+        if self.slots_rows > rows:
+            self.slots = None
+            self.slots_rows = 0
+
     def keep(self, live: Sequence[int]) -> None:
         """Keep only the rows at ``live`` (increasing), renumbered from 0 (a compaction)."""
         self.file = array(self.file.typecode, take(self.file, live))

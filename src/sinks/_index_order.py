@@ -204,6 +204,26 @@ class TimeOrder:
         if self.last is None or newest > self.last:
             self.last = newest
 
+    def saved(self) -> tuple[Any, ...]:
+        """What :meth:`restore` needs to undo the rows added from now on."""
+        order = self.order
+        return (
+            len(self.ts),
+            order if type(order) is range else None,
+            self.last,
+            self.sorted,
+            self.duplicates,
+        )
+
+    def restore(self, saved: tuple[Any, ...]) -> None:
+        """Undo the rows added (and duplicates counted) since :meth:`saved` returned ``saved``."""
+        rows, order, self.last, self.sorted, self.duplicates = saved
+        del self.ts[rows:]
+        if order is not None:
+            self.order = order
+        elif len(self.order) and max(self.order) >= rows:
+            self.order = array("q", (p for p in self.order if p < rows))
+
     def insert(self, position: int, id_at: Callable[[int], str]) -> None:
         """Insert one late row into the time order."""
         assert type(self.order) is not range

@@ -308,6 +308,17 @@ class Postings:
                     postings[value] = renumber(postings[value][skip:])
         self._pairs.clear()  # it holds the postings replaced
 
+    def forget(self, first: int) -> None:
+        """Remove the positions from ``first`` on from every posting (a failed batch).
+
+        A posting made for them stays, empty (as after :meth:`sort` drops rows).
+        """
+        for postings in self.lists:
+            postings.pop(None, None)  # never posted: left by an append that failed
+            for posting in postings.values():
+                if posting and max(posting) >= first:
+                    posting[:] = self._like(p for p in posting if p < first)
+
     def _new_posting(self, value: Any) -> MutableSequence[int]:
         return array("q") if self.arrays else []
 

@@ -153,6 +153,15 @@ class UsageTable:
             column.extend(amounts)
         self.cost.extend(picos)
 
+    def truncate(self, rows: int) -> None:
+        """Forget the rows from ``rows`` on (never folded: added by a batch that failed)."""
+        for position in self.positions[rows:]:
+            self.row.pop(position, None)
+        del self.positions[rows:]
+        for column in self.amounts:
+            del column[rows:]
+        del self.cost[rows:]
+
     def fold(self, value_of: ValueOf) -> None:
         """Add the rows added since the last fold to the totals."""
         end = len(self.positions)

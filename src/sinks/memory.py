@@ -318,7 +318,41 @@ class EventIndex:
         return index
 
     def _add(self, events: list[Event], located: Locations | None, *, bulk: bool = False) -> int:
-        """Index a batch. ``bulk`` leaves late events unsorted until :meth:`_settle`.
+        """Index a batch, all or nothing (``bulk``: late events wait for :meth:`_settle`).
+
+        If indexing raises part way (a field value that cannot be indexed, a
+        ``MemoryError``), every row, posting entry, usage row and count the
+        batch added is taken back before the exception propagates, so the
+        index is exactly as before and the same batch can be given again.
+        """
+        time = self._time
+        given, duplicates = len(events), time.duplicates
+        saved = time.saved(), self._live, len(self._usage.positions)
+        try:
+            self._index(events, located, bulk=bulk)
+        except BaseException:
+            self._take_back(*saved)
+            raise
+        if not bulk:
+            self._settle()  # after the batch is in: may count more duplicates
+        return given - (time.duplicates - duplicates)
+
+    def _take_back(self, time: tuple[Any, ...], live: int, usage_rows: int) -> None:
+        """Undo what a failed :meth:`_index` added (see :meth:`_add`)."""
+        self._time.restore(time)
+        rows = len(self._time.ts)
+        self._live = live
+        if self._low_memory:
+            self._rows.truncate(rows)
+        else:
+            del self._events[rows:]
+            if self._id_map is not None and self._id_map_rows > rows:
+                self._id_map = None
+        self._postings.forget(rows)
+        self._usage.truncate(usage_rows)
+
+    def _index(self, events: list[Event], located: Locations | None, *, bulk: bool) -> None:
+        """Index a batch (the work of :meth:`_add`).
 
         Events normally arrive in time order: then every posting gets an append,
         and no event can be one the index holds (it would sort before the
@@ -326,10 +360,9 @@ class EventIndex:
         sorted; duplicates are found among them.
         """
         time = self._time
-        given, duplicates = len(events), time.duplicates
         prepared = time.prepare(events, located, bulk=bulk, live=self._live, id_at=self._id_at)
         if prepared is None:
-            return 0
+            return
         events, ids, stamps, located, late, insert = prepared
         n, first = len(events), len(time.ts)
         positions = list(range(first, first + n))  # shared by every posting
@@ -352,11 +385,8 @@ class EventIndex:
                 for field, value in enumerate([*row, (row[_SESSION], row[_TYPE])]):
                     if value is not None:
                         self._postings.insert(field, value, time.ts, positions[i], self._id_at)
-        self._live += n
         self._usage.add(events, values[_TYPE], positions)
-        if not bulk:
-            self._settle()
-        return given - (time.duplicates - duplicates)
+        self._live += n
 
     def _settle(self) -> None:
         """Sort rows added late in bulk, then evict down to ``max_events``."""
