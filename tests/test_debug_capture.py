@@ -83,7 +83,8 @@ def of_type(events: list[Event], event_type: EventType) -> list[Event]:
             "[REDACTED PRIVATE KEY]\nafter",
             id="private-key",
         ),
-        pytest.param("prompt_tokens: 120, max_tokens=100", None, id="not-a-secret"),
+        pytest.param("prompt_tokens: 120, max_tokens=100", None, id="token-counts"),
+        pytest.param("see task-abcdefghijklmnopqrstuvwxyz", None, id="task-id"),
     ],
 )
 def test_redact_secrets_masks_common_secret_patterns(text: str, expected: str | None) -> None:

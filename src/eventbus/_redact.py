@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 __all__ = ["DEFAULT_MAX_TEXT_CHARS", "REDACTED", "Redactor", "redact_secrets"]
 
@@ -28,10 +28,23 @@ REDACTED = "[REDACTED]"
 DEFAULT_MAX_TEXT_CHARS = 8192
 """How many characters of each captured string an LLM event keeps by default."""
 
+
+class _Rule(NamedTuple):
+    """A secret pattern, tried only when one of its literal ``triggers`` is in the
+    text (lowercased first when ``fold``): plain text costs a few substring scans."""
+
+    triggers: tuple[str, ...]
+    fold: bool
+    pattern: re.Pattern[str]
+    replacement: str
+
+
 # Order matters: a private key block first (it spans lines), then headers and
 # bearer tokens, then assignments, then the tokens recognised by their shape.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (
+_RULES = (
+    _Rule(
+        ("PRIVATE KEY",),
+        False,
         re.compile(
             r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
             r"(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|.*\Z)",
@@ -40,16 +53,25 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         "[REDACTED PRIVATE KEY]",
     ),
     # Authorization: Bearer xyz / Basic xyz / Token xyz / xyz (to the end of the value).
-    (
+    _Rule(
+        ("authorization",),
+        True,
         re.compile(
             r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|bot)\s+)?)"
             r"[^\s\"',;]+"
         ),
         rf"\1{REDACTED}",
     ),
-    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{REDACTED}"),
+    _Rule(
+        ("bearer",),
+        True,
+        re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+        rf"\1{REDACTED}",
+    ),
     # password=..., api_key: "...", OPENAI_API_KEY=..., "client_secret": "..." (quotes kept)
-    (
+    _Rule(
+        ("pass", "pwd", "secret", "key", "token", "credential"),
+        True,
         re.compile(
             r"(?i)(\b(?:[a-z0-9]+[_-])*"
             r"(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key"
@@ -59,12 +81,20 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1\2\3{REDACTED}\2\3",
     ),
-    (re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{16,}"), REDACTED),  # OpenAI, Anthropic
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),  # AWS access key id
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), REDACTED),  # GitHub tokens
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), REDACTED),  # GitHub fine-grained
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), REDACTED),  # Slack
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), REDACTED),  # Google API key
+    # OpenAI, Anthropic: "sk-" not preceded by a word character ("task-" is common), the
+    # check placed after the literal so that the regex engine scans for the literal.
+    _Rule(("sk-",), False, re.compile(r"sk-(?<!\wsk-)(?:ant-)?[A-Za-z0-9_-]{16,}"), REDACTED),
+    # AWS access key id
+    _Rule(("AKIA", "ASIA"), False, re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), REDACTED),
+    # GitHub classic and fine-grained tokens
+    _Rule(
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        False,
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}\b|github_pat_[A-Za-z0-9_]{20,})"),
+        REDACTED,
+    ),
+    _Rule(("xox",), False, re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), REDACTED),  # Slack
+    _Rule(("AIza",), False, re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), REDACTED),  # Google
 )
 
 
@@ -80,8 +110,18 @@ def redact_secrets(text: str) -> str:
     blocks. It errs on the side of masking; it cannot know every secret, so
     pass your own hook (which may call this one) for yours.
     """
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    folded: str | None = None
+    for rule in _RULES:
+        if rule.fold:
+            if folded is None:
+                folded = text.lower()
+            haystack = folded
+        else:
+            haystack = text
+        if any(trigger in haystack for trigger in rule.triggers):
+            masked = rule.pattern.sub(rule.replacement, text)
+            if masked is not text and masked != text:
+                text, folded = masked, None
     return text
 
 
