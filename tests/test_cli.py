@@ -273,10 +273,11 @@ def test_a_closed_stdout_ends_the_demo_quietly_with_141(tmp_path: Path) -> None:
     assert _last_event(tmp_path) is EventType.SESSION_ABORTED
 
 
-def test_ctrl_c_aborts_the_session_with_one_line_and_exit_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_aborts_the_session_with_one_line_and_exit_130(tmp_path: Path, backend: str) -> None:
     """SIGINT mid-session: exit 130, one line on stderr, the log ends with session_aborted."""
     with subprocess.Popen(
-        [*CLI, "demo", "--workspace", str(tmp_path)],
+        [*CLI, "demo", "--workspace", str(tmp_path), "--backend", backend],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
+
+import anyio
+from anyio.abc import TaskStatus
 
 from .._errors import EventBusError
 
@@ -28,6 +33,7 @@ __all__ = [
     "Subparsers",
     "console",
     "import_extra",
+    "interruptible",
     "table",
 ]
 
@@ -104,3 +110,40 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> 
 
     rule = "  " + "  ".join("-" * width for width in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
+@asynccontextmanager
+async def interruptible() -> AsyncIterator[None]:
+    """Run the body so that Ctrl-C cancels it cleanly, then raise :exc:`KeyboardInterrupt`.
+
+    On trio a SIGINT otherwise raises wherever code happens to run (inside a
+    sink, say); here the first SIGINT cancels the body on either backend, so
+    its cleanup (e.g. a session's ``session_aborted``) runs, and a second
+    SIGINT during that cleanup interrupts at once.
+
+    :raises KeyboardInterrupt: after the body was cancelled by SIGINT.
+    """
+    interrupted = False
+
+    async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(signal.SIGINT) as signals:
+            task_status.started()
+            async for _ in signals:
+                interrupted = True
+                group.cancel_scope.cancel()
+                return
+
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+        await group.start(watch)
+        try:
+            yield
+        except Exception as exc:  # raised as itself below, not in an exception group
+            error = exc
+        finally:
+            group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if interrupted:
+        raise KeyboardInterrupt

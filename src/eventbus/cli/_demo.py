@@ -34,7 +34,7 @@ from .._query import EventQuery
 from .._session import Session
 from .._sink import MemorySink
 from ._agents import IDEA, build_demo_coordinator
-from ._common import CommandError, Subparsers, import_extra, table
+from ._common import CommandError, Subparsers, import_extra, interruptible, table
 
 __all__ = [
     "DESCRIPTION",
@@ -377,12 +377,13 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.tasks >= 3:
         print(f"  {RETRY_NOTE}", file=out)
     out.flush()
-    result = await run_demo(
-        args.workspace,
-        tasks=args.tasks,
-        max_concurrency=args.concurrency,
-        session_id=args.session_id,
-        out=out,
-    )
+    async with interruptible():
+        result = await run_demo(
+            args.workspace,
+            tasks=args.tasks,
+            max_concurrency=args.concurrency,
+            session_id=args.session_id,
+            out=out,
+        )
     print_summary(result, out)
     return 0 if result.session.phase.value == "COMPLETE" else 1

@@ -30,7 +30,10 @@ __all__ = ["BROKEN_PIPE", "COMMANDS", "main", "parser"]
 BROKEN_PIPE = 141
 
 #: The command modules, in the order ``--help`` lists them: add one line per command.
-COMMANDS: tuple[str, ...] = ("eventbus.cli._demo",)
+COMMANDS: tuple[str, ...] = (
+    "eventbus.cli._demo",
+    "eventbus.cli._read",
+)
 
 
 def _version() -> str:
@@ -58,6 +61,13 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         text = f"{error.filename}: {error.strerror}"
     return text or type(error).__name__
+
+
+def _only(error: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one, else ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _user_error(error: BaseException) -> BaseException | None:
@@ -96,14 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = run(args)
         sys.stdout.flush()
-    except KeyboardInterrupt:
-        hint = getattr(args, "interrupted", "")
-        print(f"{prefix} interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
-        _quiet_stdout()
-        return BROKEN_PIPE
-    except BaseException as error:
+    except BaseException as raised:
+        error = _only(raised)
+        if isinstance(error, KeyboardInterrupt):
+            hint = getattr(args, "interrupted", "")
+            print(f"{prefix} interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+            return 130
+        if isinstance(error, BrokenPipeError):  # e.g. piped into `head`: stop quietly
+            _quiet_stdout()
+            return BROKEN_PIPE
         shown = _user_error(error)
         if shown is None:
             raise
