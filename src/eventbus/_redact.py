@@ -119,9 +119,8 @@ def redact_secrets(text: str) -> str:
         else:
             haystack = text
         if any(trigger in haystack for trigger in rule.triggers):
-            masked = rule.pattern.sub(rule.replacement, text)
-            if masked is not text and masked != text:
-                text, folded = masked, None
+            text = rule.pattern.sub(rule.replacement, text)
+            folded = None
     return text
 
 
