@@ -236,8 +236,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ``Event(event_type=..., session_id=..., message=...)`` is complete:
     ``timestamp`` defaults to now (UTC), ``id`` to a new UUIDv7, and
     ``parent_id`` to the enclosing :func:`parent_scope`. A naive timestamp is
-    taken as UTC; an aware one is converted to UTC. ``metadata`` must hold
-    JSON values (checked when the event is published). Events are immutable:
+    taken as UTC; an aware one is converted to UTC. Field types and
+    ``metadata`` (JSON values only) are checked when the event is published
+    or encoded (see :class:`EventEncodeError`). Decoding a stored line never
+    stamps it with the time it is read: a line without ``timestamp`` is
+    invalid, and one without ``id`` gets an id derived from the line and its
+    place in the log (see :func:`decode_events`). Events are immutable:
     do not mutate ``metadata`` after publishing. For speed, events are not
     tracked by the cyclic garbage collector (``gc=False``): never put an event
     inside its own metadata.
