@@ -7,6 +7,7 @@ import hmac
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import suppress
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._bus import EventBus
-from .._errors import EventBusError
+from .._errors import EventBusError, SinkFailedError
 from .._names import InvalidNameError, validate_session_id
 from ._openapi import openapi_schema
 from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
@@ -119,16 +120,27 @@ class _Api:
 
     async def session_stream(self, request: Request) -> Response:
         """Server-Sent Events of one session (resumes after ``Last-Event-ID``)."""
-        return self._stream(request, _session_id(request))
+        return await self._stream(request, _session_id(request))
 
     async def stream(self, request: Request) -> Response:
         """Server-Sent Events of every session (``type=`` and the other filters apply)."""
-        return self._stream(request, None)
+        session_id = request.query_params.get("session_id") or None
+        if session_id is not None:
+            validate_session_id(session_id)
+        return await self._stream(request, session_id)
 
-    def _stream(self, request: Request, session_id: str | None) -> Response:
+    async def _stream(self, request: Request, session_id: str | None) -> Response:
         query = event_query(request.query_params, session_id=session_id)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         after = _event_id("Last-Event-ID", after)
+        # Refuse an unknown position or session now, while a status can still say so.
+        if after is not None and self.bus is not None:
+            with suppress(SinkFailedError):
+                await self.bus.flush()  # the position may be an event not yet in the log
+        if after is not None or (self.bus is None and session_id is not None):
+            await self._call(
+                self.workspace.events, query, session_id=session_id, after=after, limit=1
+            )
         content: AsyncIterator[bytes]
         if self.bus is not None:
             content = bus_stream(

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from starlette.datastructures import QueryParams
 
+from sinks import workspace
+
 from .._errors import EventBusError
-from .._query import EventQuery, as_utc
+from .._query import EventQuery
 
 __all__ = ["USAGE_KEYS", "BadRequest", "event_query", "parse_time", "positive_int"]
 
 #: The values ``by`` takes in ``/api/usage``.
-USAGE_KEYS = ("model", "agent_role", "task_id", "session_id", "phase")
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+USAGE_KEYS = workspace.USAGE_KEYS
 
 
 class BadRequest(EventBusError, ValueError):
@@ -28,20 +26,16 @@ class BadRequest(EventBusError, ValueError):
         super().__init__(f"parameter {parameter}={value!r} is not valid: expected {expected}")
 
 
-def parse_time(parameter: str, text: str, *, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (naive means UTC) or a relative one (``10m``, ``2h``: that long ago).
+def parse_time(parameter: str, text: str) -> datetime:
+    """An ISO 8601 time (no offset means UTC) or a time ago (``10m``, ``2h``), as the CLI reads it.
 
     :raises BadRequest: ``text`` is neither.
     """
-    match = _RELATIVE.match(text)
-    if match:
-        amount = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-        return (now or datetime.now(UTC)) - amount
     try:
-        return as_utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
-    except ValueError:
+        return workspace.parse_time(text)
+    except workspace.InvalidTimeError:
         raise BadRequest(
-            parameter, text, "an ISO 8601 time (2025-01-31T12:00:00Z) or an age (30s, 10m, 2h, 1d)"
+            parameter, text, "an ISO 8601 time (2026-01-31T12:00:00Z) or a time ago (30s, 10m, 2h)"
         ) from None
 
 

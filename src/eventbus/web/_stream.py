@@ -2,16 +2,19 @@
 
 Each event is one message, ``id: <event id>`` and ``data: <its JSON line>``;
 a stretch a slow client missed is ``event: gap`` with ``data: {"missed": n}``.
+"After an id" means after that event in the workspace's time order (see
+``Workspace.events``).
 
 In-process (a bus is given) the live part is a lossy ``bus.listen`` listener,
 subscribed *before* the log is read, so nothing published during the switch
 falls between the two: the bus is flushed (the log then holds everything
 published before the listener existed), the log is replayed after the
-client's position, and the listener's events already replayed are skipped.
-Per session, the log and the listener hold events in publish order, so the
-listener's events up to the last replayed id of their session are the
-duplicates. From files (no bus, or a closed one) the live part is the data
-layer's ``follow``.
+client's position, and the listener's events that the replay already sent
+are skipped (the replay's last ids are remembered for that: enough to cover
+every event published while it ran, unless the listener overflowed, in
+which case the log is read again from where the replay stopped). From
+files (no bus, or a closed one) the live part is the data layer's
+``follow_lines``, which joins the log and its growth itself.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, aclosing, suppress
 
 import anyio
 import anyio.to_thread
@@ -30,7 +33,7 @@ from .._errors import BusClosedError, SinkFailedError
 from .._event import Event
 from .._listen import Gap, Listener
 from .._query import EventQuery
-from ._workspace import Workspace, is_not_found
+from ._workspace import Workspace
 
 __all__ = ["LineCache", "bus_stream", "file_stream", "gap_message"]
 
@@ -38,6 +41,8 @@ __all__ = ["LineCache", "bus_stream", "file_stream", "gap_message"]
 REPLAY_PAGE = 5000
 #: How many times a resume re-reads the log when the listener overflowed meanwhile.
 _REPLAY_PASSES = 3
+#: The fewest replayed ids a resume remembers to skip the listener's duplicates.
+_MIN_RECENT = 16384
 
 
 class LineCache:
@@ -70,53 +75,57 @@ def gap_message(missed: int) -> bytes:
     return b'event: gap\ndata: {"missed": %d}\n\n' % missed
 
 
-def _messages(events: Sequence[Event], cache: LineCache | None = None) -> bytes:
-    line = cache.line if cache is not None else encode_event
+def _messages(events: Sequence[Event], cache: LineCache) -> bytes:
+    line = cache.line
     return b"".join([_message(event.id, line(event)) for event in events])
 
 
+class _Recent:
+    """The last ``size`` ids sent by a replay."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, events: Sequence[Event]) -> None:
+        ids = self._ids
+        for event in events[-self._size :]:
+            ids[event.id] = None
+        while len(ids) > self._size:
+            ids.popitem(last=False)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+
+def _page(
+    workspace: Workspace, query: EventQuery, session_id: str | None, after: str
+) -> tuple[list[Event], list[bytes], str | None]:
+    events, next_id = workspace.events(query, session_id=session_id, after=after, limit=REPLAY_PAGE)
+    return events, workspace.read_lines(events) if events else [], next_id
+
+
 async def _replay(
-    workspace: Workspace,
-    query: EventQuery,
-    session_id: str | None,
-    after: str,
-    last: dict[str, str],
-) -> AsyncIterator[bytes]:
-    """Yield the log's events after ``after`` in chunks; record each session's last id."""
+    workspace: Workspace, query: EventQuery, session_id: str | None, after: str
+) -> AsyncIterator[tuple[list[Event], bytes]]:
+    """Yield the stored events after ``after``, a page at a time, with their messages."""
     position: str | None = after
     while position is not None:
-        read = functools.partial(
-            workspace.events, query, session_id=session_id, after=position, limit=REPLAY_PAGE
-        )
-        try:
-            events, position = await anyio.to_thread.run_sync(read)
-        except Exception as error:
-            if is_not_found(error):  # no log (yet): nothing to replay
-                return
-            raise
+        read = functools.partial(_page, workspace, query, session_id, position)
+        events, lines, position = await anyio.to_thread.run_sync(read)
         if events:
-            for event in events:
-                last[event.session_id] = event.id
-            yield _messages(events)
-
-
-def _after_replayed(kept: list[Event], last: dict[str, str]) -> list[Event]:
-    """The listener's events that the replay did not send (see the module docstring)."""
-    cut: dict[str, int] = {}
-    for index, event in enumerate(kept):
-        if last.get(event.session_id) == event.id:
-            cut[event.session_id] = index
-    if not cut:
-        return kept
-    return [event for index, event in enumerate(kept) if index > cut.get(event.session_id, -1)]
+            chunk = b"".join(
+                [_message(event.id, line) for event, line in zip(events, lines, strict=True)]
+            )
+            yield events, chunk
 
 
 async def _live(listener: Listener, cache: LineCache) -> AsyncIterator[bytes]:
+    """Everything the listener holds at each wake-up, as one chunk."""
     async for item in listener:
-        items = [item, *listener.get_nowait()]
         events: list[Event] = []
         chunks: list[bytes] = []
-        for entry in items:
+        for entry in [item, *listener.get_nowait()]:
             if isinstance(entry, Gap):
                 chunks.append(_messages(events, cache))
                 chunks.append(gap_message(entry.missed))
@@ -149,7 +158,7 @@ async def bus_stream(
                 yield chunk
             return
         if after is not None:
-            last: dict[str, str] = {}
+            recent = _Recent(max(4 * buffer, _MIN_RECENT))
             position = after
             kept: list[Event] = []
             missed = 0
@@ -158,10 +167,10 @@ async def bus_stream(
                 # (if a sink failed, replay what the log has).
                 with suppress(SinkFailedError):
                     await bus.flush()
-                async for chunk in _replay(workspace, query, session_id, position, last):
+                async for events, chunk in _replay(workspace, query, session_id, position):
+                    recent.add(events)
+                    position = events[-1].id
                     yield chunk
-                if last:
-                    position = max(last.values()) if session_id is None else last[session_id]
                 items = listener.get_nowait()
                 missed = items[0].missed if items and isinstance(items[0], Gap) else 0
                 kept.extend(item for item in items if isinstance(item, Event))
@@ -169,7 +178,7 @@ async def bus_stream(
                     break
             if missed:
                 yield gap_message(missed)
-            rest = _after_replayed(kept, last)
+            rest = [event for event in kept if event.id not in recent]
             if rest:
                 yield _messages(rest, cache)
         async for chunk in _live(listener, cache):
@@ -182,11 +191,10 @@ async def file_stream(
     """The log after ``after`` (if given), then events as they are written to the files."""
     position = after
     if after is not None:
-        last: dict[str, str] = {}
-        async for chunk in _replay(workspace, query, session_id, after, last):
+        async for events, chunk in _replay(workspace, query, session_id, after):
+            position = events[-1].id
             yield chunk
-        if last:
-            position = max(last.values()) if session_id is None else last[session_id]
-    follow = workspace.follow(query, session_id=session_id, after=position, from_start=False)
-    async for event in follow:
-        yield _message(event.id, encode_event(event))
+    follow = workspace.follow_lines(query, session_id=session_id, after=position, from_start=False)
+    async with aclosing(follow) as lines:
+        async for event, line in lines:
+            yield _message(event.id, line)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
+
+from sinks.memory import UnknownEventIdError
+from sinks.workspace import InvalidTimeError, SessionNotFoundError
+from sinks.workspace import Workspace as FilesWorkspace
 
 from .._event import Event
 from .._names import InvalidNameError
 from .._query import EventQuery
 
-__all__ = ["Workspace", "is_not_found", "open_workspace", "status_of"]
+__all__ = ["Workspace", "open_workspace", "status_of"]
 
 
 class Workspace(Protocol):
@@ -28,39 +31,30 @@ class Workspace(Protocol):
         self, query: EventQuery, *, session_id: str | None, after: str | None, limit: int
     ) -> tuple[list[Event], str | None]: ...
 
+    def read_lines(self, events: Sequence[Event]) -> list[bytes]: ...
+
     def usage(self, by: str, *, session_id: str | None) -> dict[str, Any]: ...
 
-    def follow(
+    def follow_lines(
         self,
         query: EventQuery,
         *,
         session_id: str | None,
         after: str | None,
         from_start: bool,
-    ) -> AsyncIterator[Event]: ...
+    ) -> AsyncGenerator[tuple[Event, bytes], None]: ...
 
 
 def open_workspace(root: str | os.PathLike[str]) -> Workspace:
-    """The data layer over ``root`` (imported here: :mod:`sinks` is wired by entry points)."""
-    from sinks.workspace import Workspace as FilesWorkspace
-
-    workspace: Workspace = FilesWorkspace(Path(root))
+    """The data layer over ``root``: :class:`sinks.workspace.Workspace`."""
+    workspace: Workspace = FilesWorkspace(root)
     return workspace
-
-
-def is_not_found(error: BaseException) -> bool:
-    """Whether ``error`` says a session does not exist."""
-    from sinks.workspace import SessionNotFoundError
-
-    return isinstance(error, SessionNotFoundError)
 
 
 def status_of(error: BaseException) -> int | None:
     """The HTTP status for an error of the data layer, or ``None`` if it is a server fault."""
-    if isinstance(error, InvalidNameError):
-        return 400
-    if is_not_found(error):
+    if isinstance(error, SessionNotFoundError):
         return 404
-    if isinstance(error, ValueError):
+    if isinstance(error, InvalidNameError | InvalidTimeError | UnknownEventIdError):
         return 400
     return None
