@@ -22,6 +22,7 @@ from eventbus import (
     EventType,
     InvalidNameError,
     MemorySink,
+    PartialWriteError,
     RetryPolicy,
     encode_event,
     validate_session_id,
@@ -281,11 +282,13 @@ async def test_bus_refuses_an_escaping_session_id_before_any_sink(tmp_path: Path
 
 
 async def test_second_sink_on_the_same_log_is_refused(tmp_path: Path) -> None:
-    """Two sinks cannot write one session's log; the error names the file."""
+    """Two sinks cannot write one session's log; the error names the session and the file."""
     first, second = JsonlSink(tmp_path), JsonlSink(tmp_path)
     await first.write([make_event(0)])
-    with pytest.raises(LogLockedError, match=re.escape(os.fspath(tmp_path / "s1"))):
+    with pytest.raises(PartialWriteError, match="session 's1'") as caught:
         await second.write([make_event(1)])
+    assert isinstance(caught.value.failures["s1"], LogLockedError)
+    assert os.fspath(tmp_path / "s1") in str(caught.value.failures["s1"])
     await first.aclose()
     await second.write([make_event(2)])
     await second.aclose()

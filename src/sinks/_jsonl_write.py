@@ -5,10 +5,17 @@ cuts an incomplete last line left by a crash, and writes batches of complete
 lines as far as the durability mode says (buffered, flushed or fsynced); a
 failed write is cut back off the file. The helpers here create directories
 and fsync them. The public names are re-exported by :mod:`sinks.jsonl`.
+
+Faults: a buffer (``"none"`` mode) that cannot be written raises
+:class:`~eventbus.EventsLostError` with the number of events it held; a
+writer inherited by a forked child is closed there at once, without writing
+its buffer and without unlocking the parent's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -17,8 +24,9 @@ import weakref
 from pathlib import Path
 from typing import Literal
 
-from eventbus import EventBusError
+from eventbus import EventBusError, EventsLostError
 
+from ._jsonl_files import UnsafeSymlinkError, open_regular
 from ._jsonl_read import TAIL_BLOCK, CorruptLogError
 
 __all__ = ["Durability", "LogLockedError"]
@@ -105,22 +113,42 @@ def _last_line_end(fd: int, size: int) -> int:
     return 0
 
 
-def _release(fd: int, buffer: bytearray) -> None:
+def _release(fd: int, buffer: bytearray, path: Path) -> None:
     """Finalizer of a dropped writer: write what it buffered and close (unlock)."""
     try:
         if buffer:
             _write_all(fd, buffer)
+    except OSError:
+        logger.exception("%s: a dropped writer could not write its buffered events", path)
     finally:
         os.close(fd)
+
+
+def _open_log(path: Path, flags: int) -> int:
+    """Open a log file, refusing non-regular files and (with ``O_NOFOLLOW``) symlinks."""
+    try:
+        return open_regular(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and flags & os.O_NOFOLLOW and os.path.islink(path):
+            raise UnsafeSymlinkError(
+                path,
+                os.readlink(path),
+                "where a log file should be; JsonlSink does not follow a symlink in place "
+                "of a log: replace the link with the file itself",
+            ) from None
+        raise
 
 
 class LogWriter:
     """The open, locked, append-only end of one log file.
 
     ``size`` is the file's size on disk; in ``"none"`` mode up to 64 KiB more
-    wait in ``buffer``. A write that fails is cut back off the file before the
-    error propagates, so retrying it never duplicates events. Dropping the
-    object closes the file and releases the lock.
+    wait in ``buffer`` (``buffered_events`` events). A write that fails is
+    cut back off the file before the error propagates (or, if even that
+    fails, before the next write), so retrying it never duplicates events.
+    Dropping the object closes the file and releases the lock. In a child
+    forked from this process the writer is closed at once, without writing
+    its buffer or unlocking (see :func:`_forget_inherited_writers`).
     """
 
     def __init__(
@@ -138,24 +166,48 @@ class LogWriter:
         self.size = size
         self.cut = cut
         self.buffer = bytearray()
-        self._finalizer = weakref.finalize(self, _release, fd, self.buffer)
+        self.buffered_events = 0
+        self.forked = False
+        self._cut_pending = False  # a failed write could not be cut off: cut before the next
+        self._finalizer = weakref.finalize(self, _release, fd, self.buffer, path)
+        _live_writers.add(self)
 
     @classmethod
     def open(
-        cls, path: Path, *, durability: Durability, strict: bool, recover: bool = True
+        cls,
+        path: Path,
+        *,
+        durability: Durability,
+        strict: bool,
+        recover: bool = True,
+        follow_symlinks: bool = True,
     ) -> LogWriter:
         """Open ``path`` for appending, lock it, and cut an incomplete last line.
 
+        :param follow_symlinks: with ``False``, a symlink at ``path`` is refused.
         :raises LogLockedError: if another writer holds the lock.
         :raises CorruptLogError: in strict mode, if there is an incomplete last line.
+        :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
+        :raises UnsafeSymlinkError: if ``path`` is a dangling symlink, or any
+            symlink when ``follow_symlinks`` is false.
         """
         fsync = durability == "fsync"
+        flags = APPEND_FLAGS if follow_symlinks else APPEND_FLAGS | os.O_NOFOLLOW
         _make_parents(path.parent, fsync=fsync)
         for _ in range(_OPEN_ATTEMPTS):
             try:
-                fd = os.open(path, APPEND_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = _open_log(path, flags | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
-                fd = os.open(path, APPEND_FLAGS)
+                try:
+                    fd = _open_log(path, flags)
+                except FileNotFoundError:
+                    if os.path.islink(path):
+                        raise UnsafeSymlinkError(
+                            path,
+                            os.readlink(path),
+                            "which does not exist; remove the link or create its target",
+                        ) from None
+                    continue  # removed between the two opens: create it
             else:
                 if fsync:
                     fsync_dir(path.parent)
@@ -208,27 +260,76 @@ class LogWriter:
         """The offset the next write starts at (buffered bytes included)."""
         return self.size + len(self.buffer)
 
-    def write(self, data: bytes) -> None:
-        """Append complete lines, as far as the durability mode says."""
+    def moved(self) -> str | None:
+        """Say how the file left ``path`` (deleted, replaced...), or ``None`` if it is there.
+
+        One ``fstat`` and one ``stat``: cheap enough to call before each batch.
+        """
+        opened = os.fstat(self.fd)
+        if opened.st_nlink == 0:
+            return "was deleted"
+        try:
+            current = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "is gone (its directory was deleted, moved or replaced)"
+        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
+            return "was replaced by another file"
+        return None
+
+    def write(self, data: bytes, count: int) -> None:
+        """Append complete lines (``count`` events), as far as the durability mode says.
+
+        :raises EventsLostError: in ``"none"`` mode, if the buffer had to be
+            written to make room and that failed (``data`` is not written).
+        """
+        self._check_open()
         if self.durability == "none":
             if len(self.buffer) + len(data) <= _BUFFER_LIMIT:
                 self.buffer += data
+                self.buffered_events += count
                 return
             self.flush_buffer()
             if len(data) < _BUFFER_LIMIT:
                 self.buffer += data
+                self.buffered_events += count
                 return
         self._write_through(data)
 
     def flush_buffer(self) -> None:
-        """Write what ``"none"`` mode buffered to the operating system."""
-        if self.buffer:
+        """Write what ``"none"`` mode buffered to the operating system.
+
+        :raises EventsLostError: if that fails: the buffered events are dropped
+            (they were acknowledged, so they are lost) and the error says how many.
+        """
+        if not self.buffer:
+            return
+        self._check_open()
+        lost = self.buffered_events
+        try:
             self._write_through(bytes(self.buffer))
+        except OSError as exc:
             self.buffer.clear()
+            self.buffered_events = 0
+            raise EventsLostError(lost, os.fspath(self.path), str(exc)) from exc
+        self.buffer.clear()
+        self.buffered_events = 0
+
+    def _check_open(self) -> None:
+        if self._finalizer.alive:
+            return
+        if self.forked:
+            raise EventBusError(
+                f"cannot write to {self.path}: this process was forked from the one that "
+                "opened it, so its writer was closed here; open the log again in this process"
+            )
+        raise EventBusError(f"cannot write to {self.path}: its writer is closed")
 
     def _write_through(self, data: bytes) -> None:
         start = self.size
         try:
+            if self._cut_pending:
+                os.ftruncate(self.fd, start)
+                self._cut_pending = False
             _write_all(self.fd, data)
             if self.durability == "fsync":
                 os.fsync(self.fd)
@@ -241,12 +342,11 @@ class LogWriter:
         try:
             os.ftruncate(self.fd, start)
         except OSError as undo_exc:
+            self._cut_pending = True
             exc.add_note(
-                f"could not cut the failed write off {self.path} ({undo_exc!r}); the file "
-                "was closed and is repaired when it is opened again"
+                f"could not cut the failed write off {self.path} ({undo_exc!r}); it is cut "
+                "before the next write (the file stays open and locked until then)"
             )
-            self._finalizer.detach()
-            os.close(self.fd)
 
     def replace_with_empty(self) -> LogWriter:
         """Atomically replace the file with an empty one, locked; close this writer."""
@@ -262,18 +362,81 @@ class LogWriter:
         if self.durability == "fsync":
             fsync_dir(self.path.parent)
         self.buffer.clear()  # events not yet written are cleared too
+        self.buffered_events = 0
         self.close()
         return LogWriter(self.path, fd, durability=self.durability, size=0)
 
+    def abandon(self) -> tuple[bytes, int]:
+        """Close without writing the buffer (the file left its path); return it and its count."""
+        data, count = bytes(self.buffer), self.buffered_events
+        self.buffer.clear()
+        self.buffered_events = 0
+        if self._finalizer.alive:
+            self._finalizer.detach()
+            os.close(self.fd)
+        return data, count
+
     def close(self) -> None:
-        """Write what is buffered, then close the file, releasing the lock."""
+        """Write what is buffered, then close the file, releasing the lock.
+
+        :raises EventsLostError: if the buffer could not be written (the file
+            is closed all the same).
+        """
         if self._finalizer.alive:
             try:
                 self.flush_buffer()
             finally:
                 if self._finalizer.alive:
                     self._finalizer.detach()
+                    self._cut_before_close()
                     os.close(self.fd)
+
+    def _cut_before_close(self) -> None:
+        if not self._cut_pending:
+            return
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError as exc:
+            logger.warning(
+                "%s: could not cut a failed write off before closing (%r); the next "
+                "writer cuts its incomplete last line",
+                self.path,
+                exc,
+            )
+
+    def _forget(self) -> None:
+        """In a forked child: drop the buffer and close the inherited descriptor.
+
+        Neither writes (the parent writes its own buffer) nor unlocks: ``flock``
+        locks belong to the open file description the parent shares, so
+        ``LOCK_UN`` here would unlock the parent's file. Closing this process's
+        descriptor drops only its reference.
+        """
+        self.buffer.clear()
+        self.buffered_events = 0
+        self.forked = True
+        if self._finalizer.alive:
+            self._finalizer.detach()
+            with contextlib.suppress(OSError):  # nothing to undo if it is already closed
+                os.close(self.fd)
+
+
+_live_writers: weakref.WeakSet[LogWriter] = weakref.WeakSet()
+
+
+def _forget_inherited_writers() -> None:
+    """After ``fork``, in the child: close every writer inherited from the parent.
+
+    Otherwise the child would write the parent's buffered lines a second
+    time when it exits, and keep the parent's log locked after the parent
+    closed it (so a later writer's :class:`LogLockedError` would blame a
+    writer that no longer exists).
+    """
+    for writer in list(_live_writers):
+        writer._forget()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_writers)
 
 
 def _is_at(fd: int, path: Path) -> bool:
