@@ -273,6 +273,19 @@ def test_a_closed_stdout_ends_the_demo_quietly_with_141(tmp_path: Path) -> None:
     assert _last_event(tmp_path) is EventType.SESSION_ABORTED
 
 
+def test_a_demo_started_with_stdout_closed_runs_to_the_end(tmp_path: Path) -> None:
+    """``eventbus demo >&-``: the session completes; no file takes stdout's descriptor."""
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *CLI, "demo", "--tasks", "3", "--workspace", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert _last_event(tmp_path) is EventType.SESSION_COMPLETED
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_aborts_the_session_with_one_line_and_exit_130(tmp_path: Path, backend: str) -> None:
     """SIGINT mid-session: exit 130, one line on stderr, the log ends with session_aborted."""

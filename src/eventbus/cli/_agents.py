@@ -4,8 +4,10 @@ The planner plans a small Python package (``textkit``) as a task graph:
 a scaffold, then per feature an implementation (coder), a test (tester) and
 a review (reviewer), then the docs. Agents write real files through real
 unified diffs and run real commands with the current interpreter. The
-second implementation has a syntax error on its first attempt, which its
-compile check catches, so the task is retried and fixed by a second diff.
+second implementation (the first, if there is only one) has a syntax error
+on its first attempt, which its compile check catches (an ``error`` event),
+so the task is retried (``task_retrying``) and fixed by a second diff; no
+task fails for good, so there is no ``task_failed``.
 The model client answers without a network, with token usage derived from
 the request, so two runs use the same tokens.
 """

@@ -376,7 +376,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     if args.tasks >= 3:
         print(f"  {RETRY_NOTE}", file=out)
-    out.flush()
+    print(end="", file=out, flush=True)  # out may be None: stdout closed at start
     async with interruptible():
         result = await run_demo(
             args.workspace,

@@ -95,17 +95,32 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _hold_standard_fds() -> None:
+    """Open /dev/null on a closed stdin, stdout or stderr (``eventbus demo >&-``).
+
+    Otherwise the next file opened would get that descriptor, and the output of
+    commands run by the session would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``eventbus`` command line and return its exit status.
 
     :param argv: the arguments after the program name (default: ``sys.argv[1:]``).
     """
+    _hold_standard_fds()
     args = parser().parse_args(argv)
     run = cast(Callable[[argparse.Namespace], int], args.run)
     prefix = f"eventbus {args.command}:"
     try:
         status = run(args)
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BaseException as raised:
         error = _only(raised)
         if isinstance(error, KeyboardInterrupt):
