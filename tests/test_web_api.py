@@ -245,3 +245,17 @@ async def test_the_dashboard_loads_every_asset_from_the_package(
             assert not re.search(r"https?://", response.text), asset
     vendor = (await client.get("/static/vendor/uplot/LICENSE")).text
     assert "MIT License" in vendor
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.org"])
+def test_serve_refuses_a_non_loopback_address_without_a_token(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eventbus serve DIR --host H`` off loopback without a token exits 2 with one line."""
+    from eventbus.cli import main
+
+    monkeypatch.delenv("EVENTBUS_TOKEN", raising=False)
+    assert main(["serve", str(tmp_path), "--host", host]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "--token TOKEN or set EVENTBUS_TOKEN" in error

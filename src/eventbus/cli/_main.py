@@ -33,6 +33,7 @@ BROKEN_PIPE = 141
 COMMANDS: tuple[str, ...] = (
     "eventbus.cli._demo",
     "eventbus.cli._read",
+    "eventbus.cli._serve",
 )
 
 
