@@ -87,12 +87,17 @@ FOLLOW_DEBOUNCE_MS: Final = 30
 """The longest :meth:`Workspace.follow` gathers file changes before reading them."""
 FOLLOW_STEP_MS: Final = 10
 """How long the logs must be quiet before :meth:`Workspace.follow` reads them."""
-FOLLOW_RESCAN_MS: Final = 1000
-"""How often :meth:`Workspace.follow` rereads every log when no change was reported.
+FOLLOW_WAKE_MS: Final = 200
+"""How long :meth:`Workspace.follow` waits for a change before it wakes up anyway.
 
-A safety net for a change the file watcher did not see (a log created in a
-directory made a moment before); not how new events are normally found.
+It bounds how long cancelling a follower takes (the file watcher's thread
+cannot be interrupted) and how late an event written while the watcher was
+starting comes out. A wake-up without a change rereads nothing, except that
+the first one and every fifth (about once a second) rereads every log: a
+safety net for a change the watcher did not report (a log created in a
+directory made a moment before), not how new events are normally found.
 """
+_RESCAN_EVERY: Final = 5
 
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RECENT_IDS: Final = 65536  # ids remembered by follow to drop an event seen twice
@@ -448,17 +453,23 @@ class Workspace:
             watch_filter=lambda _change, path: _is_log_change(root, path),
             debounce=FOLLOW_DEBOUNCE_MS,
             step=FOLLOW_STEP_MS,
-            rust_timeout=FOLLOW_RESCAN_MS,
+            rust_timeout=FOLLOW_WAKE_MS,
             yield_on_timeout=True,
             stop_event=stop,
         )
         async with aclosing(watcher):
             for item in await anyio.to_thread.run_sync(tail.read, None):
                 yield item
+            wakes = 0
             async for changes in watcher:
                 if stop.is_set():
                     return
-                paths = {path for _, path in changes} if changes else None
+                paths: set[str] | None = {path for _, path in changes}
+                if not changes:  # a wake-up without a change
+                    wakes += 1
+                    if wakes % _RESCAN_EVERY != 1:
+                        continue
+                    paths = None
                 for item in await anyio.to_thread.run_sync(tail.read, paths):
                     yield item
 

@@ -1,0 +1,414 @@
+"""sinks.workspace: reading a workspace another writer fills: sessions, events, usage, follow."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
+from sinks.artifacts import ArtifactSink
+from sinks.jsonl import EventLog
+from sinks.memory import UnknownEventIdError
+from sinks.workspace import (
+    InvalidTimeError,
+    SessionNotFoundError,
+    Workspace,
+    parse_time,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def info(session: str, message: str, seconds: float, **fields: Any) -> Event:
+    return Event(
+        event_type=fields.pop("event_type", EventType.INFO),
+        session_id=session,
+        message=message,
+        timestamp=at(seconds),
+        **fields,
+    )
+
+
+def response(session: str, seconds: float, model: str, phase: str, **usage: Any) -> Event:
+    return info(
+        session,
+        f"response from {model}",
+        seconds,
+        event_type=EventType.LLM_RESPONSE_RECEIVED,
+        model=model,
+        phase=phase,
+        agent_role="coder",
+        metadata=usage,
+    )
+
+
+def append(root: Path, *events: Event) -> None:
+    by_session: dict[str, list[Event]] = {}
+    for event in events:
+        by_session.setdefault(event.session_id, []).append(event)
+    for session, group in by_session.items():
+        with EventLog(root / session / "events.jsonl") as log:
+            for event in group:
+                log.append(event)
+
+
+def append_raw(root: Path, session: str, data: bytes) -> None:
+    path = root / session / "events.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as file:
+        file.write(data)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Two sessions whose events interleave in time; no run_summary."""
+    workspace = tmp_path / "ws"
+    append(
+        workspace,
+        info("a", "a0", 0),
+        info("a", "a2", 2, phase="PLAN"),
+        response("a", 3, "m1", "PLAN", prompt_tokens=10, completion_tokens=5, cost_usd=0.01),
+        info("b", "b1", 1),
+        info("b", "b4", 4),
+        response("b", 5, "m2", "EXECUTION", prompt_tokens=7, completion_tokens=3, cost_usd=0.5),
+    )
+    return workspace
+
+
+# --- times ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("2026-01-01T12:00:00", T0, id="naive-is-utc"),
+        pytest.param("2026-01-01T12:00:00Z", T0, id="zulu"),
+        pytest.param("2026-01-01T14:00:00+02:00", T0, id="offset"),
+        pytest.param("2026-01-01", T0 - timedelta(hours=12), id="date"),
+        pytest.param("30s", T0 - timedelta(seconds=30), id="seconds-ago"),
+        pytest.param("10m", T0 - timedelta(minutes=10), id="minutes-ago"),
+        pytest.param("2h", T0 - timedelta(hours=2), id="hours-ago"),
+        pytest.param("3d", T0 - timedelta(days=3), id="days-ago"),
+        pytest.param("1.5h", T0 - timedelta(minutes=90), id="fraction"),
+    ],
+)
+def test_parse_time_reads_iso_8601_and_times_ago(text: str, expected: datetime) -> None:
+    """ISO 8601 (naive means UTC) and relative forms name the same UTC moment."""
+    assert parse_time(text, now=T0) == expected
+
+
+def test_parse_time_refuses_what_it_cannot_read() -> None:
+    """An unreadable time says which forms are accepted."""
+    with pytest.raises(InvalidTimeError, match=r"cannot read the time '10 minutes'.*10m"):
+        parse_time("10 minutes")
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def test_sessions_are_summarised_from_logs_newest_first(root: Path) -> None:
+    """Without run_summary artifacts, each session is tallied from its log."""
+    rows = Workspace(root).sessions()
+    assert [row["session_id"] for row in rows] == ["b", "a"]
+    b = rows[0]
+    assert b["started_at"] == at(1).isoformat()
+    assert (b["event_count"], b["llm_calls"], b["total_tokens"], b["cost_usd"]) == (3, 1, 10, 0.5)
+    assert (b["status"], b["duration_s"], b["error"]) == ("running", 4.0, None)
+
+
+@pytest.mark.anyio
+async def test_sessions_come_from_run_summary_when_there_is_one(tmp_path: Path) -> None:
+    """A session with a run_summary is summarised from it, not re-read from its log."""
+    sink = ArtifactSink(tmp_path)
+    events = [
+        info("s", "start", 0, event_type=EventType.SESSION_STARTED),
+        info("s", "done", 0, event_type=EventType.TASK_COMPLETED, task_id="t1"),
+        info("s", "end", 9, event_type=EventType.SESSION_COMPLETED),
+    ]
+    await sink.write(events)
+    await sink.aclose()
+    (row,) = Workspace(tmp_path).sessions()
+    assert (row["status"], row["tasks_completed"], row["duration_s"]) == ("completed", 1, 9.0)
+    assert row["event_count"] == 3  # no log at all: every value is the artifact's
+
+
+def test_a_corrupt_run_summary_is_reported_and_the_log_still_summarises(root: Path) -> None:
+    """An unreadable artifact sets error; the row still holds the log's counts."""
+    (root / "a" / "artifacts").mkdir()
+    (root / "a" / "artifacts" / "run_summary.json").write_text("{not json")
+    row = next(row for row in Workspace(root).sessions() if row["session_id"] == "a")
+    assert row["error"] is not None
+    assert "run_summary" in row["error"]
+    assert row["event_count"] == 3
+
+
+def test_sessions_since_and_until_select_by_start(root: Path) -> None:
+    """Bounds are inclusive and apply to each session's start."""
+    workspace = Workspace(root)
+    assert [r["session_id"] for r in workspace.sessions(since=at(0.5))] == ["b"]
+    assert [r["session_id"] for r in workspace.sessions(until=at(0.5))] == ["a"]
+    assert [r["session_id"] for r in workspace.sessions(since=at(1), until=at(1))] == ["b"]
+
+
+def test_session_lists_its_artifacts(root: Path) -> None:
+    """One session's summary adds the keys of its artifacts."""
+    (root / "a" / "artifacts").mkdir()
+    (root / "a" / "artifacts" / "plan.json").write_text("{}")
+    summary = Workspace(root).session("a")
+    assert (summary["session_id"], summary["artifacts"]) == ("a", ["plan"])
+
+
+@pytest.mark.parametrize("bad", ["../a", "a/b", ".", ""])
+def test_an_invalid_session_id_never_names_a_path(root: Path, bad: str) -> None:
+    """An id that is not one file name is refused before any file is touched."""
+    with pytest.raises(InvalidNameError, match="invalid session id"):
+        Workspace(root).session(bad)
+    with pytest.raises(InvalidNameError, match="invalid session id"):
+        Workspace(root).events(session_id=bad)
+
+
+def test_an_unknown_session_is_not_found(root: Path) -> None:
+    """An unknown id raises SessionNotFoundError, a LookupError."""
+    with pytest.raises(SessionNotFoundError, match="no session 'zz'") as caught:
+        Workspace(root).session("zz")
+    assert isinstance(caught.value, LookupError)
+    with pytest.raises(SessionNotFoundError, match="no session 'zz'"):
+        Workspace(root).usage(session_id="zz")
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def test_events_come_in_time_order_across_sessions(root: Path) -> None:
+    """Events of all sessions interleave by timestamp."""
+    events, next_id = Workspace(root).events()
+    assert [e.message for e in events][:4] == ["a0", "b1", "a2", "response from m1"]
+    assert next_id is None
+
+
+def test_pages_concatenate_to_the_whole_answer(root: Path) -> None:
+    """Passing next as after walks every event once."""
+    workspace = Workspace(root)
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page, after = workspace.events(limit=4, after=after)
+        seen += [e.id for e in page]
+        if after is None:
+            break
+    assert seen == [e.id for e in workspace.events()[0]]
+    assert len(seen) == 6
+
+
+def test_events_filter_by_query_and_session(root: Path) -> None:
+    """A query and a session id combine."""
+    query = EventQuery(event_type=EventType.LLM_RESPONSE_RECEIVED)
+    events, _ = Workspace(root).events(query, session_id="b")
+    assert [e.model for e in events] == ["m2"]
+
+
+def test_an_unknown_after_id_is_refused(root: Path) -> None:
+    """after must be an event a log holds."""
+    with pytest.raises(UnknownEventIdError, match="nope"):
+        Workspace(root).events(after="nope")
+
+
+def test_events_appended_and_new_sessions_are_seen_by_the_next_call(root: Path) -> None:
+    """Each call reads what the logs gained since the last one."""
+    workspace = Workspace(root)
+    assert len(workspace.events()[0]) == 6
+    append(root, info("a", "late", 10), info("c", "new session", 11))
+    events, _ = workspace.events()
+    assert [e.message for e in events][-2:] == ["late", "new session"]
+
+
+def test_a_cleared_log_is_read_again(root: Path) -> None:
+    """A log replaced by its writer (clear) is re-read, not mixed with the old one."""
+    workspace = Workspace(root)
+    assert len(workspace.events(session_id="a")[0]) == 3
+    with EventLog(root / "a" / "events.jsonl") as log:
+        log.clear()
+        log.append(info("a", "fresh", 20))
+    assert [e.message for e in workspace.events(session_id="a")[0]] == ["fresh"]
+
+
+def test_read_lines_are_the_stored_bytes(root: Path) -> None:
+    """A line written by another producer (other key order, extra key) comes back byte for byte."""
+    foreign = (
+        b'{"id":"0199aaaa000070008000000000000001","extra":[1, 2],"session_id":"a",'
+        b'"event_type":"info","message":"foreign","timestamp":"2026-01-01T12:00:30+00:00"}'
+    )
+    append_raw(root, "a", foreign + b"\n")
+    workspace = Workspace(root)
+    events, _ = workspace.events(session_id="a")
+    lines = workspace.read_lines(events)
+    assert lines[-1] == foreign
+    assert lines[0] == encode_event(events[0])
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+def test_usage_has_the_api_shape(root: Path) -> None:
+    """Rows per model, most expensive first, and the total; only responses count."""
+    append(root, info("a", "req", 6, event_type=EventType.LLM_REQUEST_SENT, model="m1",
+                      metadata={"prompt_tokens": 999}))  # fmt: skip
+    assert Workspace(root).usage("model") == {
+        "by": "model",
+        "rows": [
+            {"key": "m2", "calls": 1, "prompt_tokens": 7, "completion_tokens": 3,
+             "total_tokens": 10, "cost_usd": 0.5},
+            {"key": "m1", "calls": 1, "prompt_tokens": 10, "completion_tokens": 5,
+             "total_tokens": 15, "cost_usd": 0.01},
+        ],
+        "total": {"calls": 2, "prompt_tokens": 17, "completion_tokens": 8,
+                  "total_tokens": 25, "cost_usd": 0.51},
+    }  # fmt: skip
+
+
+def test_usage_by_phase_and_for_one_session(root: Path) -> None:
+    """Phase groups are summed like the index's groups; session_id narrows every figure."""
+    usage = Workspace(root).usage("phase", session_id="a")
+    assert [(row["key"], row["calls"], row["total_tokens"]) for row in usage["rows"]] == [
+        ("PLAN", 1, 15)
+    ]
+    assert usage["total"]["cost_usd"] == 0.01
+
+
+def test_usage_by_an_unknown_field_is_refused(root: Path) -> None:
+    """by must be one of the five fields."""
+    with pytest.raises(ValueError, match=r"cannot group usage by 'colour'.*phase"):
+        Workspace(root).usage("colour")
+
+
+# --- follow --------------------------------------------------------------------------------
+
+
+async def take(stream: AsyncGenerator[tuple[Event, bytes], None], n: int) -> list[Event]:
+    return [(await anext(stream))[0] for _ in range(n)]
+
+
+@pytest.mark.anyio
+async def test_follow_replays_then_yields_new_events_and_new_sessions(root: Path) -> None:
+    """Stored events in time order, then appended ones, including a session made later."""
+    workspace = Workspace(root)
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines()) as stream:
+            stored = await take(stream, 6)
+            assert [e.message for e in stored][:2] == ["a0", "b1"]
+            append(root, info("a", "live", 30))
+            assert [e.message for e in await take(stream, 1)] == ["live"]
+            append(root, info("new", "in a new session", 31))
+            (event, line) = await anext(stream)
+            assert (event.session_id, line) == ("new", encode_event(event))
+
+
+@pytest.mark.anyio
+async def test_follow_yields_a_line_written_in_two_parts_once_whole(root: Path) -> None:
+    """Half a line is left for later; completed, it comes out once."""
+    first = encode_event(info("a", "split before start", 40)) + b"\n"
+    second = encode_event(info("a", "split while live", 41)) + b"\n"
+    append_raw(root, "a", first[:25])  # the snapshot sees an incomplete last line
+    workspace = Workspace(root)
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines()) as stream:
+            await take(stream, 6)  # the stored events: the snapshot is taken
+            append_raw(root, "a", first[25:])
+            event, line = await anext(stream)
+            assert (event.message, line + b"\n") == ("split before start", first)
+            append_raw(root, "a", second[:30])
+            append(root, info("b", "marker", 42))
+            assert (await anext(stream))[0].message == "marker"
+            append_raw(root, "a", second[30:])
+            event, line = await anext(stream)
+            assert (event.message, line + b"\n") == ("split while live", second)
+
+
+@pytest.mark.anyio
+async def test_follow_after_an_id_resumes_without_gap_or_duplicate(root: Path) -> None:
+    """after=id replays exactly what follows it, then live events, each once."""
+    workspace = Workspace(root)
+    events, _ = workspace.events()
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines(after=events[3].id)) as stream:
+            replayed = await take(stream, 2)
+            append(root, info("b", "after resume", 50))
+            live = await take(stream, 1)
+    assert [e.id for e in replayed] == [e.id for e in events[4:]]
+    assert live[0].message == "after resume"
+
+
+@pytest.mark.anyio
+async def test_follow_misses_nothing_written_during_replay(root: Path) -> None:
+    """Events appended while stored ones are being replayed come out once, after them."""
+    workspace = Workspace(root)
+    written = [info("a", f"during {i}", 60 + i) for i in range(20)]
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines(EventQuery(session_id="a"))) as stream:
+            got = await take(stream, 1)
+            append(root, *written)  # the replay has taken its snapshot
+            workspace.events()  # another reader brings the shared index further meanwhile
+            got += await take(stream, 2 + len(written))
+    assert [e.message for e in got[:3]] == ["a0", "a2", "response from m1"]
+    assert [e.id for e in got[3:]] == [e.id for e in written]
+
+
+@pytest.mark.anyio
+async def test_follow_ends_when_stop_event_is_set(root: Path) -> None:
+    """Setting stop_event ends the iteration (the file watcher stops)."""
+    stop = anyio.Event()
+    got: list[Event] = []
+
+    async def consume() -> None:
+        got.extend([e async for e in Workspace(root).follow(from_start=False, stop_event=stop)])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            stop.set()
+    assert got == []
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_caller_ends_follow(root: Path) -> None:
+    """A follower blocked waiting for changes is cancelled promptly."""
+
+    async def consume() -> None:
+        async for _ in Workspace(root).follow(from_start=False):
+            pass
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_follow_an_unknown_session_fails_at_once(root: Path) -> None:
+    """The id is checked before anything is yielded."""
+    with pytest.raises(SessionNotFoundError, match="no session 'zz'"):
+        async for _ in Workspace(root).follow(session_id="zz"):
+            pass
+
+
+def test_workspace_lines_are_the_files_lines(root: Path) -> None:
+    """Every event the workspace returns maps to one stored line of its log."""
+    workspace = Workspace(root)
+    events, _ = workspace.events(session_id="b")
+    assert [line + b"\n" for line in workspace.read_lines(events)] == (
+        (root / "b" / "events.jsonl").read_bytes().splitlines(keepends=True)
+    )
+    assert os.fspath(workspace.root) == os.fspath(root)
