@@ -1,0 +1,356 @@
+"""`JetStreamSource`: consumes a stream into a local bus, acking after its sinks flushed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import msgspec
+import nats.aio.client
+import nats.aio.msg
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventbus import (
+    Event,
+    EventBus,
+    EventDecodeError,
+    EventType,
+    InvalidNameError,
+    as_utc,
+    decode_event,
+    validate_session_id,
+)
+
+from ._nats_common import (
+    DEFAULT_SERVERS,
+    JetStreamError,
+    check_prefix,
+    connect,
+    encode_token,
+    ensure_stream,
+    require_asyncio,
+)
+
+__all__ = ["ConsumerConfigError", "JetStreamSource", "SourceStats", "Start"]
+
+_logger = logging.getLogger("eventbus.nats")
+
+#: Where a new consumer starts: every message, only new ones, a stream sequence, or a time.
+Start = Literal["all", "new"] | int | datetime
+
+
+class ConsumerConfigError(JetStreamError):
+    """Raised when the durable consumer exists with another filter than the one asked for."""
+
+    def __init__(self, stream: str, durable: str, has: str, wants: str) -> None:
+        self.stream = stream
+        self.durable = durable
+        super().__init__(
+            f"durable consumer {durable!r} of stream {stream!r} filters {has!r}, not "
+            f"{wants!r}; pass another durable name, or delete it with "
+            f"'nats consumer rm {stream} {durable}' to start it again"
+        )
+
+
+class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What a :class:`JetStreamSource` did so far.
+
+    ``received``: messages fetched (redeliveries included); ``published``:
+    events put on the bus; ``duplicates``: messages dropped because their
+    event id was seen already; ``filtered``: events not matching ``sessions``
+    or ``types``; ``invalid``: messages that are not events (logged, acked
+    and dropped).
+    """
+
+    received: int
+    published: int
+    duplicates: int
+    filtered: int
+    invalid: int
+
+
+class JetStreamSource:
+    """Consumes a JetStream stream into a local bus (extra ``nats``).
+
+    ::
+
+        async with JetStreamSource(servers, durable="aggregator") as source:
+            await source.run(bus)
+
+    Each message is decoded into an :class:`~eventbus.Event` (unknown types
+    kept) and published on ``bus``; after each fetched batch ``run`` awaits
+    ``bus.flush()`` and only then acks the batch's messages, so a message is
+    acknowledged once every lossless sink of the bus holds it.
+
+    **Durable** (``durable="name"``): the server remembers the position;
+    a restarted source resumes after the last acked message. Messages
+    fetched but not acked before a crash are delivered again after
+    ``ack_wait`` seconds. **No duplicates**: an event whose id was seen in
+    the last ``remember`` events is acked and dropped; seed that memory
+    with :meth:`remember` from what the local sinks already hold (``eventbus
+    relay`` reads the last ``batch`` events of every log), since the events
+    of the last batch before a crash may be in the sinks but not acked.
+    **Ordered** (``durable=None``): an ephemeral, ordered consumer for a live
+    view; nothing is acked and nothing is kept by the server.
+
+    ``start`` (for a new consumer only; a durable one keeps its position):
+    ``"all"``, ``"new"``, a stream sequence number, or a datetime (naive =
+    UTC). ``sessions`` and ``types`` restrict what is consumed; with one
+    session and/or one type the server filters, otherwise the source does.
+
+    nats-py runs on asyncio only: on trio, :class:`AsyncioOnlyError`.
+
+    :param servers: the NATS server URL(s).
+    :param stream: the stream (created like :class:`JetStreamSink` does if missing).
+    :param durable: the durable consumer's name, or None for an ordered one.
+    :param subject_prefix: the subjects' first token(s), as the sink's.
+    :param sessions: consume only these sessions (None: all).
+    :param types: consume only these event types (None: all).
+    :param start: where a new consumer starts.
+    :param batch: the most messages fetched (and flushed, then acked) at once.
+    :param ack_wait: seconds before the server redelivers an unacked message.
+    :param remember: how many recent event ids are kept to drop redeliveries.
+    :param fetch_timeout: seconds one fetch waits for messages.
+    :param duplicate_window: as :class:`JetStreamSink`'s, when creating the stream.
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = DEFAULT_SERVERS,
+        *,
+        stream: str = "EVENTS",
+        durable: str | None = "aggregator",
+        subject_prefix: str = "events",
+        sessions: Iterable[str] | None = None,
+        types: Iterable[str | EventType] | None = None,
+        start: Start = "all",
+        batch: int = 256,
+        ack_wait: float = 30.0,
+        remember: int = 100_000,
+        fetch_timeout: float = 1.0,
+        duplicate_window: float = 120.0,
+    ) -> None:
+        require_asyncio(type(self).__name__)
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if remember < batch:
+            raise ValueError(f"remember must be >= batch ({batch}), got {remember}")
+        if not (isinstance(start, int | datetime) or start in ("all", "new")):
+            raise ValueError(
+                f"start must be 'all', 'new', a stream sequence or a datetime, got {start!r}"
+            )
+        if isinstance(start, int) and start < 1:
+            raise ValueError(f"a start sequence must be >= 1, got {start}")
+        self.servers = servers
+        self.stream = stream
+        self.durable = durable
+        self.subject_prefix = check_prefix(subject_prefix)
+        self.sessions = None if sessions is None else frozenset(sessions)
+        self.types = None if types is None else frozenset(EventType(t) for t in types)
+        self.start = start
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.fetch_timeout = fetch_timeout
+        self.duplicate_window = duplicate_window
+        self._remember = remember
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._nc: nats.aio.client.Client | None = None
+        self._sub: Any = None
+        self._received = self._published = self._duplicates = 0
+        self._filtered = self._invalid = 0
+        self._last_sequence = 0  # consumer sequence of the last message handled (ordered)
+
+    @property
+    def filter_subject(self) -> str:
+        """The subject the consumer filters on (the server's part of the filtering)."""
+        session = "*"
+        if self.sessions is not None and len(self.sessions) == 1:
+            session = encode_token(next(iter(self.sessions)))
+        kind = "*"
+        if self.types is not None and len(self.types) == 1:
+            kind = encode_token(next(iter(self.types)).value)
+        if session == kind == "*":
+            return f"{self.subject_prefix}.>"
+        return f"{self.subject_prefix}.{session}.{kind}"
+
+    def stats(self) -> SourceStats:
+        """Return what the source did so far."""
+        return SourceStats(
+            received=self._received,
+            published=self._published,
+            duplicates=self._duplicates,
+            filtered=self._filtered,
+            invalid=self._invalid,
+        )
+
+    def remember(self, event_ids: Iterable[str]) -> None:
+        """Treat these event ids as seen (e.g. the last events of the local logs)."""
+        seen = self._seen
+        for event_id in event_ids:
+            seen[event_id] = None
+            seen.move_to_end(event_id)
+        while len(seen) > self._remember:
+            seen.popitem(last=False)
+
+    def _consumer_config(self) -> ConsumerConfig:
+        if self.durable is None:  # ordered: nats-py sets the rest
+            config = ConsumerConfig()
+        else:
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait)
+            config.max_ack_pending = 4 * self.batch
+        start = self.start
+        if start == "new":
+            config.deliver_policy = DeliverPolicy.NEW
+        elif isinstance(start, datetime):
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = as_utc(start)
+        elif isinstance(start, int):
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start
+        return config
+
+    async def __aenter__(self) -> Self:
+        require_asyncio(type(self).__name__)
+        try:
+            async with asyncio.timeout(self.fetch_timeout + 5):
+                nc = await connect(self.servers, name="eventbus source", connect_timeout=5)
+        except Exception as exc:
+            raise JetStreamError(
+                f"cannot connect to NATS at {self.servers} ({exc!r}); start nats-server "
+                "with JetStream (nats-server -js) or pass the right URL"
+            ) from exc
+        self._nc = nc
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js, self.stream, self.subject_prefix, self.duplicate_window)
+            subject = self.filter_subject
+            config = self._consumer_config()
+            if self.durable is None:
+                self._sub = await js.subscribe(
+                    subject,
+                    stream=self.stream,
+                    ordered_consumer=True,
+                    config=config,
+                    deliver_policy=config.deliver_policy,
+                )
+            else:
+                try:
+                    info = await js.consumer_info(self.stream, self.durable)
+                except nats.js.errors.NotFoundError:
+                    pass
+                else:
+                    has = info.config.filter_subject or ">"
+                    if has != subject:
+                        raise ConsumerConfigError(self.stream, self.durable, has, subject)
+                self._sub = await js.pull_subscribe(
+                    subject, durable=self.durable, stream=self.stream, config=config
+                )
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            async with asyncio.timeout(5):
+                await nc.close()
+
+    async def run(self, bus: EventBus, *, until_idle: bool = False) -> None:
+        """Publish the stream's events on ``bus`` until cancelled.
+
+        :param until_idle: return once nothing is left to consume (every
+            message delivered and acked) instead of waiting for more.
+        :raises SinkFailedError: a lossless sink of ``bus`` failed; the batch
+            was not acked, so it is delivered again on the next run.
+        """
+        require_asyncio(type(self).__name__)
+        if self._nc is None:
+            raise JetStreamError("use the source as 'async with JetStreamSource(...) as source'")
+        while True:
+            messages = await self._next_batch()
+            if messages:
+                await self._handle(bus, messages)
+            if until_idle and len(messages) < self.batch and await self._idle():
+                return
+
+    async def _next_batch(self) -> list[nats.aio.msg.Msg]:
+        sub = self._sub
+        try:
+            if self.durable is not None:
+                result: list[nats.aio.msg.Msg] = await sub.fetch(
+                    self.batch, timeout=self.fetch_timeout
+                )
+                return result
+            messages = [await sub.next_msg(timeout=self.fetch_timeout)]
+            while len(messages) < self.batch and sub.pending_msgs > 0:
+                messages.append(await sub.next_msg(timeout=self.fetch_timeout))
+            return messages
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
+            return []
+        except nats.js.errors.APIError as exc:  # e.g. the server restarting: try again
+            _logger.info("fetch from %s failed, retrying: %r", self.stream, exc)
+            return []
+
+    async def _idle(self) -> bool:
+        try:
+            info = await self._sub.consumer_info()
+        except (nats.errors.Error, TimeoutError):
+            return False
+        if self.durable is None:  # pushed messages may still be on their way
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            return bool(info.num_pending == 0 and self._last_sequence >= delivered)
+        return bool(info.num_pending == 0 and (info.num_ack_pending or 0) == 0)
+
+    async def _handle(self, bus: EventBus, messages: list[nats.aio.msg.Msg]) -> None:
+        self._received += len(messages)
+        fresh: list[Event] = []
+        batch_ids: set[str] = set()
+        seen = self._seen
+        for msg in messages:
+            if self.durable is None:
+                self._last_sequence = msg.metadata.sequence.consumer
+            try:
+                event = decode_event(msg.data)
+                validate_session_id(event.session_id)
+            except (EventDecodeError, InvalidNameError) as exc:
+                _logger.warning(
+                    "dropping a message of %s that is not an event: %s", msg.subject, exc
+                )
+                self._invalid += 1
+                continue
+            if event.id in seen or event.id in batch_ids:
+                self._duplicates += 1
+            elif (self.sessions is not None and event.session_id not in self.sessions) or (
+                self.types is not None and event.event_type not in self.types
+            ):
+                self._filtered += 1
+            else:
+                batch_ids.add(event.id)
+                fresh.append(event)
+        for event in fresh:
+            await bus.publish(event)
+        await bus.flush()
+        self._published += len(fresh)
+        self.remember(event.id for event in fresh)
+        if self.durable is None:
+            return
+        for msg in messages:
+            await msg.ack()
+        assert self._nc is not None
+        await self._nc.flush(timeout=max(1, round(self.ack_wait)))
