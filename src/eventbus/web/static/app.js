@@ -135,6 +135,7 @@ class SessionView {
     this.status = "";
     this.phase = "";
     this.first = null;
+    this.firstPhase = null;
     this.last = null;
     this.hiddenTypes = new Set();
     this.types = new Set();
@@ -201,6 +202,7 @@ class SessionView {
     this.lastId = event.id;
     const at = Date.parse(event.timestamp);
     this.first ??= at;
+    this.firstPhase ??= event.phase;
     this.last = at;
     const type = event.event_type;
     const meta = event.metadata ?? {};
@@ -366,7 +368,7 @@ class SessionView {
     const width = (a, b) => `${Math.max(((b - a) / span) * 100, 0.3).toFixed(2)}%`;
     const rows = [];
     const phaseRow = timelineRow("phases");
-    const marks = [{ phase: "IDEA", at: start }, ...this.phases];
+    const marks = [{ phase: this.firstPhase ?? "", at: start }, ...this.phases];
     marks.forEach((mark, i) => {
       const until = marks[i + 1]?.at ?? end;
       phaseRow.lane.append(bar(mark.phase, pct(mark.at), width(mark.at, until), "phase"));
