@@ -1,0 +1,174 @@
+"""``eventbus relay``: the aggregator, consuming a JetStream stream into a local workspace.
+
+``eventbus relay --nats URL --workspace DIR [--durable NAME]`` consumes the
+stream that coordinators publish to with :class:`sinks.nats.JetStreamSink`
+into ``JsonlSink`` (``DIR/{session_id}/events.jsonl``), an ``EventIndex``
+(rebuilt from those logs first) and ``ArtifactSink`` under ``DIR``. Each
+batch is acked once those sinks flushed it; on start, the last events of
+every log are remembered so that a batch written but not acked before a
+crash is not written twice. It runs until interrupted, or with
+``--until-idle`` until nothing is left to consume. ``--serve [--port P]``
+serves the dashboard over the relay's bus meanwhile (as ``eventbus serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from .._bus import EventBus
+from ._common import CommandError, Subparsers, import_extra
+from ._serve import check_token, dashboard
+
+__all__ = ["add_parser", "relay", "run"]
+
+_COMMAND = "eventbus relay"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``eventbus relay`` to ``subparsers``."""
+    relay_parser = subparsers.add_parser(
+        "relay",
+        help="consume a NATS JetStream stream of events into a workspace (the aggregator)",
+        description=(
+            "Consume the events that coordinators publish to NATS JetStream (JetStreamSink) "
+            "into DIR/{session_id}/events.jsonl, an index and the artifact store, acking each "
+            "batch once it is written. Needs the nats extra: pip install 'eventbus[nats]'."
+        ),
+    )
+    relay_parser.add_argument(
+        "--nats", required=True, metavar="URL", help="the NATS server, e.g. nats://127.0.0.1:4222"
+    )
+    relay_parser.add_argument(
+        "--workspace", required=True, type=Path, metavar="DIR", help="the workspace root"
+    )
+    relay_parser.add_argument(
+        "--durable",
+        default="aggregator",
+        metavar="NAME",
+        help="the durable consumer, whose position the server keeps (default: aggregator)",
+    )
+    relay_parser.add_argument("--stream", default="EVENTS", help="the stream (default: EVENTS)")
+    relay_parser.add_argument(
+        "--subject-prefix", default="events", help="the subjects' prefix (default: events)"
+    )
+    relay_parser.add_argument(
+        "--ack-wait",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the server redelivers a batch that was not acked (default: 30)",
+    )
+    relay_parser.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="stop once every message of the stream is consumed, instead of waiting for more",
+    )
+    relay_parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="also serve the dashboard and the API over this bus (needs the web extra)",
+    )
+    relay_parser.add_argument(
+        "--host", default="127.0.0.1", help="with --serve: the address (default: 127.0.0.1)"
+    )
+    relay_parser.add_argument(
+        "--port", type=_port, default=8000, help="with --serve: the port (default: 8000)"
+    )
+    relay_parser.add_argument(
+        "--token", default=None, help="with --serve: the token the API requires (see serve)"
+    )
+    relay_parser.set_defaults(
+        run=run, interrupted="the batch being written was not acked; the next run takes it again"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``eventbus relay``; return 0 when it stops (``--until-idle``)."""
+    import_extra("nats", extra="nats", command=_COMMAND)
+    if args.serve:
+        import_extra("uvicorn", extra="web", command=f"{_COMMAND} --serve")
+        check_token(args.host, args.token)
+    root: Path = args.workspace
+    if root.exists() and not root.is_dir():
+        raise CommandError(f"workspace {root} is not a directory: pass --workspace a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    status: int = anyio.run(relay, args, sys.stdout, backend="asyncio")
+    return status
+
+
+def _recent_ids(root: Path, per_log: int) -> list[str]:
+    """The ids of the last ``per_log`` events of every log under ``root``."""
+    from sinks.jsonl import LOG_FILE_NAME, EventLog
+
+    ids: list[str] = []
+    for path in sorted(root.glob(f"*/{LOG_FILE_NAME}")):
+        ids.extend(event.id for event in EventLog(path).get_latest(per_log))
+    return ids
+
+
+async def relay(args: argparse.Namespace, out: TextIO) -> int:
+    """Consume the stream into the workspace until interrupted (or idle with ``--until-idle``)."""
+    from sinks.artifacts import ArtifactSink
+    from sinks.jsonl import JsonlSink
+    from sinks.memory import EventIndex
+    from sinks.nats import JetStreamSource
+
+    root: Path = args.workspace
+    index = EventIndex.from_workspace(root)
+    source = JetStreamSource(
+        args.nats,
+        stream=args.stream,
+        durable=args.durable,
+        subject_prefix=args.subject_prefix,
+        ack_wait=args.ack_wait,
+    )
+    source.remember(_recent_ids(root, 4 * source.batch))
+    async with EventBus() as bus, source, AsyncExitStack() as stack:
+        bus.subscribe(JsonlSink(root))
+        bus.subscribe(index)
+        bus.subscribe(ArtifactSink(root))
+        if args.serve:
+            await stack.enter_async_context(
+                dashboard(bus, root, host=args.host, port=args.port, token=args.token, out=out)
+            )
+        print(
+            f"{_COMMAND}: stream {args.stream} at {args.nats} -> {root} "
+            f"(durable consumer {args.durable!r}, {len(index)} events already there)",
+            file=out,
+            flush=True,
+        )
+        await source.run(bus, until_idle=args.until_idle)
+    stats = source.stats()
+    print(
+        f"{_COMMAND}: {stats.published} events written, {stats.duplicates} duplicates dropped, "
+        f"{stats.invalid} invalid messages",
+        file=out,
+        flush=True,
+    )
+    return 0
