@@ -3,15 +3,29 @@
 Shared by the store, the query and the sink of :mod:`sinks.artifacts` (see
 its docstring for the guarantees). An artifact ``key`` is the file
 ``{key}.json``; a temporary file is ``.<random>.tmp``, never a valid key.
+
+Only regular files are read or replaced: a FIFO, a device or a directory
+where an artifact should be raises :class:`NotARegularFileError` (reads
+open with ``O_NONBLOCK``, so a FIFO never blocks). Inside a workspace,
+``sinks._paths.resolve_inside`` follows symlinks that stay in the root and
+refuses the others with :class:`UnsafeSymlinkError`. Both errors are shared
+with :mod:`sinks.jsonl`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import stat
 
 from eventbus import is_valid_name, validate_name
+
+from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError, describe_mode, open_regular
+from ._paths import check_link
+
+logger = logging.getLogger("sinks.artifacts")
 
 ARTIFACTS_DIR = "artifacts"
 """The name of a session's artifacts directory."""
@@ -73,8 +87,20 @@ def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> N
 
     The data goes to a temporary file in the same directory, is flushed and
     (when ``durable``) fsynced, then renamed over the target; the directory
-    is fsynced so the rename itself survives a power loss.
+    is fsynced so the rename itself survives a power loss. A target that
+    exists and is neither a regular file nor a symlink (a FIFO, a device, a
+    directory: something a person put there) is refused, not replaced.
+
+    :raises NotARegularFileError: if the target is such a file
     """
+    target = os.path.join(directory, filename)
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    else:
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise NotARegularFileError(target, describe_mode(mode))
     try:
         fd, temp = _open_temp(directory)
     except FileNotFoundError:
@@ -86,7 +112,7 @@ def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> N
             file.flush()
             if durable:
                 os.fsync(file.fileno())
-        os.replace(temp, os.path.join(directory, filename))
+        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -96,20 +122,42 @@ def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> N
 
 
 def read_bytes(path: str) -> bytes | None:
-    """Return the file's bytes, or None when it does not exist."""
+    """Return the file's bytes, or None when it does not exist.
+
+    :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
+        (checked without blocking)
+    """
+    return read_first_bytes(path, -1)
+
+
+def read_first_bytes(path: str, size: int) -> bytes | None:
+    """Return up to ``size`` bytes (all if negative) from the start of a file; None if none.
+
+    :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
+        (checked without blocking)
+    """
     try:
-        with open(path, "rb") as file:
-            return file.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = open_regular(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    with open(fd, "rb") as file:
+        return file.read(size)
 
 
-def list_keys(directory: str) -> list[str]:
-    """Return the sorted keys of the artifacts in ``directory``, skipping anything else."""
+def list_keys(directory: str, root: str | None = None) -> list[str]:
+    """Return the sorted keys of the artifacts in ``directory``, skipping anything else.
+
+    Only regular files (or symlinks to them) are artifacts. With ``root``,
+    a symlink that :func:`resolve_inside` refuses is skipped and logged.
+    """
     try:
         with os.scandir(directory) as entries:
             names = [
-                entry.name for entry in entries if entry.name.endswith(SUFFIX) and entry.is_file()
+                entry.name
+                for entry in entries
+                if entry.name.endswith(SUFFIX)
+                and entry.is_file()
+                and (root is None or not entry.is_symlink() or stays_inside(root, entry.path))
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []
@@ -117,3 +165,13 @@ def list_keys(directory: str) -> list[str]:
     keys = [key for key in keys if is_valid_name(key, SUFFIX)]
     keys.sort()
     return keys
+
+
+def stays_inside(root: str, link: str) -> bool:
+    """Return whether the symlink ``link`` may be followed; log why not when it may not."""
+    try:
+        check_link(root, link)
+    except UnsafeSymlinkError as exc:
+        logger.warning("skipped a symlink in a workspace listing: %s", exc)
+        return False
+    return True

@@ -1,14 +1,17 @@
 """``SessionArtifactQuery``: list, date and summarise the sessions of a workspace.
 
-Read-only, and tolerant of damage: a corrupt ``run_summary`` is reported in a
-summary's ``error``, a half-written first event is ignored, and a session is
-dated from its content before its file times (see :class:`SessionArtifactQuery`).
+Read-only, and tolerant of damage: a corrupt or unreadable ``run_summary``
+or ``events.jsonl`` is reported in a summary's ``error``, a half-written
+first event is ignored, and a session is dated from its content before its
+file times (see :class:`SessionArtifactQuery`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
@@ -18,9 +21,21 @@ import msgspec
 
 from eventbus import as_utc, is_valid_name, validate_session_id
 
-from ._artifact_files import ARTIFACTS_DIR, SUFFIX, list_keys
+from ._artifact_files import (
+    ARTIFACTS_DIR,
+    SUFFIX,
+    list_keys,
+    read_first_bytes,
+    stays_inside,
+)
 from ._artifact_store import ArtifactStore, CorruptArtifactError, load_artifact_file
 from ._artifact_summary import RUN_SUMMARY_KEY, parse_iso_time
+from ._jsonl_files import NotARegularFileError, describe_mode
+from ._paths import resolve_inside
+
+# the public module's name: the one users configure logging for
+logger = logging.getLogger("sinks.artifacts")
+_LOG_FILE = "events.jsonl"
 
 _FIRST_LINE_LIMIT = 64 * 1024
 
@@ -53,11 +68,12 @@ _first_event_decoder = msgspec.json.Decoder(_Timestamped)
 
 
 def _first_event_time(log_path: str) -> float | None:
-    """Return the timestamp of the first complete event line of a JSONL log, or None."""
-    try:
-        with open(log_path, "rb") as file:
-            head = file.read(_FIRST_LINE_LIMIT)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    """Return the timestamp of the first complete event line of a JSONL log, or None.
+
+    :raises OSError: if the log exists but cannot be read (a FIFO, a directory...)
+    """
+    head = read_first_bytes(log_path, _FIRST_LINE_LIMIT)
+    if head is None:
         return None
     end = head.find(b"\n")
     if end <= 0:  # empty, or a first line still being written
@@ -86,9 +102,12 @@ class SessionSummary(TypedDict):
     """What :meth:`SessionArtifactQuery.get_session_summary` returns.
 
     The seed's keys always come first; ``status`` is ``None`` and
-    ``files_generated`` (a count) ``0`` without a ``run_summary``. ``error``
-    describes a corrupt ``run_summary`` (the rest is still reported). The
-    optional keys are copied from a ``run_summary`` that has them.
+    ``files_generated`` (a count) ``0`` without a readable ``run_summary``.
+    ``error`` says why the session cannot be fully read: a corrupt
+    ``run_summary``, or a ``run_summary`` or ``events.jsonl`` that is not a
+    regular file, cannot be opened or is a symlink leading out of the
+    workspace (the rest is still reported). The optional keys are copied
+    from a ``run_summary`` that has them.
     """
 
     session_id: str
@@ -154,6 +173,18 @@ class SessionArtifactQuery:
     the oldest modification time of its artifacts. A session with none of
     these (an empty directory) has no date.
 
+    Nothing outside the root is read: a symlink under it is followed only if
+    it resolves inside the root. The listings (:meth:`list_sessions`,
+    :meth:`query_sessions_by_date`, :meth:`query_session_summaries`) skip a
+    session whose directory or ``artifacts`` directory is a symlink leading
+    out of the root (or dangling) and log a warning on the
+    ``sinks.artifacts`` logger; the methods given one session id raise
+    :class:`~sinks.jsonl.UnsafeSymlinkError` for it. A session whose
+    ``run_summary`` or ``events.jsonl`` cannot be read (a FIFO, a
+    directory, no permission, a symlink leading out) is still listed, with
+    what can be read: its summary's ``error`` says why, and
+    :meth:`query_sessions_by_date` logs a warning.
+
     :param workspace_root: the directory holding one directory per session
     """
 
@@ -167,17 +198,31 @@ class SessionArtifactQuery:
     def store(self, session_id: str, *, durable: bool = True) -> ArtifactStore:
         """Return the :class:`ArtifactStore` of ``session_id``'s artifacts.
 
+        The store checks every path against the workspace root (see
+        :class:`ArtifactStore`'s ``workspace_root``).
+
         :raises InvalidNameError: if ``session_id`` is not a valid session id
         """
         return ArtifactStore(
-            os.path.join(self._session_dir(session_id), ARTIFACTS_DIR), durable=durable
+            os.path.join(self._session_dir(session_id), ARTIFACTS_DIR),
+            durable=durable,
+            workspace_root=self._root,
         )
 
     def list_sessions(self) -> list[str]:
-        """Return the ids of the sessions in the workspace, sorted."""
+        """Return the ids of the sessions in the workspace, sorted by id.
+
+        A session directory that is a symlink leading out of the root (or
+        dangling) is skipped and logged.
+        """
+        root = self._root
         try:
-            with os.scandir(self._root) as entries:
-                names = [entry.name for entry in entries if entry.is_dir()]
+            with os.scandir(root) as entries:
+                names = [
+                    entry.name
+                    for entry in entries
+                    if (not entry.is_symlink() or stays_inside(root, entry.path)) and entry.is_dir()
+                ]
         except (FileNotFoundError, NotADirectoryError):
             return []
         sessions = [name for name in names if is_valid_name(name)]
@@ -188,15 +233,18 @@ class SessionArtifactQuery:
         """Return the keys of ``session_id``'s artifacts, sorted (``[]`` for no session).
 
         :raises InvalidNameError: if ``session_id`` is not a valid session id
+        :raises UnsafeSymlinkError: if a directory of the session leads out of the root
         """
-        return list_keys(os.path.join(self._session_dir(session_id), ARTIFACTS_DIR))
+        artifacts_dir = os.path.join(self._session_dir(session_id), ARTIFACTS_DIR)
+        return list_keys(resolve_inside(self._root, artifacts_dir), self._root)
 
     def get_session_created_at(self, session_id: str) -> float | None:
         """Return when ``session_id`` started (epoch seconds), or ``None`` if unknown.
 
         :raises InvalidNameError: if ``session_id`` is not a valid session id
+        :raises UnsafeSymlinkError: if a directory of the session leads out of the root
         """
-        return self._scan(self._session_dir(session_id)).created_at
+        return self._scan(validate_session_id(session_id)).created_at
 
     def query_sessions_by_date(
         self,
@@ -208,13 +256,22 @@ class SessionArtifactQuery:
         Bounds are inclusive epoch seconds (or datetimes; naive ones are UTC);
         ``None`` leaves that side open. Sessions without a date are left out.
         Each entry is a :class:`SessionInfo` (``session_id``, ``created_at``,
-        ``artifacts``, ``created_from``).
+        ``artifacts``, ``created_from``). A session with an unreadable
+        ``run_summary`` or ``events.jsonl`` is dated by what can be read,
+        and a warning is logged; one whose directories lead out of the root
+        is skipped (logged).
         """
         start = _as_epoch(start_date, "start_date")
         end = _as_epoch(end_date, "end_date")
         found: list[SessionInfo] = []
         for session_id in self.list_sessions():
-            scan = self._scan(os.path.join(self._root, session_id))
+            scan = self._listed_scan(session_id)
+            if scan is None:
+                continue
+            if scan.error is not None:
+                logger.warning(
+                    "session %r is listed by what can be read: %s", session_id, scan.error
+                )
             created = scan.created_at
             if created is None or scan.created_from is None:
                 continue
@@ -234,12 +291,13 @@ class SessionArtifactQuery:
     def get_session_summary(self, session_id: str) -> SessionSummary:
         """Return a summary of ``session_id``: which artifacts it has and its run's outcome.
 
-        Reads the ``run_summary`` artifact once; a corrupt one is reported in
-        ``error`` and the rest of the summary is still filled in.
+        Reads the ``run_summary`` artifact once; a corrupt or unreadable one
+        is reported in ``error`` and the rest of the summary is still filled in.
 
         :raises InvalidNameError: if ``session_id`` is not a valid session id
+        :raises UnsafeSymlinkError: if a directory of the session leads out of the root
         """
-        return self._summarise(session_id, self._scan(self._session_dir(session_id)))
+        return self._summarise(session_id, self._scan(validate_session_id(session_id)))
 
     def query_session_summaries(
         self,
@@ -249,13 +307,16 @@ class SessionArtifactQuery:
         """Like :meth:`query_sessions_by_date`, but each entry is the session's full summary.
 
         One pass over each session: cheaper than calling
-        :meth:`get_session_summary` for every entry of the date query.
+        :meth:`get_session_summary` for every entry of the date query. A
+        session that cannot be fully read is listed with its ``error`` set.
         """
         start = _as_epoch(start_date, "start_date")
         end = _as_epoch(end_date, "end_date")
         found: list[SessionSummary] = []
         for session_id in self.list_sessions():
-            scan = self._scan(os.path.join(self._root, session_id))
+            scan = self._listed_scan(session_id)
+            if scan is None:
+                continue
             created = scan.created_at
             if created is None:
                 continue
@@ -295,29 +356,51 @@ class SessionArtifactQuery:
         """:meth:`query_session_summaries` in a worker thread."""
         return await anyio.to_thread.run_sync(self.query_session_summaries, start_date, end_date)
 
-    def _scan(self, session_dir: str) -> _Scan:
-        """List a session's artifacts, read its run_summary and date it, tolerating damage."""
-        artifacts_dir = os.path.join(session_dir, ARTIFACTS_DIR)
-        keys = list_keys(artifacts_dir)
+    def _listed_scan(self, session_id: str) -> _Scan | None:
+        """:meth:`_scan` for a listing: a session that cannot be scanned is logged, and None."""
+        try:
+            return self._scan(session_id)
+        except OSError as exc:
+            logger.warning("session %r is left out of the listing: %s", session_id, exc)
+            return None
+
+    def _scan(self, session_id: str) -> _Scan:
+        """List a session's artifacts, read its run_summary and date it, tolerating damage.
+
+        :raises UnsafeSymlinkError: if the session's directory or its artifacts
+            directory leads out of the root
+        :raises OSError: if the artifacts directory cannot be listed
+        """
+        root = self._root
+        session_dir = os.path.join(root, session_id)
+        artifacts_dir = resolve_inside(root, os.path.join(session_dir, ARTIFACTS_DIR))
+        keys = list_keys(artifacts_dir, root)
+        problems: list[str] = []
         run_summary: Any = None
-        error: str | None = None
         created: float | None = None
         source: str | None = None
-        if RUN_SUMMARY_KEY in keys:
-            path = os.path.join(artifacts_dir, RUN_SUMMARY_KEY + SUFFIX)
-            try:
-                run_summary = load_artifact_file(RUN_SUMMARY_KEY, path)
-            except CorruptArtifactError as exc:
-                error = str(exc)
-            if isinstance(run_summary, dict):
-                created = _parse_time(run_summary.get("started_at"))
-                source = "run_summary" if created is not None else None
-        if created is None:
-            created = _first_event_time(os.path.join(session_dir, "events.jsonl"))
-            source = "events" if created is not None else None
+        summary_path = os.path.join(session_dir, ARTIFACTS_DIR, RUN_SUMMARY_KEY + SUFFIX)
+        try:
+            run_summary = load_artifact_file(RUN_SUMMARY_KEY, resolve_inside(root, summary_path))
+        except CorruptArtifactError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"its run_summary cannot be read: {exc}")
+        if isinstance(run_summary, dict):
+            created = _parse_time(run_summary.get("started_at"))
+            source = "run_summary" if created is not None else None
+        try:
+            log_path = resolve_inside(root, os.path.join(session_dir, _LOG_FILE))
+            if created is None:
+                created = _first_event_time(log_path)
+                source = "events" if created is not None else None
+            else:  # not read: only make sure it is a file that can be
+                _check_regular(log_path)
+        except OSError as exc:
+            problems.append(f"its {_LOG_FILE} cannot be read: {exc}")
         if created is None and keys:
             created, source = _oldest_mtime(artifacts_dir, keys)
-        return _Scan(keys, run_summary, error, created, source)
+        return _Scan(keys, run_summary, "; ".join(problems) or None, created, source)
 
     def _summarise(self, session_id: str, scan: _Scan) -> SessionSummary:
         keys = set(scan.keys)
@@ -356,6 +439,16 @@ class SessionArtifactQuery:
         return f"SessionArtifactQuery({self._root!r})"
 
 
+def _check_regular(path: str) -> None:
+    """Raise :class:`NotARegularFileError` if ``path`` exists and is not a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(path, describe_mode(mode))
+
+
 def _oldest_mtime(artifacts_dir: str, keys: list[str]) -> tuple[float | None, str | None]:
     """Date a session by file times: build_spec's, else its oldest artifact's."""
     ordered = ["build_spec"] if "build_spec" in keys else keys
@@ -365,4 +458,4 @@ def _oldest_mtime(artifacts_dir: str, keys: list[str]) -> tuple[float | None, st
             times.append(os.stat(os.path.join(artifacts_dir, key + SUFFIX)).st_mtime)
     if not times:
         return None, None
-    return min(times), "build_spec_mtime" if ordered != keys else "artifact_mtime"
+    return min(times), "build_spec_mtime" if "build_spec" in keys else "artifact_mtime"

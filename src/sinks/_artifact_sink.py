@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import anyio.to_thread
 import msgspec
 
-from eventbus import Event, EventType, InvalidNameError
+from eventbus import Event, EventBusError, EventType, InvalidNameError, PartialWriteError
 
-from ._artifact_files import check_key, read_bytes
+from ._artifact_files import check_key
 from ._artifact_query import SessionArtifactQuery
 from ._artifact_store import ArtifactStore
 from ._artifact_summary import RUN_SUMMARY_KEY, Tally, summary_decoder
@@ -27,10 +28,29 @@ _ARTIFACT_TYPES = frozenset({EventType.ARTIFACT_CREATED, EventType.ARTIFACT_UPDA
 
 
 @dataclass
-class _BatchResult:
-    """What a batch changed; the sink applies it once the batch is on disk."""
+class _Session:
+    """One session's share of a batch, until it is saved."""
 
-    tallies: dict[str, Tally] = field(default_factory=dict)
+    store: ArtifactStore
+    before: Tally
+    tally: Tally
+    ids: list[str] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    skipped_artifacts: int = 0
+
+
+@dataclass
+class _BatchResult:
+    """What a batch changed; the sink applies it when ``write`` ends, however it ends.
+
+    Filled by the worker thread as each session is saved, so even an
+    unexpected error or a cancellation keeps the record of what is on disk.
+    """
+
+    saved_tallies: dict[str, Tally] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    before_failed: dict[str, Tally] = field(default_factory=dict)
+    counted_ids: set[str] = field(default_factory=set)
     saved: int = 0
     skipped_artifacts: int = 0
     skipped_events: int = 0
@@ -50,8 +70,21 @@ class ArtifactSink:
       reading it mid-session sees the totals up to the last flushed batch.
 
     When ``write`` returns, the batch is on disk (fsynced unless
-    ``durable=False``). When it raises, nothing was counted, so the bus's
-    retry of the same batch does not count events twice.
+    ``durable=False``).
+
+    One bad session does not stop the others: a session whose files cannot
+    be read or written (its directory unwritable, a FIFO or a directory in
+    the place of an artifact, a symlink leading out of the root, a full
+    disk) fails alone. ``write`` saves every other session of the batch,
+    then raises :class:`eventbus.PartialWriteError` mapping each failed
+    session to its error (every session, when all failed); the session is
+    kept in :attr:`failed_sessions` until a later write of it succeeds.
+
+    Retries count nothing twice. When ``write`` is given the batch it was
+    last given (the bus's retry: same length, same first and last event
+    ids), it skips the events it already counted, those of every session it
+    saved, and counts the failed sessions' events once, from their totals
+    before the batch.
 
     Bad input never stops the sink: an artifact event whose key is not a
     valid artifact key (or is ``"run_summary"``, which the sink owns) is
@@ -84,6 +117,13 @@ class ArtifactSink:
         self.max_cached_sessions = max_cached_sessions
         self._query = SessionArtifactQuery(workspace_root)
         self._tallies: OrderedDict[str, Tally] = OrderedDict()
+        self._failed: dict[str, BaseException] = {}
+        # Of the last write: its batch's key (length, first id, last id), the ids
+        # of the events counted (saved or skipped), and the totals from before
+        # it of the sessions that failed.
+        self._last_batch: tuple[int, str, str] | None = None
+        self._counted_ids: frozenset[str] = frozenset()
+        self._before_failed: dict[str, Tally] = {}
         self._saved = 0
         self._skipped_artifacts = 0
         self._skipped_events = 0
@@ -104,18 +144,39 @@ class ArtifactSink:
         """How many events were ignored because their session id is not a valid name."""
         return self._skipped_events
 
+    @property
+    def failed_sessions(self) -> Mapping[str, BaseException]:
+        """The sessions whose last write failed, each with its error (a read-only view)."""
+        return MappingProxyType(self._failed)
+
     async def write(self, events: Sequence[Event]) -> None:
         """Save the batch's artifacts and each touched session's ``run_summary``.
 
         Writes run one at a time (the bus never overlaps them; a caller
         writing from several tasks waits its turn).
+
+        :raises PartialWriteError: if some sessions could not be saved; the
+            others were
         """
+        if not events:
+            return
         async with self._lock:
-            result = await anyio.to_thread.run_sync(self._write_batch, events)
-            self._commit(result)
+            key = (len(events), events[0].id, events[-1].id)
+            if key != self._last_batch:  # not a retry: nothing of it was counted
+                self._last_batch = key
+                self._counted_ids = frozenset()
+                self._before_failed = {}
+            result = _BatchResult()
+            try:
+                await anyio.to_thread.run_sync(self._write_batch, events, result)
+            finally:
+                self._commit(result)
+        if result.failed:
+            raise PartialWriteError(result.failed)
 
     def _commit(self, result: _BatchResult) -> None:
-        for session_id, tally in result.tallies.items():
+        for session_id, tally in result.saved_tallies.items():
+            self._failed.pop(session_id, None)
             if tally.status == "running":
                 self._tallies[session_id] = tally
                 self._tallies.move_to_end(session_id)
@@ -123,6 +184,9 @@ class ArtifactSink:
                 self._tallies.pop(session_id, None)
         while len(self._tallies) > self.max_cached_sessions:
             self._tallies.popitem(last=False)
+        self._failed.update(result.failed)
+        self._counted_ids = frozenset(result.counted_ids)  # includes those counted before
+        self._before_failed = result.before_failed
         self._saved += result.saved
         self._skipped_artifacts += result.skipped_artifacts
         self._skipped_events += result.skipped_events
@@ -131,39 +195,49 @@ class ArtifactSink:
         """Forget the cached totals; everything was already saved by ``write``."""
         self._tallies.clear()
 
-    def _write_batch(self, events: Sequence[Event]) -> _BatchResult:
-        """Runs in a worker thread; must not change the sink's state (see ``write``)."""
-        result = _BatchResult()
-        pending: dict[str, dict[str, Any]] = {}
-        stores: dict[str, ArtifactStore] = {}
+    def _write_batch(self, events: Sequence[Event], result: _BatchResult) -> None:
+        """Runs in a worker thread; records in ``result`` what it saved and what failed."""
+        counted_before = self._counted_ids
+        sessions: dict[str, _Session] = {}
         rejected: set[str] = set()
         for event in events:
+            if event.id in counted_before:  # a retry: counted by the previous write
+                result.counted_ids.add(event.id)
+                continue
             session_id = event.session_id
-            tally = result.tallies.get(session_id)
-            if tally is None:
+            session = sessions.get(session_id)
+            if session is None:
                 if session_id in rejected:
                     result.skipped_events += 1
+                    result.counted_ids.add(event.id)
+                    continue
+                if session_id in result.failed:
                     continue
                 try:
-                    stores[session_id] = self._query.store(session_id, durable=self.durable)
+                    store = self._query.store(session_id, durable=self.durable)
                 except (InvalidNameError, TypeError) as exc:
                     rejected.add(session_id)
                     result.skipped_events += 1
+                    result.counted_ids.add(event.id)
                     logger.warning(
                         "artifact sink skipped the events of a session (first: %s): %s",
                         event.id,
                         exc,
                     )
                     continue
-                tally = self._tally_for(session_id, stores[session_id])
-                result.tallies[session_id] = tally
-                pending[session_id] = {}
-            tally.apply(event)
+                try:
+                    before = self._tally_before(session_id, store)
+                except (OSError, EventBusError) as exc:
+                    result.failed[session_id] = exc
+                    continue
+                session = sessions[session_id] = _Session(store, before, before.copy())
+            session.ids.append(event.id)
+            session.tally.apply(event)
             if event.event_type in _ARTIFACT_TYPES and "content" in event.metadata:
                 key = event.metadata.get("key")
                 problem = _artifact_key_problem(key)
                 if problem is not None:
-                    result.skipped_artifacts += 1
+                    session.skipped_artifacts += 1
                     logger.warning(
                         "artifact sink skipped the content of event %s (session %r): %s",
                         event.id,
@@ -172,21 +246,33 @@ class ArtifactSink:
                     )
                     continue
                 assert isinstance(key, str)
-                pending[session_id][key] = event.metadata["content"]
-        for session_id, tally in result.tallies.items():
-            store = stores[session_id]
-            for key, content in pending[session_id].items():
-                store.save_artifact(key, content)
-                result.saved += 1
-            store.save_artifact(RUN_SUMMARY_KEY, tally.summary())
-        return result
+                session.artifacts[key] = event.metadata["content"]
+        for session_id, session in sessions.items():
+            try:
+                for key, content in session.artifacts.items():
+                    session.store.save_artifact(key, content)
+                session.store.save_artifact(RUN_SUMMARY_KEY, session.tally.summary())
+            except (OSError, EventBusError) as exc:
+                result.failed[session_id] = exc
+                result.before_failed[session_id] = session.before
+                logger.warning("artifact sink could not save session %r: %s", session_id, exc)
+                continue
+            result.saved_tallies[session_id] = session.tally
+            result.counted_ids.update(session.ids)
+            result.saved += len(session.artifacts)
+            result.skipped_artifacts += session.skipped_artifacts
+
+    def _tally_before(self, session_id: str, store: ArtifactStore) -> Tally:
+        """The session's totals before this batch: as the failed last try left them, or current."""
+        before = self._before_failed.get(session_id)
+        return before.copy() if before is not None else self._tally_for(session_id, store)
 
     def _tally_for(self, session_id: str, store: ArtifactStore) -> Tally:
         """Return a copy of the session's totals, from the cache or resumed from disk."""
         cached = self._tallies.get(session_id)
         if cached is not None:
             return cached.copy()
-        data = read_bytes(os.fspath(store.artifact_path(RUN_SUMMARY_KEY)))
+        data = store._read_bytes(RUN_SUMMARY_KEY)
         if data is None:
             return Tally(session_id)
         try:

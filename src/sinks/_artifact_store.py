@@ -20,6 +20,7 @@ from ._artifact_files import (
     read_bytes,
     write_atomic,
 )
+from ._paths import resolve_inside
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -54,6 +55,7 @@ def load_artifact_file(key: str, path: str) -> Any:
     """Return the artifact ``key`` stored at ``path``, decoded; ``None`` if there is no file.
 
     :raises CorruptArtifactError: if the file does not hold valid JSON
+    :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
     """
     data = read_bytes(path)
     if data is None:
@@ -71,17 +73,41 @@ class ArtifactStore:
     the module docstring); ``durable=False`` skips the fsyncs: a crash of
     the process still leaves the old or the new artifact, but a power loss
     may lose recent saves. Keys are validated (:class:`InvalidNameError`).
+    Only regular files are read or replaced: a FIFO, a device or a
+    directory where an artifact should be raises
+    :class:`~sinks.jsonl.NotARegularFileError`, and is left in place.
     Each method has an ``a``-prefixed twin that runs it in a worker thread,
     so a large artifact never blocks the event loop.
 
+    With ``workspace_root`` (as :meth:`SessionArtifactQuery.store` makes
+    it), every method first checks that the session directory, the
+    artifacts directory and the artifact file do not lead out of the root
+    through a symlink: one that resolves inside the root is followed, a
+    dangling one or one leading out raises
+    :class:`~sinks.jsonl.UnsafeSymlinkError`, before anything is read or
+    written. ``delete_artifact`` removes the entry itself (a symlink, not
+    what it points to). Without ``workspace_root`` nothing is checked.
+
     :param artifacts_path: the directory of the artifacts
     :param durable: fsync every write (the default)
+    :param workspace_root: the root that ``artifacts_path`` lies below, if any
     """
 
-    def __init__(self, artifacts_path: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        artifacts_path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        workspace_root: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.artifacts_path = Path(artifacts_path)
         self.durable = durable
         self._dir = os.fspath(self.artifacts_path)
+        self._root = None if workspace_root is None else os.fspath(workspace_root)
+
+    def _checked(self, path: str) -> str:
+        """``path`` with the symlinks under the root followed, or refused (no root: unchanged)."""
+        return path if self._root is None else resolve_inside(self._root, path)
 
     def artifact_path(self, key: str) -> Path:
         """Return where the artifact ``key`` is stored (whether or not it exists).
@@ -98,33 +124,49 @@ class ArtifactStore:
 
         :raises InvalidNameError: if ``key`` is not a valid artifact key
         :raises ArtifactEncodeError: if ``data`` cannot be encoded as JSON
+        :raises NotARegularFileError: if a FIFO, a directory... is in the artifact's place
+        :raises UnsafeSymlinkError: if a symlink leads out of the workspace root
         """
-        filename = check_key(key) + SUFFIX
+        path = self._checked(self._path(key))
         try:
             encoded = _encoder.encode(data)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ArtifactEncodeError(key, str(exc)) from exc
-        write_atomic(self._dir, filename, encoded + b"\n", self.durable)
+        directory, filename = os.path.split(path)
+        write_atomic(directory, filename, encoded + b"\n", self.durable)
 
     def load_artifact(self, key: str) -> Any:
         """Return the artifact ``key`` decoded from JSON, or ``None`` if there is none.
 
         :raises InvalidNameError: if ``key`` is not a valid artifact key
         :raises CorruptArtifactError: if the file does not hold valid JSON
+        :raises NotARegularFileError: if a FIFO, a directory... is in the artifact's place
+        :raises UnsafeSymlinkError: if a symlink leads out of the workspace root
         """
-        return load_artifact_file(key, self._path(key))
+        return load_artifact_file(key, self._checked(self._path(key)))
+
+    def _read_bytes(self, key: str) -> bytes | None:
+        """The stored bytes of the artifact ``key`` (for :class:`ArtifactSink`), checked."""
+        return read_bytes(self._checked(self._path(key)))
 
     def list_artifacts(self) -> list[str]:
-        """Return the keys of the stored artifacts, sorted; temporary files are never listed."""
-        return list_keys(self._dir)
+        """Return the keys of the stored artifacts, sorted; temporary files are never listed.
+
+        Only regular files are artifacts; a symlink leading out of the
+        workspace root is skipped and logged.
+
+        :raises UnsafeSymlinkError: if the directory leads out of the workspace root
+        """
+        return list_keys(self._checked(self._dir), self._root)
 
     def artifact_exists(self, key: str) -> bool:
         """Return whether the artifact ``key`` is stored.
 
         :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises UnsafeSymlinkError: if a symlink leads out of the workspace root
         """
         try:
-            return stat.S_ISREG(os.stat(self._path(key)).st_mode)
+            return stat.S_ISREG(os.stat(self._checked(self._path(key))).st_mode)
         except (FileNotFoundError, NotADirectoryError):
             return False
 
@@ -134,10 +176,11 @@ class ArtifactStore:
         Returns ``{}`` when the artifact does not exist.
 
         :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises UnsafeSymlinkError: if a symlink leads out of the workspace root
         """
         path = self._path(key)
         try:
-            info = os.stat(path)
+            info = os.stat(self._checked(path))
         except (FileNotFoundError, NotADirectoryError):
             return {}
         if not stat.S_ISREG(info.st_mode):
@@ -153,13 +196,16 @@ class ArtifactStore:
         """Delete the artifact ``key``; return whether there was one.
 
         :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises UnsafeSymlinkError: if the directory leads out of the workspace root
         """
+        filename = check_key(key) + SUFFIX
+        directory = self._checked(self._dir)
         try:
-            os.unlink(self._path(key))
+            os.unlink(os.path.join(directory, filename))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return False
         if self.durable:
-            fsync_directory(self._dir)
+            fsync_directory(directory)
         return True
 
     async def asave_artifact(self, key: str, data: Any) -> None:

@@ -20,11 +20,25 @@ Trust:
   are named ``.<random>.tmp``: a crash may leave one behind, and no listing
   ever shows it (keys cannot start with a dot).
 - **Names are validated.** Artifact keys and session ids are single file
-  names: :class:`InvalidNameError` is raised for anything else, before any
-  file is touched, so nothing is read or written outside the root.
-- **Corruption is contained.** A damaged artifact raises
-  :class:`CorruptArtifactError` from ``load_artifact`` and never breaks a
-  listing or a summary.
+  names that Windows, macOS and Linux can all hold, in Unicode NFC:
+  :class:`InvalidNameError` is raised for anything else, before any file is
+  touched.
+- **Nothing outside the root.** A session directory, ``artifacts``
+  directory or artifact file that is a symlink is followed only if it
+  resolves inside the workspace root; one leading out (or dangling) raises
+  :class:`UnsafeSymlinkError` naming the link, before anything is read or
+  written, and is skipped (and logged) by the listings. A standalone
+  ``ArtifactStore(path)`` has no root and checks no links.
+- **Regular files only.** A FIFO, a device or a directory where an artifact
+  or ``run_summary`` should be raises :class:`NotARegularFileError`, at
+  once (never a hang), and is never replaced by a save.
+- **Damage is contained.** A corrupt artifact raises
+  :class:`CorruptArtifactError` from ``load_artifact``; neither it nor an
+  unreadable ``run_summary`` or ``events.jsonl`` breaks a listing or a
+  summary: the session's summary says why in ``error``.
+- **One session fails alone.** :class:`ArtifactSink` saves every session
+  of a batch it can and raises :class:`eventbus.PartialWriteError` for the
+  others; a retry of the batch counts nothing twice.
 - **Dates come from content.** A session's creation time is its recorded
   start (``run_summary.started_at``, the first event of ``events.jsonl``);
   file modification times are only the last resort, so copying or touching
@@ -35,7 +49,9 @@ Errors::
     EventBusError
     ├── InvalidNameError (ValueError)
     ├── CorruptArtifactError (ValueError)
-    └── ArtifactEncodeError (TypeError)
+    ├── ArtifactEncodeError (TypeError)
+    ├── NotARegularFileError (OSError)      shared with sinks.jsonl
+    └── UnsafeSymlinkError (OSError)        shared with sinks.jsonl
 """
 
 from ._artifact_files import ARTIFACTS_DIR
@@ -43,6 +59,7 @@ from ._artifact_query import SessionArtifactQuery, SessionInfo, SessionSummary
 from ._artifact_sink import ArtifactSink
 from ._artifact_store import ArtifactEncodeError, ArtifactStore, CorruptArtifactError
 from ._artifact_summary import RUN_SUMMARY_KEY, RunSummary
+from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -51,8 +68,10 @@ __all__ = [
     "ArtifactSink",
     "ArtifactStore",
     "CorruptArtifactError",
+    "NotARegularFileError",
     "RunSummary",
     "SessionArtifactQuery",
     "SessionInfo",
     "SessionSummary",
+    "UnsafeSymlinkError",
 ]

@@ -293,15 +293,25 @@ class EventIndex:
         The result answers every query exactly like an index that received the
         same events live (corrupt lines, which :func:`sinks.jsonl.iter_log`
         skips, excepted). With ``max_events``, up to twice that many events are
-        held while loading.
+        held while loading. A log reached through a symlink leading out of
+        the root (or dangling) is skipped, with a warning on ``sinks.memory``.
 
         :raises FileNotFoundError: if ``workspace_root`` does not exist.
         """
+        import logging
+
+        from sinks._paths import UnsafeSymlinkError, resolve_inside
         from sinks.jsonl import iter_log  # here: sinks.jsonl may import this module
 
         index = cls(low_memory=low_memory, max_events=max_events)
-        for session in sorted(Path(workspace_root).iterdir()):
+        root = Path(workspace_root)
+        for session in sorted(root.iterdir()):
             path = session / "events.jsonl"
+            try:  # nothing is read outside the root: a symlink leading out is skipped
+                resolve_inside(os.fspath(root), os.fspath(path))
+            except UnsafeSymlinkError as exc:
+                logging.getLogger("sinks.memory").warning("skipped %s: %s", path, exc)
+                continue
             if not path.is_file():
                 continue
             entries = iter_log(path)
