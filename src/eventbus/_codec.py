@@ -94,7 +94,7 @@ def _encode(event: Event) -> bytes:
         or (event.model is not None and type(event.model) is not str)
         or (event.parent_id is not None and type(event.parent_id) is not str)
     ):
-        problem = _field_problem(event)  # subclasses of str, datetime, dict pass
+        problem = _field_problem(event)  # str enums and dict subclasses pass
         if problem is not None:
             raise _Refused(*problem)
     line = _encode_unchecked(event)
@@ -149,7 +149,7 @@ def _field_problem(event: Event) -> tuple[str, str] | None:
             _encode_unchecked(value)
         except (TypeError, ValueError, OverflowError) as exc:
             return name, f"cannot be encoded ({exc})"
-    if not isinstance(event.timestamp, datetime):
+    if type(event.timestamp) is not datetime:  # msgspec encodes no subclass
         return "timestamp", f"must be a datetime, got {_describe(event.timestamp)}"
     if not isinstance(event.metadata, dict):
         return "metadata", f"must be a dict, got {_describe(event.metadata)}"
