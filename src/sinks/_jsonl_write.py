@@ -168,6 +168,9 @@ class LogWriter:
         self.buffer = bytearray()
         self.buffered_events = 0
         self.forked = False
+        opened = os.fstat(fd)
+        self._identity = (opened.st_dev, opened.st_ino)  # fixed while the file is open
+        self._where = os.fspath(path)
         self._cut_pending = False  # a failed write could not be cut off: cut before the next
         self._finalizer = weakref.finalize(self, _release, fd, self.buffer, path)
         _live_writers.add(self)
@@ -263,18 +266,21 @@ class LogWriter:
     def moved(self) -> str | None:
         """Say how the file left ``path`` (deleted, replaced...), or ``None`` if it is there.
 
-        One ``fstat`` and one ``stat``: cheap enough to call before each batch.
+        One ``stat`` of the path, compared with the open file's device and
+        inode (which cannot be reused while it is open): cheap enough to call
+        before each batch.
         """
-        opened = os.fstat(self.fd)
-        if opened.st_nlink == 0:
-            return "was deleted"
         try:
-            current = os.stat(self.path)
+            current = os.stat(self._where)
         except (FileNotFoundError, NotADirectoryError):
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == self._identity:
+            return None
+        if os.fstat(self.fd).st_nlink == 0:
+            return "was deleted"
+        if current is None:
             return "is gone (its directory was deleted, moved or replaced)"
-        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
-            return "was replaced by another file"
-        return None
+        return "was replaced by another file"
 
     def write(self, data: bytes, count: int) -> None:
         """Append complete lines (``count`` events), as far as the durability mode says.

@@ -17,7 +17,9 @@ a returned ``await bus.flush()`` reports; for :class:`EventLog` it is
 
 - ``"none"``: events are buffered in this process (up to 64 KiB per file) and
   written when the buffer fills or the file is closed. Nothing is guaranteed
-  on a crash, and other readers may not see the events yet.
+  on a crash, and other readers may not see the events yet. An I/O error is
+  not a crash: a buffer that cannot be written (full disk, EIO) raises
+  :class:`~eventbus.EventsLostError` saying how many events are lost.
 - ``"flush"`` (default): every batch is written to the operating system
   before the acknowledgement. Survives the process being killed; not a power
   loss or an OS crash.
@@ -39,17 +41,31 @@ the first problem. What was skipped is in a :class:`RecoveryReport`
 (``EventLog.recovery``, ``JsonlSink.recoveries``); ``JsonlSink(on_recovery=
 bus.publish_nowait)`` also puts a WARNING event on the bus.
 
+**Files that are not logs.** Readers and writers refuse a FIFO, a device,
+a socket or a directory where a log should be with
+:class:`NotARegularFileError`, at once (a FIFO is opened non-blocking, so
+nothing hangs). :class:`JsonlSink` refuses symlinks that would take it out of
+its workspace root (:class:`UnsafeSymlinkError`); ``EventLog(path)`` writes
+where the path the caller gave leads. What :class:`JsonlSink` does on each
+fault (a full disk, a deleted log, one bad session, too many open files, a
+fork) is listed in its docstring.
+
 Errors::
 
     EventBusError
     ├── LogLockedError
     ├── CorruptLogError (ValueError)
-    └── InvalidNameError (ValueError, from eventbus: a bad session id)
+    ├── NotARegularFileError (OSError)
+    ├── UnsafeSymlinkError (OSError)
+    ├── InvalidNameError (ValueError, from eventbus: a bad session id)
+    ├── EventsLostError (from eventbus: a "none" buffer could not be written)
+    └── PartialWriteError (from eventbus: some sessions of a batch failed)
 
 Layout: this module holds :class:`EventLog` and :class:`JsonlSink`; reading
 and recovery (:func:`iter_log`, :class:`RecoveryReport`) live in
 ``sinks._jsonl_read``, the locked writer and its fsync helpers in
-``sinks._jsonl_write``. Import every name from here.
+``sinks._jsonl_write``, safe opening (regular files, symlinks) in
+``sinks._jsonl_files``. Import every name from here.
 """
 
 from __future__ import annotations
@@ -496,8 +512,8 @@ class JsonlSink:
       are gone; ``stats().lost`` counts them, ``stats().failed`` is set and
       every later ``write`` is refused (the bus fails the sink at once).
     - **A log is deleted, or its directory deleted or replaced**, while open:
-      noticed before the next batch is written to it (one ``fstat`` and one
-      ``stat`` per file and batch), never written into the unlinked file.
+      noticed before the next batch is written to it (one ``stat`` per file
+      and batch), never written into the unlinked file.
       The log is created again (directories included), its buffered events
       (``"none"`` mode) go to the new file, and the recovery is logged,
       counted in ``stats().reopened`` and passed to ``on_recovery`` as a
