@@ -43,12 +43,13 @@ class NotARegularFileError(EventBusError, OSError):
 
 
 class UnsafeSymlinkError(EventBusError, OSError):
-    """Raised when a log, or a session directory, is a symlink that is not followed.
+    """Raised when a path in a workspace is a symlink that is not followed.
 
-    :class:`~sinks.jsonl.JsonlSink` refuses a session directory that is a
-    symlink resolving outside its workspace root, and an ``events.jsonl``
-    that is itself a symlink; any writer refuses a dangling symlink.
-    ``link`` is the symlink's path, ``target`` what it points to.
+    A symlink under a workspace root that resolves outside it (or dangles)
+    is refused by :class:`~sinks.jsonl.JsonlSink` and the artifact store and
+    queries; ``JsonlSink`` also refuses an ``events.jsonl`` that is itself a
+    symlink, and any log writer a dangling one. ``link`` is the symlink's
+    path, ``target`` what it points to.
     """
 
     def __init__(self, link: str | os.PathLike[str], target: str, problem: str) -> None:
