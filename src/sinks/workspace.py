@@ -87,17 +87,18 @@ FOLLOW_DEBOUNCE_MS: Final = 30
 """The longest :meth:`Workspace.follow` gathers file changes before reading them."""
 FOLLOW_STEP_MS: Final = 10
 """How long the logs must be quiet before :meth:`Workspace.follow` reads them."""
-FOLLOW_WAKE_MS: Final = 200
+FOLLOW_WAKE_MS: Final = 100
 """How long :meth:`Workspace.follow` waits for a change before it wakes up anyway.
 
 It bounds how long cancelling a follower takes (the file watcher's thread
 cannot be interrupted) and how late an event written while the watcher was
 starting comes out. A wake-up without a change rereads nothing, except that
-the first one and every fifth (about once a second) rereads every log: a
-safety net for a change the watcher did not report (a log created in a
-directory made a moment before), not how new events are normally found.
+the first one and every tenth (about once a second) rereads every log: a
+safety net for a change the watcher did not report (written while it was
+starting, or a log created in a directory made a moment before), not how new
+events are normally found.
 """
-_RESCAN_EVERY: Final = 5
+_RESCAN_EVERY: Final = 10
 
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RECENT_IDS: Final = 65536  # ids remembered by follow to drop an event seen twice
