@@ -370,3 +370,51 @@ def test_a_command_needing_a_missing_extra_names_it(monkeypatch: pytest.MonkeyPa
         MissingExtraError, match=r"^eventbus tail needs rich, .* 'eventbus\[web\]'$"
     ):
         console(sys.stdout, command="eventbus tail")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_demo_serve_prints_the_url_first_and_serves_on_after_the_session(tmp_path: Path) -> None:
+    """--serve: the URL is the first line, the API shows the live session, Ctrl-C stops it."""
+    import httpx
+
+    port = _free_port()
+    with subprocess.Popen(
+        [
+            *CLI,
+            "demo",
+            "--workspace",
+            str(tmp_path),
+            "--tasks",
+            "3",
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.strip() == f"dashboard: http://127.0.0.1:{port}/"
+        for line in process.stdout:
+            if "serving the dashboard until Ctrl-C" in line:
+                break
+        sessions = httpx.get(f"http://127.0.0.1:{port}/api/sessions", timeout=10).json()
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert [s["status"] for s in sessions["sessions"]] == ["completed"]
+    assert "data-testid" in page.text or "<html" in page.text.lower()
+    assert process.returncode == 130
+    assert err.splitlines() == [
+        "eventbus demo: interrupted; stopped serving the dashboard (the session had ended)"
+    ]

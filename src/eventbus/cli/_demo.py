@@ -17,7 +17,8 @@ import errno
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +33,7 @@ from .._event import Event, EventType
 from .._names import validate_session_id
 from .._query import EventQuery
 from .._session import Session
-from .._sink import MemorySink
+from .._sink import MemorySink, Sink
 from ._agents import IDEA, build_demo_coordinator
 from ._common import CommandError, Subparsers, import_extra, interruptible, table
 
@@ -163,9 +164,17 @@ async def run_demo(
     max_concurrency: int = 4,
     session_id: str | None = None,
     out: TextIO | None = None,
+    sinks: Sequence[Sink] = (),
+    attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None,
+    after: Callable[[DemoRun], Awaitable[None]] | None = None,
 ) -> DemoRun:
     """Run the demo session under ``workspace_root``; print progress to ``out``.
 
+    :param sinks: more sinks to subscribe (a JetStream or OpenTelemetry export).
+    :param attach: an async context manager made from the bus, entered before the
+        session starts and left after ``after`` (a dashboard served live).
+    :param after: awaited with the finished run while the bus is still open
+        (print the summary, then serve on until Ctrl-C).
     :raises BrokenPipeError: ``out`` was closed by its reader; the session was
         aborted (its log says so).
     """
@@ -179,19 +188,25 @@ async def run_demo(
             bus.subscribe(index)
             if printer is not None:
                 bus.subscribe(printer, query=_PROGRESS)
-            coordinator = build_demo_coordinator(
-                bus, workspace_root, tasks=tasks, max_concurrency=max_concurrency
-            )
-            session = await coordinator.run(IDEA, session_id=session_id)
-            await bus.flush()
+            for sink in sinks:
+                bus.subscribe(sink)
+            async with attach(bus) if attach is not None else nullcontext():
+                coordinator = build_demo_coordinator(
+                    bus, workspace_root, tasks=tasks, max_concurrency=max_concurrency
+                )
+                session = await coordinator.run(IDEA, session_id=session_id)
+                await bus.flush()
+                result = DemoRun(
+                    session=session,
+                    events=list(index.events),
+                    events_path=jsonl.path_for(session.session_id),
+                    artifacts_path=session.directory / "artifacts",
+                )
+                if after is not None:
+                    await after(result)
     if printer is not None and printer.closed:
         raise BrokenPipeError(errno.EPIPE, "the demo's output was closed by its reader")
-    return DemoRun(
-        session=session,
-        events=list(index.events),
-        events_path=jsonl.path_for(session.session_id),
-        artifacts_path=session.directory / "artifacts",
-    )
+    return result
 
 
 def _task_rows(events: Sequence[Event]) -> list[list[Any]]:
@@ -317,6 +332,15 @@ def add_parser(subparsers: Subparsers) -> None:
         default="asyncio",
         help="the anyio backend (default: asyncio; trio needs the trio extra)",
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the dashboard live on the demo's bus (http://127.0.0.1:PORT/), "
+        "and keep serving after the session ends until Ctrl-C (needs the web extra)",
+    )
+    demo.add_argument(
+        "--port", type=_port, default=8000, help="the dashboard's port with --serve (default: 8000)"
+    )
     demo.set_defaults(
         run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
     )
@@ -359,16 +383,30 @@ def check_workspace(root: Path, session_id: str | None) -> None:
         )
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``eventbus demo``; return 0 if the session completed, 1 if it failed."""
     if args.backend == "trio":
         import_extra("trio", extra="trio", command="--backend trio")
+    if args.serve:
+        if args.backend != "asyncio":
+            raise CommandError("--serve runs on asyncio only (uvicorn): drop --backend trio")
+        import_extra("uvicorn", extra="web", command="eventbus demo --serve")
     check_workspace(args.workspace, args.session_id)
     status: int = anyio.run(_demo, args, sys.stdout, backend=args.backend)
     return status
 
 
-async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+def _header(args: argparse.Namespace, out: TextIO) -> None:
     print(
         f"eventbus demo: {args.tasks} tasks, up to {args.concurrency} at once, "
         f"workspace {args.workspace}",
@@ -377,6 +415,29 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.tasks >= 3:
         print(f"  {RETRY_NOTE}", file=out)
     print(end="", file=out, flush=True)  # out may be None: stdout closed at start
+
+
+async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None
+    after: Callable[[DemoRun], Awaitable[None]] | None = None
+    if args.serve:  # the dashboard's URL comes first, then the session
+        from ._serve import dashboard
+
+        @asynccontextmanager
+        async def attach(bus: EventBus) -> AsyncIterator[None]:
+            async with dashboard(bus, args.workspace, port=args.port, out=out):
+                _header(args, out)
+                yield
+
+        async def after(finished: DemoRun) -> None:
+            print_summary(finished, out)
+            print("\nThe session has ended; serving the dashboard until Ctrl-C.", file=out)
+            print(end="", file=out, flush=True)
+            args.interrupted = "stopped serving the dashboard (the session had ended)"
+            await anyio.sleep_forever()
+
+    else:
+        _header(args, out)
     async with interruptible():
         result = await run_demo(
             args.workspace,
@@ -384,6 +445,8 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
             max_concurrency=args.concurrency,
             session_id=args.session_id,
             out=out,
+            attach=attach,
+            after=after,
         )
     print_summary(result, out)
     return 0 if result.session.phase.value == "COMPLETE" else 1
