@@ -243,13 +243,16 @@ class JetStreamSink:
         data = msg.data
         headers = msg.headers
         if headers and headers.get(_STATUS) == _NO_RESPONDERS:
-            attempt.errors[index] = f"no stream takes subject {msg.subject!r}"
+            attempt.errors[index] = (
+                "no JetStream stream answered (503: the server is starting, or the stream "
+                "was deleted and is created again on the retry)"
+            )
             self._stream_ready = False  # deleted under us? check (and create) it again
         elif b'"error"' in data:
             attempt.errors[index] = data.decode(errors="replace")
         else:
             attempt.acked.add(index)
-            if b'"duplicate":true' in data:
+            if b'"duplicate"' in data and b"true" in data:
                 attempt.duplicates += 1
         attempt.progress.set()
 

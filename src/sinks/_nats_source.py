@@ -350,7 +350,12 @@ class JetStreamSource:
         self.remember(event.id for event in fresh)
         if self.durable is None:
             return
-        for msg in messages:
-            await msg.ack()
-        assert self._nc is not None
-        await self._nc.flush(timeout=max(1, round(self.ack_wait)))
+        try:
+            for msg in messages:
+                await msg.ack()
+            assert self._nc is not None
+            await self._nc.flush(timeout=max(1, round(self.ack_wait)))
+        except (nats.errors.Error, TimeoutError) as exc:  # redelivered, then dropped by id
+            _logger.info(
+                "acks to %s may be lost (%r); they come back and are dropped", self.stream, exc
+            )

@@ -1,0 +1,152 @@
+"""JetStreamSource against a real nats-server: every event once, acked only after the flush."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from _nats_servers import machine_nats, machine_stream, stream_name
+from eventbus import (
+    Event,
+    EventBatch,
+    EventBus,
+    EventType,
+    MemorySink,
+    RetryPolicy,
+    SinkFailedError,
+)
+from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
+
+__all__ = ["machine_nats", "machine_stream", "stream_name"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """nats-py runs on asyncio only (test_nats_sink.py tests the error on trio)."""
+    return "asyncio"
+
+
+async def _publish(url: str, stream: str, events: Sequence[Event]) -> None:
+    sink = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
+    try:
+        await sink.write(EventBatch(events))
+    finally:
+        await sink.aclose()
+
+
+async def _consume(url: str, stream: str, sink: MemorySink, **options: object) -> JetStreamSource:
+    async with EventBus(retry=RetryPolicy(retries=0)) as bus:
+        bus.subscribe(sink)
+        source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower(), **options)  # type: ignore[arg-type]
+        async with source:
+            await source.run(bus, until_idle=True)
+    return source
+
+
+def _events(count: int, session_id: str = "s1") -> list[Event]:
+    return [
+        Event(event_type=EventType.INFO, session_id=session_id, message=f"m{i}")
+        for i in range(count)
+    ]
+
+
+@pytest.mark.anyio
+async def test_every_stored_event_reaches_the_local_bus_in_order(
+    machine_stream: tuple[str, str],
+) -> None:
+    """The source publishes each stored event, unknown types kept, in stream order."""
+    url, stream = machine_stream
+    events = [*_events(600), Event(event_type=EventType("new.kind"), session_id="s.2", message="")]
+    await _publish(url, stream, events)
+    sink = MemorySink()
+    await _consume(url, stream, sink)
+    assert sink.events == events
+
+
+@pytest.mark.anyio
+async def test_a_restarted_durable_source_resumes_after_what_it_acked(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A second run of the same durable consumer gets only the events published since."""
+    url, stream = machine_stream
+    first, later = _events(300), _events(50)
+    await _publish(url, stream, first)
+    await _consume(url, stream, MemorySink())
+    await _publish(url, stream, later)
+    sink = MemorySink()
+    await _consume(url, stream, sink)
+    assert sink.events == later
+
+
+@pytest.mark.anyio
+async def test_remembered_ids_are_dropped_as_redeliveries(machine_stream: tuple[str, str]) -> None:
+    """Events whose ids the local sinks already hold (remembered) are not published again."""
+    url, stream = machine_stream
+    events = _events(200)
+    await _publish(url, stream, events)
+    sink = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        async with JetStreamSource(url, stream=stream, subject_prefix=stream.lower()) as source:
+            source.remember(event.id for event in events[:120])
+            await source.run(bus, until_idle=True)
+    assert sink.events == events[120:]
+    assert source.stats().duplicates == 120
+
+
+class _FailingSink(MemorySink):
+    async def write(self, events: Sequence[Event]) -> None:
+        raise OSError("disk full")
+
+
+@pytest.mark.anyio
+async def test_a_batch_whose_local_flush_failed_is_not_acked(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A failed local sink stops the run unacked; the next run gets the batch again."""
+    url, stream = machine_stream
+    events = _events(30)
+    await _publish(url, stream, events)
+    with pytest.raises(SinkFailedError, match="disk full"):
+        await _consume(url, stream, _FailingSink(), ack_wait=1.0)
+    sink = MemorySink()
+    await _consume(url, stream, sink, ack_wait=1.0)
+    assert sink.events == events
+
+
+@pytest.mark.anyio
+async def test_ordered_consumer_with_one_session_gets_only_that_session(
+    machine_stream: tuple[str, str],
+) -> None:
+    """durable=None reads the stream live, filtered by the server to one session's subject."""
+    url, stream = machine_stream
+    wanted = _events(40, "run b.1")
+    await _publish(url, stream, [*_events(40, "run a"), *wanted])
+    sink = MemorySink()
+    source = await _consume(url, stream, sink, durable=None, sessions=["run b.1"])
+    assert sink.events == wanted
+    assert source.filter_subject == f"{stream.lower()}.run%20b%2E1.*"
+
+
+@pytest.mark.anyio
+async def test_start_sequence_skips_the_earlier_messages(machine_stream: tuple[str, str]) -> None:
+    """A new consumer with start=<sequence> begins at that stream sequence."""
+    url, stream = machine_stream
+    events = _events(20)
+    await _publish(url, stream, events)
+    sink = MemorySink()
+    await _consume(url, stream, sink, durable=None, start=11)
+    assert sink.events == events[10:]
+
+
+@pytest.mark.anyio
+async def test_durable_with_another_filter_is_refused(machine_stream: tuple[str, str]) -> None:
+    """Reusing a durable name with other sessions says how to resolve it."""
+    url, stream = machine_stream
+    await _publish(url, stream, _events(1))
+    await _consume(url, stream, MemorySink(), sessions=["s1"])
+    with pytest.raises(ConsumerConfigError, match="pass another durable name"):
+        await _consume(url, stream, MemorySink(), sessions=["s2"])
