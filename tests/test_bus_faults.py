@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -21,6 +22,9 @@ from eventbus import (
     RetryPolicy,
     SinkFailedError,
 )
+from sinks._jsonl_write import LogWriter
+from sinks.artifacts import ArtifactSink
+from sinks.jsonl import JsonlSink
 
 pytestmark = pytest.mark.anyio
 
@@ -284,3 +288,47 @@ class TestSessionFailures:
                 await bus.publish(ev(0))
         assert bus.stats().lost == 2
         assert not bus.stats().healthy
+
+
+class TestShippedSinksAreAbandonable:
+    async def test_a_jsonl_write_stuck_on_the_disk_cannot_hold_the_close(
+        self, tmp_path: Path, release: threading.Event, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """JsonlSink's worker thread is abandoned at close_timeout; the events count as lost."""
+        stuck = threading.Event()
+        real_write = LogWriter.write
+
+        def blocking_write(self: LogWriter, *args: object, **kwargs: object) -> None:
+            stuck.set()
+            release.wait()
+            real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LogWriter, "write", blocking_write)
+        started = time.monotonic()
+        with anyio.fail_after(5), pytest.raises(SinkFailedError, match="close_timeout"):
+            async with EventBus(close_timeout=0.2) as bus:
+                bus.subscribe(JsonlSink(tmp_path))
+                for i in range(4):
+                    await bus.publish(ev(i))
+                await anyio.to_thread.run_sync(stuck.wait)
+        assert time.monotonic() - started < 2
+        assert bus.stats().lost == 4
+
+    async def test_an_artifact_write_stuck_on_the_disk_cannot_hold_the_close(
+        self, tmp_path: Path, release: threading.Event, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ArtifactSink's worker thread is abandoned at close_timeout too."""
+        stuck = threading.Event()
+
+        def blocking_batch(*args: object) -> None:
+            stuck.set()
+            release.wait()
+
+        sink = ArtifactSink(tmp_path)
+        monkeypatch.setattr(sink, "_write_batch", blocking_batch)
+        with anyio.fail_after(5), pytest.raises(SinkFailedError, match="close_timeout"):
+            async with EventBus(close_timeout=0.2) as bus:
+                bus.subscribe(sink)
+                await bus.publish(ev(0))
+                await anyio.to_thread.run_sync(stuck.wait)
+        assert bus.stats().lost == 1

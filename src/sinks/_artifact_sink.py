@@ -168,9 +168,15 @@ class ArtifactSink:
                 self._before_failed = {}
             result = _BatchResult()
             try:
-                await anyio.to_thread.run_sync(self._write_batch, events, result)
-            finally:
+                await anyio.to_thread.run_sync(
+                    self._write_batch, events, result, abandon_on_cancel=True
+                )
+            except anyio.get_cancelled_exc_class():
+                raise  # abandoned (the bus's close_timeout): the thread may still fill result
+            except BaseException:
                 self._commit(result)
+                raise
+            self._commit(result)
         if result.failed:
             raise PartialWriteError(result.failed)
 

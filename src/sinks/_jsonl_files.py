@@ -27,18 +27,19 @@ _KINDS = (
 
 
 class NotARegularFileError(EventBusError, OSError):
-    """Raised when a log's path holds something other than a regular file.
+    """Raised when a log's or an artifact's path holds something other than a regular file.
 
-    A FIFO, a device, a socket or a directory where ``events.jsonl`` should
-    be is refused by readers and writers alike, at once (never a hang).
+    A FIFO, a device, a socket or a directory where ``events.jsonl``, an
+    artifact or a ``run_summary`` should be is refused by readers and
+    writers alike, at once (never a hang), and never replaced.
     """
 
     def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
         self.path = os.fspath(path)
         self.kind = kind
         super().__init__(
-            f"{self.path} is {kind}, not a regular file: an event log must be a regular "
-            "file; move it away or use another path"
+            f"{self.path} is {kind}, not a regular file: eventbus reads and writes only "
+            "regular files there; move it away or use another path"
         )
 
 

@@ -646,7 +646,11 @@ class JsonlSink:
             (session_id, group) for session_id, group in groups.items() if session_id not in done
         ]
         try:
-            failures = await anyio.to_thread.run_sync(self._write_groups, todo, done)
+            # Abandonable: the bus's close_timeout can give up on a stuck disk; the
+            # thread then finishes under self._lock, which aclose waits for.
+            failures = await anyio.to_thread.run_sync(
+                self._write_groups, todo, done, abandon_on_cancel=True
+            )
         except EventsLostError as exc:
             self._fail(exc)
             raise
