@@ -108,29 +108,3 @@ def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o644) ->
         os.close(fd)
         raise
     return fd
-
-
-def check_inside(root: str | os.PathLike[str], directory: str | os.PathLike[str]) -> None:
-    """Refuse ``directory`` (a child of ``root``) if it is a symlink leading out of ``root``.
-
-    A symlink whose target resolves inside the root is followed; a dangling
-    one, or one resolving outside (or to the root itself), is refused.
-
-    :raises UnsafeSymlinkError: naming the link and its target.
-    """
-    if not os.path.islink(directory):
-        return
-    target = os.readlink(directory)
-    if not os.path.exists(directory):
-        raise UnsafeSymlinkError(
-            directory, target, "which does not exist; remove the link or create its target"
-        )
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(directory)
-    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
-        raise UnsafeSymlinkError(
-            directory,
-            target,
-            f"which resolves to {real}, not inside the workspace root {real_root}; "
-            "JsonlSink writes nothing outside its root: replace the link with a directory",
-        )
