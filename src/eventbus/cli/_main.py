@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "eventbus.cli._demo",
     "eventbus.cli._read",
     "eventbus.cli._serve",
+    "eventbus.cli._relay",
 )
 
 
