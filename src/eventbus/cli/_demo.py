@@ -341,6 +341,13 @@ def add_parser(subparsers: Subparsers) -> None:
     demo.add_argument(
         "--port", type=_port, default=8000, help="the dashboard's port with --serve (default: 8000)"
     )
+    demo.add_argument(
+        "--nats",
+        metavar="URL",
+        default=None,
+        help="also publish every event to NATS JetStream (stream EVENTS, subjects "
+        "events.{session}.{type}); needs the nats extra and the asyncio backend",
+    )
     demo.set_defaults(
         run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
     )
@@ -401,6 +408,10 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "asyncio":
             raise CommandError("--serve runs on asyncio only (uvicorn): drop --backend trio")
         import_extra("uvicorn", extra="web", command="eventbus demo --serve")
+    if args.nats:
+        if args.backend != "asyncio":
+            raise CommandError("--nats runs on asyncio only (nats-py): drop --backend trio")
+        import_extra("nats", extra="nats", command="eventbus demo --nats")
     check_workspace(args.workspace, args.session_id)
     status: int = anyio.run(_demo, args, sys.stdout, backend=args.backend)
     return status
@@ -438,6 +449,11 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
     else:
         _header(args, out)
+    sinks: list[Sink] = []
+    if args.nats:
+        from sinks.nats import JetStreamSink
+
+        sinks.append(JetStreamSink(args.nats))
     async with interruptible():
         result = await run_demo(
             args.workspace,
@@ -445,6 +461,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
             max_concurrency=args.concurrency,
             session_id=args.session_id,
             out=out,
+            sinks=sinks,
             attach=attach,
             after=after,
         )
