@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +68,13 @@ def append_raw(root: Path, session: str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as file:
         file.write(data)
+
+
+@pytest.fixture(params=[pytest.param(True, id="indexed"), pytest.param(False, id="scanning")])
+def make(request: pytest.FixtureRequest) -> Callable[[Path], Workspace]:
+    """Open a workspace with an index, or one that reads the logs for each query."""
+    indexed: bool = request.param
+    return lambda root: Workspace(root, index=indexed)
 
 
 @pytest.fixture
@@ -190,16 +197,20 @@ def test_an_unknown_session_is_not_found(root: Path) -> None:
 # --- events --------------------------------------------------------------------------------
 
 
-def test_events_come_in_time_order_across_sessions(root: Path) -> None:
+def test_events_come_in_time_order_across_sessions(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Events of all sessions interleave by timestamp."""
-    events, next_id = Workspace(root).events()
+    events, next_id = make(root).events()
     assert [e.message for e in events][:4] == ["a0", "b1", "a2", "response from m1"]
     assert next_id is None
 
 
-def test_pages_concatenate_to_the_whole_answer(root: Path) -> None:
+def test_pages_concatenate_to_the_whole_answer(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Passing next as after walks every event once."""
-    workspace = Workspace(root)
+    workspace = make(root)
     seen: list[str] = []
     after: str | None = None
     while True:
@@ -211,31 +222,33 @@ def test_pages_concatenate_to_the_whole_answer(root: Path) -> None:
     assert len(seen) == 6
 
 
-def test_events_filter_by_query_and_session(root: Path) -> None:
+def test_events_filter_by_query_and_session(root: Path, make: Callable[[Path], Workspace]) -> None:
     """A query and a session id combine."""
     query = EventQuery(event_type=EventType.LLM_RESPONSE_RECEIVED)
-    events, _ = Workspace(root).events(query, session_id="b")
+    events, _ = make(root).events(query, session_id="b")
     assert [e.model for e in events] == ["m2"]
 
 
-def test_an_unknown_after_id_is_refused(root: Path) -> None:
+def test_an_unknown_after_id_is_refused(root: Path, make: Callable[[Path], Workspace]) -> None:
     """after must be an event a log holds."""
     with pytest.raises(UnknownEventIdError, match="nope"):
-        Workspace(root).events(after="nope")
+        make(root).events(after="nope")
 
 
-def test_events_appended_and_new_sessions_are_seen_by_the_next_call(root: Path) -> None:
+def test_events_appended_and_new_sessions_are_seen_by_the_next_call(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Each call reads what the logs gained since the last one."""
-    workspace = Workspace(root)
+    workspace = make(root)
     assert len(workspace.events()[0]) == 6
     append(root, info("a", "late", 10), info("c", "new session", 11))
     events, _ = workspace.events()
     assert [e.message for e in events][-2:] == ["late", "new session"]
 
 
-def test_a_cleared_log_is_read_again(root: Path) -> None:
+def test_a_cleared_log_is_read_again(root: Path, make: Callable[[Path], Workspace]) -> None:
     """A log replaced by its writer (clear) is re-read, not mixed with the old one."""
-    workspace = Workspace(root)
+    workspace = make(root)
     assert len(workspace.events(session_id="a")[0]) == 3
     with EventLog(root / "a" / "events.jsonl") as log:
         log.clear()
@@ -243,14 +256,14 @@ def test_a_cleared_log_is_read_again(root: Path) -> None:
     assert [e.message for e in workspace.events(session_id="a")[0]] == ["fresh"]
 
 
-def test_read_lines_are_the_stored_bytes(root: Path) -> None:
+def test_read_lines_are_the_stored_bytes(root: Path, make: Callable[[Path], Workspace]) -> None:
     """A line written by another producer (other key order, extra key) comes back byte for byte."""
     foreign = (
         b'{"id":"0199aaaa000070008000000000000001","extra":[1, 2],"session_id":"a",'
         b'"event_type":"info","message":"foreign","timestamp":"2026-01-01T12:00:30+00:00"}'
     )
     append_raw(root, "a", foreign + b"\n")
-    workspace = Workspace(root)
+    workspace = make(root)
     events, _ = workspace.events(session_id="a")
     lines = workspace.read_lines(events)
     assert lines[-1] == foreign
@@ -260,11 +273,11 @@ def test_read_lines_are_the_stored_bytes(root: Path) -> None:
 # --- usage ---------------------------------------------------------------------------------
 
 
-def test_usage_has_the_api_shape(root: Path) -> None:
+def test_usage_has_the_api_shape(root: Path, make: Callable[[Path], Workspace]) -> None:
     """Rows per model, most expensive first, and the total; only responses count."""
     append(root, info("a", "req", 6, event_type=EventType.LLM_REQUEST_SENT, model="m1",
                       metadata={"prompt_tokens": 999}))  # fmt: skip
-    assert Workspace(root).usage("model") == {
+    assert make(root).usage("model") == {
         "by": "model",
         "rows": [
             {"key": "m2", "calls": 1, "prompt_tokens": 7, "completion_tokens": 3,
@@ -277,9 +290,9 @@ def test_usage_has_the_api_shape(root: Path) -> None:
     }  # fmt: skip
 
 
-def test_usage_by_phase_and_for_one_session(root: Path) -> None:
+def test_usage_by_phase_and_for_one_session(root: Path, make: Callable[[Path], Workspace]) -> None:
     """Phase groups are summed like the index's groups; session_id narrows every figure."""
-    usage = Workspace(root).usage("phase", session_id="a")
+    usage = make(root).usage("phase", session_id="a")
     assert [(row["key"], row["calls"], row["total_tokens"]) for row in usage["rows"]] == [
         ("PLAN", 1, 15)
     ]
@@ -300,9 +313,11 @@ async def take(stream: AsyncGenerator[tuple[Event, bytes], None], n: int) -> lis
 
 
 @pytest.mark.anyio
-async def test_follow_replays_then_yields_new_events_and_new_sessions(root: Path) -> None:
+async def test_follow_replays_then_yields_new_events_and_new_sessions(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Stored events in time order, then appended ones, including a session made later."""
-    workspace = Workspace(root)
+    workspace = make(root)
     with anyio.fail_after(10):
         async with aclosing(workspace.follow_lines()) as stream:
             stored = await take(stream, 6)
@@ -315,12 +330,14 @@ async def test_follow_replays_then_yields_new_events_and_new_sessions(root: Path
 
 
 @pytest.mark.anyio
-async def test_follow_yields_a_line_written_in_two_parts_once_whole(root: Path) -> None:
+async def test_follow_yields_a_line_written_in_two_parts_once_whole(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Half a line is left for later; completed, it comes out once."""
     first = encode_event(info("a", "split before start", 40)) + b"\n"
     second = encode_event(info("a", "split while live", 41)) + b"\n"
     append_raw(root, "a", first[:25])  # the snapshot sees an incomplete last line
-    workspace = Workspace(root)
+    workspace = make(root)
     with anyio.fail_after(10):
         async with aclosing(workspace.follow_lines()) as stream:
             await take(stream, 6)  # the stored events: the snapshot is taken
@@ -336,9 +353,11 @@ async def test_follow_yields_a_line_written_in_two_parts_once_whole(root: Path) 
 
 
 @pytest.mark.anyio
-async def test_follow_after_an_id_resumes_without_gap_or_duplicate(root: Path) -> None:
+async def test_follow_after_an_id_resumes_without_gap_or_duplicate(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """after=id replays exactly what follows it, then live events, each once."""
-    workspace = Workspace(root)
+    workspace = make(root)
     events, _ = workspace.events()
     with anyio.fail_after(10):
         async with aclosing(workspace.follow_lines(after=events[3].id)) as stream:
@@ -350,9 +369,11 @@ async def test_follow_after_an_id_resumes_without_gap_or_duplicate(root: Path) -
 
 
 @pytest.mark.anyio
-async def test_follow_misses_nothing_written_during_replay(root: Path) -> None:
+async def test_follow_misses_nothing_written_during_replay(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
     """Events appended while stored ones are being replayed come out once, after them."""
-    workspace = Workspace(root)
+    workspace = make(root)
     written = [info("a", f"during {i}", 60 + i) for i in range(20)]
     with anyio.fail_after(10):
         async with aclosing(workspace.follow_lines(EventQuery(session_id="a"))) as stream:
@@ -404,9 +425,9 @@ async def test_follow_an_unknown_session_fails_at_once(root: Path) -> None:
             pass
 
 
-def test_workspace_lines_are_the_files_lines(root: Path) -> None:
+def test_workspace_lines_are_the_files_lines(root: Path, make: Callable[[Path], Workspace]) -> None:
     """Every event the workspace returns maps to one stored line of its log."""
-    workspace = Workspace(root)
+    workspace = make(root)
     events, _ = workspace.events(session_id="b")
     assert [line + b"\n" for line in workspace.read_lines(events)] == (
         (root / "b" / "events.jsonl").read_bytes().splitlines(keepends=True)

@@ -49,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -68,6 +69,7 @@ from eventbus import (
 
 from ._index_usage import _picodollars, _tokens
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
+from ._workspace_scan import Key, find_key, key_of, scan_log
 from ._workspace_sessions import SessionRows
 from .jsonl import LOG_FILE_NAME
 from .memory import EventIndex, TokenUsage, UnknownEventIdError
@@ -183,11 +185,18 @@ class Workspace:
 
     :param root: the directory holding one directory per session (it may
         not exist yet: it then has no sessions).
+    :param index: keep an index of every log, built by the first query of
+        events (about one log load) and kept current: later queries cost in
+        proportion to their answer. ``False``: hold nothing, and answer each
+        query by reading the logs once, decoding only the events that match
+        (cheaper than one log load): the choice for a one-off command.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, index: bool = True) -> None:
         self.root = Path(root)
+        self.indexed = index
         self._root = os.path.abspath(root)
+        self._answered: dict[str, bytes] = {}  # the lines of the last answer, by event id
         self._lock = threading.RLock()
         self._index: EventIndex | None = None
         self._logs: dict[str, _Log] = {}
@@ -297,16 +306,33 @@ class Workspace:
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
         """
+        found, next_id = self.event_lines(query, session_id=session_id, after=after, limit=limit)
+        return [event for event, _ in found], next_id
+
+    def event_lines(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[tuple[Event, bytes]], str | None]:
+        """Like :meth:`events`, with each event's line as stored (without the newline)."""
         query = self._query(query, session_id)
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-        with self._lock:
-            found = self._current().query(
-                query, after=after, limit=None if limit is None else limit + 1
-            )
+        more = None if limit is None else limit + 1
+        if self.indexed:
+            with self._lock:
+                events = self._current().query(query, after=after, limit=more)
+            found = list(zip(events, self.read_lines(events), strict=True))
+        else:
+            found = self._scan(query, after)
+            del found[len(found) if more is None else more :]
+        self._answered = {event.id: line for event, line in found}
         if limit is not None and len(found) > limit:
             del found[limit:]
-            return found, found[-1].id
+            return found, found[-1][0].id
         return found, None
 
     def latest(
@@ -317,11 +343,23 @@ class Workspace:
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         """
+        return [event for event, _ in self.latest_lines(n, query, session_id=session_id)]
+
+    def latest_lines(
+        self, n: int, query: EventQuery | None = None, *, session_id: str | None = None
+    ) -> list[tuple[Event, bytes]]:
+        """Like :meth:`latest`, with each event's line as stored (without the newline)."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         query = self._query(query, session_id)
-        with self._lock:
-            return self._current().get_latest(n, query)
+        if self.indexed:
+            with self._lock:
+                events = self._current().get_latest(n, query)
+            found = list(zip(events, self.read_lines(events), strict=True))
+        else:
+            found = self._scan(query, None)[-n:] if n else []
+        self._answered = {event.id: line for event, line in found}
+        return found
 
     def read_lines(self, events: Sequence[Event]) -> list[bytes]:
         """Return each event's line exactly as its log stores it (without the newline).
@@ -331,6 +369,9 @@ class Workspace:
 
         :raises UnknownEventIdError: for an event no log holds.
         """
+        answered = self._answered
+        if all(event.id in answered for event in events):
+            return [answered[event.id] for event in events]
         with self._lock:
             places = self._places(self._current(refresh=False), events)
         return read_places(places)
@@ -360,15 +401,19 @@ class Workspace:
         """
         if by not in USAGE_KEYS:
             raise ValueError(f"cannot group usage by {by!r}: use one of {', '.join(USAGE_KEYS)}")
-        query = self._query(None, session_id)
-        with self._lock:
-            index = self._current()
-            total = index.usage(session_id=query.session_id)
-            if by == "phase":
-                responses = index.query(EventQuery(event_type=_RESPONSE, session_id=session_id))
-                groups = _usage_by_phase(responses)
-            else:
-                groups = index.usage_by(by, session_id=query.session_id)  # type: ignore[arg-type]
+        query = self._query(EventQuery(event_type=_RESPONSE), session_id)
+        if not self.indexed:
+            responses = [event for event, _ in self._scan(query, None)]
+            groups = _usage_by(responses, by)
+            total = _total(groups)
+        else:
+            with self._lock:
+                index = self._current()
+                total = index.usage(session_id=query.session_id)
+                if by == "phase":
+                    groups = _usage_by(index.query(query), "phase")
+                else:
+                    groups = index.usage_by(by, session_id=query.session_id)  # type: ignore[arg-type]
         rows = [{"key": key, **_usage_values(usage)} for key, usage in groups.items()]
         rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], _none_last(row["key"])))
         return {"by": by, "rows": rows, "total": _usage_values(total)}
@@ -435,7 +480,13 @@ class Workspace:
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
         stop = stop_event if stop_event is not None else anyio.Event()
-        if from_start or after is not None:
+        if not self.indexed and (from_start or after is not None):
+            ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
+            stored = await anyio.to_thread.run_sync(self._scan, query, after, ends)
+            for item in stored:
+                yield item
+            del stored
+        elif from_start or after is not None:
             ends = await anyio.to_thread.run_sync(self._snapshot)
             cursor: str | Event | None = after
             while True:
@@ -475,6 +526,35 @@ class Workspace:
                     yield item
 
     # --- internals ----------------------------------------------------------------------
+
+    def _log_paths(self, session_id: str | None) -> list[str]:
+        if session_id is not None:
+            return [os.path.join(self._root, session_id, LOG_FILE_NAME)]
+        return [path for _, path, _ in self._log_files()]
+
+    def _scan(
+        self,
+        query: EventQuery,
+        after: str | None,
+        ends: dict[str, tuple[tuple[int, int], int]] | None = None,
+    ) -> list[tuple[Event, bytes]]:
+        """Every event matching ``query`` (after ``after``) in time order, read from the logs."""
+        paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
+        low: Key | None = None
+        if after is not None:
+            low = find_key(paths, after)
+            if low is None:
+                raise UnknownEventIdError(after)
+        found: list[tuple[Event, bytes]] = []
+        for path in paths:
+            stop = None if ends is None else ends[path][1]
+            for chunk in scan_log(path, query, stop=stop):
+                if low is None:
+                    found += chunk
+                else:
+                    found += [item for item in chunk if key_of(item[0]) > low]
+        found.sort(key=lambda item: key_of(item[0]))
+        return found
 
     def _check_session(self, session_id: str) -> None:
         validate_session_id(session_id)
@@ -726,30 +806,42 @@ def _none_last(key: str | None) -> tuple[bool, str]:
     return (key is None, key or "")
 
 
-def _usage_by_phase(responses: list[Event]) -> dict[str | None, TokenUsage]:
-    """Sum responses per phase by :class:`TokenUsage`'s rules (the index keeps no phase totals)."""
+def _usage_by(responses: list[Event], field: str) -> dict[str | None, TokenUsage]:
+    """Sum responses per value of ``field`` by :class:`TokenUsage`'s rules."""
     sums: dict[str | None, list[int]] = {}
+    get = attrgetter(field)
     for event in responses:
         metadata = event.metadata
         prompt = _tokens(metadata.get("prompt_tokens")) or 0
         completion = _tokens(metadata.get("completion_tokens")) or 0
         total = _tokens(metadata.get("total_tokens"))
-        row = sums.setdefault(event.phase, [0, 0, 0, 0, 0])
+        row = sums.setdefault(get(event), [0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += prompt
         row[2] += completion
         row[3] += prompt + completion if total is None else total
         row[4] += _picodollars(metadata.get("cost_usd"))
     return {
-        phase: TokenUsage(
+        value: TokenUsage(
             responses=row[0],
             prompt_tokens=row[1],
             completion_tokens=row[2],
             total_tokens=row[3],
             cost_usd=row[4] / _PICO,
         )
-        for phase, row in sums.items()
+        for value, row in sums.items()
     }
+
+
+def _total(groups: dict[str | None, TokenUsage]) -> TokenUsage:
+    usages = list(groups.values())
+    return TokenUsage(
+        responses=sum(u.responses for u in usages),
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        total_tokens=sum(u.total_tokens for u in usages),
+        cost_usd=sum(round(u.cost_usd * _PICO) for u in usages) / _PICO,
+    )
 
 
 # --- the index's places (read through its private rows: same package) ----------------------

@@ -167,7 +167,7 @@ def _workspace(args: argparse.Namespace) -> Workspace:
             f"no workspace directory at {args.dir!r}: give the directory that holds "
             "one directory per session ({session_id}/events.jsonl)"
         )
-    return Workspace(args.dir)
+    return Workspace(args.dir, index=False)  # one query: read the logs once, keep nothing
 
 
 def _query(args: argparse.Namespace) -> EventQuery:
@@ -224,12 +224,11 @@ class _Printer:
         self.text: IO[str] = sys.stdout
         self.binary: IO[bytes] | None = getattr(sys.stdout, "buffer", None) if as_json else None
 
-    def events(self, workspace: Workspace, events: Sequence[Event]) -> None:
+    def pairs(self, found: Sequence[tuple[Event, bytes]]) -> None:
         if self.as_json:
-            self.lines(workspace.read_lines(events))
+            self.lines([line for _, line in found])
         else:
-            for event in events:
-                self.text.write(event_line(event) + "\n")
+            self.text.write("".join(event_line(event) + "\n" for event, _ in found))
             self._flush()
 
     def pair(self, event: Event, line: bytes) -> None:
@@ -261,7 +260,7 @@ def run_tail(args: argparse.Namespace) -> int:
     printer = _Printer(args.json, flush=args.follow)
     n: int = args.lines
     if not args.follow:
-        printer.events(workspace, workspace.latest(n, query, session_id=args.session))
+        printer.pairs(workspace.latest_lines(n, query, session_id=args.session))
         return 0
     # Follow from just before the last n: the follow replays them, then goes live,
     # with nothing missed or printed twice in between.
@@ -281,13 +280,13 @@ def run_tail(args: argparse.Namespace) -> int:
 def run_query(args: argparse.Namespace) -> int:
     """``eventbus query``: the matching events in time order."""
     workspace = _workspace(args)
-    events, next_id = workspace.events(
+    found, next_id = workspace.event_lines(
         _query(args), session_id=args.session, after=args.after, limit=args.limit
     )
-    _Printer(args.json, flush=False).events(workspace, events)
+    _Printer(args.json, flush=False).pairs(found)
     if next_id is not None:
         print(
-            f"eventbus query: showing the first {len(events)} events; more match "
+            f"eventbus query: showing the first {len(found)} events; more match "
             f"(next page: --after {next_id})",
             file=sys.stderr,
         )
