@@ -229,6 +229,15 @@ def test_events_filter_by_query_and_session(root: Path, make: Callable[[Path], W
     assert [e.model for e in events] == ["m2"]
 
 
+def test_latest_is_the_last_n_in_time_order(
+    tmp_path: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """latest(n): the newest n, oldest first, however many match."""
+    many = [info("s", f"e{i}", i) for i in range(3000)]
+    append(tmp_path, *reversed(many[2990:]), *many[:2990])  # the newest written first
+    assert [e.message for e in make(tmp_path).latest(3)] == ["e2997", "e2998", "e2999"]
+
+
 def test_an_unknown_after_id_is_refused(root: Path, make: Callable[[Path], Workspace]) -> None:
     """after must be an event a log holds."""
     with pytest.raises(UnknownEventIdError, match="nope"):
