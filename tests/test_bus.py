@@ -128,7 +128,7 @@ class TestOrder:
         calls = 0
         real = eventbus._codec._encode
 
-        def counting(obj: object) -> bytes:
+        def counting(obj: Event) -> bytes:
             nonlocal calls
             calls += 1
             return real(obj)
