@@ -60,6 +60,7 @@ _T = TypeVar("_T")
 _NONE: Final = type(None)
 _FLAT: Final = frozenset({str, int, bool, _NONE})  # values needing no further look
 _STR: Final = frozenset({str})
+_isfinite = math.isfinite
 # Leaves taken as they are (str, int) or written as strings (datetime, date,
 # time, UUID, Decimal); subclasses included.
 _ACCEPTED: Final = (str, int, datetime, date, time, UUID, Decimal)
@@ -99,14 +100,15 @@ def _encode(event: Event) -> bytes:
             raise _Refused(*problem)
     line = _encode_unchecked(event)
     metadata = event.metadata
-    if (
-        metadata
-        and not (
-            _FLAT.issuperset(map(type, metadata.values())) and _STR.issuperset(map(type, metadata))
-        )
-        and not _holds_json(metadata)
-    ):
-        raise _Refused(*(_find_refused(metadata, "metadata") or ("metadata", "is refused")))
+    for key, value in metadata.items():  # flat metadata: a loop is the quickest check
+        kind = type(value)
+        if type(key) is not str or (
+            kind not in _FLAT and (kind is not float or not _isfinite(value))
+        ):
+            if not _holds_json(metadata):  # nested, or refused: the full walk
+                problem = _find_refused(metadata, "metadata") or ("metadata", "is refused")
+                raise _Refused(*problem)
+            break
     return line
 
 
@@ -175,23 +177,20 @@ def _holds_json(metadata: dict[Any, Any]) -> bool:
     while stack:
         value = stack.pop()
         if isinstance(value, dict):
-            if not _STR.issuperset(map(type, value)) and not all(
-                isinstance(key, str) for key in value
-            ):
-                return False
+            for key in value:
+                if type(key) is not str and not isinstance(key, str):
+                    return False
             items: Iterable[Any] = value.values()
         else:
             items = value  # a list or tuple
-        if _FLAT.issuperset(map(type, items)):
-            continue
         for item in items:
             kind = type(item)
             if kind in _FLAT:
                 continue
             if kind is float:
-                if not math.isfinite(item):
+                if not _isfinite(item):
                     return False
-            elif isinstance(item, dict | list | tuple):
+            elif kind is list or kind is dict or isinstance(item, dict | list | tuple):
                 stack.append(item)
             elif _leaf_problem(item) is not None:
                 return False
