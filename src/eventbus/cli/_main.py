@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "eventbus.cli._read",
     "eventbus.cli._serve",
     "eventbus.cli._relay",
+    "eventbus.cli._otel",
 )
 
 
