@@ -15,6 +15,7 @@ import pytest
 from eventbus import (
     Event,
     EventBus,
+    EventEncodeError,
     EventsLostError,
     EventType,
     MemorySink,
@@ -332,3 +333,17 @@ class TestShippedSinksAreAbandonable:
                 await bus.publish(ev(0))
                 await anyio.to_thread.run_sync(stuck.wait)
         assert bus.stats().lost == 1
+
+
+async def test_a_session_id_that_is_no_str_is_an_encode_error_naming_the_field() -> None:
+    """session_id=7 is refused like any mistyped field, nothing published."""
+    sink = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        bad = Event(event_type=EventType.INFO, session_id=7, message="x")  # type: ignore[arg-type]
+        with pytest.raises(EventEncodeError, match="session_id"):
+            await bus.publish(bad)
+        with pytest.raises(EventEncodeError, match="session_id"):
+            bus.publish_nowait(bad)
+        await bus.flush()
+    assert sink.events == []

@@ -519,14 +519,14 @@ class EventBus:
             raise BusClosedError("publish", self._state)
         if type(event) is not Event:
             _reject(event)
+        try:  # checks every field's type first (a session id that is no str included)
+            line = _encode(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _explain_encode_error(event, exc) from exc
         if event.session_id not in self._valid_sessions:
             self._check_session(event.session_id)
         if self._head - self._floor >= self._capacity:
             raise BusFullError(self._capacity)
-        try:
-            line = _encode(event)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _explain_encode_error(event, exc) from exc
         if self._active:  # _append, inlined: this is the hot path
             self._events.append(event)
             self._lines.append(line)
@@ -548,12 +548,12 @@ class EventBus:
             raise BusClosedError("publish", self._state)
         if type(event) is not Event:
             _reject(event)
-        if event.session_id not in self._valid_sessions:
-            self._check_session(event.session_id)
-        try:
+        try:  # checks every field's type first (a session id that is no str included)
             line = _encode(event)
         except (TypeError, ValueError, OverflowError) as exc:
             raise _explain_encode_error(event, exc) from exc
+        if event.session_id not in self._valid_sessions:
+            self._check_session(event.session_id)
         while self._head - self._floor >= self._capacity:
             await self._wait_progress()
             if self._state != "running":
