@@ -262,6 +262,28 @@ async def test_span_times_are_the_event_timestamps(exporter: InMemorySpanExporte
 
 
 @pytest.mark.anyio
+async def test_command_is_a_span_of_its_duration_ending_at_its_event(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """command_executed becomes a TOOL span from duration_s before the event to the event."""
+    command = Event(
+        event_type=EventType.COMMAND_EXECUTED,
+        session_id="s1",
+        message="ran",
+        timestamp=T0,
+        metadata={"command": "make test", "exit_code": 0, "duration_s": 1.2345671},
+    )
+    sink = OtelSink(exporter=exporter)
+    await sink.write(EventBatch([command]))
+    await sink.aclose()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "command make test"
+    assert span.end_time == int(T0.timestamp()) * 10**9
+    assert span.start_time == span.end_time - 1_234_567_000
+    assert (span.attributes or {})["openinference.span.kind"] == "TOOL"
+
+
+@pytest.mark.anyio
 async def test_live_and_log_exports_give_the_same_trace(
     exporter: InMemorySpanExporter, tmp_path: Path
 ) -> None:

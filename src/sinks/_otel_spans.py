@@ -320,7 +320,10 @@ class SpanBuilder:
     def _command(self, event: Event, time: int) -> None:
         text = str(event.metadata.get("command", ""))
         duration = _number(event.metadata.get("duration_s"))
-        start = time - int(duration * 1e9) if duration is not None and duration > 0 else time
+        # Whole microseconds, as event times are (backends store microseconds).
+        start = (
+            time - round(duration * 1e6) * 1000 if duration is not None and duration > 0 else time
+        )
         shown = (
             text if len(text) <= _MAX_COMMAND_IN_NAME else text[: _MAX_COMMAND_IN_NAME - 1] + "…"
         )
