@@ -97,7 +97,7 @@ def test_query_json_prints_the_stored_lines(root: Path, capsys: pytest.CaptureFi
 def test_query_filters_combine(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Type, phase, role, model and time filters all apply."""
     _, out, _ = run(
-        capsys, "query", str(root), "--type", "info", "llm_response_received",
+        capsys, "query", str(root), "--type", "info,llm_response_received", "--type", "warning",
         "--phase", "PLAN", "--role", "coder", "--since", "2026-01-01T12:00:03", "--json",
     )  # fmt: skip
     assert [json.loads(line)["message"] for line in out.splitlines()] == ["response"]

@@ -123,10 +123,10 @@ def _types(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--type",
         dest="types",
-        action="extend",
-        nargs="+",
+        action="append",
+        type=_type_list,
         metavar="T",
-        help="only events of these types (repeatable)",
+        help="only events of this type (repeat, or separate by commas, for several)",
     )
 
 
@@ -138,6 +138,13 @@ def _times(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _json(parser: argparse.ArgumentParser, help_: str) -> None:
     parser.add_argument("--json", action="store_true", help=help_)
+
+
+def _type_list(text: str) -> list[str]:
+    types = [part.strip() for part in text.split(",") if part.strip()]
+    if not types:
+        raise argparse.ArgumentTypeError(f"expected an event type, got {text!r}")
+    return types
 
 
 def _count(text: str) -> int:
@@ -172,7 +179,7 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 
 def _query(args: argparse.Namespace) -> EventQuery:
     return EventQuery(
-        event_type=args.types or None,
+        event_type=[t for group in args.types for t in group] if args.types else None,
         phase=getattr(args, "phase", None),
         task_id=getattr(args, "task", None),
         agent_role=getattr(args, "role", None),
