@@ -589,6 +589,18 @@ def test_export_otel_errors_are_one_line_and_exit_2(
     assert err.count("\n") == 1
 
 
+def test_demo_otel_exports_the_session_live(
+    tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eventbus demo --otel URL sends the demo session's trace while it runs."""
+    argv = ["demo", "--workspace", str(tmp_path), "--tasks", "2", "--session-id", "d1"]
+    assert main([*argv, "--otel", receiver.url]) == 0
+    names = {name.split(" ")[0] for trace, _, _, name in receiver.spans}
+    assert {trace for trace, *_ in receiver.spans} == {f"{trace_id_for('d1'):032x}"}
+    assert {"session", "task", "invoke_agent", "chat", "verification", "command"} <= names
+    capsys.readouterr()
+
+
 def test_core_imports_without_the_otel_extra() -> None:
     """eventbus, sinks and the CLI import without OpenTelemetry; sinks.otel names the extra."""
     script = (

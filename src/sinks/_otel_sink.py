@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -18,10 +19,16 @@ from eventbus import Event, EventsLostError
 
 from ._otel_spans import PreparedIds, SpanBuilder
 
-__all__ = ["OtelSink", "traces_url"]
+__all__ = ["DEFAULT_TIMEOUT", "OtelSink", "traces_url"]
 
 _TRACES_PATH: Final = "/v1/traces"
 _QUEUE: Final = 4096  # spans the batch processor holds; the sink flushes at half
+DEFAULT_TIMEOUT: Final = 4.0
+"""Seconds one OTLP export may take, retries included, unless the caller or
+``OTEL_EXPORTER_OTLP_TIMEOUT`` says otherwise: below the bus's ``close_timeout``
+(5 s), so that closing with an unreachable endpoint reports the lost events
+instead of being abandoned."""
+_TIMEOUT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
 
 
 def traces_url(endpoint: str) -> str:
@@ -99,7 +106,8 @@ class OtelSink:
         SDK's ``InMemorySpanExporter`` in tests); excludes ``endpoint``.
     :param headers: HTTP headers for the OTLP exporter (e.g. an API key).
     :param timeout: seconds one OTLP export may take, retries included
-        (``None``: the SDK's default, 10 s).
+        (``None``: ``OTEL_EXPORTER_OTLP_TIMEOUT`` if set, else
+        :data:`DEFAULT_TIMEOUT`, 4 s).
     :param service_name: the resource's ``service.name``.
     :param project: the Phoenix project the traces go to (the resource
         attribute ``openinference.project.name``); ``None``: Phoenix's default.
@@ -128,6 +136,8 @@ class OtelSink:
             raise ValueError("give OtelSink an endpoint or an exporter, not both")
         if exporter is None:
             url = None if endpoint is None else traces_url(endpoint)
+            if timeout is None and not any(map(os.environ.get, _TIMEOUT_VARIABLES)):
+                timeout = DEFAULT_TIMEOUT
             exporter = OTLPSpanExporter(endpoint=url, headers=headers, timeout=timeout)
             self.where = f"the OTLP endpoint {url or 'set by OTEL_EXPORTER_OTLP_*'}"
         else:

@@ -348,6 +348,13 @@ def add_parser(subparsers: Subparsers) -> None:
         help="also publish every event to NATS JetStream (stream EVENTS, subjects "
         "events.{session}.{type}); needs the nats extra and the asyncio backend",
     )
+    demo.add_argument(
+        "--otel",
+        metavar="URL",
+        default=None,
+        help="also export the session live as an OpenTelemetry trace over OTLP/HTTP, e.g. "
+        "http://localhost:6006 for Phoenix; needs the otel extra",
+    )
     demo.set_defaults(
         run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
     )
@@ -412,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "asyncio":
             raise CommandError("--nats runs on asyncio only (nats-py): drop --backend trio")
         import_extra("nats", extra="nats", command="eventbus demo --nats")
+    if args.otel:
+        import_extra("opentelemetry.sdk", extra="otel", command="eventbus demo --otel")
     check_workspace(args.workspace, args.session_id)
     status: int = anyio.run(_demo, args, sys.stdout, backend=args.backend)
     return status
@@ -454,6 +463,10 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
         from sinks.nats import JetStreamSink
 
         sinks.append(JetStreamSink(args.nats))
+    if args.otel:
+        from sinks.otel import OtelSink
+
+        sinks.append(OtelSink(args.otel))
     async with interruptible():
         result = await run_demo(
             args.workspace,

@@ -77,7 +77,7 @@ def add_parser(subparsers: Subparsers) -> None:
         default=None,
         metavar="SECONDS",
         help="how long one export may take, retries included (default: "
-        "OTEL_EXPORTER_OTLP_TIMEOUT, else 10)",
+        "OTEL_EXPORTER_OTLP_TIMEOUT, else 4)",
     )
     export.set_defaults(run=run, interrupted="the sessions exported so far were sent")
 
