@@ -238,6 +238,13 @@ def test_latest_is_the_last_n_in_time_order(
     assert [e.message for e in make(tmp_path).latest(3)] == ["e2997", "e2998", "e2999"]
 
 
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_must_be_positive(root: Path, limit: int) -> None:
+    """A page holds at least one event."""
+    with pytest.raises(ValueError, match="limit must be a positive int"):
+        Workspace(root).events(limit=limit)
+
+
 def test_an_unknown_after_id_is_refused(root: Path, make: Callable[[Path], Workspace]) -> None:
     """after must be an event a log holds."""
     with pytest.raises(UnknownEventIdError, match="nope"):

@@ -106,6 +106,7 @@ events are normally found.
 """
 _RESCAN_EVERY: Final = 10
 
+_REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RECENT_IDS: Final = 65536  # ids remembered by follow to drop an event seen twice
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
@@ -310,8 +311,21 @@ class Workspace:
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
         """
-        found, next_id = self.event_lines(query, session_id=session_id, after=after, limit=limit)
-        return [event for event, _ in found], next_id
+        if not self.indexed:
+            found, next_id = self.event_lines(
+                query, session_id=session_id, after=after, limit=limit
+            )
+            return [event for event, _ in found], next_id
+        query = self._query(query, session_id)
+        _check_limit(limit)
+        with self._lock:
+            events = self._current().query(
+                query, after=after, limit=None if limit is None else limit + 1
+            )
+        if limit is not None and len(events) > limit:
+            del events[limit:]
+            return events, events[-1].id
+        return events, None
 
     def event_lines(
         self,
@@ -323,8 +337,7 @@ class Workspace:
     ) -> tuple[list[tuple[Event, bytes]], str | None]:
         """Like :meth:`events`, with each event's line as stored (without the newline)."""
         query = self._query(query, session_id)
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        _check_limit(limit)
         more = None if limit is None else limit + 1
         if self.indexed:
             with self._lock:
@@ -333,7 +346,7 @@ class Workspace:
         else:
             found = self._scan(query, after)
             del found[len(found) if more is None else more :]
-        self._answered = {event.id: line for event, line in found}
+            self._remember(found)
         if limit is not None and len(found) > limit:
             del found[limit:]
             return found, found[-1][0].id
@@ -362,19 +375,21 @@ class Workspace:
             found = list(zip(events, self.read_lines(events), strict=True))
         else:
             found = self._scan(query, None, last=n)[-n:] if n else []
-        self._answered = {event.id: line for event, line in found}
+            self._remember(found)
         return found
 
     def read_lines(self, events: Sequence[Event]) -> list[bytes]:
         """Return each event's line exactly as its log stores it (without the newline).
 
         The events must have come from this workspace (:meth:`events`,
-        :meth:`latest`): printing the lines prints the logs' bytes.
+        :meth:`latest`): printing the lines prints the logs' bytes. With
+        ``index=False`` the lines of the last answer (up to 10,000) are at
+        hand; others need the index, which is then built.
 
         :raises UnknownEventIdError: for an event no log holds.
         """
         answered = self._answered
-        if all(event.id in answered for event in events):
+        if answered and all(event.id in answered for event in events):
             return [answered[event.id] for event in events]
         with self._lock:
             places = self._places(self._current(refresh=False), events)
@@ -530,6 +545,12 @@ class Workspace:
                     yield item
 
     # --- internals ----------------------------------------------------------------------
+
+    def _remember(self, found: list[tuple[Event, bytes]]) -> None:
+        """Keep the lines of a scan's answer for :meth:`read_lines` (if it is not huge)."""
+        self._answered = (
+            {event.id: line for event, line in found} if len(found) <= _REMEMBERED else {}
+        )
 
     def _log_paths(self, session_id: str | None) -> list[str]:
         if session_id is not None:
@@ -785,6 +806,11 @@ class _Tail:
         finally:
             os.close(fd)
         return found
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
 
 
 def _item_key(item: tuple[Event, bytes]) -> Key:
