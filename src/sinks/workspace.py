@@ -49,11 +49,9 @@ import os
 import re
 import stat
 import threading
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -67,16 +65,16 @@ from eventbus import (
     EventQuery,
     EventType,
     as_utc,
-    is_valid_name,
     validate_session_id,
 )
 
-from ._index_usage import _picodollars, _tokens
+from ._workspace_follow import Tail, is_log_change, load_awatch
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
 from ._workspace_scan import Key, find_key, key_of, scan_log
 from ._workspace_sessions import SessionRows
+from ._workspace_usage import none_last, total_of, usage_by, usage_values
 from .jsonl import LOG_FILE_NAME
-from .memory import EventIndex, TokenUsage, UnknownEventIdError
+from .memory import EventIndex, UnknownEventIdError
 
 __all__ = [
     "USAGE_KEYS",
@@ -108,9 +106,7 @@ _RESCAN_EVERY: Final = 10
 
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
-_RECENT_IDS: Final = 65536  # ids remembered by follow to drop an event seen twice
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
-_PICO: Final = 10**12
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -423,19 +419,19 @@ class Workspace:
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
         if not self.indexed:
             responses = [event for event, _ in self._scan(query, None)]
-            groups = _usage_by(responses, by)
-            total = _total(groups)
+            groups = usage_by(responses, by)
+            total = total_of(groups)
         else:
             with self._lock:
                 index = self._current()
                 total = index.usage(session_id=query.session_id)
                 if by == "phase":
-                    groups = _usage_by(index.query(query), "phase")
+                    groups = usage_by(index.query(query), "phase")
                 else:
                     groups = index.usage_by(by, session_id=query.session_id)  # type: ignore[arg-type]
-        rows = [{"key": key, **_usage_values(usage)} for key, usage in groups.items()]
-        rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], _none_last(row["key"])))
-        return {"by": by, "rows": rows, "total": _usage_values(total)}
+        rows = [{"key": key, **usage_values(usage)} for key, usage in groups.items()]
+        rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], none_last(row["key"])))
+        return {"by": by, "rows": rows, "total": usage_values(total)}
 
     # --- following ----------------------------------------------------------------------
 
@@ -495,7 +491,7 @@ class Workspace:
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
         query = self._query(query, session_id)
-        awatch = _awatch()
+        awatch = load_awatch()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
         stop = stop_event if stop_event is not None else anyio.Event()
@@ -517,11 +513,11 @@ class Workspace:
                 cursor = last
         else:
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
-        tail = _Tail(self._root, ends, query)
+        tail = Tail(self._root, ends, query)
         root = self._root
         watcher = awatch(
             root,
-            watch_filter=lambda _change, path: _is_log_change(root, path),
+            watch_filter=lambda _change, path: is_log_change(root, path),
             debounce=FOLLOW_DEBOUNCE_MS,
             step=FOLLOW_STEP_MS,
             rust_timeout=FOLLOW_WAKE_MS,
@@ -728,86 +724,6 @@ class Workspace:
         return ends
 
 
-# --- following: the growth of each log -----------------------------------------------------
-
-
-class _Tail:
-    """Reads what every log gained since the last read (for :meth:`Workspace.follow_lines`)."""
-
-    def __init__(
-        self, root: str, ends: dict[str, tuple[tuple[int, int], int]], query: EventQuery
-    ) -> None:
-        self.root = root
-        self.ends = dict(ends)
-        self.query = query
-        self.only = query.session_id
-        self.recent: OrderedDict[str, None] = OrderedDict()
-
-    def read(self, changed: set[str] | None) -> list[tuple[Event, bytes]]:
-        """Read the changed logs (``None``: every log); return the new matching events."""
-        paths = self._all() if changed is None else self._changed(changed)
-        found: list[tuple[Event, bytes]] = []
-        for path in paths:
-            found.extend(self._read(path))
-        if len(paths) > 1:
-            found.sort(key=lambda item: (item[0].timestamp, item[0].id))
-        return found
-
-    def _all(self) -> list[str]:
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            return []
-        if self.only is not None:
-            names = [self.only] if self.only in names else []
-        return [
-            os.path.join(self.root, name, LOG_FILE_NAME) for name in names if is_valid_name(name)
-        ]
-
-    def _changed(self, changed: set[str]) -> list[str]:
-        paths = set()
-        for path in changed:
-            if os.path.basename(path) == LOG_FILE_NAME:
-                session = os.path.basename(os.path.dirname(path))
-            else:  # a session's directory, made or replaced
-                session = os.path.basename(path)
-            if not is_valid_name(session) or (self.only is not None and session != self.only):
-                continue
-            paths.add(os.path.join(self.root, session, LOG_FILE_NAME))
-        return sorted(paths)
-
-    def _read(self, path: str) -> list[tuple[Event, bytes]]:
-        fd = open_log(path)
-        if fd is None:
-            return []
-        found: list[tuple[Event, bytes]] = []
-        try:
-            status = os.fstat(fd)
-            ident = (status.st_dev, status.st_ino)
-            known = self.ends.get(path)
-            start = (
-                0 if known is None or known[0] != ident or status.st_size < known[1] else known[1]
-            )
-            if status.st_size <= start:
-                self.ends[path] = (ident, start)
-                return []
-            matches, recent = self.query.matches, self.recent
-            for growth in iter_growth(fd, start):
-                for event, line in zip(growth.events, growth.lines, strict=True):
-                    if event.id in recent:
-                        continue
-                    recent[event.id] = None
-                    if len(recent) > _RECENT_IDS:
-                        recent.popitem(last=False)
-                    if matches(event):
-                        found.append((event, line))
-                start = growth.end
-            self.ends[path] = (ident, start)
-        finally:
-            os.close(fd)
-        return found
-
-
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
@@ -815,76 +731,6 @@ def _check_limit(limit: int | None) -> None:
 
 def _item_key(item: tuple[Event, bytes]) -> Key:
     return item[0].timestamp, item[0].id
-
-
-def _is_log_change(root: str, path: str) -> bool:
-    """Whether a change at ``path`` can concern a log: the log, or a session's directory."""
-    return os.path.basename(path) == LOG_FILE_NAME or os.path.dirname(path) == root
-
-
-def _awatch() -> Any:
-    try:
-        from watchfiles import awatch
-    except ImportError as exc:  # pragma: no cover - the web extra is installed in tests
-        raise ModuleNotFoundError(
-            "following a workspace needs watchfiles: pip install 'eventbus[web]'"
-        ) from exc
-    return awatch
-
-
-# --- usage ----------------------------------------------------------------------------------
-
-
-def _usage_values(usage: TokenUsage) -> dict[str, Any]:
-    return {
-        "calls": usage.responses,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "cost_usd": usage.cost_usd,
-    }
-
-
-def _none_last(key: str | None) -> tuple[bool, str]:
-    return (key is None, key or "")
-
-
-def _usage_by(responses: list[Event], field: str) -> dict[str | None, TokenUsage]:
-    """Sum responses per value of ``field`` by :class:`TokenUsage`'s rules."""
-    sums: dict[str | None, list[int]] = {}
-    get = attrgetter(field)
-    for event in responses:
-        metadata = event.metadata
-        prompt = _tokens(metadata.get("prompt_tokens")) or 0
-        completion = _tokens(metadata.get("completion_tokens")) or 0
-        total = _tokens(metadata.get("total_tokens"))
-        row = sums.setdefault(get(event), [0, 0, 0, 0, 0])
-        row[0] += 1
-        row[1] += prompt
-        row[2] += completion
-        row[3] += prompt + completion if total is None else total
-        row[4] += _picodollars(metadata.get("cost_usd"))
-    return {
-        value: TokenUsage(
-            responses=row[0],
-            prompt_tokens=row[1],
-            completion_tokens=row[2],
-            total_tokens=row[3],
-            cost_usd=row[4] / _PICO,
-        )
-        for value, row in sums.items()
-    }
-
-
-def _total(groups: dict[str | None, TokenUsage]) -> TokenUsage:
-    usages = list(groups.values())
-    return TokenUsage(
-        responses=sum(u.responses for u in usages),
-        prompt_tokens=sum(u.prompt_tokens for u in usages),
-        completion_tokens=sum(u.completion_tokens for u in usages),
-        total_tokens=sum(u.total_tokens for u in usages),
-        cost_usd=sum(round(u.cost_usd * _PICO) for u in usages) / _PICO,
-    )
 
 
 # --- the index's places (read through its private rows: same package) ----------------------
