@@ -41,6 +41,12 @@ Errors::
     ├── InvalidTimeError (ValueError)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
     └── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+
+Layout: :class:`Workspace` is here; reading lines as stored is in
+``sinks._workspace_lines``, the index-free scan in ``sinks._workspace_scan``,
+following growing logs in ``sinks._workspace_follow``, session rows in
+``sinks._workspace_sessions`` and usage rows in ``sinks._workspace_usage``.
+Import every name from here.
 """
 
 from __future__ import annotations
