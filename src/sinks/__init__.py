@@ -7,6 +7,11 @@
   ``ArtifactSink`` (artifacts and a live ``run_summary`` per session).
 - :mod:`sinks.memory`: ``EventIndex``, an in-memory query index over every
   session it receives, with token and cost aggregates.
+- :mod:`sinks.workspace`: ``Workspace``, read-only queries over a workspace
+  that another process writes (sessions, events, usage, live follow): the
+  data layer of the CLI and the web API.
+- :mod:`sinks.nats` (extra ``nats``) and :mod:`sinks.otel` (extra ``otel``):
+  import them by their module; they need their extra.
 
 Every sink follows :class:`eventbus.Sink`; this package imports ``eventbus``,
 never the reverse.
@@ -48,11 +53,13 @@ from .memory import (
     UnknownEventIdError,
     UsageField,
 )
+from .workspace import USAGE_KEYS, InvalidTimeError, SessionNotFoundError, Workspace, parse_time
 
 __all__ = [
     "ARTIFACTS_DIR",
     "LOG_FILE_NAME",
     "RUN_SUMMARY_KEY",
+    "USAGE_KEYS",
     "ArtifactEncodeError",
     "ArtifactSink",
     "ArtifactStore",
@@ -63,6 +70,7 @@ __all__ = [
     "EventIndexError",
     "EventLog",
     "IndexArgumentError",
+    "InvalidTimeError",
     "JsonlSink",
     "JsonlSinkStats",
     "LocationRequiredError",
@@ -72,12 +80,15 @@ __all__ = [
     "RunSummary",
     "SessionArtifactQuery",
     "SessionInfo",
+    "SessionNotFoundError",
     "SessionSummary",
     "StaleLogError",
     "TokenUsage",
     "UnknownEventIdError",
     "UnsafeSymlinkError",
     "UsageField",
+    "Workspace",
     "WrittenCallback",
     "iter_log",
+    "parse_time",
 ]

@@ -68,7 +68,7 @@ def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
     lines = block.split(b"\n")
     lengths = [len(line) + 1 for line in lines]
     try:
-        events = decode_events(block)
+        events = decode_events(block, offset=offset)
     except EventDecodeError:
         events = None
     if events is not None and len(events) == len(lines):
@@ -82,7 +82,7 @@ def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
     for line, length in zip(lines, lengths, strict=True):  # slow path: blank or corrupt lines
         if line.strip(_BLANK):
             try:
-                event = decode_event(line)
+                event = decode_event(line, offset=position)
             except EventDecodeError:
                 growth.corrupt += 1
             else:
