@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +21,12 @@ from urllib.parse import quote
 
 import anyio
 
+from sinks.workspace import Workspace
+
+from .._query import EventQuery
 from ._common import CommandError, Subparsers, import_extra
+
+logger = logging.getLogger("eventbus.cli")
 
 if TYPE_CHECKING:
     from .._bus import EventBus
@@ -98,7 +105,13 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"no workspace directory at {str(args.workspace)!r}")
     uvicorn = import_extra("uvicorn", extra="web", command="eventbus serve")
     web = import_extra("eventbus.web", extra="web", command="eventbus serve")
-    app = web.create_app(args.workspace, token=token)
+    workspace = Workspace(args.workspace)
+    # Build the query index while the server starts: on a large workspace the
+    # first request would otherwise wait for it (about 5 EventLog loads).
+    threading.Thread(
+        target=_warm, args=(workspace,), name="eventbus index warm-up", daemon=True
+    ).start()
+    app = web.create_app(workspace, token=token)
     print(f"eventbus serve: {url_for(args.host, args.port, token)}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
     return 0
@@ -142,3 +155,11 @@ async def dashboard(
             yield url
         finally:
             server.should_exit = True
+
+
+def _warm(workspace: Workspace) -> None:
+    """Index the workspace's logs (in a thread); a failure is logged, requests retry it."""
+    try:
+        workspace.events(EventQuery(), limit=1)
+    except Exception:
+        logger.exception("building the index of %s failed", workspace.root)
