@@ -105,6 +105,28 @@ def test_query_filters_combine(root: Path, capsys: pytest.CaptureFixture[str]) -
     assert out == ""
 
 
+@pytest.mark.parametrize(
+    "placement",
+    [
+        pytest.param(("DIR", "--type", "session_started", "session_completed"), id="dir-first"),
+        pytest.param(("--type", "session_started", "session_completed", "DIR"), id="dir-last"),
+        pytest.param(("--type", "session_started", "--type", "session_completed", "DIR"), id="rep"),
+    ],
+)
+def test_several_types_follow_one_type_flag_wherever_dir_is(
+    root: Path, capsys: pytest.CaptureFixture[str], placement: tuple[str, ...]
+) -> None:
+    """`--type T ...` takes several types, before or after DIR."""
+    argv = [str(root) if part == "DIR" else part for part in placement]
+    status, out, err = run(capsys, "query", *argv, "--json")
+    assert (status, err) == (0, "")
+    assert [json.loads(line)["event_type"] for line in out.splitlines()] == [
+        "session_started",
+        "session_started",
+        "session_completed",
+    ]
+
+
 def test_query_limit_says_how_to_get_the_next_page(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -112,7 +112,10 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def _root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="the workspace root (DIR/{session_id}/...)")
+    # Optional to argparse only so that `--type a b DIR` works: see _dir.
+    parser.add_argument(
+        "dir", metavar="DIR", nargs="?", help="the workspace root (DIR/{session_id}/...)"
+    )
 
 
 def _session(parser: argparse.ArgumentParser) -> None:
@@ -124,9 +127,11 @@ def _types(parser: argparse.ArgumentParser) -> None:
         "--type",
         dest="types",
         action="append",
+        nargs="+",
         type=_type_list,
         metavar="T",
-        help="only events of this type (repeat, or separate by commas, for several)",
+        help="only events of these types (several after one --type, repeated, or "
+        "separated by commas)",
     )
 
 
@@ -168,7 +173,27 @@ def _time(text: str | None) -> datetime | None:
     return None if text is None else parse_time(text)
 
 
+def _dir(args: argparse.Namespace) -> str:
+    """The workspace root; after ``--type a b`` argparse hands it over as the last type."""
+    if args.dir is None:
+        groups = getattr(args, "types", None)
+        if groups and len(groups[-1]) > 1 and os.path.isdir(groups[-1][-1][-1]):
+            args.dir = groups[-1].pop()[-1]
+        else:
+            raise CommandError("the workspace root DIR is required: eventbus COMMAND DIR ...")
+    directory: str = args.dir
+    return directory
+
+
+def _flat_types(args: argparse.Namespace) -> list[str] | None:
+    groups: list[list[list[str]]] | None = args.types
+    if not groups:
+        return None
+    return [kind for values in groups for value in values for kind in value]
+
+
 def _workspace(args: argparse.Namespace) -> Workspace:
+    _dir(args)
     if not os.path.isdir(args.dir):
         raise CommandError(
             f"no workspace directory at {args.dir!r}: give the directory that holds "
@@ -178,8 +203,9 @@ def _workspace(args: argparse.Namespace) -> Workspace:
 
 
 def _query(args: argparse.Namespace) -> EventQuery:
+    _dir(args)  # takes DIR back from the types if argparse gave it to them
     return EventQuery(
-        event_type=[t for group in args.types for t in group] if args.types else None,
+        event_type=_flat_types(args),
         phase=getattr(args, "phase", None),
         task_id=getattr(args, "task", None),
         agent_role=getattr(args, "role", None),
