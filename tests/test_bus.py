@@ -269,7 +269,7 @@ class TestIsolation:
                 subscription = bus.subscribe(sink)
                 await bus.publish(ev(0))
                 with pytest.raises(
-                    SinkFailedError, match="sink .failing. failed and stopped receiving events"
+                    SinkFailedError, match="sink 'failing' failed and stopped receiving events"
                 ):
                     await bus.flush()
                 assert subscription.failed
