@@ -282,10 +282,10 @@ def test_a_batch_failing_part_way_leaves_the_index_as_before(
 
     def fail_after_doing_it(self: Any, *args: Any) -> None:
         original(self, *args)  # the step did its work: then memory ran out
-        raise MemoryError
+        raise MemoryError("simulated: memory ran out mid-batch")
 
     monkeypatch.setattr(target, method, fail_after_doing_it)
-    with pytest.raises(MemoryError):
+    with pytest.raises(MemoryError, match="memory ran out mid-batch"):
         index.add(batch)
     monkeypatch.undo()
     assert snapshot(index) == before

@@ -165,10 +165,10 @@ class TestInterrupts:
 
         class ClosingInterrupt(MemorySink):
             async def aclose(self) -> None:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt("interrupted while closing")
 
         other = MemorySink("other")
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match="interrupted while closing"):
             async with EventBus() as bus:
                 bus.subscribe(ClosingInterrupt("first"))
                 bus.subscribe(other)
