@@ -35,7 +35,7 @@ from .._query import EventQuery
 from .._session import Session
 from .._sink import MemorySink, Sink
 from ._agents import IDEA, build_demo_coordinator
-from ._common import CommandError, Subparsers, import_extra, interruptible, table
+from ._common import CommandError, Subparsers, import_extra, interruptible, port, positive, table
 
 __all__ = [
     "DESCRIPTION",
@@ -294,16 +294,6 @@ def _print_list(names: Sequence[str], out: TextIO) -> None:
         print(f"              ... and {len(names) - len(shown)} more", file=out)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
 def add_parser(subparsers: Subparsers) -> None:
     """Add ``eventbus demo`` to ``subparsers``."""
     demo = subparsers.add_parser(
@@ -317,9 +307,9 @@ def add_parser(subparsers: Subparsers) -> None:
         default=Path("workspaces"),
         help="the workspace root, created if missing (default: ./workspaces)",
     )
-    demo.add_argument("--tasks", type=_positive, default=8, help="tasks in the plan (default: 8)")
+    demo.add_argument("--tasks", type=positive, default=8, help="tasks in the plan (default: 8)")
     demo.add_argument(
-        "--concurrency", type=_positive, default=4, help="tasks run at once (default: 4)"
+        "--concurrency", type=positive, default=4, help="tasks run at once (default: 4)"
     )
     demo.add_argument(
         "--session-id",
@@ -339,7 +329,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "and keep serving after the session ends until Ctrl-C (needs the web extra)",
     )
     demo.add_argument(
-        "--port", type=_port, default=8000, help="the dashboard's port with --serve (default: 8000)"
+        "--port", type=port, default=8000, help="the dashboard's port with --serve (default: 8000)"
     )
     demo.add_argument(
         "--nats",
@@ -395,16 +385,6 @@ def check_workspace(root: Path, session_id: str | None) -> None:
             f"session {session_id!r} already exists in workspace {root} ({holds}); "
             "choose a new --session-id, or leave it out for a time-based one"
         )
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import anyio.to_thread
 from .._errors import EventsLostError
 from .._event import Event
 from .._names import validate_session_id
-from ._common import CommandError, Subparsers, import_extra, interruptible
+from ._common import CommandError, Subparsers, import_extra, interruptible, seconds
 
 if TYPE_CHECKING:
     from sinks.otel import OtelSink
@@ -73,23 +73,13 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     export.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="how long one export may take, retries included (default: "
         "OTEL_EXPORTER_OTLP_TIMEOUT, else 4)",
     )
     export.set_defaults(run=run, interrupted="the sessions exported so far were sent")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from sinks.workspace import USAGE_KEYS, Workspace, parse_time
 
 from .._event import Event
 from .._query import EventQuery
-from ._common import CommandError, Subparsers, console, table
+from ._common import CommandError, Subparsers, console, count, positive, table
 
 __all__ = ["add_parser", "event_line", "format_duration"]
 
@@ -53,7 +53,7 @@ def add_parser(subparsers: Subparsers) -> None:
     tail.add_argument(
         "-n",
         "--lines",
-        type=_count,
+        type=count,
         default=20,
         metavar="N",
         help="print the last N events (default 20; 0: none)",
@@ -75,7 +75,7 @@ def add_parser(subparsers: Subparsers) -> None:
     query.add_argument("--role", help="only events of this agent role")
     query.add_argument("--model", help="only events of this model")
     _times(query, "events")
-    query.add_argument("--limit", type=_positive, metavar="N", help="print at most N events")
+    query.add_argument("--limit", type=positive, metavar="N", help="print at most N events")
     query.add_argument(
         "--after", metavar="ID", help="only events after the event with this id (the next page)"
     )
@@ -150,23 +150,6 @@ def _type_list(text: str) -> list[str]:
     if not types:
         raise argparse.ArgumentTypeError(f"expected an event type, got {text!r}")
     return types
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
-    return value
 
 
 def _time(text: str | None) -> datetime | None:

@@ -22,32 +22,12 @@ from typing import TextIO
 import anyio
 
 from .._bus import EventBus
-from ._common import CommandError, Subparsers, import_extra
+from ._common import CommandError, Subparsers, import_extra, port, seconds
 from ._serve import check_token, dashboard
 
 __all__ = ["add_parser", "relay", "run"]
 
 _COMMAND = "eventbus relay"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -79,7 +59,7 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     relay_parser.add_argument(
         "--ack-wait",
-        type=_positive_float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="when the server redelivers a batch that was not acked (default: 30)",
@@ -98,7 +78,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "--host", default="127.0.0.1", help="with --serve: the address (default: 127.0.0.1)"
     )
     relay_parser.add_argument(
-        "--port", type=_port, default=8000, help="with --serve: the port (default: 8000)"
+        "--port", type=port, default=8000, help="with --serve: the port (default: 8000)"
     )
     relay_parser.add_argument(
         "--token", default=None, help="with --serve: the token the API requires (see serve)"

@@ -24,7 +24,7 @@ import anyio
 from sinks.workspace import Workspace
 
 from .._query import EventQuery
-from ._common import CommandError, Subparsers, import_extra
+from ._common import CommandError, Subparsers, import_extra, port
 
 logger = logging.getLogger("eventbus.cli")
 
@@ -34,16 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "check_token", "dashboard", "url_for"]
 
 TOKEN_VARIABLE = "EVENTBUS_TOKEN"
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
-    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -90,7 +80,7 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     serve.add_argument("workspace", type=Path, metavar="DIR", help="the workspace root")
     serve.add_argument("--host", default="127.0.0.1", help="the address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8000, help="the port (default: 8000)")
+    serve.add_argument("--port", type=port, default=8000, help="the port (default: 8000)")
     serve.add_argument(
         "--token",
         default=None,
