@@ -606,8 +606,12 @@ class EventBus:
         sink raised.
         """
         target = self._head
-        while any(sub.lossless and sub._cursor < target for sub in self._active):
-            await self._wait_progress()
+        if any(sub.lossless and sub._cursor < target for sub in self._active):
+            # The sinks' tasks were woken by publish: yielding once lets them
+            # run first, so a quick sink is done without a wake-up of our own.
+            await anyio.lowlevel.checkpoint()
+            while any(sub.lossless and sub._cursor < target for sub in self._active):
+                await self._wait_progress()
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
@@ -702,45 +706,65 @@ class EventBus:
         not retried. A cancellation exception the bus did not cause (the
         subscription's scope was not cancelled) is a failing write.
         """
+        sub._writing = True
+        try:
+            await sub.sink.write(batch)
+        except BaseException as exc:
+            if self._abandoned(sub, exc):
+                raise
+            failure = exc
+        else:
+            return True  # the usual case: no retry set up
+        finally:
+            sub._writing = False
+        return await self._write_again(sub, batch, failure)
+
+    def _abandoned(self, sub: Subscription, exc: BaseException) -> bool:
+        """Whether ``exc`` is the cancellation of a write the bus is abandoning."""
+        return isinstance(exc, self._cancelled) and (sub._scope is None or sub._scope.cancel_called)
+
+    async def _write_again(
+        self, sub: Subscription, batch: EventBatch, failure: BaseException
+    ) -> bool:
+        """Retry the write of ``batch`` that failed with ``failure`` (see :meth:`_write`)."""
         delays = sub.retry.delays()
-        for attempt in range(len(delays) + 1):
+        attempt = 0  # the attempt that raised failure
+        while True:
+            sub._error = failure
+            final = (
+                attempt == len(delays)
+                or sub._removed
+                or isinstance(failure, EventsLostError | KeyboardInterrupt | SystemExit)
+            )
+            if final:
+                if isinstance(failure, PartialWriteError):
+                    self._fail_sessions(sub, failure, batch, attempts=attempt + 1)
+                    return True
+                self._fail(sub, failure, batch, attempts=attempt + 1)
+                return False
+            logger.warning(
+                "sink %r failed to write %d events (attempt %d, retrying in %ss): %r",
+                sub.name,
+                len(batch),
+                attempt + 1,
+                delays[attempt],
+                failure,
+            )
+            sub._retries += 1
+            await anyio.sleep(delays[attempt])
+            attempt += 1
             sub._writing = True
             try:
                 await sub.sink.write(batch)
             except BaseException as exc:
-                if isinstance(exc, self._cancelled) and (
-                    sub._scope is None or sub._scope.cancel_called
-                ):
-                    raise  # the bus is abandoning this write
-                sub._error = exc
-                final = (
-                    attempt == len(delays)
-                    or sub._removed
-                    or isinstance(exc, EventsLostError | KeyboardInterrupt | SystemExit)
-                )
-                if final:
-                    if isinstance(exc, PartialWriteError):
-                        self._fail_sessions(sub, exc, batch, attempts=attempt + 1)
-                        return True
-                    self._fail(sub, exc, batch, attempts=attempt + 1)
-                    return False
-                logger.warning(
-                    "sink %r failed to write %d events (attempt %d, retrying in %ss): %r",
-                    sub.name,
-                    len(batch),
-                    attempt + 1,
-                    delays[attempt],
-                    exc,
-                )
-                sub._retries += 1
+                if self._abandoned(sub, exc):
+                    raise
+                failure = exc
             else:
-                if attempt:
-                    sub._error = None
+                sub._error = None
                 return True
             finally:
                 sub._writing = False
-            await anyio.sleep(delays[attempt])
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _advance(self, sub: Subscription, count: int) -> None:
         was_floor = sub._cursor == self._floor

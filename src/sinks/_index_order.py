@@ -204,6 +204,27 @@ class TimeOrder:
         if self.last is None or newest > self.last:
             self.last = newest
 
+    def append_newest(self, stamp: Any, event_id: str) -> int:
+        """Add the row of one event after the newest held (``stamp`` later); return its position.
+
+        The caller has checked ``stamp`` sorts after :attr:`last` (see :meth:`is_newest`).
+        """
+        ts = self.ts
+        position = len(ts)
+        ts.append(stamp)
+        order = self.order
+        if type(order) is range:
+            self.order = range(position + 1)
+        else:
+            order.append(position)
+        self.last = (stamp, event_id)
+        return position
+
+    def is_newest(self, stamp: Any) -> bool:
+        """Whether an event stamped ``stamp`` sorts after every event held (no tie possible)."""
+        last = self.last
+        return last is None or stamp > last[0]
+
     def saved(self) -> tuple[Any, ...]:
         """What :meth:`restore` needs to undo the rows added from now on."""
         order = self.order

@@ -254,6 +254,18 @@ class Postings:
             postings = map(dict.__getitem__, map(self._pairs.__getitem__, firsts), seconds)
         any(map(self._append_one, postings, positions))  # returns None: consumes all
 
+    def append_one(self, values: Sequence[Any], position: int) -> None:
+        """Append the newest event's ``position`` to its postings (a batch of one).
+
+        ``values`` are its values of each field but the last, as in :meth:`append_all`.
+        """
+        append = self._append_one
+        for postings, value in zip(self.lists, values, strict=False):  # the pairs: below
+            if value is not None:
+                append(postings[value], position)
+        a, b = self.pair
+        append(self._pairs[values[a]][values[b]], position)
+
     def _append(self, field: int, values: list[Any], positions: list[int]) -> None:
         n = len(values)
         first = values[0]

@@ -153,6 +153,21 @@ class UsageTable:
             column.extend(amounts)
         self.cost.extend(picos)
 
+    def add_one(self, metadata: dict[str, Any], position: int) -> None:
+        """Add the row of one response (its ``metadata``), as :meth:`add` would."""
+        get = metadata.get
+        prompt = _tokens(get("prompt_tokens")) or 0
+        completion = _tokens(get("completion_tokens")) or 0
+        total = _tokens(get("total_tokens"))
+        if total is None:
+            total = prompt + completion
+        cached = _tokens(get("cached_tokens")) or 0
+        self.row[position] = len(self.positions)
+        self.positions.append(position)
+        for column, amount in zip(self.amounts, (prompt, completion, total, cached), strict=True):
+            column.append(amount)
+        self.cost.append(_picodollars(get("cost_usd")))
+
     def truncate(self, rows: int) -> None:
         """Forget the rows from ``rows`` on (never folded: added by a batch that failed)."""
         for position in self.positions[rows:]:

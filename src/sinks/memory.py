@@ -339,7 +339,15 @@ class EventIndex:
         given, duplicates = len(events), time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)
         try:
-            self._index(events, located, bulk=bulk)
+            if (
+                given == 1
+                and located is None
+                and not self._low_memory
+                and time.is_newest(events[0].timestamp)
+            ):
+                self._index_newest(events[0])  # a batch of one, in order: the live path
+            else:
+                self._index(events, located, bulk=bulk)
         except BaseException:
             self._take_back(*saved)
             raise
@@ -397,6 +405,19 @@ class EventIndex:
                         self._postings.insert(field, value, time.ts, positions[i], self._id_at)
         self._usage.add(events, values[_TYPE], positions)
         self._live += n
+
+    def _index_newest(self, event: Event) -> None:
+        """Index one event that sorts after every event held (memory mode).
+
+        What :meth:`_index` does for such a batch, without the lists a batch needs.
+        """
+        position = self._time.append_newest(event.timestamp, event.id)
+        self._events.append(event)
+        values = [getter(event) for getter in _GETTERS]
+        self._postings.append_one(values, position)
+        if values[_TYPE] == RESPONSE:
+            self._usage.add_one(event.metadata, position)
+        self._live += 1
 
     def _settle(self) -> None:
         """Sort rows added late in bulk, then evict down to ``max_events``."""

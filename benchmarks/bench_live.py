@@ -1,0 +1,201 @@
+"""The live path: one event at a time, ``await publish(e); await flush()``, against pyee.
+
+Run: ``python benchmarks/bench_live.py [--events N] [--backend B] [--profile]``.
+
+A coordinator awaits each event between LLM calls and a dashboard shows it
+as it happens, so here every event is published and waited for before the
+next one is built. All figures come from one process and run (the ratios
+compare like with like); each contender gets the same events:
+
+- ``pyee``: an ``AsyncIOEventEmitter`` whose async handler appends the event
+  to a list and writes its JSON line to a file (``os.write``: in the OS, as
+  ``JsonlSink``'s "flush" mode); the publisher emits and awaits the handler.
+- ``bus, no-op sink``: ``await publish(e); await flush()``, one sink whose
+  ``write`` does nothing.
+- ``bus, JsonlSink + EventIndex + listener``: ``JsonlSink`` ("flush"), an
+  ``EventIndex`` and a listener whose task reads every event (a dashboard).
+
+``--profile`` prints where the full bus round trip spends its time
+(cProfile, own time). The issue's targets: the full bus at least 1.5x
+pyee's rate, the no-op bus at least pyee's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from eventbus import Event, EventBus, EventType
+from sinks import JsonlSink
+from sinks.memory import EventIndex
+
+MODELS = ["gpt-4o", "claude-sonnet", "llama-70b"]
+ROLES = ["planner", "coder", "reviewer", "tester"]
+
+
+def fields_for(i: int) -> dict[str, Any]:
+    """The content of the i-th event: the same for every contender."""
+    prompt = 100 + i % 900
+    return {
+        "session_id": "sess-live",
+        "message": f"LLM response from {MODELS[i % 3]} for {ROLES[i % 4]}",
+        "phase": "EXECUTION",
+        "task_id": f"task-{i % 50:03d}",
+        "agent_role": ROLES[i % 4],
+        "model": MODELS[i % 3],
+        "metadata": {"prompt_tokens": prompt, "completion_tokens": 2 * prompt},
+    }
+
+
+async def run_pyee(n: int, tmp: Path) -> float:
+    from pyee.asyncio import AsyncIOEventEmitter
+
+    emitter = AsyncIOEventEmitter()
+    received: list[Event] = []
+    encoder = msgspec.json.Encoder()
+    fd = os.open(tmp / "pyee.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    @emitter.on("event")
+    async def handler(event: Event) -> None:
+        received.append(event)
+        os.write(fd, encoder.encode(event) + b"\n")
+        waiter.set_result(None)
+
+    contents = [fields_for(i) for i in range(n)]
+    kind = EventType.LLM_RESPONSE_RECEIVED
+    start = time.perf_counter()
+    for content in contents:
+        waiter = loop.create_future()
+        emitter.emit("event", Event(event_type=kind, **content))
+        await waiter
+    elapsed = time.perf_counter() - start
+    os.close(fd)
+    assert len(received) == n
+    return elapsed
+
+
+class NoopSink:
+    """A sink that accepts every batch and does nothing."""
+
+    name = "noop"
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Accept ``events``."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+class Shown:
+    """What the dashboard's listener task received."""
+
+    received = 0
+
+
+async def listen(bus: EventBus, *, task_status: anyio.abc.TaskStatus[Shown]) -> None:
+    """A dashboard: read every live event as it comes."""
+    shown = Shown()
+    async with bus.listen(buffer=1000) as listener:
+        task_status.started(shown)
+        async for _ in listener:
+            shown.received += 1
+
+
+async def run_bus(n: int, tmp: Path, *, full: bool, profile: bool = False) -> float:
+    contents = [fields_for(i) for i in range(n)]
+    kind = EventType.LLM_RESPONSE_RECEIVED
+    index = EventIndex()
+    async with EventBus() as bus, anyio.create_task_group() as tg:
+        if full:
+            bus.subscribe(JsonlSink(tmp / f"bus-{time.perf_counter_ns()}", durability="flush"))
+            bus.subscribe(index)
+            listener = await tg.start(listen, bus)
+        else:
+            bus.subscribe(NoopSink())
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        start = time.perf_counter()
+        for content in contents:
+            await bus.publish(Event(event_type=kind, **content))
+            await bus.flush()
+        elapsed = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
+            print_profile(profiler)
+        if full:
+            await anyio.wait_all_tasks_blocked()
+            assert listener.received == n
+            tg.cancel_scope.cancel()
+    if full:
+        assert len(index) == n
+    return elapsed
+
+
+def print_profile(profiler: cProfile.Profile) -> None:
+    stats = pstats.Stats(profiler)
+    rows = []
+    total = 0.0
+    for (path, line, function), entry in stats.stats.items():  # type: ignore[attr-defined]
+        total += entry[2]
+        rows.append((entry[2], entry[1], f"{Path(path).name}:{line} {function}"))
+    rows.sort(reverse=True)
+    print("  where the full round trip spends its time (own time, cProfile):")
+    for own, calls, where in rows[:20]:
+        print(f"    {own / total:6.1%} {calls:>9}  {where}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    n = args.events
+    runs: dict[str, list[float]] = {"pyee": [], "bus, no-op sink": [], "bus, full": []}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for _ in range(args.repeats):  # interleaved, so drift hits every contender alike
+            runs["pyee"].append(n / asyncio.run(run_pyee(n, tmp)))
+            runs["bus, no-op sink"].append(
+                n / anyio.run(lambda: run_bus(n, tmp, full=False), backend=args.backend)
+            )
+            runs["bus, full"].append(
+                n / anyio.run(lambda: run_bus(n, tmp, full=True), backend=args.backend)
+            )
+        if args.profile:
+            anyio.run(lambda: run_bus(n, tmp, full=True, profile=True), backend=args.backend)
+    pyee = statistics.median(runs["pyee"])
+    print(f"\none at a time, {n} events, backend {args.backend}, median of {args.repeats}")
+    print(f"{'contender':<44}{'events/s':>10}{'us/event':>10}{'x pyee':>8}  target")
+    targets = {"pyee": "", "bus, no-op sink": ">= 1.0", "bus, full": ">= 1.5"}
+    names = {
+        "pyee": "pyee (handler: list + JSON line)",
+        "bus, no-op sink": "bus, no-op sink",
+        "bus, full": "bus, JsonlSink + EventIndex + listener",
+    }
+    for key, rates in runs.items():
+        rate = statistics.median(rates)
+        print(
+            f"{names[key]:<44}{rate:>10,.0f}{1e6 / rate:>10.1f}{rate / pyee:>8.2f}  {targets[key]}"
+        )
+
+
+if __name__ == "__main__":
+    main()

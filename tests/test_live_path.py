@@ -1,0 +1,208 @@
+"""The live path: one event at a time, small batches written on the loop, indexed at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from eventbus import Event, EventBatch, EventBus, EventType, encode_event
+from sinks.jsonl import JsonlSink
+from sinks.memory import EventIndex, TokenUsage
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def make(i: int, session_id: str = "s1", **fields: Any) -> Event:
+    """The i-th event, ``i`` milliseconds after T0."""
+    return Event(
+        event_type=fields.pop("event_type", EventType.INFO),
+        session_id=session_id,
+        message=fields.pop("message", f"event {i}"),
+        timestamp=T0 + timedelta(milliseconds=i),
+        parent_id=None,
+        **fields,
+    )
+
+
+def batch(*events: Event) -> EventBatch:
+    return EventBatch(list(events), [encode_event(event) for event in events])
+
+
+class ThreadHops:
+    """Counts the batches a JsonlSink hands to a worker thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = anyio.to_thread.run_sync
+
+        async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await real(func, *args, **kwargs)
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> ThreadHops:
+    return ThreadHops(monkeypatch)
+
+
+@pytest.mark.anyio
+async def test_small_batch_to_an_open_log_is_written_on_the_loop(
+    tmp_path: Path, hops: ThreadHops
+) -> None:
+    """Once a log is open, a small "flush" batch is in the file without a thread hop."""
+    sink = JsonlSink(tmp_path, durability="flush")
+    await sink.write(batch(make(0)))  # opens the log: in a thread
+    opened = hops.count
+    await sink.write(batch(make(1)))
+    assert hops.count == opened == 1
+    assert sink.path_for("s1").read_bytes().count(b"\n") == 2
+    await sink.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("durability", "size"),
+    [pytest.param("fsync", 10, id="fsync"), pytest.param("flush", 100_000, id="large")],
+)
+async def test_fsync_and_large_batches_go_to_a_worker_thread(
+    tmp_path: Path, hops: ThreadHops, durability: Any, size: int
+) -> None:
+    """fsync, and batches over the inline limit, are written in a worker thread."""
+    sink = JsonlSink(tmp_path, durability=durability)
+    await sink.write(batch(make(0)))
+    await sink.write(batch(make(1, message="x" * size)))
+    assert hops.count == 2
+    await sink.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_batch_waits_in_a_thread_while_an_abandoned_write_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A batch never writes on the loop while a late worker thread still holds the sink's lock."""
+    sink = JsonlSink(tmp_path, durability="flush")
+    await sink.write(batch(make(0)))
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with sink._lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    written = anyio.Event()
+
+    async def write() -> None:
+        await sink.write(batch(make(1)))
+        written.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            assert not written.is_set()  # waiting for the lock, off the loop
+            release.set()
+    holder.join()
+    assert sink.path_for("s1").read_bytes().count(b"\n") == 2
+    await sink.aclose()
+
+
+@pytest.mark.anyio
+async def test_publish_then_flush_one_at_a_time_writes_every_event_in_order(
+    tmp_path: Path,
+) -> None:
+    """Awaiting flush after each publish leaves each event in the log and the index, in order."""
+    index = EventIndex()
+    sink = JsonlSink(tmp_path, durability="flush")
+    events = [make(i) for i in range(50)]
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        bus.subscribe(index)
+        for i, event in enumerate(events):
+            await bus.publish(event)
+            await bus.flush()
+            assert sink.path_for("s1").read_bytes().count(b"\n") == i + 1
+            assert len(index) == i + 1
+    assert index.get_latest(100) == events
+
+
+RESPONSE = EventType.LLM_RESPONSE_RECEIVED
+USAGE_CASES = [
+    {"prompt_tokens": 5, "completion_tokens": 7, "cost_usd": 0.25},
+    {"prompt_tokens": 5, "completion_tokens": "7", "cost_usd": float("inf")},
+    {"prompt_tokens": True, "cost_usd": 2, "cached_tokens": 3},
+    {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 10},
+    {"prompt_tokens": -1, "total_tokens": 1 << 63, "cost_usd": -1.0},
+    {},
+]
+
+
+def test_an_index_fed_one_event_at_a_time_answers_like_one_fed_a_batch() -> None:
+    """Single-event adds (the live path) give the same rows, postings and usage as a batch."""
+    events = [
+        make(
+            i,
+            session_id=f"s{i % 2}",
+            event_type=RESPONSE if i % 3 else EventType.TASK_STARTED,
+            task_id=f"t{i % 4}" if i % 5 else None,
+            model="m1" if i % 2 else None,
+            agent_role="coder",
+            metadata=USAGE_CASES[i % len(USAGE_CASES)],
+        )
+        for i in range(60)
+    ]
+    one_by_one, batched = EventIndex(), EventIndex()
+    for event in events:
+        assert one_by_one.add([event]) == 1
+    batched.add(events)
+    assert one_by_one.get_latest(100) == batched.get_latest(100) == events
+    assert one_by_one.usage() == batched.usage() != TokenUsage()
+    for field in ("session_id", "model", "agent_role", "task_id"):
+        assert one_by_one.usage_by(field) == batched.usage_by(field)
+    for query in (
+        {"session_id": "s1"},
+        {"task_id": "t2"},
+        {"model": "m1"},
+        {"event_type": RESPONSE},
+    ):
+        assert one_by_one.get_events(**query) == batched.get_events(**query)
+
+
+def test_a_single_event_tying_the_newest_timestamp_is_still_placed_by_id() -> None:
+    """An event with the newest event's timestamp takes the batch path and sorts by id."""
+    index = EventIndex()
+    first = Event(
+        event_type=EventType.INFO, session_id="s", message="b", timestamp=T0, id="b", parent_id=None
+    )
+    tie = Event(
+        event_type=EventType.INFO, session_id="s", message="a", timestamp=T0, id="a", parent_id=None
+    )
+    index.add([first])
+    index.add([tie])
+    index.add([first])  # held already: skipped
+    assert index.get_latest(10) == [tie, first]
+    assert index.duplicates == 1
+
+
+def test_a_single_event_that_cannot_be_indexed_leaves_the_index_as_it_was() -> None:
+    """A failing single add takes back what it added, so the index answers as before."""
+    index = EventIndex()
+    index.add([make(0, task_id="t1")])
+    bad = make(1, task_id=["not", "hashable"])
+    with pytest.raises(TypeError, match="unhashable"):
+        index.add([bad])
+    index.add([make(2, task_id="t1")])
+    assert [event.message for event in index.get_events(task_id="t1")] == ["event 0", "event 2"]
+    assert len(index) == 2
