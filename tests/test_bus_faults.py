@@ -347,3 +347,21 @@ async def test_a_session_id_that_is_no_str_is_an_encode_error_naming_the_field()
             bus.publish_nowait(bad)
         await bus.flush()
     assert sink.events == []
+
+
+async def test_an_infinite_close_timeout_waits_for_a_slow_drain() -> None:
+    """close_timeout=math.inf: a normal exit waits for every event, however slow."""
+    import math
+
+    class Slow(MemorySink):
+        async def write(self, events: Sequence[Event]) -> None:
+            await anyio.lowlevel.checkpoint()
+            await super().write(events)
+
+    sink = Slow("slow")
+    async with EventBus(close_timeout=math.inf, max_batch=1) as bus:
+        bus.subscribe(sink)
+        for i in range(50):
+            bus.publish_nowait(ev(i))
+    assert len(sink.events) == 50
+    assert bus.stats().healthy

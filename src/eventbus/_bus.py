@@ -217,7 +217,8 @@ class EventBus:
         the exit returns within about 1.25 times ``close_timeout``. A write or
         ``aclose`` still running then is abandoned (cancelled: a sink doing
         blocking work in a thread must use ``abandon_on_cancel=True``), logged,
-        and what it did not write is counted in ``stats().lost``.
+        and what it did not write is counted in ``stats().lost``. Pass
+        ``math.inf`` to wait on a normal exit for as long as the sinks take.
 
     Each bus owns its task group; buses are independent of each other. The
     exception that ended the block always reaches the caller unchanged; a
