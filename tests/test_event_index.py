@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sinks._index_chunks
 import sinks._index_order
 import sinks.memory
 from eventbus import (
@@ -229,6 +230,7 @@ def arrivals(draw: st.DrawFn) -> list[list[Event]]:
     page=st.integers(1, 7),
     insert_ratio=st.sampled_from([1, 32, 10**9]),
     compact_at=st.sampled_from([1, 4096]),
+    chunk_size=st.sampled_from([2, 2048]),
 )
 def test_live_rebuilt_and_brute_force_answer_alike(
     batches: list[list[Event]],
@@ -237,11 +239,13 @@ def test_live_rebuilt_and_brute_force_answer_alike(
     page: int,
     insert_ratio: int,
     compact_at: int,
+    chunk_size: int,
 ) -> None:
     """Live and rebuilt indexes, in both modes, equal a brute-force filter of the events.
 
-    The thresholds between inserting late events and re-sorting, and of
-    compaction, vary too, so every path runs on small inputs.
+    The thresholds between inserting late events and re-sorting, of
+    compaction and the size of the time order's chunks vary too, so every
+    path runs on small inputs.
     """
     every = [event for batch in batches for event in batch]
     held = in_time_order(every)
@@ -251,6 +255,7 @@ def test_live_rebuilt_and_brute_force_answer_alike(
         tempfile.TemporaryDirectory() as tmp,
         mock.patch.object(sinks._index_order, "_INSERT_RATIO", insert_ratio),
         mock.patch.object(sinks.memory, "_MIN_COMPACTION", compact_at),
+        mock.patch.object(sinks._index_chunks, "_CHUNK", chunk_size),
     ):
         root = Path(tmp)
         live = EventIndex(max_events=cap)

@@ -2,8 +2,9 @@
 
 Each indexed event has a row (its position, in arrival order); :class:`TimeOrder`
 keeps the row timestamps (``ts``) and the live positions sorted by (timestamp,
-id) (``order``; a ``range`` while events arrive in order, entries before
-``start`` evicted). It prepares each batch before it is indexed (sorted, the
+id) (``order``; a ``range`` while events arrive in order, then
+:class:`~sinks._index_chunks.Chunks`, whose late inserts cost O(log n +
+chunk); entries before ``start`` evicted). It prepares each batch before it is indexed (sorted, the
 events it already holds skipped and counted in ``duplicates``), inserts late
 events in place or leaves many to one :meth:`TimeOrder.resort`, and does the
 time-order part of eviction and compaction; the index does the rest (events,
@@ -22,8 +23,9 @@ from typing import Any, Final, TypeAlias
 
 from eventbus import Event
 
+from ._index_chunks import Chunks
 from ._index_disk import Locations, take
-from ._index_postings import increasing, insort, time_sorted
+from ._index_postings import increasing, time_sorted
 
 __all__: list[str] = []
 
@@ -57,6 +59,13 @@ def is_row(position: int, *, live: Sequence[int]) -> bool:
     return i < len(live) and live[i] == position
 
 
+def _ordered(positions: Sequence[int]) -> range | Chunks:
+    """A time order holding ``positions`` (in time order): a range if they are ``range(n)``."""
+    if all(map(eq, positions, range(len(positions)))):
+        return range(len(positions))
+    return Chunks.of(positions)
+
+
 def _pick(located: Locations | None, keep: list[int]) -> Locations | None:
     if located is None:
         return None
@@ -80,7 +89,7 @@ class TimeOrder:
         self.ts: MutableSequence[Any] = array("q") if low_memory else []
         # All live positions in time order: a range (equal to range(rows))
         # while events arrive in order. Entries before start are evicted.
-        self.order: range | array[int] = range(0)
+        self.order: range | Chunks = range(0)
         self.start = 0
 
     def stamp(self, moment: datetime) -> Any:
@@ -162,15 +171,19 @@ class TimeOrder:
     def _holds(self, stamp: Any, event_id: str, id_at: Callable[[int], str]) -> bool:
         """Whether the (sorted) index holds an event with this timestamp and id."""
         order, ts = self.order, self.ts
-        if type(order) is range:
-            i = bisect_left(ts, stamp, self.start)
-        else:
-            i = bisect_left(order, stamp, self.start, key=ts.__getitem__)
+        i = self._first(stamp)
         while i < len(order) and ts[order[i]] == stamp:
             if id_at(order[i]) == event_id:
                 return True
             i += 1
         return False
+
+    def _first(self, stamp: Any) -> int:
+        """The index in :attr:`order` (from ``start``) of the first row not before ``stamp``."""
+        order = self.order
+        if type(order) is range:
+            return bisect_left(self.ts, stamp, self.start)
+        return order.bisect(self.ts, stamp, self.start, right=False)
 
     def add(
         self,
@@ -188,13 +201,13 @@ class TimeOrder:
         """
         self.ts.extend(stamps)
         if insert and type(self.order) is range:
-            self.order = array("q", self.order)
+            self.order = Chunks([self.order])  # no copy: late inserts cut it up
         start = late if insert else 0
         if start < len(positions):
             if type(self.order) is range:
                 self.order = range(positions[-1] + 1)
-            else:
-                self.order.extend(positions[start:] if start else positions)
+            else:  # the positions are consecutive
+                self.order.append_run(positions[start], positions[-1] + 1)
         if insert:
             for position in positions[:late]:
                 self.insert(position, id_at)
@@ -216,7 +229,7 @@ class TimeOrder:
         if type(order) is range:
             self.order = range(position + 1)
         else:
-            order.append(position)
+            order.append_run(position, position + 1)
         self.last = (stamp, event_id)
         return position
 
@@ -243,12 +256,12 @@ class TimeOrder:
         if order is not None:
             self.order = order
         elif len(self.order) and max(self.order) >= rows:
-            self.order = array("q", (p for p in self.order if p < rows))
+            self.order = _ordered([p for p in self.order if p < rows])
 
     def insert(self, position: int, id_at: Callable[[int], str]) -> None:
         """Insert one late row into the time order."""
         assert type(self.order) is not range
-        insort(self.order, self.start, self.ts, position, id_at)
+        self.order.insort(position, self.start, self.ts, id_at)
 
     def resort(self, ids_at: Callable[[Sequence[int]], list[str]]) -> tuple[array[int], list[int]]:
         """Sort the time order after bulk late rows; return each row's rank and the repeats.
@@ -261,7 +274,7 @@ class TimeOrder:
             self.order[self.start :], self.ts, ids_at, dedupe=not self.keep_duplicates
         )
         # Not a range: a late row sorts before an earlier one (compaction may restore it).
-        self.order, self.start = array("q", order), 0
+        self.order, self.start = Chunks.of(order), 0
         rank = array("q", [-1]) * len(self.ts)
         for i, position in enumerate(order):
             rank[position] = i
@@ -293,9 +306,7 @@ class TimeOrder:
             for new, old in enumerate(live):
                 remap[old] = new
             new_position = remap.__getitem__
-            renumbered = array("q", map(new_position, order[start:]))
-            in_order = all(map(eq, renumbered, range(len(renumbered))))
-            self.order = range(len(renumbered)) if in_order else renumbered
+            self.order = _ordered(array("q", map(new_position, order[start:])))
         self.start = 0
         self.ts = take(self.ts, live)
         return live, new_position
@@ -306,7 +317,7 @@ class TimeOrder:
         stamp = ts[position]
         if type(order) is range:
             return self.start <= position < order.stop
-        i = bisect_left(order, stamp, self.start, key=ts.__getitem__)
+        i = self._first(stamp)
         while i < len(order) and ts[order[i]] == stamp:
             if order[i] == position:
                 return True

@@ -20,6 +20,8 @@ from itertools import chain, compress, islice, repeat
 from operator import eq, is_not, lt
 from typing import Any, TypeAlias
 
+from ._index_chunks import Chunks
+
 __all__: list[str] = []
 
 Check: TypeAlias = Callable[[Sequence[int]], list[int]]
@@ -57,6 +59,11 @@ def cut(
             lo = bisect_left(ts, low, lo, hi)
         if high is not None:
             hi = bisect_right(ts, high, lo, hi)
+    elif type(sequence) is Chunks:  # the time order, once an event arrived late
+        if low is not None:
+            lo = sequence.bisect(ts, low, lo, right=False)
+        if high is not None:
+            hi = sequence.bisect(ts, high, lo, right=True)
     else:
         key = ts.__getitem__
         if low is not None:
@@ -76,9 +83,20 @@ def insort(
     position: int,
     id_at: Callable[[int], str],
 ) -> None:
-    """Insert ``position`` into ``posting[start:]`` at its place in time order (ties by id)."""
+    """Insert ``position`` into ``posting[start:]`` at its place in time order (ties by id).
+
+    The place is searched from the newest end, in doubling steps, then by
+    bisection: a late event is usually a little late, and the newest entries
+    are the ones in the CPU's cache.
+    """
     stamp = ts[position]
-    i = bisect_right(posting, stamp, start, key=ts.__getitem__)
+    hi = len(posting)
+    lo, step = hi - 1, 1
+    while lo > start and ts[posting[lo]] > stamp:  # everything from lo on is later
+        hi = lo
+        step += step
+        lo = hi - step
+    i = bisect_right(posting, stamp, max(lo, start), hi, key=ts.__getitem__)
     if i > start and ts[posting[i - 1]] == stamp:
         event_id = id_at(position)
         while i > start and ts[posting[i - 1]] == stamp:

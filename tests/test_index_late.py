@@ -1,0 +1,131 @@
+"""Late events: the time order in chunks answers like a sorted list, and no insert copies it."""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinks._index_chunks
+from eventbus import Event, EventQuery, EventType
+from sinks._index_chunks import Chunks
+from sinks.memory import EventIndex
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def event(seconds: float, index: int) -> Event:
+    """An event ``seconds`` after T0, of one of three sessions."""
+    return Event(
+        event_type=EventType.INFO,
+        session_id=f"s{index % 3}",
+        message=f"event {index}",
+        timestamp=T0 + timedelta(seconds=seconds),
+        parent_id=None,
+    )
+
+
+# Operations on a Chunks: ("append", how many), ("late", stamp, id) or ("evict", how many).
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 9)),
+        st.tuples(st.just("late"), st.integers(0, 40), st.integers(0, 5)),
+        st.tuples(st.just("evict"), st.integers(1, 4)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=operations,
+    chunk=st.sampled_from([1, 2, 3, 4, 16]),
+    start_as_range=st.integers(0, 30),
+    probes=st.lists(st.integers(-1, 42), max_size=6),
+)
+def test_chunks_insert_read_and_bisect_like_a_sorted_list(
+    steps: list[tuple[int | str, ...]], chunk: int, start_as_range: int, probes: list[int]
+) -> None:
+    """Inserts (ties by id, never before the evicted), appends, reads and bisects match a list."""
+    ts: list[int] = [i // 2 for i in range(start_as_range)]  # ties: two rows per stamp
+    ids: list[str] = [f"{i % 2}" for i in range(start_as_range)]
+    with mock.patch.object(sinks._index_chunks, "_CHUNK", chunk):
+        order = Chunks([range(start_as_range)])
+        model = list(range(start_as_range))
+        start = 0
+        for step in steps:
+            if step[0] == "append":
+                first, stop = len(ts), len(ts) + int(step[1])
+                newest = max(ts, default=0)
+                ts += [newest + 1 + i for i in range(stop - first)]
+                ids += ["0"] * (stop - first)
+                order.append_run(first, stop)
+                model += range(first, stop)
+            elif step[0] == "late":
+                position = len(ts)
+                ts.append(int(step[1]))
+                ids.append(str(step[2]))
+                order.insort(position, start, ts, ids.__getitem__)
+                keys = [(ts[p], ids[p]) for p in model[start:]]
+                model.insert(start + bisect_left(keys, (ts[position], ids[position])), position)
+            else:
+                start = min(len(model), start + int(step[1]))
+            assert list(order) == model
+            assert len(order) == len(model)
+        assert [order[i] for i in range(-len(model), len(model))] == model + model
+        for lo in range(len(model) + 1):
+            for hi in (lo, lo + 1, lo + 7, len(model)):
+                assert list(order[lo:hi]) == model[lo:hi]
+        stamps = [ts[p] for p in model[start:]]  # the evicted ones need not be in order
+        for stamp in probes:
+            assert order.bisect(ts, stamp, start, right=False) == start + bisect_left(stamps, stamp)
+            assert order.bisect(ts, stamp, start, right=True) == start + bisect_right(stamps, stamp)
+        assert all(len(piece) <= chunk + 1 for piece in order.chunks if type(piece) is array)
+
+
+def test_a_late_event_into_a_large_index_leaves_the_in_order_run_uncopied() -> None:
+    """The first late event cuts the in-order range around its place: only one chunk is copied."""
+    index = EventIndex()
+    index.add([event(i, i) for i in range(20_000)])
+    index.add([event(5_000.5, 20_000)])  # late: before 15,000 events held
+    chunks = index._time.order.chunks  # type: ignore[union-attr]
+    copied = sum(len(piece) for piece in chunks if type(piece) is array)
+    assert copied <= sinks._index_chunks._CHUNK
+    assert max(len(piece) for piece in chunks) >= 14_000  # the run after it is still a range
+
+
+def test_many_late_events_keep_every_query_in_time_order() -> None:
+    """Late events spread over a large index (small chunks): each query equals a sorted filter."""
+    early = [event(i, i) for i in range(3_000)]
+    late = [event(i + 0.5, 3_000 + i) for i in range(2_999, -1, -7)]  # newest first
+    with mock.patch.object(sinks._index_chunks, "_CHUNK", 64):
+        index = EventIndex(max_events=2_900)
+        index.add(early)
+        for one in late:
+            index.add([one])
+        held = sorted([*early, *late], key=lambda e: (e.timestamp, e.id))[-2_900:]
+        assert index.get_events() == held
+        assert index.get_latest(50) == held[-50:]
+        middle = T0 + timedelta(seconds=1_500)
+        assert index.get_events(start_time=middle) == [e for e in held if e.timestamp >= middle]
+        s1 = [e for e in held if e.session_id == "s1"]
+        assert index.query(EventQuery(session_id="s1"), limit=40, after=s1[99]) == s1[100:140]
+        pages, after = [], None
+        while page := index.query(EventQuery(), limit=333, after=after):
+            pages += page
+            after = page[-1].id
+        assert pages == held
+
+
+@pytest.mark.parametrize("count", [0, 1, 5000])
+def test_chunks_of_positions_keeps_runs_as_ranges(count: int) -> None:
+    """Chunking a time order gives runs of consecutive positions back as ranges."""
+    positions = [*range(count), count + 1, count]
+    order = Chunks.of(positions)
+    assert list(order) == positions
+    assert sum(len(piece) for piece in order.chunks if type(piece) is array) <= 2048
