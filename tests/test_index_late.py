@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -129,3 +130,42 @@ def test_chunks_of_positions_keeps_runs_as_ranges(count: int) -> None:
     order = Chunks.of(positions)
     assert list(order) == positions
     assert sum(len(piece) for piece in order.chunks if type(piece) is array) <= 2048
+
+
+@pytest.mark.parametrize("keep_duplicates", [False, True])
+def test_a_late_event_given_again_alone_is_skipped_and_counted(keep_duplicates: bool) -> None:
+    """One late event seen twice is indexed once (counted), or twice with keep_duplicates."""
+    index = EventIndex(keep_duplicates=keep_duplicates)
+    index.add([event(i, i) for i in range(100)])
+    late = event(50.5, 100)
+    assert index.add([late]) == 1
+    assert index.add([late]) == (1 if keep_duplicates else 0)
+    assert index.duplicates == (0 if keep_duplicates else 1)
+    assert index.get_events(session_id=late.session_id).count(late) == (2 if keep_duplicates else 1)
+
+
+def test_a_late_event_failing_part_way_leaves_the_index_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A MemoryError after the postings took one late event takes it back; a retry adds it once."""
+    from sinks._index_postings import Postings
+
+    index = EventIndex()
+    early = [event(i, i) for i in range(100)]
+    index.add(early)
+    original = Postings.insert_one
+
+    def fail_after_doing_it(self: Postings, *args: Any) -> None:
+        original(self, *args)
+        raise MemoryError("simulated: memory ran out mid-event")
+
+    monkeypatch.setattr(Postings, "insert_one", fail_after_doing_it)
+    late = event(50.5, 100)
+    with pytest.raises(MemoryError, match="memory ran out mid-event"):
+        index.add([late])
+    assert index.get_events() == early
+    assert index.count(session_id=late.session_id) == 33
+    monkeypatch.undo()
+    assert index.add([late]) == 1
+    assert index.get_events() == sorted([*early, late], key=lambda e: e.timestamp)
+    assert index.get_events(session_id=late.session_id)[17] == late

@@ -6,8 +6,8 @@ into :class:`Chunks`: the same positions as a list of chunks, each a
 ``range`` (a run of consecutive positions, as events in order leave them) or
 an ``array`` of at most :data:`_CHUNK` positions. An insert bisects the
 chunks' last entries by timestamp, then the one chunk (a long range is cut
-around the place, its middle becoming an array), so no step copies more than
-a chunk: O(log n + chunk), never O(n). Reading by index bisects the chunks'
+around the place, a short piece of it becoming an array), so no step copies
+more than a chunk: O(log n + chunk), never O(n). Reading by index bisects the chunks'
 first indexes, which an insert makes stale from its chunk on; they are
 recounted (in C, one length per chunk) on the next read by index.
 """
@@ -199,16 +199,18 @@ class Chunks(Sequence[int]):
         chunk = self.chunks[j]
         self.size += 1
         if type(chunk) is range:
-            if len(chunk) <= _CHUNK:
-                middle = array("q", chunk)
-                middle.insert(i, position)
-                self._replace(j, [middle], 1)
-                return
-            half = _CHUNK // 2  # an array of half a chunk around the place, ranges either side
-            a = max(0, min(i - half // 2, len(chunk) - half))
-            middle = array("q", chunk[a : a + half])
+            # An array of about `cut` positions around the place, ranges either side
+            # (none shorter than `cut`): copying a whole chunk would cost ~20 us.
+            cut = max(1, _CHUNK // 16)
+            a = max(0, i - cut // 2)
+            b = min(len(chunk), a + cut)
+            if a < cut:
+                a = 0
+            if len(chunk) - b < cut:
+                b = len(chunk)
+            middle = array("q", chunk[a:b])
             middle.insert(i - a, position)
-            self._replace(j, [chunk[:a], middle, chunk[a + half :]], 1)
+            self._replace(j, [chunk[:a], middle, chunk[b:]], 1)
             return
         chunk.insert(i, position)
         if len(chunk) > _CHUNK:

@@ -233,6 +233,31 @@ class TimeOrder:
         self.last = (stamp, event_id)
         return position
 
+    def holds(self, stamp: Any, event_id: str, id_at: Callable[[int], str]) -> bool:
+        """Whether to skip an event sorting before the newest (one held; counted if so)."""
+        if self.keep_duplicates or not self._holds(stamp, event_id, id_at):
+            return False
+        self.duplicates += 1
+        return True
+
+    def insert_late(self, stamp: Any, id_at: Callable[[int], str]) -> int:
+        """Add the row of one event sorting before the newest, in place; return its position.
+
+        Its event must be readable by ``id_at`` at that position (the next row).
+        """
+        position = len(self.ts)
+        self.ts.append(stamp)
+        order = self.order
+        if type(order) is range:
+            order = self.order = Chunks([order])  # no copy: late inserts cut it up
+        order.insort(position, self.start, self.ts, id_at)
+        return position
+
+    def is_late(self, stamp: Any, event_id: str, live: int) -> bool:
+        """Whether an event sorts before the newest held and is few enough to insert in place."""
+        last = self.last
+        return last is not None and (stamp, event_id) <= last and live >= _INSERT_RATIO
+
     def is_newest(self, stamp: Any) -> bool:
         """Whether an event stamped ``stamp`` sorts after every event held (no tie possible)."""
         last = self.last

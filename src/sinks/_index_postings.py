@@ -309,6 +309,21 @@ class Postings:
         start = self.starts[field].get(value, 0)
         insort(self.lists[field][value], start, ts, position, id_at)
 
+    def insert_one(
+        self, values: Sequence[Any], ts: Sequence[Any], position: int, id_at: Callable[[int], str]
+    ) -> None:
+        """Insert a late event's ``position`` into its postings, in place.
+
+        ``values`` are its values of each field but the last, as in :meth:`append_one`.
+        """
+        lists, starts = self.lists, self.starts
+        for field, value in enumerate(values):  # the pairs: below
+            if value is not None:
+                insort(lists[field][value], starts[field].get(value, 0), ts, position, id_at)
+        a, b = self.pair
+        pair = (values[a], values[b])
+        insort(lists[-1][pair], starts[-1].get(pair, 0), ts, position, id_at)
+
     def sort(self, rank: Sequence[int], *, dropped: bool) -> None:
         """Sort every posting by ``rank`` (a position's place in time order), dropping evicted
         entries and, if ``dropped``, the positions ranked ``-1``."""

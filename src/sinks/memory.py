@@ -339,13 +339,14 @@ class EventIndex:
         given, duplicates = len(events), time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)
         try:
-            if (
-                given == 1
-                and located is None
-                and not self._low_memory
-                and time.is_newest(events[0].timestamp)
-            ):
-                self._index_newest(events[0])  # a batch of one, in order: the live path
+            if given == 1 and located is None and not self._low_memory:
+                event = events[0]
+                if time.is_newest(event.timestamp):
+                    self._index_newest(event)  # a batch of one, in order: the live path
+                elif time.is_late(event.timestamp, event.id, self._live):
+                    self._index_late(event)  # one event, late: inserted in place
+                else:
+                    self._index(events, None, bulk=bulk)
             else:
                 self._index(events, located, bulk=bulk)
         except BaseException:
@@ -415,6 +416,22 @@ class EventIndex:
         self._events.append(event)
         values = [getter(event) for getter in _GETTERS]
         self._postings.append_one(values, position)
+        if values[_TYPE] == RESPONSE:
+            self._usage.add_one(event.metadata, position)
+        self._live += 1
+
+    def _index_late(self, event: Event) -> None:
+        """Index one event that sorts before the newest held (memory mode), in place.
+
+        What :meth:`_index` does for such a batch, without the lists a batch needs.
+        """
+        time = self._time
+        if time.holds(event.timestamp, event.id, self._id_at):
+            return
+        self._events.append(event)
+        position = time.insert_late(event.timestamp, self._id_at)
+        values = [getter(event) for getter in _GETTERS]
+        self._postings.insert_one(values, time.ts, position, self._id_at)
         if values[_TYPE] == RESPONSE:
             self._usage.add_one(event.metadata, position)
         self._live += 1
