@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,17 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from eventbus import Event, EventBatch, EventBus, EventType, encode_event
+from eventbus import (
+    Event,
+    EventBatch,
+    EventBus,
+    EventType,
+    Gap,
+    MemorySink,
+    RetryPolicy,
+    SinkFailedError,
+    encode_event,
+)
 from sinks.jsonl import JsonlSink
 from sinks.memory import EventIndex, TokenUsage
 
@@ -206,3 +216,174 @@ def test_a_single_event_that_cannot_be_indexed_leaves_the_index_as_it_was() -> N
     index.add([make(2, task_id="t1")])
     assert [event.message for event in index.get_events(task_id="t1")] == ["event 0", "event 2"]
     assert len(index) == 2
+
+
+# --- the bus's live path: flush writes for idle sinks, listeners fed at publish ---
+
+# On trio, publish wakes idle sink tasks at once and they write: there is no inline path.
+needs_asyncio = pytest.mark.parametrize("anyio_backend", [pytest.param("asyncio", id="asyncio")])
+
+
+class Recorder:
+    """A sink that records, per write, the task that ran it; it can fail or block on cue."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.tasks: list[int] = []
+        self.log: list[str] = []
+        self.fail: list[BaseException] = []  # raised by the next writes, in order
+        self.block: anyio.Event | None = None  # the next write waits for it
+        self.entered = anyio.Event()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        self.tasks.append(anyio.get_current_task().id)
+        self.log.append("write")
+        self.entered.set()
+        if self.block is not None:
+            block, self.block = self.block, None
+            await block.wait()
+        if self.fail:
+            raise self.fail.pop(0)
+        self.events.extend(events)
+        self.log.append("written")
+
+    async def aclose(self) -> None:
+        self.log.append("aclose")
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_flush_writes_an_idle_sinks_batch_in_the_flushing_task() -> None:
+    """One event at a time, every write runs in the task awaiting flush: no task switch."""
+    sink = Recorder()
+    events = [make(i) for i in range(20)]
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()  # the sink's task is idle
+        for event in events:
+            await bus.publish(event)
+            await bus.flush()
+    assert sink.events == events
+    assert set(sink.tasks) == {anyio.get_current_task().id}
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_a_failed_inline_attempt_counts_as_the_first_of_the_retry_policy() -> None:
+    """The flusher's failed attempt goes to the sink's task, which retries it once, not twice."""
+    sink = Recorder()
+    sink.fail = [OSError("disk hiccup")]
+    event = make(0)
+    async with EventBus(retry=RetryPolicy(retries=1, initial_delay=0)) as bus:
+        bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(5):
+            await bus.publish(event)
+            await bus.flush()
+        assert bus.stats().subscriptions[0].retries == 1
+    assert sink.events == [event]
+    assert len(sink.tasks) == 2
+    assert sink.tasks[0] == anyio.get_current_task().id != sink.tasks[1]
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_a_failed_inline_attempt_with_no_retries_fails_the_sink_after_one_attempt() -> None:
+    """With retries=0, the flusher's attempt is the only one: one write, one error event."""
+    sink = Recorder()
+    sink.fail = [OSError("disk gone")]
+    seen = MemorySink()
+
+    async def publish_and_flush() -> None:
+        async with EventBus(retry=RetryPolicy(retries=0)) as bus:
+            bus.subscribe(sink)
+            bus.subscribe(seen)
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                await bus.publish(make(0))
+                await bus.flush()
+
+    with pytest.raises(SinkFailedError, match="disk gone"):
+        await publish_and_flush()
+    assert len(sink.tasks) == 1
+    errors = [event for event in seen.events if event.event_type == EventType.ERROR]
+    assert [error.metadata["attempts"] for error in errors] == [1]
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_a_flush_cancelled_mid_write_leaves_the_batch_to_the_sinks_task() -> None:
+    """Cancelling flush during its write does not move the cursor: the task writes it again."""
+    sink = Recorder()
+    event = make(0)
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()
+        sink.block = anyio.Event()  # never set: the first write waits until cancelled
+        with anyio.fail_after(5):
+            with anyio.CancelScope() as scope:
+                await bus.publish(event)
+                scope.cancel()  # delivered at the write's first wait
+                await bus.flush()
+            assert scope.cancelled_caught
+            await bus.flush()
+    assert sink.events == [event]
+    assert sink.log == ["write", "write", "written", "aclose"]
+    assert sink.tasks[0] == anyio.get_current_task().id != sink.tasks[1]
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_a_stray_cancellation_from_an_inline_write_is_a_failed_attempt() -> None:
+    """A cancellation the flusher did not ask for is retried by the task, not raised by flush."""
+    sink = Recorder()
+    async with EventBus(retry=RetryPolicy(retries=1, initial_delay=0)) as bus:
+        bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()
+        sink.fail = [anyio.get_cancelled_exc_class()()]
+        event = make(0)
+        with anyio.fail_after(5):
+            await bus.publish(event)
+            await bus.flush()
+        assert bus.stats().subscriptions[0].retries == 1
+    assert sink.events == [event]
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_unsubscribing_during_a_flushers_write_closes_the_sink_after_it() -> None:
+    """A sink is closed only once the write a flush runs for it has returned: no overlap."""
+    sink = Recorder()
+    gate = anyio.Event()
+    async with EventBus() as bus:
+        sub = bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()
+        sink.block = gate
+        async with anyio.create_task_group() as tg:
+
+            async def unsubscribe_then_open_the_gate() -> None:
+                await sink.entered.wait()
+                tg.start_soon(bus.unsubscribe, sub)
+                await anyio.wait_all_tasks_blocked()
+                assert "aclose" not in sink.log  # the write is still running
+                gate.set()
+
+            sink.entered = anyio.Event()
+            tg.start_soon(unsubscribe_then_open_the_gate)
+            with anyio.fail_after(5):
+                await bus.publish(make(0))
+                await bus.flush()
+    assert sink.log == ["write", "written", "aclose"]
+
+
+@pytest.mark.anyio
+async def test_a_listener_holds_each_event_as_soon_as_it_is_published() -> None:
+    """publish puts the event into a listener at once (drop-oldest, then a Gap), no task between."""
+    async with EventBus() as bus, bus.listen(buffer=2) as listener:
+        events = [make(i) for i in range(5)]
+        for event in events:
+            bus.publish_nowait(event)
+        assert listener.get_nowait() == [Gap(3), *events[3:]]
+        assert bus.stats().subscriptions[0].dropped == 3

@@ -1,22 +1,32 @@
 """`EventBus`: fans published events out to sinks and live listeners.
 
 How it works: published events go, with their JSON encoding, into one shared
-buffer. Every subscription has a cursor into it and a task that hands the
-events between its cursor and the head to its sink as one batch, so a burst
-of publishes costs one ``write`` per sink, not one queue hop per event per
-sink. The buffer is bounded by the slowest lossless subscription: when it is
-``buffer`` events behind, ``publish`` waits (backpressure). Listeners are
-subscriptions whose sink never waits (it drops its oldest events instead), so
-they never hold the publisher back.
+buffer. Every lossless subscription has a cursor into it and a task that
+hands the events between its cursor and the head to its sink as one batch,
+so a burst of publishes costs one ``write`` per sink, not one queue hop per
+event per sink. The buffer is bounded by the slowest lossless subscription:
+when it is ``buffer`` events behind, ``publish`` waits (backpressure).
+Listeners never wait (they drop their oldest events instead): ``publish``
+puts each event into their buffers itself, so they never hold the publisher
+back and need no task.
+
+The live path (one event at a time, ``await publish(e); await flush()``):
+on asyncio, ``publish`` does not wake an idle subscription's task at once
+but on the event loop's next turn. A ``flush`` that comes first writes the
+batch of every idle subscription itself (one attempt; a failure goes to the
+subscription's task, which retries it as usual), so the round trip costs no
+task switch per sink. Writes to one sink never overlap: the task and a
+flusher take turns (``Subscription._writing``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -140,6 +150,9 @@ class Subscription:
         "_error",
         "_failed",
         "_failed_sessions",
+        "_handoff",
+        "_inline",
+        "_ready",
         "_removed",
         "_retries",
         "_scope",
@@ -178,7 +191,13 @@ class Subscription:
         self._failed_sessions: dict[str, BaseException] = {}
         self._session_dropped = 0
         self._removed = False
-        self._writing = False
+        self._writing = False  # a write (by the task or a flusher) is running
+        self._inline = False  # ... and a flusher runs it
+        # Set while the task waits for events (idle): what wakes it.
+        self._ready: anyio.Event | None = None
+        # A batch a flusher's attempt failed to write, for the task to retry:
+        # (batch, its failure, events it spans, events the filters removed).
+        self._handoff: tuple[EventBatch, BaseException, int, int] | None = None
         self._scope: anyio.CancelScope | None = None
         self._done: anyio.Event | None = None
 
@@ -260,13 +279,16 @@ class EventBus:
         self._cancelled: type[BaseException] = BaseException  # set on entering
         self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
-        self._active: list[Subscription] = []
+        self._active: list[Subscription] = []  # the lossless ones not failed nor removed
+        self._listeners: list[Subscription] = []
         self._listener_count = 0
         self._tg: TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
-        self._data_ready: anyio.Event | None = None
-        self._data_waiting = False
+        self._idle = 0  # subscription tasks waiting for events
+        self._wake_scheduled = False
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._inline_writes = 0  # flushers writing for a subscription
         self._progress: anyio.Event | None = None
         self._progress_waiting = False
 
@@ -275,8 +297,11 @@ class EventBus:
     async def __aenter__(self) -> EventBus:
         if self._state != "new":
             raise EventBusError("an EventBus can be entered only once; create a new one")
-        self._data_ready = anyio.Event()
         self._progress = anyio.Event()
+        try:
+            self._call_soon = asyncio.get_running_loop().call_soon
+        except RuntimeError:  # not asyncio: wake idle tasks at once
+            self._call_soon = None
         self._cancelled = anyio.get_cancelled_exc_class()
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
@@ -305,7 +330,7 @@ class EventBus:
             self._state = "closed"
             if not drained:
                 self._count_lost()
-            self._wake_data()
+            self._wake_all()
             self._notify_progress()
             for sub in self._subs:  # anything still writing now is abandoned
                 if sub._scope is not None and (not drained or sub._writing):
@@ -315,6 +340,7 @@ class EventBus:
             finally:
                 close_deadline = max(deadline, anyio.current_time() + self._close_timeout / 4)
                 with anyio.CancelScope(shield=True):
+                    await self._wait_inline_writes(close_deadline)
                     await self._close_sinks(self._subs, close_deadline)
         if exc is not None:
             return None  # the block's own exception propagates unchanged
@@ -332,6 +358,24 @@ class EventBus:
                 or [("bus", TimeoutError("close_timeout expired"))]
             )
         return None
+
+    async def _wait_inline_writes(self, deadline: float) -> None:
+        """Let writes that flushers in other tasks run end before the sinks are closed.
+
+        The bus cannot cancel them (they run in their callers' tasks): past
+        ``deadline`` it logs them and closes the sinks anyway.
+        """
+        with anyio.CancelScope(deadline=deadline):
+            while self._inline_writes:
+                await self._wait_progress()
+        for sub in self._subs:
+            if sub._inline:
+                logger.error(
+                    "sink %r is closed while a flush() in another task is still writing to it "
+                    "(not done within close_timeout=%ss)",
+                    sub.name,
+                    self._close_timeout,
+                )
 
     def _count_lost(self) -> None:
         lost = sum(self._head - sub._cursor for sub in self._active if sub.lossless)
@@ -445,6 +489,9 @@ class EventBus:
             cursor=self._head,
         )
         self._subs.append(sub)
+        if not lossless:  # a Listener: publish feeds it directly
+            self._listeners.append(sub)
+            return sub
         self._active.append(sub)
         if self._state == "running":
             self._start(sub)
@@ -452,6 +499,8 @@ class EventBus:
 
     def _start(self, sub: Subscription) -> None:
         assert self._tg is not None
+        if not sub.lossless:
+            return
         sub._done = anyio.Event()
         self._tg.start_soon(self._run, sub, name=f"eventbus sink {sub.name}")
 
@@ -466,10 +515,12 @@ class EventBus:
             raise ValueError(f"{subscription!r} is not subscribed to this bus")
         subscription._removed = True
         self._subs.remove(subscription)
+        if subscription in self._listeners:
+            self._listeners.remove(subscription)
         self._deactivate(subscription)
         if subscription._scope is not None and not subscription._writing:
             subscription._scope.cancel()
-        self._wake_data()
+        self._wake(subscription)
         if subscription._done is not None:
             with anyio.CancelScope(shield=True):
                 await subscription._done.wait()
@@ -528,12 +579,12 @@ class EventBus:
             self._check_session(event.session_id)
         if self._head - self._floor >= self._capacity:
             raise BusFullError(self._capacity)
-        if self._active:  # _append, inlined: this is the hot path
+        if self._active and not self._listeners:  # _append, inlined: this is the hot path
             self._events.append(event)
             self._lines.append(line)
             self._head += 1
-            if self._data_waiting:
-                self._wake_data()
+            if self._idle and not self._wake_scheduled:
+                self._wake_idle_soon()
         else:
             self._append(event, line)
 
@@ -589,11 +640,17 @@ class EventBus:
             self._events.append(event)
             self._lines.append(line)
             self._head += 1
-            if self._data_waiting:
-                self._wake_data()
+            if self._idle and not self._wake_scheduled:
+                self._wake_idle_soon()
         else:
             self._head += 1
             self._base = self._floor = self._head
+        for sub in self._listeners:
+            if sub.query is None or sub.query.matches(event):
+                listener = sub.sink
+                assert isinstance(listener, Listener)
+                listener._put(event)
+                sub._delivered += 1
 
     async def flush(self) -> None:
         """Wait until every event published before the call is handled by every
@@ -605,15 +662,77 @@ class EventBus:
         each session a sink failed to write: those events were not written
         to them. Re-raises a ``KeyboardInterrupt`` or ``SystemExit`` that a
         sink raised.
+
+        On asyncio, a lossless sink whose task is idle (waiting for events)
+        gets its batch from the flushing task itself, with no task switch
+        (one attempt: a failure goes to the sink's task, which retries it per
+        the policy); a sink that is busy writes it from its own task. Either
+        way one sink never has two writes running, and every call with
+        events pending yields once to the other tasks.
         """
         target = self._head
-        if any(sub.lossless and sub._cursor < target for sub in self._active):
-            # The sinks' tasks were woken by publish: yielding once lets them
-            # run first, so a quick sink is done without a wake-up of our own.
+        if any(sub._cursor < target for sub in self._active):
+            if any(sub._ready is not None and not sub._writing for sub in self._active):
+                await self._write_inline(target)
+            # Yielding once lets the tasks woken by publish (and listeners'
+            # readers) run first, so a quick sink is done without a wake-up
+            # of our own, and a flushing loop never starves the others.
             await anyio.lowlevel.checkpoint()
-            while any(sub.lossless and sub._cursor < target for sub in self._active):
+            while any(sub._cursor < target for sub in self._active):
                 await self._wait_progress()
         self._raise_if_failed()
+
+    async def _write_inline(self, target: int) -> None:
+        """Write, in the calling task, what idle subscriptions hold up to ``target``.
+
+        One attempt per batch: a failure is handed to the subscription's
+        task, which retries it as if it had made the attempt. If the caller
+        is cancelled meanwhile, the batch stays for the task to write.
+        """
+        for sub in tuple(self._active):
+            while (
+                sub._cursor < target
+                and sub._ready is not None
+                and not sub._writing
+                and sub._handoff is None
+                and not sub._removed
+                and self._state == "running"
+            ):
+                batch, count, dropped = self._take(sub)
+                if not batch:
+                    self._delivered(sub, batch, count, dropped)
+                    continue
+                sub._writing = sub._inline = True
+                self._inline_writes += 1
+                try:
+                    await sub.sink.write(batch)
+                except BaseException as exc:
+                    if (
+                        isinstance(exc, self._cancelled)
+                        and anyio.current_effective_deadline() == -math.inf
+                    ):
+                        raise  # the flusher was cancelled: the task writes the batch
+                    sub._handoff = (batch, exc, count, dropped)
+                else:
+                    self._delivered(sub, batch, count, dropped)
+                finally:
+                    self._inline_writes -= 1
+                    self._release(sub)
+                if sub._handoff is not None:
+                    break
+
+    def _release(self, sub: Subscription) -> None:
+        """A flusher's write for ``sub`` ended: wake its task if it has work or must exit."""
+        sub._writing = sub._inline = False
+        if self._progress_waiting and self._state != "running":
+            self._notify_progress()  # closing may wait for this write
+        if sub._ready is not None and (
+            sub._handoff is not None
+            or sub._cursor < self._head
+            or sub._removed
+            or self._state != "running"
+        ):
+            self._wake(sub)
 
     def _raise_if_failed(self) -> None:
         interrupt = self._interrupt
@@ -638,7 +757,7 @@ class EventBus:
         """Return a snapshot of the bus and of each subscription."""
         subs = []
         for sub in self._subs:
-            pending = 0 if sub._failed else self._head - sub._cursor
+            pending = 0 if sub._failed or not sub.lossless else self._head - sub._cursor
             dropped = (self._head - sub._cursor if sub._failed else 0) + sub._session_dropped
             if isinstance(sub.sink, Listener):
                 dropped += sub.sink.missed
@@ -678,25 +797,48 @@ class EventBus:
             sub._done.set()
 
     async def _deliver_until_closed(self, sub: Subscription) -> None:
-        while not sub._removed:
+        while True:
+            if sub._inline:  # a flusher is writing for this sink: wait for it
+                await self._idle_wait(sub)
+                continue
+            if sub._removed:
+                return
+            if sub._handoff is not None:  # a flusher's attempt failed: retry it here
+                batch, failure, count, dropped = sub._handoff
+                sub._handoff = None
+                if not await self._write_again(sub, batch, failure):
+                    return
+                self._delivered(sub, batch, count, dropped)
+                continue
             if sub._cursor >= self._head:
                 if self._state == "closed":
                     return
-                await self._wait_data()
+                await self._idle_wait(sub)
                 continue
-            start = sub._cursor - self._base
-            stop = min(self._head - self._base, start + sub.max_batch)
-            batch = EventBatch(self._events[start:stop], self._lines[start:stop])
-            if sub.query is not None:
-                batch = batch.filter(sub.query.matches)
-            if sub._failed_sessions:
-                kept = batch.filter(functools.partial(_session_not_in, sub._failed_sessions))
-                sub._session_dropped += len(batch) - len(kept)
-                batch = kept
+            batch, count, dropped = self._take(sub)
             if batch and not await self._write(sub, batch):
                 return
-            sub._delivered += len(batch)
-            self._advance(sub, stop - start)
+            self._delivered(sub, batch, count, dropped)
+
+    def _take(self, sub: Subscription) -> tuple[EventBatch, int, int]:
+        """The next batch for ``sub``: (the batch, events it spans, events filtered out)."""
+        start = sub._cursor - self._base
+        stop = min(self._head - self._base, start + sub.max_batch)
+        batch = EventBatch(self._events[start:stop], self._lines[start:stop])
+        if sub.query is not None:
+            batch = batch.filter(sub.query.matches)
+        dropped = 0
+        if sub._failed_sessions:
+            kept = batch.filter(functools.partial(_session_not_in, sub._failed_sessions))
+            dropped = len(batch) - len(kept)
+            batch = kept
+        return batch, stop - start, dropped
+
+    def _delivered(self, sub: Subscription, batch: EventBatch, count: int, dropped: int) -> None:
+        """``batch`` (spanning ``count`` events) was handled: move ``sub``'s cursor past it."""
+        sub._session_dropped += dropped
+        sub._delivered += len(batch)
+        self._advance(sub, count)
 
     async def _write(self, sub: Subscription, batch: EventBatch) -> bool:
         """Write ``batch`` to ``sub``'s sink with retries; False if the sink failed for good.
@@ -865,18 +1007,46 @@ class EventBus:
         )
         self._append(notice, encode_event(notice))
 
-    async def _wait_data(self) -> None:
-        assert self._data_ready is not None
-        ready = self._data_ready
-        self._data_waiting = True
-        await ready.wait()
+    async def _idle_wait(self, sub: Subscription) -> None:
+        """Wait, idle, until ``sub`` is woken (events arrived, a flusher is done, closing)."""
+        sub._ready = ready = anyio.Event()
+        self._idle += 1
+        try:
+            await ready.wait()
+        finally:
+            if sub._ready is ready:  # not woken: cancelled
+                sub._ready = None
+                self._idle -= 1
 
-    def _wake_data(self) -> None:
-        ready = self._data_ready
+    def _wake(self, sub: Subscription) -> None:
+        ready = sub._ready
         if ready is not None:
-            self._data_waiting = False
-            self._data_ready = anyio.Event()
+            sub._ready = None
+            self._idle -= 1
             ready.set()
+
+    def _wake_idle_soon(self) -> None:
+        """Events were appended: wake the idle tasks, on asyncio on the loop's next turn.
+
+        Until then a ``flush`` may write their batches itself (no task switch).
+        """
+        if self._call_soon is None:
+            self._wake_idle()
+        else:
+            self._wake_scheduled = True
+            self._call_soon(self._wake_idle)
+
+    def _wake_idle(self) -> None:
+        """Wake every idle task with events to write (not those a flusher writes for)."""
+        self._wake_scheduled = False
+        for sub in self._active:
+            if sub._ready is not None and sub._cursor < self._head and not sub._inline:
+                self._wake(sub)
+
+    def _wake_all(self) -> None:
+        """Wake every idle task (closing, unsubscribing): each sees why and acts."""
+        for sub in self._subs:
+            self._wake(sub)
 
     async def _wait_progress(self) -> None:
         assert self._progress is not None

@@ -67,6 +67,18 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._received += len(events)
         self._wake()
 
+    def _put(self, event: Event) -> None:
+        """Buffer one event (what the bus calls as it publishes); never waits."""
+        buffer = self._buffer
+        if len(buffer) == buffer.maxlen:
+            self._pending_gap += 1
+            self._missed += 1
+        buffer.append(event)
+        self._received += 1
+        if self._ready is not None:
+            self._ready.set()
+            self._ready = None
+
     async def aclose(self) -> None:
         """End iteration once the buffered events have been consumed."""
         self._closed = True
