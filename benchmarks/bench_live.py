@@ -16,8 +16,10 @@ compare like with like); each contender gets the same events:
   ``EventIndex`` and a listener whose task reads every event (a dashboard).
 
 ``--profile`` prints where the full bus round trip spends its time
-(cProfile, own time). The issue's targets: the full bus at least 1.5x
-pyee's rate, the no-op bus at least pyee's rate.
+(cProfile, own time). ``--breakdown`` adds the bus with one part at a time
+and each sink's own ``write`` of a batch of one, called directly (no bus),
+to show what each part adds. The issue's targets: the full bus at least
+1.5x pyee's rate, the no-op bus at least pyee's rate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import os
 import pstats
 import statistics
@@ -38,7 +41,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from eventbus import Event, EventBus, EventType
+from eventbus import Event, EventBatch, EventBus, EventType, encode_event
 from sinks import JsonlSink
 from sinks.memory import EventIndex
 
@@ -116,17 +119,28 @@ async def listen(bus: EventBus, *, task_status: anyio.abc.TaskStatus[Shown]) -> 
             shown.received += 1
 
 
-async def run_bus(n: int, tmp: Path, *, full: bool, profile: bool = False) -> float:
+FULL = ("jsonl", "index", "listener")
+
+
+async def run_bus(
+    n: int, tmp: Path, *, full: bool, profile: bool = False, parts: Sequence[str] = ()
+) -> float:
+    """``await publish(e); await flush()`` per event; ``parts`` (default: ``FULL`` if
+    ``full``, else a no-op sink) picks the subscribers: jsonl, index, listener, noop."""
+    parts = parts or (FULL if full else ("noop",))
+    full = "listener" in parts  # then every event must reach the dashboard
     contents = [fields_for(i) for i in range(n)]
     kind = EventType.LLM_RESPONSE_RECEIVED
     index = EventIndex()
     async with EventBus() as bus, anyio.create_task_group() as tg:
-        if full:
+        if "jsonl" in parts:
             bus.subscribe(JsonlSink(tmp / f"bus-{time.perf_counter_ns()}", durability="flush"))
+        if "index" in parts:
             bus.subscribe(index)
-            listener = await tg.start(listen, bus)
-        else:
+        if "noop" in parts:
             bus.subscribe(NoopSink())
+        if full:
+            listener = await tg.start(listen, bus)
         profiler = cProfile.Profile() if profile else None
         if profiler is not None:
             profiler.enable()
@@ -142,9 +156,29 @@ async def run_bus(n: int, tmp: Path, *, full: bool, profile: bool = False) -> fl
             await anyio.wait_all_tasks_blocked()
             assert listener.received == n
             tg.cancel_scope.cancel()
-    if full:
+    if "index" in parts:
         assert len(index) == n
     return elapsed
+
+
+async def run_direct(n: int, tmp: Path, which: str) -> float:
+    """A sink's own cost: ``await sink.write(batch of one)`` per event, no bus."""
+    kind = EventType.LLM_RESPONSE_RECEIVED
+    events = [Event(event_type=kind, **fields_for(i)) for i in range(n)]
+    batches = [EventBatch([event], [encode_event(event)]) for event in events]
+    sink: JsonlSink | EventIndex
+    sink = (
+        JsonlSink(tmp / f"direct-{time.perf_counter_ns()}", durability="flush")
+        if which == "jsonl"
+        else EventIndex()
+    )
+    await sink.write(batches[0])  # opens the log
+    start = time.perf_counter()
+    for one in batches[1:]:
+        await sink.write(one)
+    elapsed = time.perf_counter() - start
+    await sink.aclose()
+    return elapsed * n / (n - 1)
 
 
 def print_profile(profiler: cProfile.Profile) -> None:
@@ -166,9 +200,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
     n = args.events
     runs: dict[str, list[float]] = {"pyee": [], "bus, no-op sink": [], "bus, full": []}
+    extra: dict[str, tuple[str, ...] | str] = {}
+    if args.breakdown:
+        extra = {
+            "bus, JsonlSink only": ("jsonl",),
+            "bus, EventIndex only": ("index",),
+            "bus, no-op sink + listener": ("noop", "listener"),
+            "JsonlSink.write alone (no bus)": "jsonl",
+            "EventIndex.write alone (no bus)": "index",
+        }
+        runs.update({key: [] for key in extra})
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for _ in range(args.repeats):  # interleaved, so drift hits every contender alike
@@ -179,6 +224,13 @@ def main() -> None:
             runs["bus, full"].append(
                 n / anyio.run(lambda: run_bus(n, tmp, full=True), backend=args.backend)
             )
+            for key, what in extra.items():
+                if isinstance(what, str):
+                    seconds = anyio.run(run_direct, n, tmp, what, backend=args.backend)
+                else:
+                    run = functools.partial(run_bus, n, tmp, full=False, parts=what)
+                    seconds = anyio.run(run, backend=args.backend)
+                runs[key].append(n / seconds)
         if args.profile:
             anyio.run(lambda: run_bus(n, tmp, full=True, profile=True), backend=args.backend)
     pyee = statistics.median(runs["pyee"])
@@ -193,7 +245,8 @@ def main() -> None:
     for key, rates in runs.items():
         rate = statistics.median(rates)
         print(
-            f"{names[key]:<44}{rate:>10,.0f}{1e6 / rate:>10.1f}{rate / pyee:>8.2f}  {targets[key]}"
+            f"{names.get(key, key):<44}{rate:>10,.0f}{1e6 / rate:>10.1f}{rate / pyee:>8.2f}"
+            f"  {targets.get(key, '')}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -332,6 +333,32 @@ async def test_a_flush_cancelled_mid_write_leaves_the_batch_to_the_sinks_task() 
     assert sink.events == [event]
     assert sink.log == ["write", "write", "written", "aclose"]
     assert sink.tasks[0] == anyio.get_current_task().id != sink.tasks[1]
+
+
+@needs_asyncio
+@pytest.mark.anyio
+async def test_a_flushing_asyncio_task_cancelled_mid_write_is_cancelled() -> None:
+    """task.cancel() (as asyncio.wait_for does) during the flusher's write cancels the flush."""
+    sink = Recorder()
+    event = make(0)
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        await anyio.wait_all_tasks_blocked()
+        sink.block = anyio.Event()  # never set: the first write waits until cancelled
+
+        async def publish_and_flush() -> None:
+            await bus.publish(event)
+            await bus.flush()
+
+        task = asyncio.create_task(publish_and_flush())
+        with anyio.fail_after(5):
+            await sink.entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await bus.flush()
+    assert sink.events == [event]
+    assert bus.stats().subscriptions[0].retries == 0
 
 
 @needs_asyncio

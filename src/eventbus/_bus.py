@@ -707,10 +707,7 @@ class EventBus:
                 try:
                     await sub.sink.write(batch)
                 except BaseException as exc:
-                    if (
-                        isinstance(exc, self._cancelled)
-                        and anyio.current_effective_deadline() == -math.inf
-                    ):
+                    if isinstance(exc, self._cancelled) and self._caller_cancelled():
                         raise  # the flusher was cancelled: the task writes the batch
                     sub._handoff = (batch, exc, count, dropped)
                 else:
@@ -720,6 +717,15 @@ class EventBus:
                     self._release(sub)
                 if sub._handoff is not None:
                     break
+
+    def _caller_cancelled(self) -> bool:
+        """Whether the current task is being cancelled (not a sink's stray cancellation)."""
+        if anyio.current_effective_deadline() == -math.inf:  # by a cancel scope
+            return True
+        if self._call_soon is None:
+            return False
+        task = asyncio.current_task()  # asyncio: task.cancel() without a scope
+        return task is not None and task.cancelling() > 0
 
     def _release(self, sub: Subscription) -> None:
         """A flusher's write for ``sub`` ended: wake its task if it has work or must exit."""
