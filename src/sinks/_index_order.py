@@ -2,14 +2,14 @@
 
 Each indexed event has a row (its position, in arrival order); :class:`TimeOrder`
 keeps the row timestamps (``ts``) and the live positions sorted by (timestamp,
-id) (``order``; a ``range`` while events arrive in order, then
-:class:`~sinks._index_chunks.Chunks`, whose late inserts cost O(log n +
-chunk); entries before ``start`` evicted). It prepares each batch before it is indexed (sorted, the
-events it already holds skipped and counted in ``duplicates``), inserts late
-events in place or leaves many to one :meth:`TimeOrder.resort`, and does the
-time-order part of eviction and compaction; the index does the rest (events,
-postings, usage). Ids are read through the ``id_at``/``ids_at`` callables the
-index passes in.
+id) (``order``; a ``range`` while events arrive in order, from the first late
+one :class:`~sinks._index_chunks.Chunks`, where an insert costs O(log n +
+chunk); entries before ``start`` evicted). It prepares each batch before it
+is indexed (sorted, the events it already holds skipped and counted in
+``duplicates``), inserts late events in place or leaves many to one
+:meth:`TimeOrder.resort`, and does the time-order part of eviction and
+compaction; the index does the rest (events, postings, usage). Ids are read
+through the ``id_at``/``ids_at`` callables the index passes in.
 """
 
 from __future__ import annotations
@@ -254,9 +254,15 @@ class TimeOrder:
         return position
 
     def is_late(self, stamp: Any, event_id: str, live: int) -> bool:
-        """Whether an event sorts before the newest held and is few enough to insert in place."""
+        """Whether one event sorts before the newest held, to be inserted in place.
+
+        Not while rows added in bulk await :meth:`resort`, nor into fewer than
+        ``_INSERT_RATIO`` events (as for a batch in :meth:`prepare`).
+        """
         last = self.last
-        return last is not None and (stamp, event_id) <= last and live >= _INSERT_RATIO
+        return (
+            self.sorted and last is not None and (stamp, event_id) <= last and live >= _INSERT_RATIO
+        )
 
     def is_newest(self, stamp: Any) -> bool:
         """Whether an event stamped ``stamp`` sorts after every event held (no tie possible)."""

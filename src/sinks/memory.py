@@ -19,8 +19,11 @@ the events holding it, in time order. A query walks the smallest candidate
 list (a posting cut to the time range by bisection, or the time order of all
 events) and checks the other conditions on that list only; with a ``limit`` it
 stops once the page is full. Events normally arrive in time order, so keeping
-postings current is an append per posting; a late event is inserted in place,
-and many late ones (or a rebuild) are appended and sorted once. An event the
+postings current is an append per posting; a late event is inserted in place
+(the time order is then held in chunks, so the insert copies a chunk at most,
+never the whole order; a posting moves its entries newer than the event, a
+memmove: ~0.3 ms for an event older than half of a 1M-event index), and many
+late ones (or a rebuild) are appended and sorted once. An event the
 index holds (same id and timestamp) is skipped: an event in order cannot be
 one, so only late ones are checked. Token usage is kept per response and
 folded into per-session, -model, -role and -task totals when read.
