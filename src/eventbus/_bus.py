@@ -280,7 +280,8 @@ class EventBus:
         self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
         self._active: list[Subscription] = []  # the lossless ones not failed nor removed
-        self._listeners: list[Subscription] = []
+        self._listeners: dict[Subscription, Listener] = {}
+        self._feeds: list[tuple[EventQuery | None, Listener]] = []  # the same, for publish
         self._listener_count = 0
         self._tg: TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
@@ -490,7 +491,9 @@ class EventBus:
         )
         self._subs.append(sub)
         if not lossless:  # a Listener: publish feeds it directly
-            self._listeners.append(sub)
+            assert isinstance(sink, Listener)
+            self._listeners[sub] = sink
+            self._feeds = [(sub.query, listener) for sub, listener in self._listeners.items()]
             return sub
         self._active.append(sub)
         if self._state == "running":
@@ -515,8 +518,8 @@ class EventBus:
             raise ValueError(f"{subscription!r} is not subscribed to this bus")
         subscription._removed = True
         self._subs.remove(subscription)
-        if subscription in self._listeners:
-            self._listeners.remove(subscription)
+        if self._listeners.pop(subscription, None) is not None:
+            self._feeds = [(sub.query, listener) for sub, listener in self._listeners.items()]
         self._deactivate(subscription)
         if subscription._scope is not None and not subscription._writing:
             subscription._scope.cancel()
@@ -579,12 +582,14 @@ class EventBus:
             self._check_session(event.session_id)
         if self._head - self._floor >= self._capacity:
             raise BusFullError(self._capacity)
-        if self._active and not self._listeners:  # _append, inlined: this is the hot path
+        if self._active:  # _append, inlined: this is the hot path
             self._events.append(event)
             self._lines.append(line)
             self._head += 1
             if self._idle and not self._wake_scheduled:
                 self._wake_idle_soon()
+            if self._feeds:
+                self._feed(event)
         else:
             self._append(event, line)
 
@@ -645,12 +650,14 @@ class EventBus:
         else:
             self._head += 1
             self._base = self._floor = self._head
-        for sub in self._listeners:
-            if sub.query is None or sub.query.matches(event):
-                listener = sub.sink
-                assert isinstance(listener, Listener)
+        if self._feeds:
+            self._feed(event)
+
+    def _feed(self, event: Event) -> None:
+        """Put ``event`` into every listener whose query it matches."""
+        for query, listener in self._feeds:
+            if query is None or query.matches(event):
                 listener._put(event)
-                sub._delivered += 1
 
     async def flush(self) -> None:
         """Wait until every event published before the call is handled by every
@@ -765,13 +772,15 @@ class EventBus:
         for sub in self._subs:
             pending = 0 if sub._failed or not sub.lossless else self._head - sub._cursor
             dropped = (self._head - sub._cursor if sub._failed else 0) + sub._session_dropped
+            delivered = sub._delivered
             if isinstance(sub.sink, Listener):
                 dropped += sub.sink.missed
+                delivered = sub.sink.received
             subs.append(
                 SubscriptionStats(
                     name=sub.name,
                     kind="sink" if sub.lossless else "listener",
-                    delivered=sub._delivered,
+                    delivered=delivered,
                     pending=pending,
                     dropped=dropped,
                     retries=sub._retries,

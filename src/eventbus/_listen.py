@@ -38,16 +38,18 @@ class Listener(AsyncIterator["Event | Gap"]):
         if buffer < 1:
             raise ValueError(f"a listener's buffer must hold at least 1 event, got {buffer}")
         self._buffer: deque[Event] = deque(maxlen=buffer)
-        self._pending_gap = 0
-        self._missed = 0
+        # Drops are counted lazily, so that buffering an event costs an append:
+        # missed = received - taken - len(buffer); a Gap reports the unreported.
         self._received = 0
+        self._taken = 0
+        self._reported = 0
         self._closed = False
         self._ready: anyio.Event | None = None
 
     @property
     def missed(self) -> int:
         """Total number of events dropped for this listener so far."""
-        return self._missed
+        return self._received - self._taken - len(self._buffer)
 
     @property
     def received(self) -> int:
@@ -58,26 +60,16 @@ class Listener(AsyncIterator["Event | Gap"]):
 
     async def write(self, events: Sequence[Event]) -> None:
         """Buffer a batch, dropping the oldest events beyond the buffer's size."""
-        buffer = self._buffer
-        overflow = len(buffer) + len(events) - (buffer.maxlen or 0)
-        if overflow > 0:
-            self._pending_gap += overflow
-            self._missed += overflow
-        buffer.extend(events)
+        self._buffer.extend(events)
         self._received += len(events)
         self._wake()
 
     def _put(self, event: Event) -> None:
         """Buffer one event (what the bus calls as it publishes); never waits."""
-        buffer = self._buffer
-        if len(buffer) == buffer.maxlen:
-            self._pending_gap += 1
-            self._missed += 1
-        buffer.append(event)
+        self._buffer.append(event)
         self._received += 1
         if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+            self._wake()
 
     async def aclose(self) -> None:
         """End iteration once the buffered events have been consumed."""
@@ -94,12 +86,19 @@ class Listener(AsyncIterator["Event | Gap"]):
     def __aiter__(self) -> Listener:
         return self
 
+    def _gap(self) -> int:
+        """Events dropped since the last Gap (and reports them)."""
+        missed = self._received - self._taken - len(self._buffer) - self._reported
+        self._reported += missed
+        return missed
+
     async def __anext__(self) -> Event | Gap:
         while True:
-            if self._pending_gap:
-                missed, self._pending_gap = self._pending_gap, 0
+            missed = self._gap()
+            if missed:
                 return Gap(missed)
             if self._buffer:
+                self._taken += 1
                 return self._buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
@@ -109,10 +108,9 @@ class Listener(AsyncIterator["Event | Gap"]):
 
     def get_nowait(self) -> list[Event | Gap]:
         """Return everything buffered now (gap first, if any) without waiting."""
-        items: list[Event | Gap] = []
-        if self._pending_gap:
-            items.append(Gap(self._pending_gap))
-            self._pending_gap = 0
+        missed = self._gap()
+        items: list[Event | Gap] = [Gap(missed)] if missed else []
         items.extend(self._buffer)
+        self._taken += len(self._buffer)
         self._buffer.clear()
         return items
