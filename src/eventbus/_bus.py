@@ -538,7 +538,8 @@ class EventBus:
 
         The listener holds at most ``buffer`` events; when it falls behind it
         drops its oldest events and yields a :class:`Gap` saying how many.
-        The publisher never waits for a listener. Leaving the block detaches
+        ``publish`` puts each matching event into its buffer at once and never
+        waits for it. Leaving the block detaches
         the listener and ends its iteration (after what it had buffered).
         """
         listener = Listener(buffer)
