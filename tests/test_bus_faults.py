@@ -3,6 +3,7 @@ sessions that fail alone, and events lost from a sink's buffer."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -365,3 +366,58 @@ async def test_an_infinite_close_timeout_waits_for_a_slow_drain() -> None:
             bus.publish_nowait(ev(i))
     assert len(sink.events) == 50
     assert bus.stats().healthy
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: flush never writes inline
+async def test_a_write_abandoned_by_a_cancelled_flush_is_not_written_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush cancelled while JsonlSink's thread writes: the retry skips what it wrote."""
+    entered, release = threading.Event(), threading.Event()
+    real_write = LogWriter.write
+    calls = 0
+
+    def first_write_waits(self: LogWriter, *args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            release.wait(10)
+        real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LogWriter, "write", first_write_waits)
+    retrying = threading.Event()
+    real_groups = JsonlSink._write_groups
+    attempts = 0
+
+    def count_attempts(self: JsonlSink, *args: object) -> object:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:  # the retry, its sessions chosen, about to wait for the lock
+            retrying.set()
+        return real_groups(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JsonlSink, "_write_groups", count_attempts)
+    event = ev(0)
+    with anyio.fail_after(10):
+        async with EventBus() as bus:
+            bus.subscribe(JsonlSink(tmp_path))
+            await anyio.wait_all_tasks_blocked()  # the sink's task is idle: flush writes inline
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_once_writing() -> None:
+                    await anyio.to_thread.run_sync(entered.wait, 5, abandon_on_cancel=True)
+                    scope.cancel()
+
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(cancel_once_writing)
+                    await bus.publish(event)
+                    await bus.flush()  # writes inline, in this task, until cancelled
+            assert scope.cancelled_caught
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bus.flush)
+                retried = await anyio.to_thread.run_sync(retrying.wait, 5, abandon_on_cancel=True)
+                release.set()
+    assert retried, "the bus did not retry the batch the cancelled flush abandoned"
+    lines = (tmp_path / "s1" / "events.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [event.id]

@@ -380,6 +380,8 @@ class JsonlSink:
         """
         failures: dict[str, Exception] = {}
         for session_id, group in todo:
+            if session_id in done:  # an abandoned attempt of this batch wrote it meanwhile
+                continue
             try:
                 writer = self._file(session_id)
                 start = writer.end
