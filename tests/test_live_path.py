@@ -353,8 +353,8 @@ async def test_a_flushing_asyncio_task_cancelled_mid_write_is_cancelled() -> Non
         task = asyncio.create_task(publish_and_flush())
         with anyio.fail_after(5):
             await sink.entered.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
+            task.cancel("cancelled by the test, as asyncio.wait_for does")
+            with pytest.raises(asyncio.CancelledError, match="cancelled by the test"):
                 await task
             await bus.flush()
     assert sink.events == [event]
