@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,14 +11,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 
+from _web_server import serving
 from eventbus import Event, EventBus, EventType
 from eventbus.web import create_app
 from sinks.jsonl import EventLog, JsonlSink
-
-pytest.importorskip("sinks.workspace", reason="the data layer (sinks.workspace) is not there yet")
 
 SESSION = "s1"
 
@@ -28,23 +24,6 @@ SESSION = "s1"
 def anyio_backend() -> str:
     """uvicorn serves on asyncio only."""
     return "asyncio"
-
-
-@asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port for the block; yield its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # clients may connect before uvicorn accepts: the kernel queues them
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
 
 
 @asynccontextmanager
