@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import anyio
 import nats
@@ -117,45 +118,33 @@ async def test_batch_larger_than_the_ack_window_is_fully_acknowledged(
 
 
 @pytest.mark.anyio
-async def test_existing_stream_that_keeps_messages_in_memory_is_refused(
-    machine_stream: tuple[str, str],
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        pytest.param(
+            {"storage": nats.js.api.StorageType.MEMORY, "duplicate_window": 120},
+            "keeps messages in memory",
+            id="memory-storage",
+        ),
+        pytest.param(
+            {"duplicate_window": 1}, "de-duplicates message ids over 1 s", id="short-dedup-window"
+        ),
+    ],
+)
+async def test_an_existing_stream_that_does_not_fit_is_refused(
+    machine_stream: tuple[str, str], config: dict[str, Any], problem: str
 ) -> None:
-    """A stream of that name in memory storage is not used: the error says what to fix."""
+    """A stream of that name in memory storage, or forgetting ids sooner than a retried
+    batch may take, is not used: the error says what to fix."""
     url, stream = machine_stream
     nc = await nats.connect(url)
     try:
-        await nc.jetstream().add_stream(
-            name=stream,
-            subjects=[f"{stream.lower()}.>"],
-            storage=nats.js.api.StorageType.MEMORY,
-            duplicate_window=120,
-        )
+        await nc.jetstream().add_stream(name=stream, subjects=[f"{stream.lower()}.>"], **config)
     finally:
         await nc.close()
     sink = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
     try:
-        with pytest.raises(StreamConfigError, match="keeps messages in memory"):
-            await sink.write(EventBatch(_events(1)))
-    finally:
-        await sink.aclose()
-
-
-@pytest.mark.anyio
-async def test_existing_stream_with_a_short_duplicate_window_is_refused(
-    machine_stream: tuple[str, str],
-) -> None:
-    """A stream that forgets ids sooner than a retried batch may take is refused."""
-    url, stream = machine_stream
-    nc = await nats.connect(url)
-    try:
-        await nc.jetstream().add_stream(
-            name=stream, subjects=[f"{stream.lower()}.>"], duplicate_window=1
-        )
-    finally:
-        await nc.close()
-    sink = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
-    try:
-        with pytest.raises(StreamConfigError, match="de-duplicates message ids over 1 s"):
+        with pytest.raises(StreamConfigError, match=problem):
             await sink.write(EventBatch(_events(1)))
     finally:
         await sink.aclose()
