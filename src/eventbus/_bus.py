@@ -50,6 +50,7 @@ from ._event import Event, EventType
 from ._listen import Listener
 from ._names import validate_session_id
 from ._query import EventQuery
+from ._signal import Signal, signal_factory
 from ._sink import Sink, sink_name
 
 __all__ = ["BusStats", "EventBus", "RetryPolicy", "Subscription", "SubscriptionStats"]
@@ -194,7 +195,7 @@ class Subscription:
         self._writing = False  # a write (by the task or a flusher) is running
         self._inline = False  # ... and a flusher runs it
         # Set while the task waits for events (idle): what wakes it.
-        self._ready: anyio.Event | None = None
+        self._ready: Signal | None = None
         # A batch a flusher's attempt failed to write, for the task to retry:
         # (batch, its failure, events it spans, events the filters removed).
         self._handoff: tuple[EventBatch, BaseException, int, int] | None = None
@@ -290,15 +291,17 @@ class EventBus:
         self._wake_scheduled = False
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
         self._inline_writes = 0  # flushers writing for a subscription
-        self._progress: anyio.Event | None = None
-        self._progress_waiting = False
+        self._signal: Callable[[], Signal] = anyio.Event
+        # One signal per task waiting for progress (a shared asyncio future would be
+        # cancelled for all its waiters when one of them is cancelled).
+        self._progress_waiting: list[Signal] = []
 
     # --- lifetime ---------------------------------------------------------
 
     async def __aenter__(self) -> EventBus:
         if self._state != "new":
             raise EventBusError("an EventBus can be entered only once; create a new one")
-        self._progress = anyio.Event()
+        self._signal = signal_factory()
         try:
             self._call_soon = asyncio.get_running_loop().call_soon
         except RuntimeError:  # not asyncio: wake idle tasks at once
@@ -1025,7 +1028,7 @@ class EventBus:
 
     async def _idle_wait(self, sub: Subscription) -> None:
         """Wait, idle, until ``sub`` is woken (events arrived, a flusher is done, closing)."""
-        sub._ready = ready = anyio.Event()
+        sub._ready = ready = self._signal()
         self._idle += 1
         try:
             await ready.wait()
@@ -1065,17 +1068,23 @@ class EventBus:
             self._wake(sub)
 
     async def _wait_progress(self) -> None:
-        assert self._progress is not None
-        progress = self._progress
-        self._progress_waiting = True
-        await progress.wait()
+        """Wait until a cursor moves, a sink is deactivated or the bus closes."""
+        signal = self._signal()
+        waiting = self._progress_waiting
+        waiting.append(signal)
+        try:
+            await signal.wait()
+        except BaseException:
+            if waiting is self._progress_waiting:  # not notified: cancelled
+                waiting.remove(signal)
+            raise
 
     def _notify_progress(self) -> None:
-        progress = self._progress
-        if progress is not None:
-            self._progress_waiting = False
-            self._progress = anyio.Event()
-            progress.set()
+        waiting = self._progress_waiting
+        if waiting:
+            self._progress_waiting = []
+            for signal in waiting:
+                signal.set()
 
 
 def _session_not_in(sessions: Mapping[str, object], event: Event) -> bool:

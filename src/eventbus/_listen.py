@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
-import anyio
 import msgspec
 
 from ._event import Event
+from ._signal import Signal, signal_factory
 
 __all__ = ["Gap", "Listener"]
 
@@ -44,7 +44,10 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._taken = 0
         self._reported = 0
         self._closed = False
-        self._ready: anyio.Event | None = None
+        # One signal per waiting reader (a shared asyncio future would be cancelled
+        # for every reader when one of them is cancelled).
+        self._waiters: list[Signal] = []
+        self._signal: Callable[[], Signal] | None = None  # made in the reader's loop
 
     @property
     def missed(self) -> int:
@@ -68,7 +71,7 @@ class Listener(AsyncIterator["Event | Gap"]):
         """Buffer one event (what the bus calls as it publishes); never waits."""
         self._buffer.append(event)
         self._received += 1
-        if self._ready is not None:
+        if self._waiters:
             self._wake()
 
     async def aclose(self) -> None:
@@ -77,9 +80,11 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._wake()
 
     def _wake(self) -> None:
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for signal in waiters:
+                signal.set()
 
     # The consumer side.
 
@@ -102,9 +107,17 @@ class Listener(AsyncIterator["Event | Gap"]):
                 return self._buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
-            if self._ready is None:
-                self._ready = anyio.Event()
-            await self._ready.wait()
+            if self._signal is None:
+                self._signal = signal_factory()
+            signal = self._signal()
+            waiters = self._waiters
+            waiters.append(signal)
+            try:
+                await signal.wait()
+            except BaseException:
+                if waiters is self._waiters:  # not woken: cancelled
+                    waiters.remove(signal)
+                raise
 
     def get_nowait(self) -> list[Event | Gap]:
         """Return everything buffered now (gap first, if any) without waiting."""
