@@ -266,6 +266,8 @@ class JsonlSink:
             )
         if not events:
             return
+        if len(events) == 1 and self._write_one(events):
+            return
         groups = self._group(events)
         key = (len(events), events[0].id, events[-1].id)
         done = self._partial[1] if self._partial is not None and self._partial[0] == key else set()
@@ -326,6 +328,52 @@ class JsonlSink:
         if self._failure is None:
             self._failure = exc
         logger.error("%s: %s", self.name, exc)
+
+    def _write_one(self, events: Sequence[Event]) -> bool:
+        """The live path: one small event to a log already open, on the loop; False to take
+        the general path (fsync, a log to open or reopen, a retry, a lock held by a thread).
+
+        Does what the general path does for such a batch, without grouping:
+        the same checks, the same bookkeeping, the same errors.
+        """
+        if self._partial is not None or self.durability == "fsync" or self._unannounced:
+            return False
+        event = events[0]
+        session_id = event.session_id
+        writer = self._files.get(session_id)
+        if writer is None or writer.closed:
+            return False
+        line = encoded_lines(events)[0] + b"\n"
+        if len(line) > _INLINE_BYTES or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if writer.moved() is not None:  # deleted or replaced: the general path reopens
+                return False
+            start = writer.end
+            try:
+                writer.write(line, 1)
+            except EventsLostError as exc:
+                self._fail(exc)
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "%s: could not write 1 events of session %r: %r", self.name, session_id, exc
+                )
+                self._partial = ((1, event.id, event.id), set())
+                self._failed_sessions[session_id] = exc
+                raise PartialWriteError({session_id: exc}) from None
+        finally:
+            self._lock.release()
+        self._files.move_to_end(session_id)
+        self._bytes += len(line)
+        self._event_count += 1
+        self._batches += 1
+        if self._failed_sessions:
+            self._failed_sessions.pop(session_id, None)
+        if self._on_written is not None:
+            self._written.append(([event], writer.path, [start], [len(line)]))
+            self._announce()
+        return True
 
     def _group(self, events: Sequence[Event]) -> dict[str, _Group]:
         """Split the batch by session, reusing each event's encoding; validate new ids."""
