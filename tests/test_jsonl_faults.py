@@ -26,6 +26,7 @@ import pytest
 
 from eventbus import (
     Event,
+    EventBatch,
     EventBus,
     EventsLostError,
     EventType,
@@ -33,6 +34,7 @@ from eventbus import (
     PartialWriteError,
     RetryPolicy,
     SinkFailedError,
+    encode_event,
 )
 from sinks.jsonl import (
     EventLog,
@@ -317,6 +319,33 @@ async def test_retry_after_a_failed_cut_back_writes_each_event_once(
         assert bus.stats().subscriptions[0].retries == 1
     for session in "abc":
         assert logged(tmp_path, session) == [e for e in events if e.session_id == session]
+
+
+@pytest.mark.anyio
+async def test_one_event_refused_by_a_full_disk_fails_its_session_and_its_retry_lands_once(
+    small_disk: Path,
+) -> None:
+    """The one-event path (an open log, on the loop) fails like the general one: the session is
+    named, nothing is left half-written, and the batch retried once space is back lands once."""
+    root = small_disk / "ws"
+    sink = JsonlSink(root)
+    first = make_event(0)
+    await sink.write([first])  # opens the log
+    fill(small_disk)
+    later = make_event(1)
+    one = EventBatch([later], [encode_event(later)])  # as the bus hands it over
+    big = Event(event_type=EventType.INFO, session_id="s1", message="x" * 8192, parent_id=None)
+    with pytest.raises(PartialWriteError, match="session 's1'") as caught:
+        await sink.write([big])
+    assert isinstance(caught.value.failures["s1"], OSError)
+    assert sink.stats().failed_sessions == ("s1",)
+    assert logged(root, "s1") == [first]  # the partial line was cut back
+    (small_disk / "filler").unlink()
+    await sink.write([big])  # the bus's retry of the same batch
+    await sink.write(one)
+    await sink.aclose()
+    assert logged(root, "s1") == [first, big, later]
+    assert sink.stats().failed_sessions == ()
 
 
 # --- 4. one bad session does not stop the others ---------------------------------------

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -414,3 +415,42 @@ async def test_a_listener_holds_each_event_as_soon_as_it_is_published() -> None:
             bus.publish_nowait(event)
         assert listener.get_nowait() == [Gap(3), *events[3:]]
         assert bus.stats().subscriptions[0].dropped == 3
+
+
+@pytest.mark.anyio
+async def test_a_waiter_cancelled_leaves_the_other_waiters_waiting() -> None:
+    """Each waiting task has its own wake-up: cancelling one reader of a listener, or one
+    publisher waiting for space, neither cancels nor strands the others."""
+    first, cancelled, second = make(0), make(1), make(2)
+    stuck = Recorder()
+    stuck.block = release = anyio.Event()
+    async with EventBus(buffer=1) as bus, bus.listen() as listener:
+        bus.subscribe(stuck)
+        got: list[Event | Gap] = []
+
+        async def read_one() -> None:
+            got.append(await listener.__anext__())
+
+        async with anyio.create_task_group() as tg:
+            doomed_reader, doomed_publisher = anyio.CancelScope(), anyio.CancelScope()
+            tg.start_soon(read_one)
+            tg.start_soon(_in_scope, doomed_reader, read_one)
+            await anyio.wait_all_tasks_blocked()
+            doomed_reader.cancel()
+            await anyio.wait_all_tasks_blocked()
+            await bus.publish(first)  # the stuck sink holds it: the buffer is full
+            await stuck.entered.wait()
+            tg.start_soon(_in_scope, doomed_publisher, functools.partial(bus.publish, cancelled))
+            tg.start_soon(bus.publish, second)
+            await anyio.wait_all_tasks_blocked()
+            doomed_publisher.cancel()
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+        assert got == [first]
+        await bus.flush()
+    assert stuck.events == [first, second]
+
+
+async def _in_scope(scope: anyio.CancelScope, func: Callable[[], Awaitable[object]]) -> None:
+    with scope:
+        await func()
