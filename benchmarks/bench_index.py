@@ -1,6 +1,7 @@
 """Benchmark the in-memory query index against the seed's list comprehensions.
 
-Run: ``python benchmarks/bench_index.py [--events N]`` (default 1,000,000).
+Run: ``python benchmarks/bench_index.py [--events N]`` (default 1,000,000), or
+``python benchmarks/bench_index.py --demo [--sessions S]`` for the demo session alone.
 
 Builds N realistic events (8 interleaved sessions, ~30 event types, tasks of
 40 events, roles, models, token usage on LLM events), then prints, from one run:
@@ -10,7 +11,9 @@ Builds N realistic events (8 interleaved sessions, ~30 event types, tasks of
    :class:`sinks.memory.EventIndex`, the time of each and their ratio, next to
    the issue's target;
 2. the cost of keeping the index current, per event (``add`` and the bus's
-   ``write``), and where it goes (a profile of ``add``);
+   ``write``), and where it goes (a profile of ``add``); and in the demo
+   session (``eventbus demo``'s coordinator, its small batches): each
+   ``write`` timed live, then the same batches replayed into a fresh index;
 3. bytes per indexed event (tracemalloc) in memory and low-memory mode, the
    cost of rebuilding from a workspace of JSONL logs, and low-memory queries
    (which read their events back from the logs).
@@ -29,7 +32,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
@@ -38,7 +41,8 @@ from typing import Any
 import anyio
 from _seed import SeedEvent, seed_get_events
 
-from eventbus import Event, EventQuery, EventType, decode_events, encode_jsonl
+from eventbus import Event, EventBus, EventQuery, EventType, decode_events, encode_jsonl
+from eventbus.cli._agents import IDEA, build_demo_coordinator
 from sinks.memory import EventIndex, TokenUsage
 
 T = EventType
@@ -324,6 +328,78 @@ def indexing_cost(events: list[Event]) -> EventIndex:
     return index
 
 
+class TimedIndex(EventIndex):
+    """An :class:`EventIndex` that times each ``write`` and keeps the batches it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+        self.batches: list[Sequence[Event]] = []
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Index ``events``, timed; keep the batch (after the timing) for a replay."""
+        start = time.perf_counter()
+        await super().write(events)
+        self.seconds += time.perf_counter() - start
+        self.batches.append(events)  # the bus's batches are not changed after a write
+
+
+async def demo_session(tasks: int, run_commands: bool) -> TimedIndex:
+    """Run ``eventbus demo``'s session with a :class:`TimedIndex` subscribed; return it."""
+    index = TimedIndex()
+    with tempfile.TemporaryDirectory() as directory:
+        async with EventBus() as bus:
+            bus.subscribe(index)
+            coordinator = build_demo_coordinator(
+                bus, Path(directory), tasks=tasks, run_commands=run_commands, max_concurrency=4
+            )
+            session = await coordinator.run(IDEA)
+        assert session.phase.value == "COMPLETE", session.error
+    return index
+
+
+async def replayed(batches: list[Sequence[Event]], repeats: int) -> float:
+    """Median seconds of writing ``batches`` into a fresh index, each ``write`` timed."""
+    runs = []
+    for _ in range(repeats):
+        index = EventIndex()
+        total = 0.0
+        for batch in batches:
+            start = time.perf_counter()
+            await index.write(batch)
+            total += time.perf_counter() - start
+        runs.append(total)
+    return statistics.median(runs)
+
+
+def demo_cost(sessions: int, tasks: int = 50) -> None:
+    """Target (2): keeping the index current in the demo session costs < 4 us per event.
+
+    Each session's ``write`` calls are timed as the bus makes them (their
+    total over the session's events); then that session's batches are
+    written again into a fresh index (warm: its code and data in the cache).
+    """
+    for run_commands in (False, True):
+        live: list[float] = []
+        replay: list[float] = []
+        sizes: list[int] = []
+        for _ in range(sessions):
+            index = anyio.run(demo_session, tasks, run_commands)
+            events = sum(map(len, index.batches))
+            live.append(index.seconds / events)
+            replay.append(anyio.run(replayed, index.batches, 50) / events)
+            sizes.extend(map(len, index.batches))
+        what = "real commands" if run_commands else "no processes"
+        print(
+            f"  demo session ({tasks} tasks, {what}; {events} events in batches of "
+            f"{statistics.median(sizes):.0f} (median), median of {sessions} sessions):\n"
+            f"    write() timed live:      {statistics.median(live) * 1e6:5.2f} us/event"
+            f"  (min {min(live) * 1e6:.2f}; target < 4 us)\n"
+            f"    its batches replayed:    {statistics.median(replay) * 1e6:5.2f} us/event"
+            f"  (warm, into a fresh index)"
+        )
+
+
 def profile_add(batches: list[list[Event]]) -> None:
     profiler = cProfile.Profile()
     index = EventIndex()
@@ -397,12 +473,20 @@ def write_workspace(root: Path, events: list[Event]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    count = parser.parse_args().events
+    parser.add_argument("--demo", action="store_true", help="only the demo session's cost")
+    parser.add_argument("--sessions", type=int, default=5, help="demo sessions (default 5)")
+    args = parser.parse_args()
+    if args.demo:
+        print("keeping the index current in the demo session")
+        demo_cost(args.sessions)
+        return
+    count = args.events
     print(f"building {count:,} events ...")
     events = make_events(count)
 
     print("\n1. keeping the index current")
     index = indexing_cost(events)
+    demo_cost(args.sessions)
 
     print(f"\n2. queries over {count:,} events, memory mode, against the seed's scans")
     compare_queries(index, events, as_seed_events(events), seed=True)
