@@ -277,6 +277,7 @@ class EventBus:
         self._floor = 0
         self._lost = 0
         self._interrupt: BaseException | None = None
+        self._troubled = False  # a sink or a session failed: flush looks for whom
         self._cancelled: type[BaseException] = BaseException  # set on entering
         self._valid_sessions: set[str] = set()
         self._subs: list[Subscription] = []
@@ -434,6 +435,7 @@ class EventBus:
 
     def _mark_failed(self, sub: Subscription, exc: BaseException) -> None:
         sub._failed = True
+        self._troubled = True
         if sub._error is None or not isinstance(sub._error, EventsLostError):
             sub._error = exc
         self._deactivate(sub)
@@ -682,16 +684,26 @@ class EventBus:
         events pending yields once to the other tasks.
         """
         target = self._head
-        if any(sub._cursor < target for sub in self._active):
-            if any(sub._ready is not None and not sub._writing for sub in self._active):
+        pending = idle = False
+        for sub in self._active:
+            if sub._cursor < target:
+                pending = True
+                if sub._ready is not None and not sub._writing:
+                    idle = True
+        if pending:
+            if idle:
                 await self._write_inline(target)
             # Yielding once lets the tasks woken by publish (and listeners'
             # readers) run first, so a quick sink is done without a wake-up
             # of our own, and a flushing loop never starves the others.
-            await anyio.lowlevel.checkpoint()
+            if self._call_soon is not None:
+                await asyncio.sleep(0)  # anyio's checkpoint, without looking up the backend
+            else:
+                await anyio.lowlevel.checkpoint()
             while any(sub._cursor < target for sub in self._active):
                 await self._wait_progress()
-        self._raise_if_failed()
+        if self._troubled or self._interrupt is not None:
+            self._raise_if_failed()
 
     async def _write_inline(self, target: int) -> None:
         """Write, in the calling task, what idle subscriptions hold up to ``target``.
@@ -973,6 +985,7 @@ class EventBus:
         """Fail, for ``sub`` only, the sessions ``exc`` names; the others keep flowing."""
         failed = {sid: error for sid, error in exc.failures.items() if sid}
         sub._failed_sessions.update(failed)
+        self._troubled = True
         written = sum(1 for event in batch if event.session_id not in failed)
         sub._session_dropped += len(batch) - written
         sub._delivered -= len(batch) - written  # the caller adds the whole batch
