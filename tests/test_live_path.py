@@ -222,7 +222,6 @@ def test_a_single_event_that_cannot_be_indexed_leaves_the_index_as_it_was() -> N
 
 # --- the bus's live path: flush writes for idle sinks, listeners fed at publish ---
 
-# On trio, publish wakes idle sink tasks at once and they write: there is no inline path.
 needs_asyncio = pytest.mark.parametrize("anyio_backend", [pytest.param("asyncio", id="asyncio")])
 
 
@@ -255,7 +254,6 @@ class Recorder:
         self.log.append("aclose")
 
 
-@needs_asyncio
 @pytest.mark.anyio
 async def test_flush_writes_an_idle_sinks_batch_in_the_flushing_task() -> None:
     """One event at a time, every write runs in the task awaiting flush: no task switch."""
@@ -271,7 +269,6 @@ async def test_flush_writes_an_idle_sinks_batch_in_the_flushing_task() -> None:
     assert set(sink.tasks) == {anyio.get_current_task().id}
 
 
-@needs_asyncio
 @pytest.mark.anyio
 async def test_a_failed_inline_attempt_counts_as_the_first_of_the_retry_policy() -> None:
     """The flusher's failed attempt goes to the sink's task, which retries it once, not twice."""
@@ -290,7 +287,6 @@ async def test_a_failed_inline_attempt_counts_as_the_first_of_the_retry_policy()
     assert sink.tasks[0] == anyio.get_current_task().id != sink.tasks[1]
 
 
-@needs_asyncio
 @pytest.mark.anyio
 async def test_a_failed_inline_attempt_with_no_retries_fails_the_sink_after_one_attempt() -> None:
     """With retries=0, the flusher's attempt is the only one: one write, one error event."""
@@ -314,7 +310,6 @@ async def test_a_failed_inline_attempt_with_no_retries_fails_the_sink_after_one_
     assert [error.metadata["attempts"] for error in errors] == [1]
 
 
-@needs_asyncio
 @pytest.mark.anyio
 async def test_a_flush_cancelled_mid_write_leaves_the_batch_to_the_sinks_task() -> None:
     """Cancelling flush during its write does not move the cursor: the task writes it again."""
@@ -362,7 +357,7 @@ async def test_a_flushing_asyncio_task_cancelled_mid_write_is_cancelled() -> Non
     assert bus.stats().subscriptions[0].retries == 0
 
 
-@needs_asyncio
+@needs_asyncio  # trio's Cancelled cannot be made by a sink
 @pytest.mark.anyio
 async def test_a_stray_cancellation_from_an_inline_write_is_a_failed_attempt() -> None:
     """A cancellation the flusher did not ask for is retried by the task, not raised by flush."""
@@ -379,7 +374,6 @@ async def test_a_stray_cancellation_from_an_inline_write_is_a_failed_attempt() -
     assert sink.events == [event]
 
 
-@needs_asyncio
 @pytest.mark.anyio
 async def test_unsubscribing_during_a_flushers_write_closes_the_sink_after_it() -> None:
     """A sink is closed only once the write a flush runs for it has returned: no overlap."""

@@ -26,10 +26,10 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -290,7 +290,12 @@ class EventBus:
         self._loop_thread: int | None = None
         self._idle = 0  # subscription tasks waiting for events
         self._wake_scheduled = False
+        self._asyncio = False
+        # Runs a callback on the loop's next turn: asyncio's call_soon; elsewhere
+        # the waker task (see _run_waker) stands in for it.
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._waker: Signal | None = None
+        self._waker_scope: anyio.CancelScope | None = None
         self._inline_writes = 0  # flushers writing for a subscription
         self._signal: Callable[[], Signal] = anyio.Event
         # One signal per task waiting for progress (a shared asyncio future would be
@@ -305,13 +310,18 @@ class EventBus:
         self._signal = signal_factory()
         try:
             self._call_soon = asyncio.get_running_loop().call_soon
-        except RuntimeError:  # not asyncio: wake idle tasks at once
-            self._call_soon = None
+            self._asyncio = True
+        except RuntimeError:  # not asyncio: a task of ours wakes idle tasks
+            self._waker = self._signal()
+            self._call_soon = self._set_waker
         self._cancelled = anyio.get_cancelled_exc_class()
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self._waker is not None:
+            self._waker_scope = anyio.CancelScope()
+            self._tg.start_soon(_protected_from_interrupts(self._run_waker), self._waker_scope)
         self._state = "running"
         for sub in self._subs:
             self._start(sub)
@@ -337,6 +347,9 @@ class EventBus:
                 self._count_lost()
             self._wake_all()
             self._notify_progress()
+            if self._waker_scope is not None:
+                self._waker_scope.cancel()
+                self._waker = None  # from now on idle tasks are woken at once
             for sub in self._subs:  # anything still writing now is abandoned
                 if sub._scope is not None and (not drained or sub._writing):
                     sub._scope.cancel()
@@ -676,7 +689,7 @@ class EventBus:
         to them. Re-raises a ``KeyboardInterrupt`` or ``SystemExit`` that a
         sink raised.
 
-        On asyncio, a lossless sink whose task is idle (waiting for events)
+        A lossless sink whose task is idle (waiting for events)
         gets its batch from the flushing task itself, with no task switch
         (one attempt: a failure goes to the sink's task, which retries it per
         the policy); a sink that is busy writes it from its own task. Either
@@ -696,7 +709,7 @@ class EventBus:
             # Yielding once lets the tasks woken by publish (and listeners'
             # readers) run first, so a quick sink is done without a wake-up
             # of our own, and a flushing loop never starves the others.
-            if self._call_soon is not None:
+            if self._asyncio:
                 await asyncio.sleep(0)  # anyio's checkpoint, without looking up the backend
             else:
                 await anyio.lowlevel.checkpoint()
@@ -745,7 +758,7 @@ class EventBus:
         """Whether the current task is being cancelled (not a sink's stray cancellation)."""
         if anyio.current_effective_deadline() == -math.inf:  # by a cancel scope
             return True
-        if self._call_soon is None:
+        if not self._asyncio:
             return False
         task = asyncio.current_task()  # asyncio: task.cancel() without a scope
         return task is not None and task.cancelling() > 0
@@ -1058,15 +1071,37 @@ class EventBus:
             ready.set()
 
     def _wake_idle_soon(self) -> None:
-        """Events were appended: wake the idle tasks, on asyncio on the loop's next turn.
+        """Events were appended: wake the idle tasks on the loop's next turn.
 
         Until then a ``flush`` may write their batches itself (no task switch).
         """
-        if self._call_soon is None:
-            self._wake_idle()
+        assert self._call_soon is not None
+        self._wake_scheduled = True
+        self._call_soon(self._wake_idle)
+
+    def _set_waker(self, callback: Callable[[], None]) -> None:
+        """``call_soon`` where there is none (trio): :meth:`_run_waker` runs ``_wake_idle``;
+        once it is gone (closing), at once."""
+        if self._waker is None:
+            callback()
         else:
-            self._wake_scheduled = True
-            self._call_soon(self._wake_idle)
+            self._waker.set()
+
+    async def _run_waker(self, scope: anyio.CancelScope) -> None:
+        """Not on asyncio: run :meth:`_wake_idle` on the loop's next turn after a publish.
+
+        A task woken by a signal, so that a ``flush`` right after ``publish``
+        still finds the sinks idle and writes their batches itself, as on asyncio.
+        """
+        try:
+            with scope:
+                while self._waker is not None:
+                    await self._waker.wait()
+                    self._waker = self._signal()
+                    self._wake_idle()
+        finally:
+            self._waker = None
+            self._wake_idle()
 
     def _wake_idle(self) -> None:
         """Wake every idle task with events to write (not those a flusher writes for)."""
@@ -1098,6 +1133,17 @@ class EventBus:
             self._progress_waiting = []
             for signal in waiting:
                 signal.set()
+
+
+def _protected_from_interrupts(
+    func: Callable[[anyio.CancelScope], Coroutine[Any, Any, None]],
+) -> Callable[[anyio.CancelScope], Coroutine[Any, Any, None]]:
+    """On trio, let a Ctrl-C land in the user's code rather than in our waker task."""
+    try:
+        from trio.lowlevel import enable_ki_protection
+    except ImportError:  # pragma: no cover - the waker runs on trio only
+        return func
+    return enable_ki_protection(func)
 
 
 def _session_not_in(sessions: Mapping[str, object], event: Event) -> bool:
