@@ -348,6 +348,27 @@ async def test_one_event_refused_by_a_full_disk_fails_its_session_and_its_retry_
     assert sink.stats().failed_sessions == ()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("count", [1, 5], ids=["one event", "a batch"])
+async def test_short_writes_are_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """os.write may write less than asked (a signal, a pipe): the rest is written, in order."""
+    real_write = os.write
+
+    def short_write(fd: int, data: ReadableBuffer) -> int:
+        return real_write(fd, bytes(data)[:7])
+
+    sink = JsonlSink(tmp_path)
+    events = [make_event(i) for i in range(count + 1)]
+    await sink.write(events[:1])  # opens the log
+    monkeypatch.setattr(os, "write", short_write)
+    await sink.write(events[1:])
+    monkeypatch.undo()
+    await sink.aclose()
+    assert logged(tmp_path, "s1") == events
+
+
 # --- 4. one bad session does not stop the others ---------------------------------------
 
 

@@ -264,9 +264,10 @@ class JsonlSink:
             raise EventBusError(
                 f"cannot write: this JsonlSink failed ({self._failure}); create a new one"
             )
-        if not events:
+        count = len(events)
+        if count == 1 and self._write_one(events):
             return
-        if len(events) == 1 and self._write_one(events):
+        if not count:
             return
         groups = self._group(events)
         key = (len(events), events[0].id, events[-1].id)

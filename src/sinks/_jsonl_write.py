@@ -71,9 +71,11 @@ def check_durability(durability: str) -> None:
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):  # a short write (a signal, a full pipe): write the rest
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def fsync_dir(directory: Path) -> None:
