@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import msgspec
@@ -157,6 +158,11 @@ class TestEvent:
         after = datetime.now(UTC).timestamp() * 1000
         assert before - 1 <= ms <= after + 1
 
+    def test_the_counter_part_counts_up_by_one(self) -> None:
+        """The last 32 bits of consecutive ids count up (carrying across every digit)."""
+        counters = [int(new_event_id()[24:], 16) for _ in range(5000)]
+        assert counters == list(range(counters[0], counters[0] + 5000))
+
     def test_forked_children_make_different_ids(self) -> None:
         """Two processes never share the random part of their ids."""
         code = "from eventbus import new_event_id; print(new_event_id())"
@@ -168,6 +174,48 @@ class TestEvent:
             for _ in range(2)
         }
         assert len(outputs) == 2
+
+
+class _PausingZone(tzinfo):
+    """UTC, but the first look at its offset signals ``inside`` and waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        self.inside.set()
+        self.release.wait()
+        return timedelta(0)
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "UTC, pausing"
+
+
+def test_events_made_while_another_thread_decodes_get_real_defaults() -> None:
+    """A decoding in progress elsewhere never gives a new event the decoding's sentinels."""
+    zone = _PausingZone()
+    decoded: list[Event] = []
+    seed = {"event_type": "info", "session_id": "s", "message": "m"}
+    thread = threading.Thread(
+        target=lambda: decoded.append(
+            Event.from_dict({**seed, "timestamp": datetime(2026, 1, 1, tzinfo=zone)})
+        )
+    )
+    thread.start()
+    try:
+        assert zone.inside.wait(timeout=30)  # the other thread is inside from_dict
+        made = Event(event_type=EventType.INFO, session_id="s", message="m")
+    finally:
+        zone.release.set()
+        thread.join()
+    assert made.timestamp.year >= 2026
+    assert len(made.id) == 32
+    assert made.id != decoded[0].id
+    assert decoded[0].timestamp == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class TestParentScope:

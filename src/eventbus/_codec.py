@@ -25,6 +25,7 @@ from ._event import (
     MISSING_TIMESTAMP,
     Event,
     EventType,
+    _decodings,
     _missing,
     _parent_id,
     derived_event_id,
@@ -241,6 +242,16 @@ def _find_refused(value: Any, path: str) -> tuple[str, str] | None:
 
 
 # --- decoding: lines without timestamp or id ------------------------------------------
+#
+# Bound methods taken once, for the per-call cost: CPython compiles
+# ``name.method()`` on a name bound by an import without its method-call
+# fast path.
+
+_push_decoding = _decodings.append
+_pop_decoding = _decodings.pop
+_set_missing = _missing.set
+_reset_missing = _missing.reset
+_current_parent_id = _parent_id.get
 
 
 def _counting(decode: Callable[[Any], _T], data: Any) -> tuple[_T, int]:
@@ -250,19 +261,23 @@ def _counting(decode: Callable[[Any], _T], data: Any) -> tuple[_T, int]:
     ``parent_scope``): an event stored without ``parent_id`` had none.
     """
     missing = [0]
-    if _parent_id.get() is None:
-        token = _missing.set(missing)
-        try:
-            result = decode(data)
-        finally:
-            _missing.reset(token)
-    else:
-        result = contextvars.Context().run(_counting_in_context, decode, data, missing)
+    _push_decoding(None)  # see _event: the default factories look at _missing
+    try:
+        if _current_parent_id() is None:
+            token = _set_missing(missing)
+            try:
+                result = decode(data)
+            finally:
+                _reset_missing(token)
+        else:
+            result = contextvars.Context().run(_counting_in_context, decode, data, missing)
+    finally:
+        _pop_decoding()
     return result, missing[0]
 
 
 def _counting_in_context(decode: Callable[[Any], _T], data: Any, missing: list[int]) -> _T:
-    _missing.set(missing)
+    _set_missing(missing)
     return decode(data)
 
 

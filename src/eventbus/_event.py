@@ -6,6 +6,7 @@ import contextvars
 import enum
 import hashlib
 import itertools
+import operator
 import os
 import time
 from collections.abc import Iterator
@@ -114,10 +115,21 @@ _unknown_types: dict[str, EventType] = {}
 # ties). The random part (42 bits per process) keeps processes apart.
 
 _time_ns = time.time_ns
-# The counter, as 8 hex digits, wrapping at 2**32: all in C, and each next()
-# is atomic under the GIL, so threads never share a value.
-_hex_counter = map("{:08x}".format, itertools.chain.from_iterable(itertools.repeat(range(1 << 32))))
-_id_state: list[Any] = [-1, ""]  # [millisecond, id prefix for that millisecond]
+# The counter, as 8 hex digits wrapping at 2**32, all in C (each next() is
+# atomic under the GIL, so threads never share a value): the last 2 digits
+# come from a table, the first 6 are formatted once per 256 ids.
+_LOW_DIGITS: Final = tuple(f"{low:02x}" for low in range(256))
+_high_digits = map("{:06x}".format, itertools.chain.from_iterable(itertools.repeat(range(1 << 24))))
+_hex_counter: Iterator[str] = itertools.chain.from_iterable(
+    map(
+        map,
+        itertools.repeat(operator.add),
+        map(itertools.repeat, _high_digits, itertools.repeat(256)),
+        itertools.repeat(_LOW_DIGITS),
+    )
+)
+# [the first nanosecond after the current millisecond, id prefix for that millisecond]
+_id_state: list[Any] = [0, ""]
 
 
 def _random_bits() -> tuple[int, int]:
@@ -132,7 +144,7 @@ _version_and_rand_a, _variant_and_node = _random_bits()
 def _reseed_after_fork() -> None:
     global _version_and_rand_a, _variant_and_node
     _version_and_rand_a, _variant_and_node = _random_bits()
-    _id_state[0] = -1
+    _id_state[0] = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -142,9 +154,10 @@ if hasattr(os, "register_at_fork"):
 def new_event_id() -> str:
     """Return a new unique, time-sortable event id (a UUIDv7 as 32 hex digits)."""
     state = _id_state
-    ms = _time_ns() // 1_000_000
-    if ms > state[0]:
-        state[0] = ms
+    now = _time_ns()
+    if now >= state[0]:  # a later millisecond (the clock stepping back keeps the prefix)
+        ms = now // 1_000_000
+        state[0] = (ms + 1) * 1_000_000
         state[1] = f"{ms:012x}{_version_and_rand_a:04x}{_variant_and_node:08x}"
     prefix: str = state[1]
     return prefix + next(_hex_counter)
@@ -183,31 +196,37 @@ def parent_scope(parent_id: str | None) -> Iterator[None]:
 # the line corrupt, and a missing id is derived from the line (see
 # ``derived_event_id``), the same on every load. So decoding runs with
 # ``_missing`` set (in the decoding call's own context, which also keeps
-# ``parent_scope`` out); there the factories return the sentinels below and
-# count how often they did. The count is 0 for lines this library wrote, and
-# then nothing more is done.
+# ``parent_scope`` out) and an item pushed on ``_decodings``; there the
+# factories return the sentinels below and count how often they did. The count
+# is 0 for lines this library wrote, and then nothing more is done. While no
+# decoding runs in any thread (``_decodings`` empty: the common case), the
+# factories do not read the context variable.
 
 _missing: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "eventbus_missing", default=None
 )
+_decodings: list[None] = []  # one item per decoding in progress, in any thread
 MISSING_TIMESTAMP: Final = datetime(1, 1, 1, tzinfo=UTC)  # compared by identity
 MISSING_ID: Final = "\x00missing id"  # compared by identity
+_now = datetime.now  # bound once (see _codec: a method of an imported name)
 
 
 def _default_timestamp() -> datetime:
-    missing = _missing.get()
-    if missing is None:
-        return datetime.now(UTC)
-    missing[0] += 1
-    return MISSING_TIMESTAMP
+    if _decodings:
+        missing = _missing.get()
+        if missing is not None:
+            missing[0] += 1
+            return MISSING_TIMESTAMP
+    return _now(UTC)
 
 
 def _default_id() -> str:
-    missing = _missing.get()
-    if missing is None:
-        return new_event_id()
-    missing[0] += 1
-    return MISSING_ID
+    if _decodings:
+        missing = _missing.get()
+        if missing is not None:
+            missing[0] += 1
+            return MISSING_ID
+    return new_event_id()
 
 
 def derived_event_id(line: bytes, offset: int, timestamp: datetime) -> str:
@@ -320,11 +339,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             data = {**data, "parent_id": None}  # never inherit a parent when loading
         missing = [0]
         token = _missing.set(missing)
+        _decodings.append(None)
         try:
             event = msgspec.convert(data, cls)
         except msgspec.ValidationError as exc:
             raise EventDecodeError(str(exc)) from exc
         finally:
+            _decodings.pop()
             _missing.reset(token)
         if missing[0]:
             if event.timestamp is MISSING_TIMESTAMP:
