@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 import sinks._index_chunks
 import sinks._index_order
+import sinks._index_postings
+import sinks._index_usage
 import sinks.memory
 from eventbus import (
     Event,
@@ -231,6 +233,7 @@ def arrivals(draw: st.DrawFn) -> list[list[Event]]:
     insert_ratio=st.sampled_from([1, 32, 10**9]),
     compact_at=st.sampled_from([1, 4096]),
     chunk_size=st.sampled_from([2, 2048]),
+    few=st.sampled_from([0, 2, 32]),
 )
 def test_live_rebuilt_and_brute_force_answer_alike(
     batches: list[list[Event]],
@@ -240,12 +243,14 @@ def test_live_rebuilt_and_brute_force_answer_alike(
     insert_ratio: int,
     compact_at: int,
     chunk_size: int,
+    few: int,
 ) -> None:
     """Live and rebuilt indexes, in both modes, equal a brute-force filter of the events.
 
     The thresholds between inserting late events and re-sorting, of
-    compaction and the size of the time order's chunks vary too, so every
-    path runs on small inputs.
+    compaction, the size of the time order's chunks and up to which batch
+    size events are indexed one by one vary too, so every path runs on
+    small inputs.
     """
     every = [event for batch in batches for event in batch]
     held = in_time_order(every)
@@ -256,6 +261,9 @@ def test_live_rebuilt_and_brute_force_answer_alike(
         mock.patch.object(sinks._index_order, "_INSERT_RATIO", insert_ratio),
         mock.patch.object(sinks.memory, "_MIN_COMPACTION", compact_at),
         mock.patch.object(sinks._index_chunks, "_CHUNK", chunk_size),
+        mock.patch.object(sinks.memory, "FEW", few),
+        mock.patch.object(sinks._index_postings, "FEW", few),
+        mock.patch.object(sinks._index_usage, "_FEW", few),
     ):
         root = Path(tmp)
         live = EventIndex(max_events=cap)
@@ -505,6 +513,17 @@ def test_an_event_seen_twice_is_indexed_once() -> None:
     assert index.duplicates == 2
     assert len(index) == 4
     assert index.get_events() == [*events, index.get_latest(1)[0]]
+
+
+async def test_an_empty_batch_adds_nothing() -> None:
+    """An empty batch, before or after events, leaves the index as it was."""
+    index = EventIndex()
+    assert index.add([]) == 0
+    await index.write([])
+    assert index.add([make(seconds=1)]) == 1
+    await index.write([])
+    assert index.add([]) == 0
+    assert len(index) == 1
 
 
 def test_max_events_evicts_the_oldest_and_counts_them() -> None:

@@ -110,7 +110,7 @@ class LogRows:
             self.file = fit(self.file, file_id)
         return file_id
 
-    def extend(self, located: Locations, ids: list[str], values: list[list[Any]]) -> None:
+    def extend(self, located: Locations, ids: list[str], values: Sequence[Sequence[Any]]) -> None:
         """Add rows: their places, their ids' hashes and (per field) their values."""
         n = len(ids)
         self.file.extend(repeat(located[0], n))
@@ -120,7 +120,7 @@ class LogRows:
         for field, column_values in enumerate(values[: len(self.columns)]):
             self._append_codes(field, column_values)
 
-    def _append_codes(self, field: int, values: list[Any]) -> None:
+    def _append_codes(self, field: int, values: Sequence[Any]) -> None:
         codes = self.codes[field]
         missing = set(values).difference(codes)
         if missing:

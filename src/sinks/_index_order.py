@@ -217,21 +217,22 @@ class TimeOrder:
         if self.last is None or newest > self.last:
             self.last = newest
 
-    def append_newest(self, stamp: Any, event_id: str) -> int:
-        """Add the row of one event after the newest held (``stamp`` later); return its position.
+    def append_run(self, stamps: list[Any], last_id: str) -> int:
+        """Add the rows of events after the newest held, in order; return the first position.
 
-        The caller has checked ``stamp`` sorts after :attr:`last` (see :meth:`is_newest`).
+        The caller has checked that ``stamps`` increase from after :attr:`last`
+        (see :meth:`is_newest`); ``last_id`` is the last event's id.
         """
         ts = self.ts
-        position = len(ts)
-        ts.append(stamp)
+        first = len(ts)
+        ts.extend(stamps)
         order = self.order
         if type(order) is range:
-            self.order = range(position + 1)
+            self.order = range(len(ts))
         else:
-            order.append_run(position, position + 1)
-        self.last = (stamp, event_id)
-        return position
+            order.append_run(first, len(ts))
+        self.last = (stamps[-1], last_id)
+        return first
 
     def holds(self, stamp: Any, event_id: str, id_at: Callable[[int], str]) -> bool:
         """Whether to skip an event sorting before the newest (one held; counted if so)."""

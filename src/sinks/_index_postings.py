@@ -17,8 +17,10 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from itertools import chain, compress, islice, repeat
-from operator import eq, is_not, lt
-from typing import Any, TypeAlias
+from operator import attrgetter, eq, is_not, lt
+from typing import Any, Final, TypeAlias
+
+from eventbus import Event
 
 from ._index_chunks import Chunks
 
@@ -26,6 +28,28 @@ __all__: list[str] = []
 
 Check: TypeAlias = Callable[[Sequence[int]], list[int]]
 """A filter of candidate positions: returns those that pass, in the order given."""
+
+FIELDS: Final = ("event_type", "session_id", "phase", "task_id", "agent_role", "model")
+"""The fields posted, in this order; then the (session, type) pairs (:data:`PAIRS`)."""
+ROW: Final = attrgetter(*FIELDS)
+"""An event's values of :data:`FIELDS`, as a tuple."""
+_GETTERS: Final = tuple(map(attrgetter, FIELDS))
+PAIRS: Final = len(FIELDS)
+"""The posting lists of ``(session_id, event_type)`` pairs (after those of the fields)."""
+SPARSE: Final = (2, 3, 4, 5)
+"""The fields often ``None``: phase, task, role and model."""
+_TYPE, _SESSION = 0, 1
+
+FEW: Final = 32
+"""Up to this many events, a loop over them costs less than a pass per field in C."""
+
+
+def columns_of(events: Sequence[Event]) -> list[list[Any]]:
+    """The events' values of each of :data:`FIELDS`: a list per field.
+
+    (A pass per field: for many events, cheaper than a tuple per event.)
+    """
+    return [list(map(getter, events)) for getter in _GETTERS]
 
 
 def increasing(items: Sequence[Any]) -> bool:
@@ -220,31 +244,26 @@ class _Made(dict[Any, Any]):
 
 
 class Postings:
-    """Per field (``fields`` of them), value -> the positions holding it, in time order.
+    """Per field of :data:`FIELDS`, then per (session, type): value -> positions in time order.
 
-    Entries before ``starts[field][value]`` belong to evicted events; they
-    are dropped when the index compacts (:meth:`renumber`). A posting is a
-    list (faster to append) or, with ``arrays``, an ``array("q")`` (8 bytes
-    an entry). ``None`` is never posted. For the fields in ``sparse``, often
-    ``None``, appends skip the ``None`` values in bulk. The last field holds
-    pairs: ``pair = (a, b)`` means its values are ``(value of field a, value
-    of field b)``, posted by :meth:`append_all` without building the tuples.
+    ``lists[field]`` maps each value of the field (``lists[PAIRS]``: each
+    ``(session_id, event_type)``) to its posting. Entries before
+    ``starts[field][value]`` belong to evicted events; they are dropped when
+    the index compacts (:meth:`renumber`). A posting is a list (faster to
+    append) or, with ``arrays``, an ``array("q")`` (8 bytes an entry).
+    ``None`` is never posted; the fields in :data:`SPARSE` often hold it.
     """
 
-    def __init__(
-        self, fields: int, *, arrays: bool, sparse: tuple[int, ...], pair: tuple[int, int]
-    ) -> None:
+    def __init__(self, *, arrays: bool) -> None:
         self.arrays = arrays
-        self.sparse = sparse
-        self.pair = pair
         self.lists: list[dict[Any, MutableSequence[int]]] = [
-            _Made(self._new_posting) for _ in range(fields)
+            _Made(self._new_posting) for _ in range(PAIRS + 1)
         ]
-        self.starts: list[dict[Any, int]] = [{} for _ in range(fields)]
+        self.starts: list[dict[Any, int]] = [{} for _ in range(PAIRS + 1)]
         self._append_one: Callable[[MutableSequence[int], int], None] = (
             array.append if arrays else list.append  # type: ignore[assignment]
         )
-        # first value -> (second value -> the posting of the pair), sharing the postings.
+        # session -> (type -> the posting of the pair), sharing the postings.
         self._pairs = _Made(self._pairs_of)
 
     def get(self, field: int, value: Any) -> tuple[MutableSequence[int], int] | None:
@@ -254,37 +273,49 @@ class Postings:
             return None
         return posting, self.starts[field].get(value, 0)
 
-    def append_all(self, values: list[list[Any]], positions: list[int]) -> None:
-        """Append each of ``positions`` to its postings (newest events).
+    def append_all(
+        self, events: Sequence[Event], first: int, columns: Sequence[Sequence[Any]] | None = None
+    ) -> None:
+        """Append ``events`` (the newest, in time order) at the positions from ``first`` on.
 
-        ``values[field]`` are the positions' values of each field but the last
-        (the pairs, made here from their two fields).
+        A few are appended one by one (a loop costs less than setting up a
+        pass in C per field); more, a field at a time (:meth:`_append`), from
+        their ``columns`` (per field, the events' values) if given.
         """
-        for field, field_values in enumerate(values):
-            self._append(field, field_values, positions)
-        a, b = self.pair
-        firsts, seconds = values[a], values[b]
-        if firsts.count(firsts[0]) == len(positions):  # one first value (one session)
+        n = len(events)
+        if n <= FEW:
+            types, sessions, phases, tasks, roles, models, _ = self.lists
+            pairs = self._pairs
+            position = first  # one int per event, shared by its postings
+            for event_type, session, phase, task, role, model in map(ROW, events):
+                types[event_type].append(position)
+                sessions[session].append(position)
+                if phase is not None:
+                    phases[phase].append(position)
+                if task is not None:
+                    tasks[task].append(position)
+                if role is not None:
+                    roles[role].append(position)
+                if model is not None:
+                    models[model].append(position)
+                pairs[session][event_type].append(position)
+                position += 1
+            return
+        if columns is None:
+            columns = columns_of(events)
+        positions = list(range(first, first + n))  # shared by every posting
+        for field, values in enumerate(columns):
+            self._append(field, values, positions)
+        session_of, type_of = columns[_SESSION], columns[_TYPE]
+        if session_of.count(session_of[0]) == n:  # one session
             postings: Iterable[MutableSequence[int]] = map(
-                self._pairs[firsts[0]].__getitem__, seconds
+                self._pairs[session_of[0]].__getitem__, type_of
             )
-        else:  # nested dicts: no (a, b) tuple to build and hash per event
-            postings = map(dict.__getitem__, map(self._pairs.__getitem__, firsts), seconds)
+        else:  # nested dicts: no (session, type) tuple to build and hash per event
+            postings = map(dict.__getitem__, map(self._pairs.__getitem__, session_of), type_of)
         any(map(self._append_one, postings, positions))  # returns None: consumes all
 
-    def append_one(self, values: Sequence[Any], position: int) -> None:
-        """Append the newest event's ``position`` to its postings (a batch of one).
-
-        ``values`` are its values of each field but the last, as in :meth:`append_all`.
-        """
-        append = self._append_one
-        for postings, value in zip(self.lists, values, strict=False):  # the pairs: below
-            if value is not None:
-                append(postings[value], position)
-        a, b = self.pair
-        append(self._pairs[values[a]][values[b]], position)
-
-    def _append(self, field: int, values: list[Any], positions: list[int]) -> None:
+    def _append(self, field: int, values: Sequence[Any], positions: Sequence[int]) -> None:
         n = len(values)
         first = values[0]
         postings = self.lists[field]
@@ -292,7 +323,7 @@ class Postings:
             if first is not None:
                 postings[first].extend(positions)
             return
-        if field in self.sparse:  # often None: skip the Nones in C
+        if field in SPARSE:  # often None: skip the Nones in C
             present = list(map(is_not, values, repeat(None)))
             if not all(present):
                 any(map(self._append_one, map(postings.__getitem__, compress(values, present)),
@@ -302,27 +333,19 @@ class Postings:
         if None in postings:  # a None among values that are seldom None
             del postings[None]
 
-    def insert(
-        self, field: int, value: Any, ts: Sequence[Any], position: int, id_at: Callable[[int], str]
-    ) -> None:
-        """Insert a late event's ``position`` into the posting of ``value``, in place."""
-        start = self.starts[field].get(value, 0)
-        insort(self.lists[field][value], start, ts, position, id_at)
-
     def insert_one(
         self, values: Sequence[Any], ts: Sequence[Any], position: int, id_at: Callable[[int], str]
     ) -> None:
         """Insert a late event's ``position`` into its postings, in place.
 
-        ``values`` are its values of each field but the last, as in :meth:`append_one`.
+        ``values`` are its values of :data:`FIELDS` (as :data:`ROW` reads them).
         """
         lists, starts = self.lists, self.starts
         for field, value in enumerate(values):  # the pairs: below
             if value is not None:
                 insort(lists[field][value], starts[field].get(value, 0), ts, position, id_at)
-        a, b = self.pair
-        pair = (values[a], values[b])
-        insort(lists[-1][pair], starts[-1].get(pair, 0), ts, position, id_at)
+        pair = (values[_SESSION], values[_TYPE])
+        insort(lists[PAIRS][pair], starts[PAIRS].get(pair, 0), ts, position, id_at)
 
     def sort(self, rank: Sequence[int], *, dropped: bool) -> None:
         """Sort every posting by ``rank`` (a position's place in time order), dropping evicted
@@ -367,10 +390,10 @@ class Postings:
     def _new_posting(self, value: Any) -> MutableSequence[int]:
         return array("q") if self.arrays else []
 
-    def _pairs_of(self, first: Any) -> _Made:
-        """The postings of the pairs ``(first, second)``, by ``second``."""
-        pairs = self.lists[-1]
-        return _Made(lambda second: pairs[first, second])
+    def _pairs_of(self, session: Any) -> _Made:
+        """The postings of the pairs ``(session, event_type)``, by ``event_type``."""
+        pairs = self.lists[PAIRS]
+        return _Made(lambda event_type: pairs[session, event_type])
 
     def _like(self, items: Iterable[int]) -> MutableSequence[int]:
         return array("q", items) if self.arrays else list(items)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
-from operator import mul
+from operator import attrgetter, mul
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -51,6 +51,8 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
 
 _PICO: Final = 10**12
 _MAX_TOKENS: Final = 1 << 63
+_FEW: Final = 32  # up to this many events, the responses' amounts are read one by one
+_get_type = attrgetter("event_type")
 NO_USAGE: Final = TokenUsage()
 
 
@@ -119,17 +121,23 @@ class UsageTable:
         self.total: list[int] = [0] * 6
         self.groups: dict[str, dict[Any, list[int]]] = {name: {} for name in USAGE_FIELDS}
 
-    def add(self, events: list[Event], types: list[Any], positions: list[int]) -> None:
-        """Add a row per response among ``events`` (``types`` are their event types)."""
+    def add(self, events: Sequence[Event], first: int) -> None:
+        """Add a row per response among ``events``, at the positions from ``first`` on."""
+        if len(events) <= _FEW:
+            for i, event in enumerate(events):
+                if event.event_type == RESPONSE:
+                    self.add_one(event.metadata, first + i)
+            return
+        types = list(map(_get_type, events))
         count = types.count(RESPONSE)
         if not count:
             return
-        rows: list[int] = []
+        responses: list[int] = []
         i = -1
         for _ in range(count):
             i = types.index(RESPONSE, i + 1)
-            rows.append(i)
-        metadata = [events[i].metadata for i in rows]
+            responses.append(i)
+        metadata = [events[i].metadata for i in responses]
         # A column per amount, each read and checked for the whole batch at once
         # (a function call per response cost ~1.5 us; see _column).
         prompt, completion, total, cached = (
@@ -145,9 +153,9 @@ class UsageTable:
             picos: list[int] = list(map(round, map(mul, costs, repeat(float(_PICO)))))
         else:
             picos = list(map(_picodollars, costs))
-        first = len(self.positions)
-        added = [positions[i] for i in rows]
-        self.row.update(zip(added, range(first, first + count), strict=True))
+        added = [first + i for i in responses]
+        start = len(self.positions)
+        self.row.update(zip(added, range(start, start + count), strict=True))
         self.positions.extend(added)
         for column, amounts in zip(self.amounts, (prompt, completion, total, cached), strict=True):
             column.extend(amounts)

@@ -78,7 +78,20 @@ from ._index_errors import (
     UnknownEventIdError,
 )
 from ._index_order import Key, TimeOrder, is_row
-from ._index_postings import Check, Postings, both, cut, scan, time_sorted
+from ._index_postings import (
+    FEW,
+    FIELDS,
+    PAIRS,
+    ROW,
+    Check,
+    Postings,
+    both,
+    columns_of,
+    cut,
+    increasing,
+    scan,
+    time_sorted,
+)
 from ._index_usage import (
     NO_USAGE,
     RESPONSE,
@@ -104,13 +117,12 @@ __all__ = [
 
 # --- the index ----------------------------------------------------------------------------
 
-_FIELDS: Final = ("event_type", "session_id", "phase", "task_id", "agent_role", "model")
+_FIELDS: Final = FIELDS  # posting lists: the six fields, then (session, type)
 _GETTERS: Final = tuple(map(attrgetter, _FIELDS))
-_TYPE, _SESSION, _SESSION_TYPE = 0, 1, 6  # posting lists: the six fields, then (session, type)
-_POSTED: Final = 7
+_TYPE, _SESSION, _SESSION_TYPE = 0, 1, PAIRS
 _FIELD_INDEX: Final = {name: i for i, name in enumerate(_FIELDS)}
-_MAYBE_NONE: Final = (2, 3, 4, 5)  # fields that are often None: phase, task, role, model
 _get_id = attrgetter("id")
+_get_timestamp = attrgetter("timestamp")
 _EVERYTHING: Final = EventQuery()
 # Stands in for an evicted (or duplicate) event until its row is compacted away.
 _GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
@@ -170,9 +182,7 @@ class EventIndex:
         # Rows, by position (arrival order), in memory mode.
         self._events: list[Event] = []
         # Per field (and per (session, type)), value -> positions in time order.
-        self._postings = Postings(
-            _POSTED, arrays=low_memory, sparse=_MAYBE_NONE, pair=(_SESSION, _TYPE)
-        )
+        self._postings = Postings(arrays=low_memory)
         # Event id -> position, built when `after=<id>` first needs it.
         self._id_map: dict[str, int] | None = None
         self._id_map_rows = 0
@@ -342,16 +352,14 @@ class EventIndex:
         given, duplicates = len(events), time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)
         try:
-            if given == 1 and located is None and not self._low_memory:
+            if located is not None or self._low_memory or not 0 < given <= FEW:
+                self._index(events, located, bulk=bulk)
+            elif not self._index_newest(events):
                 event = events[0]
-                if time.is_newest(event.timestamp):
-                    self._index_newest(event)  # a batch of one, in order: the live path
-                elif time.is_late(event.timestamp, event.id, self._live):
+                if given == 1 and time.is_late(event.timestamp, event.id, self._live):
                     self._index_late(event)  # one event, late: inserted in place
                 else:
                     self._index(events, None, bulk=bulk)
-            else:
-                self._index(events, located, bulk=bulk)
         except BaseException:
             self._take_back(*saved)
             raise
@@ -387,41 +395,45 @@ class EventIndex:
             return
         events, ids, stamps, located, late, insert = prepared
         n, first = len(events), len(time.ts)
-        positions = list(range(first, first + n))  # shared by every posting
-        values = [list(map(getter, events)) for getter in _GETTERS]  # the pairs: by Postings
+        columns: list[list[Any]] | None = None
         if self._low_memory:
             assert located is not None
             assert ids is not None
-            self._rows.extend(located, ids, values)
+            columns = columns_of(events)
+            self._rows.extend(located, ids, columns)
         else:
             self._events.extend(events)
+        positions = list(range(first, first + n))
         time.add(stamps, ids, positions, late, insert, self._id_at)
         # Postings: append what sorts after the newest event, insert the rest in place.
         start = late if insert else 0
         if start < n:
-            tail = positions[start:] if start else positions
-            self._postings.append_all([v[start:] for v in values] if start else values, tail)
+            if start:
+                columns = None
+            self._postings.append_all(events[start:] if start else events, first + start, columns)
         if insert:
             for i in range(late):
-                row = [field_values[i] for field_values in values]
-                for field, value in enumerate([*row, (row[_SESSION], row[_TYPE])]):
-                    if value is not None:
-                        self._postings.insert(field, value, time.ts, positions[i], self._id_at)
-        self._usage.add(events, values[_TYPE], positions)
+                self._postings.insert_one(ROW(events[i]), time.ts, positions[i], self._id_at)
+        self._usage.add(events, first)
         self._live += n
 
-    def _index_newest(self, event: Event) -> None:
-        """Index one event that sorts after every event held (memory mode).
+    def _index_newest(self, events: list[Event]) -> bool:
+        """Index a few events (memory mode) if they sort after every one held, in order.
 
-        What :meth:`_index` does for such a batch, without the lists a batch needs.
+        What :meth:`_index` does for such a batch (the live path: the bus's
+        batches are small), without its checks for late or held events.
+        Returns False, having done nothing, if they do not sort so.
         """
-        position = self._time.append_newest(event.timestamp, event.id)
-        self._events.append(event)
-        values = [getter(event) for getter in _GETTERS]
-        self._postings.append_one(values, position)
-        if values[_TYPE] == RESPONSE:
-            self._usage.add_one(event.metadata, position)
-        self._live += 1
+        time = self._time
+        stamps = list(map(_get_timestamp, events))
+        if not time.is_newest(stamps[0]) or (len(stamps) > 1 and not increasing(stamps)):
+            return False
+        first = time.append_run(stamps, events[-1].id)
+        self._events.extend(events)
+        self._postings.append_all(events, first)
+        self._usage.add(events, first)
+        self._live += len(events)
+        return True
 
     def _index_late(self, event: Event) -> None:
         """Index one event that sorts before the newest held (memory mode), in place.
@@ -433,9 +445,9 @@ class EventIndex:
             return
         self._events.append(event)
         position = time.insert_late(event.timestamp, self._id_at)
-        values = [getter(event) for getter in _GETTERS]
-        self._postings.insert_one(values, time.ts, position, self._id_at)
-        if values[_TYPE] == RESPONSE:
+        row = ROW(event)
+        self._postings.insert_one(row, time.ts, position, self._id_at)
+        if row[_TYPE] == RESPONSE:
             self._usage.add_one(event.metadata, position)
         self._live += 1
 
