@@ -824,3 +824,39 @@ async def test_session_ids_must_be_safe_directory_names(tmp_path: Path) -> None:
         coordinator = make_coordinator(bus, tmp_path, SIMPLE_PLAN)
         with pytest.raises(ValueError, match="invalid session id"):
             await coordinator.start_session("an idea", session_id="../escape")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+async def test_agents_read_and_run_inside_the_workspace_only(tmp_path: Path) -> None:
+    """Paths are followed through symlinks that stay in the workspace (itself a link here);
+    anything leading out, by a link, ``..`` or an absolute path, is refused."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    async with EventBus() as bus:
+        coordinator = make_coordinator(bus, tmp_path / "root", SIMPLE_PLAN)
+        session = await coordinator.start_session("an idea", session_id="s1")
+        workspace = session.workspace
+        (workspace / "app").mkdir()
+        (workspace / "app" / "a.txt").write_text("a")
+        (workspace / "alias.txt").symlink_to(workspace / "app" / "a.txt")
+        (workspace / "linked").symlink_to(workspace / "app")
+        (workspace / "out.txt").symlink_to(outside)
+        (workspace / "escape").symlink_to(tmp_path)
+        context = AgentContext(
+            coordinator, session, coordinator.emitter(session), task("t1"), attempt=1
+        )
+        inside = ["app/a.txt", "./app//a.txt", "alias.txt", "linked/a.txt", "app/../app/a.txt"]
+        for path in [*inside, f"{workspace}/app/a.txt"]:
+            assert context.read_text(path) == "a", path
+        assert context.read_text("app/missing.txt") is None
+        assert context.read_text("missing/deeper.txt") is None
+        for path in ["out.txt", "escape/outside.txt", "../../outside.txt", str(outside)]:
+            with pytest.raises(ValueError, match="is outside the workspace"):
+                context.read_text(path)
+        with pytest.raises(ValueError, match="cwd 'escape' is outside the workspace"):
+            await context.run_command([sys.executable, "-c", "pass"], cwd="escape")
+        where = [sys.executable, "-c", "import os; print(os.getcwd())"]
+        result = await context.run_command(where, cwd="linked")
+        assert result.output.strip() == str((workspace / "app").resolve())

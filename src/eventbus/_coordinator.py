@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shlex
+import stat
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -133,8 +135,8 @@ class AgentContext:
 
     def read_text(self, path: str) -> str | None:
         """The content of ``path`` (relative to the workspace), or ``None`` if absent."""
-        target = (self.workspace / path).resolve()
-        if not target.is_relative_to(self.workspace.resolve()):
+        target = self._coordinator._inside(self.workspace, path)
+        if target is None:
             raise ValueError(f"{path!r} is outside the workspace")
         try:
             return target.read_text(encoding="utf-8")
@@ -172,8 +174,8 @@ class AgentContext:
 
         With ``check``, a non-zero exit raises :class:`CommandFailedError`.
         """
-        directory = (self.workspace / cwd).resolve()
-        if not directory.is_relative_to(self.workspace.resolve()):
+        directory = self._coordinator._inside(self.workspace, cwd)
+        if directory is None:
             raise ValueError(f"cwd {cwd!r} is outside the workspace")
         result = await self._coordinator._run_command(self._emitter, command, directory, cwd)
         if check and not result.ok:
@@ -262,8 +264,25 @@ class SessionCoordinator:
         self._max_text_chars = max_text_chars
         self._sessions: dict[str, Session] = {}
         self._emitters: dict[str, Emitter] = {}
+        self._real_workspaces: dict[Path, str] = {}
 
     # --- sessions -----------------------------------------------------------------
+
+    def _inside(self, workspace: Path, relative: str) -> Path | None:
+        """``workspace / relative`` with its symlinks followed; None if it leads outside.
+
+        The workspace's real path is resolved once (once it exists); below it,
+        a plain relative path costs one ``lstat`` per part, and only a path
+        with a symlink, ``..`` or an absolute part takes the full resolution.
+        """
+        root = self._real_workspaces.get(workspace)
+        if root is None:
+            root = os.path.realpath(workspace)
+            if os.path.isdir(root):
+                self._real_workspaces[workspace] = root
+        plain = _plain_join(root, relative)
+        target = Path(plain) if plain is not None else (Path(root) / relative).resolve()
+        return target if target.is_relative_to(root) else None
 
     def get_session(self, session_id: str) -> Session:
         """The session with this id, started by or given to this coordinator."""
@@ -722,6 +741,33 @@ class SessionCoordinator:
         updated = key in session.artifacts
         session.artifacts.add(key)
         await emitter.artifact(key, content, updated=updated)
+
+
+def _plain_join(root: str, relative: str) -> str | None:
+    """``root`` joined with ``relative`` if that crosses no symlink; None if it may.
+
+    None for an absolute path, a ``..`` part, a symlink among the existing
+    parts, or a system whose separator is not ``/``: the caller resolves those.
+    """
+    if os.sep != "/" or os.altsep is not None or relative.startswith("/"):
+        return None
+    current = root
+    exists = True
+    for part in relative.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            return None
+        current = os.path.join(current, part)
+        if exists:
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:  # nothing below it can be reached either
+                exists = False
+                continue
+            if stat.S_ISLNK(mode):
+                return None
+    return current
 
 
 def _ordered(plan: Plan, agents: Mapping[str, Agent]) -> list[TaskSpec]:
