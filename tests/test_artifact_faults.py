@@ -55,20 +55,20 @@ def unblock_after_first_failure(
     monkeypatch: pytest.MonkeyPatch, blocker: Path
 ) -> Callable[[], int]:
     """Remove ``blocker`` as soon as a save fails on it; return a count of those failures."""
-    real = sinks._artifact_files.write_atomic
+    real = sinks._artifact_files.replace_atomic
     failures = 0
 
-    def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:
+    def replace_atomic(directory: str, target: str, data: bytes, durable: bool) -> None:
         nonlocal failures
         try:
-            real(directory, filename, data, durable)
+            real(directory, target, data, durable)
         except NotADirectoryError:
             failures += 1
             if blocker.is_file():
                 blocker.unlink()
             raise
 
-    monkeypatch.setattr(sinks._artifact_store, "write_atomic", write_atomic)
+    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", replace_atomic)
     return lambda: failures
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from eventbus import (
     EventBatch,
     EventBus,
     EventType,
+    PartialWriteError,
     RetryPolicy,
     create_artifact_event,
     create_diff_event,
@@ -28,7 +30,13 @@ from eventbus import (
     create_session_event,
     create_task_event,
 )
-from sinks.artifacts import ArtifactSink, ArtifactStore, RunSummary, SessionArtifactQuery
+from sinks.artifacts import (
+    ArtifactSink,
+    ArtifactStore,
+    RunSummary,
+    SessionArtifactQuery,
+    UnsafeSymlinkError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -191,17 +199,67 @@ async def test_run_summary_is_written_once_per_batch_per_session(
 ) -> None:
     """A batch of many events over two sessions writes two summaries, not one per event."""
     written: list[str] = []
-    real = sinks._artifact_files.write_atomic
+    real = sinks._artifact_files.replace_atomic
 
-    def counting(directory: str, filename: str, data: bytes, durable: bool) -> None:
-        written.append(os.path.join(os.path.basename(os.path.dirname(directory)), filename))
-        real(directory, filename, data, durable)
+    def counting(directory: str, target: str, data: bytes, durable: bool) -> None:
+        written.append(os.path.relpath(target, root).replace(os.sep + "artifacts", ""))
+        real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks._artifact_store, "write_atomic", counting)
+    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", counting)
     events = [llm(f"s{i % 2}", 10, 5, 0.0) for i in range(100)]
     await ArtifactSink(root).write(EventBatch(events))
     assert sorted(written) == ["s0/run_summary.json", "s1/run_summary.json"]
     assert (await run_summary(root, "s0")).total_tokens == 750
+
+
+async def test_a_batch_fsyncs_every_file_and_each_directory_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three artifacts and the summary of one session: four files fsynced, one directory."""
+    await ArtifactSink(root).write([llm("s1", 1, 1, 0.0)])  # the directories exist now
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    directories: list[str] = []
+    real_directory = sinks._artifact_files.fsync_directory
+
+    def fsync_directory(path: str) -> None:
+        directories.append(os.path.relpath(path, root))
+        real_directory(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(sinks._artifact_store, "fsync_directory", fsync_directory)
+    events = [create_artifact_event("s1", key, {"key": key}) for key in ("a", "b", "c")]
+    await ArtifactSink(root).write([*events, llm("s1", 1, 1, 0.0)])
+    assert directories == [os.path.join("s1", "artifacts")]
+    assert synced == ["file"] * 4 + (["dir"] if os.name == "posix" else [])
+    assert await store(root).alist_artifacts() == ["a", "b", "c", "run_summary"]
+    assert (await run_summary(root)).event_count == 5
+
+
+async def test_a_batch_follows_an_artifact_linked_inside_the_root_and_refuses_one_leading_out(
+    root: Path, tmp_path: Path
+) -> None:
+    """A symlinked artifact is checked on its own: inside, its target is replaced (the
+    link stays); leading out, its session fails and nothing outside changes."""
+    await ArtifactSink(root).write([llm("s1", 1, 1, 0.0), llm("s2", 1, 1, 0.0)])
+    (root / "shared.json").write_text("{}")
+    (root / "s1" / "artifacts" / "concept.json").symlink_to(root / "shared.json")
+    (root / "s2" / "artifacts" / "concept.json").symlink_to(tmp_path / "outside" / "secret.json")
+    sink = ArtifactSink(root)
+    batch = [create_artifact_event(s, "concept", {"idea": s}) for s in ("s1", "s2")]
+    with pytest.raises(PartialWriteError, match="session 's2'"):
+        await sink.write(batch)
+    assert (root / "s1" / "artifacts" / "concept.json").is_symlink()
+    assert msgspec.json.decode((root / "shared.json").read_bytes()) == {"idea": "s1"}
+    assert (await run_summary(root, "s1")).event_count == 2
+    assert isinstance(sink.failed_sessions["s2"], UnsafeSymlinkError)
+    assert (tmp_path / "outside" / "secret.json").read_text() == '{"keep": true}'
+    assert (await run_summary(root, "s2")).event_count == 1
 
 
 async def test_bad_artifact_key_is_skipped_counted_and_logged(
@@ -261,15 +319,15 @@ async def test_failed_write_is_retried_without_counting_twice(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a write fails and the bus retries the batch, totals count each event once."""
-    real = sinks._artifact_files.write_atomic
+    real = sinks._artifact_files.replace_atomic
     failures = [OSError(28, "No space left on device")]
 
-    def flaky(directory: str, filename: str, data: bytes, durable: bool) -> None:
-        if filename == "run_summary.json" and failures:
+    def flaky(directory: str, target: str, data: bytes, durable: bool) -> None:
+        if os.path.basename(target) == "run_summary.json" and failures:
             raise failures.pop()
-        real(directory, filename, data, durable)
+        real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks._artifact_store, "write_atomic", flaky)
+    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", flaky)
     sink = ArtifactSink(root)
     async with EventBus(retry=RetryPolicy(retries=2, initial_delay=0.0)) as bus:
         bus.subscribe(sink)

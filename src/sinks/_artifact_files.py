@@ -2,7 +2,7 @@
 
 Shared by the store, the query and the sink of :mod:`sinks.artifacts` (see
 its docstring for the guarantees). An artifact ``key`` is the file
-``{key}.json``; a temporary file is ``.<random>.tmp``, never a valid key.
+``{key}.json``; a temporary file is ``.<unique>.tmp``, never a valid key.
 
 Only regular files are read or replaced: a FIFO, a device or a directory
 where an artifact should be raises :class:`NotARegularFileError` (reads
@@ -15,6 +15,7 @@ with :mod:`sinks.jsonl`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -32,6 +33,8 @@ ARTIFACTS_DIR = "artifacts"
 SUFFIX = ".json"
 """The suffix of an artifact's file name."""
 _TEMP_SUFFIX = ".tmp"
+_NONCE = secrets.token_hex(4)
+_SEQUENCE = itertools.count()
 
 
 def check_key(key: str) -> str:
@@ -72,44 +75,61 @@ def _make_directory(path: str, durable: bool) -> None:
 
 
 def _open_temp(directory: str) -> tuple[int, str]:
-    """Create a new temporary file in ``directory``; return its descriptor and path."""
+    """Create a new temporary file in ``directory``; return its descriptor and path.
+
+    The name is unique to this process (its pid, a random nonce and a
+    counter), so making one costs no system call; ``O_EXCL`` still refuses
+    any file already there.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        temp = os.path.join(directory, f".{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+        name = f".{os.getpid():x}-{_NONCE}-{next(_SEQUENCE):x}{_TEMP_SUFFIX}"
+        temp = os.path.join(directory, name)
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError:
             continue
 
 
-def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:
-    """Replace ``directory/filename`` by ``data`` all at once, even across a crash.
+def target_is_link(target: str) -> bool:
+    """Whether ``target``, which a save is about to replace, is a symlink.
 
-    The data goes to a temporary file in the same directory, is flushed and
-    (when ``durable``) fsynced, then renamed over the target; the directory
-    is fsynced so the rename itself survives a power loss. A target that
-    exists and is neither a regular file nor a symlink (a FIFO, a device, a
-    directory: something a person put there) is refused, not replaced.
+    False for a regular file or nothing there.
 
-    :raises NotARegularFileError: if the target is such a file
+    :raises NotARegularFileError: if ``target`` is anything else (a FIFO, a
+        device, a directory: something a person put there), which a save
+        refuses rather than replaces
     """
-    target = os.path.join(directory, filename)
     try:
         mode = os.lstat(target).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        pass
-    else:
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            raise NotARegularFileError(target, describe_mode(mode))
+        return False
+    if stat.S_ISLNK(mode):
+        return True
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(target, describe_mode(mode))
+    return False
+
+
+def replace_atomic(directory: str, target: str, data: bytes, durable: bool) -> None:
+    """Replace ``target`` (in ``directory``) by ``data``, all at once, even across a crash.
+
+    The data goes to a temporary file in ``directory`` (created with its
+    missing parents), is (when ``durable``) fsynced, then renamed over
+    ``target``. The caller checks the target first and fsyncs the directory
+    after: :func:`write_atomic` does both, a batch of saves fsyncs the
+    directory once.
+    """
     try:
         fd, temp = _open_temp(directory)
     except FileNotFoundError:
         _make_directory(directory, durable)
         fd, temp = _open_temp(directory)
     try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
+        with open(fd, "wb", buffering=0) as file:
+            view = memoryview(data)
+            while view:
+                view = view[file.write(view) :]
             if durable:
                 os.fsync(file.fileno())
         os.replace(temp, target)
@@ -117,6 +137,21 @@ def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> N
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:
+    """Replace ``directory/filename`` by ``data`` all at once, even across a crash.
+
+    See :func:`replace_atomic`; then the directory is fsynced (when
+    ``durable``) so the rename itself survives a power loss. A target that
+    exists and is neither a regular file nor a symlink is refused, not
+    replaced (a symlink itself is replaced).
+
+    :raises NotARegularFileError: if the target is such a file
+    """
+    target = os.path.join(directory, filename)
+    target_is_link(target)
+    replace_atomic(directory, target, data, durable)
     if durable:
         fsync_directory(directory)
 

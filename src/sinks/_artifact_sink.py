@@ -255,9 +255,9 @@ class ArtifactSink:
                 session.artifacts[key] = event.metadata["content"]
         for session_id, session in sessions.items():
             try:
-                for key, content in session.artifacts.items():
-                    session.store.save_artifact(key, content)
-                session.store.save_artifact(RUN_SUMMARY_KEY, session.tally.summary())
+                session.store._save_all(
+                    {**session.artifacts, RUN_SUMMARY_KEY: session.tally.summary()}
+                )
             except (OSError, EventBusError) as exc:
                 result.failed[session_id] = exc
                 result.before_failed[session_id] = session.before

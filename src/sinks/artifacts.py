@@ -15,9 +15,10 @@ Trust:
 
 - **Atomic writes.** An artifact is written to a temporary file in its own
   directory, flushed and fsynced, renamed over the old one with
-  ``os.replace``, and the directory is fsynced. A crash at any moment leaves
-  the old or the new artifact, never an empty or partial one. Temporary files
-  are named ``.<random>.tmp``: a crash may leave one behind, and no listing
+  ``os.replace``, and the directory is fsynced (once for all the files a
+  sink's batch saves there). A crash at any moment leaves the old or the
+  new artifact, never an empty or partial one. Temporary files are named
+  ``.<unique>.tmp``: a crash may leave one behind, and no listing
   ever shows it (keys cannot start with a dot).
 - **Names are validated.** Artifact keys and session ids are single file
   names that Windows, macOS and Linux can all hold, in Unicode NFC:
