@@ -11,20 +11,32 @@ in the same run:
 
 Each figure is the best of several runs (warm file cache). Run it with
 ``python benchmarks/bench_artifacts.py [SESSIONS]``.
+
+With ``--sink``, it times :class:`ArtifactSink` writing the events of
+``eventbus demo``'s 50-task session (no processes) into a new workspace, in
+batches of 1, 16 and 85 events (85: about the batches the sink gets in
+``bench_coordinator``), with and without fsync: the wall time and the CPU
+time (every thread, the kernel's share included) of a ``write``, median of
+the repeats.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sinks.artifacts import ArtifactStore, RunSummary, SessionArtifactQuery
+import anyio
+
+from eventbus import Event, EventBus, MemorySink
+from eventbus.cli._agents import IDEA, build_demo_coordinator
+from sinks.artifacts import ArtifactSink, ArtifactStore, RunSummary, SessionArtifactQuery
 
 REPEATS = 9
 
@@ -164,9 +176,8 @@ def best_of(function: Callable[[], object]) -> float:
     return min(times)
 
 
-def main() -> None:
+def listing(sessions: int) -> None:
     """Build the workspace, time each approach, print seconds and ratios."""
-    sessions = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         populate(root, sessions)
@@ -200,6 +211,70 @@ def main() -> None:
             ratio = f"{baseline / our_time:.2f}x" if baseline is not None else "-"
             print(f"{name:<36} {label:>10} {our_time:>10.4f} {ratio:>10}")
         print("(the one-pass ratio is against the seed's query + summary of each session)")
+
+
+# --- the sink ---------------------------------------------------------------------------------
+
+
+async def demo_events() -> list[Event]:
+    """The events of the demo's 50-task session (no processes)."""
+    recorder = MemorySink("recorder")
+    with tempfile.TemporaryDirectory() as directory:
+        async with EventBus() as bus:
+            bus.subscribe(recorder)
+            coordinator = build_demo_coordinator(
+                bus, Path(directory), tasks=50, run_commands=False, max_concurrency=4
+            )
+            await coordinator.run(IDEA)
+            await bus.flush()
+    return list(recorder.events)
+
+
+async def sink_writes(
+    events: Sequence[Event], size: int, durable: bool
+) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each ``write`` of ``events``, ``size`` at a time, into a new root."""
+    times = []
+    with tempfile.TemporaryDirectory() as directory:
+        sink = ArtifactSink(directory, durable=durable)
+        for start in range(0, len(events), size):
+            batch = events[start : start + size]
+            wall, cpu = time.perf_counter(), time.process_time()
+            await sink.write(batch)
+            times.append((time.perf_counter() - wall, time.process_time() - cpu))
+        await sink.aclose()
+    return times
+
+
+async def sink(repeats: int) -> None:
+    """Time ``ArtifactSink.write`` on the demo session's events."""
+    events = await demo_events()
+    print(f"ArtifactSink.write, the demo session's {len(events)} events, median of {repeats} runs")
+    print(f"{'batch':>6} {'fsync':>6} {'writes':>7} {'wall/write':>11} {'CPU/write':>10} "
+          f"{'wall/event':>11} {'CPU/event':>10}")  # fmt: skip
+    for durable in (True, False):
+        for size in (1, 16, 85):
+            runs = [await sink_writes(events, size, durable) for _ in range(repeats)]
+            wall = statistics.median(sum(w for w, _ in run) for run in runs)
+            cpu = statistics.median(sum(c for _, c in run) for run in runs)
+            writes = len(runs[0])
+            print(
+                f"{size:>6} {'on' if durable else 'off':>6} {writes:>7}"
+                f" {wall / writes * 1e6:>9.0f}us {cpu / writes * 1e6:>8.0f}us"
+                f" {wall / len(events) * 1e6:>9.1f}us {cpu / len(events) * 1e6:>8.1f}us"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sessions", type=int, nargs="?", default=1000)
+    parser.add_argument("--sink", action="store_true", help="time ArtifactSink.write instead")
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    args = parser.parse_args()
+    if args.sink:
+        anyio.run(sink, args.repeats)
+    else:
+        listing(args.sessions)
 
 
 if __name__ == "__main__":
