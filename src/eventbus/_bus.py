@@ -634,7 +634,16 @@ class EventBus:
             await self._wait_progress()
             if self._state != "running":
                 raise BusClosedError("publish", self._state)
-        self._append(event, line)
+        if self._active:  # _append, inlined: this is the hot path
+            self._events.append(event)
+            self._lines.append(line)
+            self._head += 1
+            if self._idle and not self._wake_scheduled:
+                self._wake_idle_soon()
+            if self._feeds:
+                self._feed(event)
+        else:
+            self._append(event, line)
 
     def publish_threadsafe(self, event: Event) -> None:
         """Publish from a thread other than the bus's event loop thread.
@@ -675,8 +684,11 @@ class EventBus:
     def _feed(self, event: Event) -> None:
         """Put ``event`` into every listener whose query it matches."""
         for query, listener in self._feeds:
-            if query is None or query.matches(event):
-                listener._put(event)
+            if query is None or query.matches(event):  # Listener._put, inlined
+                listener._buffer.append(event)
+                listener._received += 1
+                if listener._waiters:
+                    listener._wake()
 
     async def flush(self) -> None:
         """Wait until every event published before the call is handled by every
