@@ -99,12 +99,12 @@ class Listener(AsyncIterator["Event | Gap"]):
 
     async def __anext__(self) -> Event | Gap:
         while True:
-            missed = self._gap()
-            if missed:
-                return Gap(missed)
-            if self._buffer:
+            buffer = self._buffer
+            if self._received - self._taken - len(buffer) != self._reported:
+                return Gap(self._gap())
+            if buffer:
                 self._taken += 1
-                return self._buffer.popleft()
+                return buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
             if self._signal is None:
