@@ -169,3 +169,46 @@ def test_a_late_event_failing_part_way_leaves_the_index_as_before(
     assert index.add([late]) == 1
     assert index.get_events() == sorted([*early, late], key=lambda e: e.timestamp)
     assert index.get_events(session_id=late.session_id)[17] == late
+
+
+@pytest.mark.parametrize("step", ["postings", "usage"])
+def test_a_small_batch_failing_part_way_after_a_late_event_leaves_the_index_as_before(
+    monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Once the time order is in chunks, a failed batch in order is taken back from them too."""
+    from sinks._index_postings import Postings
+    from sinks._index_usage import UsageTable
+
+    index = EventIndex()
+    index.add([event(i, i) for i in range(100)])
+    index.add([event(50.5, 100)])  # late: the time order becomes chunks
+    before = index.get_events()
+    batch = [
+        Event(
+            event_type=EventType.LLM_RESPONSE_RECEIVED,
+            session_id="s1",
+            message="response",
+            timestamp=T0 + timedelta(seconds=200 + i),
+            metadata={"prompt_tokens": 3},
+            parent_id=None,
+        )
+        for i in range(4)
+    ]
+    target: Any = Postings if step == "postings" else UsageTable
+    original = target.append_all if step == "postings" else target.add
+
+    def fail_after_doing_it(self: Any, *args: Any) -> None:
+        original(self, *args)
+        raise MemoryError("simulated: memory ran out mid-batch")
+
+    monkeypatch.setattr(target, "append_all" if step == "postings" else "add", fail_after_doing_it)
+    with pytest.raises(MemoryError, match="mid-batch"):
+        index.add(batch)
+    assert index.get_events() == before
+    assert index.count(session_id="s1") == 34
+    assert index.usage().responses == 0
+    monkeypatch.undo()
+    assert index.add(batch) == 4
+    assert index.get_events() == [*before, *batch]
+    assert index.get_events(event_type=EventType.LLM_RESPONSE_RECEIVED, session_id="s1") == batch
+    assert index.usage().prompt_tokens == 12

@@ -18,7 +18,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, MutableSequence, Sequence
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter, eq
+from itertools import islice
+from operator import attrgetter, eq, lt
 from typing import Any, Final, TypeAlias
 
 from eventbus import Event
@@ -217,12 +218,18 @@ class TimeOrder:
         if self.last is None or newest > self.last:
             self.last = newest
 
-    def append_run(self, stamps: list[Any], last_id: str) -> int:
+    def append_newest(self, stamps: list[Any], last_id: str) -> int:
         """Add the rows of events after the newest held, in order; return the first position.
 
-        The caller has checked that ``stamps`` increase from after :attr:`last`
-        (see :meth:`is_newest`); ``last_id`` is the last event's id.
+        ``stamps`` are the events' timestamps, ``last_id`` the last one's id.
+        Returns -1, having added nothing, unless the first sorts after every
+        event held (no tie possible) and each of the rest after the one before.
         """
+        last = self.last
+        if (last is not None and not stamps[0] > last[0]) or (
+            len(stamps) > 1 and not all(map(lt, stamps, islice(stamps, 1, None)))
+        ):
+            return -1
         ts = self.ts
         first = len(ts)
         ts.extend(stamps)
@@ -264,11 +271,6 @@ class TimeOrder:
         return (
             self.sorted and last is not None and (stamp, event_id) <= last and live >= _INSERT_RATIO
         )
-
-    def is_newest(self, stamp: Any) -> bool:
-        """Whether an event stamped ``stamp`` sorts after every event held (no tie possible)."""
-        last = self.last
-        return last is None or stamp > last[0]
 
     def saved(self) -> tuple[Any, ...]:
         """What :meth:`restore` needs to undo the rows added from now on."""

@@ -88,7 +88,6 @@ from ._index_postings import (
     both,
     columns_of,
     cut,
-    increasing,
     scan,
     time_sorted,
 )
@@ -238,7 +237,7 @@ class EventIndex:
         """
         if self._low_memory:
             raise LocationRequiredError("index events written by a bus")
-        self._add(list(events), None)
+        self._add(list(iter(events)), None)  # iter: no call of the batch's __len__
 
     async def aclose(self) -> None:
         """Release open log files (the bus calls this); the index stays queryable."""
@@ -349,17 +348,39 @@ class EventIndex:
         index is exactly as before and the same batch can be given again.
         """
         time = self._time
-        given, duplicates = len(events), time.duplicates
+        given = len(events)
+        if located is None and 0 < given <= FEW and not self._low_memory:
+            # The live path (the bus's batches are small): events after every one
+            # held, in order, need no checks for late or held ones, nor columns.
+            last = time.last
+            first = time.append_newest(list(map(_get_timestamp, events)), events[-1].id)
+            if first >= 0:
+                self._events.extend(events)
+                usage_rows = -1
+                try:
+                    self._postings.append_all(events, first)
+                    responses = self._postings.lists[_TYPE].get(RESPONSE)
+                    if responses and responses[-1] >= first:  # the batch holds responses
+                        usage_rows = len(self._usage.positions)
+                        self._usage.add(events, first)
+                except BaseException:
+                    undo = (first, None, last, time.sorted, time.duplicates)  # as time.saved()
+                    if usage_rows < 0:
+                        usage_rows = len(self._usage.positions)
+                    self._take_back(undo, self._live, usage_rows)
+                    raise
+                self._live += given
+                if not bulk and (self._max_events is not None or not time.sorted):
+                    self._settle()
+                return given
+        duplicates = time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)
         try:
-            if located is not None or self._low_memory or not 0 < given <= FEW:
+            event = events[0] if given == 1 and located is None and not self._low_memory else None
+            if event is not None and time.is_late(event.timestamp, event.id, self._live):
+                self._index_late(event)  # one event, late: inserted in place
+            else:
                 self._index(events, located, bulk=bulk)
-            elif not self._index_newest(events):
-                event = events[0]
-                if given == 1 and time.is_late(event.timestamp, event.id, self._live):
-                    self._index_late(event)  # one event, late: inserted in place
-                else:
-                    self._index(events, None, bulk=bulk)
         except BaseException:
             self._take_back(*saved)
             raise
@@ -416,24 +437,6 @@ class EventIndex:
                 self._postings.insert_one(ROW(events[i]), time.ts, positions[i], self._id_at)
         self._usage.add(events, first)
         self._live += n
-
-    def _index_newest(self, events: list[Event]) -> bool:
-        """Index a few events (memory mode) if they sort after every one held, in order.
-
-        What :meth:`_index` does for such a batch (the live path: the bus's
-        batches are small), without its checks for late or held events.
-        Returns False, having done nothing, if they do not sort so.
-        """
-        time = self._time
-        stamps = list(map(_get_timestamp, events))
-        if not time.is_newest(stamps[0]) or (len(stamps) > 1 and not increasing(stamps)):
-            return False
-        first = time.append_run(stamps, events[-1].id)
-        self._events.extend(events)
-        self._postings.append_all(events, first)
-        self._usage.add(events, first)
-        self._live += len(events)
-        return True
 
     def _index_late(self, event: Event) -> None:
         """Index one event that sorts before the newest held (memory mode), in place.
