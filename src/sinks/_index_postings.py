@@ -274,9 +274,12 @@ class Postings:
         return posting, self.starts[field].get(value, 0)
 
     def append_all(
-        self, events: Sequence[Event], first: int, columns: Sequence[Sequence[Any]] | None = None
+        self,
+        events: Sequence[Event],
+        positions: Sequence[int],
+        columns: Sequence[Sequence[Any]] | None = None,
     ) -> None:
-        """Append ``events`` (the newest, in time order) at the positions from ``first`` on.
+        """Append ``events`` (the newest, in time order) at ``positions`` to their postings.
 
         A few are appended one by one (a loop costs less than setting up a
         pass in C per field); more, a field at a time (:meth:`_append`), from
@@ -286,8 +289,9 @@ class Postings:
         if n <= FEW:
             types, sessions, phases, tasks, roles, models, _ = self.lists
             pairs = self._pairs
-            position = first  # one int per event, shared by its postings
-            for event_type, session, phase, task, role, model in map(ROW, events):
+            for (event_type, session, phase, task, role, model), position in zip(
+                map(ROW, events), positions, strict=True
+            ):
                 types[event_type].append(position)
                 sessions[session].append(position)
                 if phase is not None:
@@ -299,11 +303,9 @@ class Postings:
                 if model is not None:
                     models[model].append(position)
                 pairs[session][event_type].append(position)
-                position += 1
             return
         if columns is None:
             columns = columns_of(events)
-        positions = list(range(first, first + n))  # shared by every posting
         for field, values in enumerate(columns):
             self._append(field, values, positions)
         session_of, type_of = columns[_SESSION], columns[_TYPE]

@@ -121,12 +121,12 @@ class UsageTable:
         self.total: list[int] = [0] * 6
         self.groups: dict[str, dict[Any, list[int]]] = {name: {} for name in USAGE_FIELDS}
 
-    def add(self, events: Sequence[Event], first: int) -> None:
-        """Add a row per response among ``events``, at the positions from ``first`` on."""
+    def add(self, events: Sequence[Event], positions: Sequence[int]) -> None:
+        """Add a row per response among ``events`` (at ``positions``)."""
         if len(events) <= _FEW:
-            for i, event in enumerate(events):
+            for event, position in zip(events, positions, strict=True):
                 if event.event_type == RESPONSE:
-                    self.add_one(event.metadata, first + i)
+                    self.add_one(event.metadata, position)
             return
         types = list(map(_get_type, events))
         count = types.count(RESPONSE)
@@ -153,7 +153,7 @@ class UsageTable:
             picos: list[int] = list(map(round, map(mul, costs, repeat(float(_PICO)))))
         else:
             picos = list(map(_picodollars, costs))
-        added = [first + i for i in responses]
+        added = [positions[i] for i in responses]
         start = len(self.positions)
         self.row.update(zip(added, range(start, start + count), strict=True))
         self.positions.extend(added)

@@ -356,13 +356,14 @@ class EventIndex:
             first = time.append_newest(list(map(_get_timestamp, events)), events[-1].id)
             if first >= 0:
                 self._events.extend(events)
+                positions = list(range(first, first + given))  # shared by every posting
                 usage_rows = -1
                 try:
-                    self._postings.append_all(events, first)
+                    self._postings.append_all(events, positions)
                     responses = self._postings.lists[_TYPE].get(RESPONSE)
                     if responses and responses[-1] >= first:  # the batch holds responses
                         usage_rows = len(self._usage.positions)
-                        self._usage.add(events, first)
+                        self._usage.add(events, positions)
                 except BaseException:
                     undo = (first, None, last, time.sorted, time.duplicates)  # as time.saved()
                     if usage_rows < 0:
@@ -424,18 +425,18 @@ class EventIndex:
             self._rows.extend(located, ids, columns)
         else:
             self._events.extend(events)
-        positions = list(range(first, first + n))
+        positions = list(range(first, first + n))  # shared by every posting
         time.add(stamps, ids, positions, late, insert, self._id_at)
         # Postings: append what sorts after the newest event, insert the rest in place.
         start = late if insert else 0
-        if start < n:
-            if start:
-                columns = None
-            self._postings.append_all(events[start:] if start else events, first + start, columns)
+        if start == 0:
+            self._postings.append_all(events, positions, columns)
+        elif start < n:
+            self._postings.append_all(events[start:], positions[start:])
         if insert:
             for i in range(late):
                 self._postings.insert_one(ROW(events[i]), time.ts, positions[i], self._id_at)
-        self._usage.add(events, first)
+        self._usage.add(events, positions)
         self._live += n
 
     def _index_late(self, event: Event) -> None:
