@@ -212,3 +212,76 @@ def test_a_small_batch_failing_part_way_after_a_late_event_leaves_the_index_as_b
     assert index.get_events() == [*before, *batch]
     assert index.get_events(event_type=EventType.LLM_RESPONSE_RECEIVED, session_id="s1") == batch
     assert index.usage().prompt_tokens == 12
+
+
+# Operations on one posting: ("append", how many), ("late", stamp, id) or ("evict", how many).
+posting_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 9)),
+        st.tuples(st.just("late"), st.integers(0, 40), st.integers(0, 5)),
+        st.tuples(st.just("evict"), st.integers(1, 4)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=posting_steps,
+    arrays=st.booleans(),
+    probes=st.lists(st.integers(-1, 42), max_size=6),
+)
+def test_a_posting_with_late_inserts_reads_like_a_sorted_list(
+    steps: list[tuple[int | str, ...]], arrays: bool, probes: list[int]
+) -> None:
+    """Appends, late inserts (ties by id, never before the evicted) and evictions: a sorted list."""
+    from sinks._index_postings import PAIRS, Postings, cut
+
+    ts: list[int] = []
+    ids: list[str] = []
+    row = (EventType.INFO, "s1", None, None, None, None)
+    postings = Postings(arrays=arrays)
+    model: list[int] = []
+    start = 0
+    for step in steps:
+        if step[0] == "append":
+            first, stop = len(ts), len(ts) + int(step[1])
+            newest = max(ts, default=0)
+            ts += [newest + 1 + i for i in range(stop - first)]
+            ids += ["0"] * (stop - first)
+            batch = [event(0, 1)] * (stop - first)  # session s1, INFO, as `row`
+            postings.append_all(batch, list(range(first, stop)))
+            model += range(first, stop)
+        elif step[0] == "late":
+            position = len(ts)
+            ts.append(int(step[1]))
+            ids.append(str(step[2]))
+            postings.insert_one(row, ts, position, ids.__getitem__)
+            keys = [(ts[p], ids[p]) for p in model[start:]]
+            model.insert(start + bisect_left(keys, (ts[position], ids[position])), position)
+        else:
+            k = min(len(model) - start, int(step[1]))
+            start += k
+            postings.evict([[row[0]] * k, ["s1"] * k, *[[None] * k] * 4, [("s1", row[0])] * k])
+        for field, value in ((0, row[0]), (1, "s1"), (PAIRS, ("s1", row[0]))):
+            found = postings.get(field, value)
+            assert found is not None or not model
+            if found is not None:
+                assert list(found[0]) == model
+                assert found[1] == start
+    if not model:
+        return
+    found = postings.get(1, "s1")
+    assert found is not None
+    sequence = found[0]
+    assert [sequence[i] for i in range(-len(model), len(model))] == model + model
+    for lo in range(len(model) + 1):
+        for hi in (lo, lo + 1, lo + 7, len(model)):
+            assert list(sequence[lo:hi]) == model[lo:hi]
+    stamps = [ts[p] for p in model[start:]]
+    for stamp in probes:
+        for low, high in ((stamp, None), (None, stamp), (stamp, stamp + 3)):
+            lo = start if low is None else start + bisect_left(stamps, low)
+            hi = len(model) if high is None else start + bisect_right(stamps, high)
+            expected = (lo, max(lo, hi))
+            assert cut(sequence, start, ts, (low, None, high), ids.__getitem__) == expected
