@@ -227,9 +227,10 @@ def _index(items: list[bool], wanted: bool, start: int) -> int:
 class _Made(dict[Any, Any]):
     """A dict that gives a key it lacks the value ``make(key)``, stored (like ``defaultdict``).
 
-    Postings are appended by ``map(append, map(made.__getitem__, values),
-    positions)``: one pass in C per field, with no Python code run per event
-    (about 20 ns an event less than a loop); ``make`` runs once per new value.
+    A large batch's postings are appended by ``map(append, map(made.__getitem__,
+    values), positions)``: one pass in C per field, with no Python code run per
+    event (about 20 ns an event less than a loop); a small batch's by
+    ``made[value].append(position)``; ``make`` runs once per new value.
     """
 
     __slots__ = ("make",)
