@@ -101,8 +101,9 @@ class JsonlSink:
     - **On the event loop**, in ``"none"`` and ``"flush"`` mode, when the
       batch is at most 64 KiB and every session in it has its log open
       already: a ``stat`` and a ``write`` into the page cache per session,
-      about 2-4 us for one event, against 60-250 us for a thread hop. This
-      is the live path: a coordinator publishing one event at a time.
+      about 5-7 us for one event, against 60-250 us for a thread hop. This
+      is the live path: a coordinator publishing one event at a time (a
+      batch of one takes a shorter path, without grouping by session).
     - **In a worker thread**, everything else: ``"fsync"`` (a disk flush can
       take milliseconds), batches over 64 KiB, and opening a log (creating
       directories, locking, repairing a torn last line); also when a thread
