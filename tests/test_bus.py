@@ -533,7 +533,7 @@ class TestThreads:
             await sink.writing.wait()
             tg.start_soon(anyio.to_thread.run_sync, produce, bus)
             with anyio.fail_after(5):
-                while not bus._progress_waiting:  # the thread's publish waits for space
+                while not bus._progress:  # the thread's publish waits for space
                     await anyio.lowlevel.checkpoint()
             sink.gate.set()  # leaving the block now drains event 0 and closes
         assert len(outcome) == 1

@@ -50,7 +50,7 @@ from ._event import Event, EventType
 from ._listen import Listener
 from ._names import validate_session_id
 from ._query import EventQuery
-from ._signal import Signal, signal_factory
+from ._signal import Signal, Waiters, signal_factory
 from ._sink import Sink, sink_name
 
 __all__ = ["BusStats", "EventBus", "RetryPolicy", "Subscription", "SubscriptionStats"]
@@ -298,9 +298,7 @@ class EventBus:
         self._waker_scope: anyio.CancelScope | None = None
         self._inline_writes = 0  # flushers writing for a subscription
         self._signal: Callable[[], Signal] = anyio.Event
-        # One signal per task waiting for progress (a shared asyncio future would be
-        # cancelled for all its waiters when one of them is cancelled).
-        self._progress_waiting: list[Signal] = []
+        self._progress = Waiters()  # tasks waiting for a cursor to move
 
     # --- lifetime ---------------------------------------------------------
 
@@ -308,6 +306,7 @@ class EventBus:
         if self._state != "new":
             raise EventBusError("an EventBus can be entered only once; create a new one")
         self._signal = signal_factory()
+        self._progress = Waiters(self._signal)
         try:
             self._call_soon = asyncio.get_running_loop().call_soon
             self._asyncio = True
@@ -688,7 +687,7 @@ class EventBus:
                 listener._buffer.append(event)
                 listener._received += 1
                 if listener._waiters:
-                    listener._wake()
+                    listener._waiters.wake()
 
     async def flush(self) -> None:
         """Wait until every event published before the call is handled by every
@@ -778,7 +777,7 @@ class EventBus:
     def _release(self, sub: Subscription) -> None:
         """A flusher's write for ``sub`` ended: wake its task if it has work or must exit."""
         sub._writing = sub._inline = False
-        if self._progress_waiting and self._state != "running":
+        if self._progress and self._state != "running":
             self._notify_progress()  # closing may wait for this write
         if sub._ready is not None and (
             sub._handoff is not None
@@ -970,7 +969,7 @@ class EventBus:
         sub._cursor += count
         if was_floor:
             self._update_floor()
-        if self._progress_waiting:
+        if self._progress:
             self._notify_progress()
 
     def _deactivate(self, sub: Subscription) -> None:
@@ -1129,22 +1128,11 @@ class EventBus:
 
     async def _wait_progress(self) -> None:
         """Wait until a cursor moves, a sink is deactivated or the bus closes."""
-        signal = self._signal()
-        waiting = self._progress_waiting
-        waiting.append(signal)
-        try:
-            await signal.wait()
-        except BaseException:
-            if waiting is self._progress_waiting:  # not notified: cancelled
-                waiting.remove(signal)
-            raise
+        await self._progress.wait()
 
     def _notify_progress(self) -> None:
-        waiting = self._progress_waiting
-        if waiting:
-            self._progress_waiting = []
-            for signal in waiting:
-                signal.set()
+        if self._progress:
+            self._progress.wake()
 
 
 def _protected_from_interrupts(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 
 from ._event import Event
-from ._signal import Signal, signal_factory
+from ._signal import Waiters
 
 __all__ = ["Gap", "Listener"]
 
@@ -44,10 +44,7 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._taken = 0
         self._reported = 0
         self._closed = False
-        # One signal per waiting reader (a shared asyncio future would be cancelled
-        # for every reader when one of them is cancelled).
-        self._waiters: list[Signal] = []
-        self._signal: Callable[[], Signal] | None = None  # made in the reader's loop
+        self._waiters = Waiters()  # the readers waiting for an event
 
     @property
     def missed(self) -> int:
@@ -72,7 +69,7 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._buffer.append(event)
         self._received += 1
         if self._waiters:
-            self._wake()
+            self._waiters.wake()
 
     async def aclose(self) -> None:
         """End iteration once the buffered events have been consumed."""
@@ -80,11 +77,8 @@ class Listener(AsyncIterator["Event | Gap"]):
         self._wake()
 
     def _wake(self) -> None:
-        waiters = self._waiters
-        if waiters:
-            self._waiters = []
-            for signal in waiters:
-                signal.set()
+        if self._waiters:
+            self._waiters.wake()
 
     # The consumer side.
 
@@ -107,17 +101,7 @@ class Listener(AsyncIterator["Event | Gap"]):
                 return buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
-            if self._signal is None:
-                self._signal = signal_factory()
-            signal = self._signal()
-            waiters = self._waiters
-            waiters.append(signal)
-            try:
-                await signal.wait()
-            except BaseException:
-                if waiters is self._waiters:  # not woken: cancelled
-                    waiters.remove(signal)
-                raise
+            await self._waiters.wait()
 
     def get_nowait(self) -> list[Event | Gap]:
         """Return everything buffered now (gap first, if any) without waiting."""

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import anyio
 
-__all__ = ["Signal", "signal_factory"]
+__all__ = ["Signal", "Waiters", "signal_factory"]
 
 
 class Signal(Protocol):
@@ -75,3 +75,39 @@ def _running_trio() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class Waiters(list[Signal]):
+    """The tasks waiting for one thing to happen, each with its own signal.
+
+    A list, so that "is anyone waiting?" is a C-level truth test. One signal
+    per waiter, not one shared: on asyncio, cancelling a task that awaits a
+    future cancels the future, which would wake every other waiter with a
+    cancellation that is not theirs.
+    """
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], Signal] | None = None) -> None:
+        super().__init__()
+        self._make = make
+
+    async def wait(self) -> None:
+        """Wait until :meth:`wake` is called (signals are made in the caller's event loop)."""
+        if self._make is None:
+            self._make = signal_factory()
+        signal = self._make()
+        self.append(signal)
+        try:
+            await signal.wait()
+        except BaseException:
+            if signal in self:  # not woken: cancelled
+                self.remove(signal)
+            raise
+
+    def wake(self) -> None:
+        """Wake every task waiting now."""
+        signals = self.copy()
+        self.clear()
+        for signal in signals:
+            signal.set()
