@@ -140,6 +140,30 @@ def test_query_limit_says_how_to_get_the_next_page(
     assert json.loads(first.splitlines()[-1])["id"] == after
 
 
+def test_query_pages_a_seed_format_log_by_the_ids_the_index_derives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lines without ids (duplicates too): the --after hint is the indexed id, and pages on."""
+    root = tmp_path / "ws"
+    lines = []
+    for i in range(6):
+        stored = json.loads(encode_event(event("s", f"seed {i}", i // 2)))
+        del stored["id"], stored["parent_id"]
+        lines.append(json.dumps(stored).encode() + b"\n")
+    (root / "s").mkdir(parents=True)
+    (root / "s" / "events.jsonl").write_bytes(b"".join([*lines, b"\n", *lines[:2]]))
+    workspace = Workspace(root)
+    events, _ = workspace.events()
+    assert len({e.id for e in events}) == len(events) == 8
+    _, first, err = run(capsys, "query", str(root), "--limit", "3", "--json")
+    after = err.split("--after ")[1].split(")")[0]
+    assert after == events[2].id
+    assert first.encode().splitlines() == workspace.read_lines(events[:3])
+    _, rest, err = run(capsys, "query", str(root), "--after", after, "--json")
+    assert err == ""
+    assert rest.encode().splitlines() == workspace.read_lines(events[3:])
+
+
 # --- tail ----------------------------------------------------------------------------------
 
 

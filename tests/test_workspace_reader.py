@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import anyio
 import pytest
 
+import sinks._workspace_scan
 from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
+from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog
 from sinks.memory import UnknownEventIdError
@@ -449,3 +453,88 @@ def test_workspace_lines_are_the_files_lines(root: Path, make: Callable[[Path], 
         (root / "b" / "events.jsonl").read_bytes().splitlines(keepends=True)
     )
     assert os.fspath(workspace.root) == os.fspath(root)
+
+
+# --- logs in the seed's format (lines without ids) ---------------------------------------
+
+
+def seed_line(session: str, message: str, seconds: float, **fields: Any) -> bytes:
+    """A line as the seed wrote it: no ``id``, no ``parent_id``."""
+    stored = json.loads(encode_event(info(session, message, seconds, **fields)))
+    del stored["id"], stored["parent_id"]
+    return json.dumps(stored).encode() + b"\n"
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Path:
+    """A seed-format log of many chunks (duplicate lines, a blank, a corrupt and a
+    timeless line in its middle) beside a log with ids; times interleave."""
+    workspace = tmp_path / "ws"
+    lines = []
+    for i in range(240):
+        line = seed_line("old", f"old {i}", i // 3, phase="PLAN" if i % 4 else "EXECUTION")
+        lines.append(line)
+        if i % 7 == 0:
+            lines.append(line)  # the same bytes at another offset: another event
+        if i == 80:
+            lines.append(b"\n")
+        if i == 120:
+            lines.append(b'{"event_type": "info", "session_id": "old", "mess\n')
+        if i == 160:
+            lines.append(b'{"event_type": "info", "session_id": "old", "message": "no time"}\n')
+        if i == 200:
+            lines.append(b" \t\r\n")
+    append_raw(workspace, "old", b"".join(lines))
+    append(workspace, *(info("new", f"new {i}", i * 2 + 0.5, phase="PLAN") for i in range(40)))
+    return workspace
+
+
+SEED_QUERIES = [
+    pytest.param(EventQuery(), id="all"),
+    pytest.param(EventQuery(phase="EXECUTION"), id="phase"),
+    pytest.param(EventQuery(start_time=at(20), end_time=at(50)), id="times"),
+]
+
+
+@pytest.mark.parametrize("query", SEED_QUERIES)
+def test_a_scan_derives_the_ids_an_event_log_derives(seeded: Path, query: EventQuery) -> None:
+    """Without an index, lines without ids get EventLog's ids (their offsets'), in many chunks."""
+    with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+        scanned, _ = Workspace(seeded, index=False).events(query)
+    indexed, _ = Workspace(seeded).events(query)
+    with EventLog(seeded / "old" / "events.jsonl") as log:
+        logged = query.filter(log.get_events())
+    assert len(logged) > 30
+    assert len({e.id for e in logged}) == len(logged)  # duplicate lines: distinct ids
+    assert [e.id for e in scanned] == [e.id for e in indexed]
+    assert scanned == indexed
+    assert [e for e in scanned if e.session_id == "old"] == sorted(logged, key=key_of)
+
+
+def test_pages_after_derived_ids_are_the_index_pages(seeded: Path) -> None:
+    """after=<derived id> pages the same way with and without an index."""
+    pages: dict[bool, list[list[str]]] = {}
+    for indexed in (True, False):
+        workspace = Workspace(seeded, index=indexed)
+        pages[indexed] = []
+        after: str | None = None
+        with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+            while True:
+                page, after = workspace.events(limit=37, after=after)
+                pages[indexed].append([e.id for e in page])
+                if after is None:
+                    break
+    assert pages[False] == pages[True]
+    assert sum(map(len, pages[True])) == len(Workspace(seeded).events()[0])
+    with EventLog(seeded / "old" / "events.jsonl") as log:
+        copies = [e for e in log.get_events() if e.message in ("old 0", "old 119", "old 238")]
+    assert len(copies) == 6  # each line twice
+    for event in copies:
+        scanned, _ = Workspace(seeded, index=False).events(after=event.id, limit=5)
+        assert scanned == Workspace(seeded).events(after=event.id, limit=5)[0]
+
+
+def test_an_unknown_after_id_is_refused_over_a_seed_format_log(seeded: Path) -> None:
+    """Deriving ids does not make an id that no line has known."""
+    with pytest.raises(UnknownEventIdError):
+        Workspace(seeded, index=False).events(after="0" * 32)

@@ -3,15 +3,18 @@
 Each chunk of complete lines is decoded into a light record holding only the
 fields queries filter on (no message, no metadata), filtered with C-level
 loops, and only the matching lines are decoded into :class:`~eventbus.Event`:
-a selective query over a log costs less than loading it.
+a selective query over a log costs less than loading it. A line without an
+``id`` (the seed's format) is decoded with its byte offset, so it gets the id
+:class:`~sinks.jsonl.EventLog` and the index derive; only chunks holding such
+lines pay for the offsets.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
-from itertools import compress, repeat
+from datetime import UTC, datetime, timedelta
+from itertools import accumulate, compress, repeat
 from operator import attrgetter, eq
 from typing import Any
 
@@ -53,8 +56,8 @@ def key_of(event: Event) -> Key:
     return event.timestamp, event.id
 
 
-def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int]]:
-    """``(data, cut)``: ``data[:cut]`` is a run of complete lines, from ``start`` on."""
+def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
+    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``."""
     position, size = start, CHUNK
     while True:
         want = size if stop is None else min(size, stop - position)
@@ -63,7 +66,7 @@ def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int
         data = os.pread(fd, want, position)
         cut = data.rfind(b"\n") + 1
         if cut:
-            yield data, cut
+            yield data, cut, position
             position += cut
             if len(data) < want:
                 return
@@ -74,17 +77,68 @@ def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int
             size *= 2
 
 
-def _decoded(data: bytes, cut: int, timed: bool) -> tuple[list[Any], list[bytes] | None]:
-    """Light records of the lines of ``data[:cut]``; the lines too if they had to be split.
+class _Chunk:
+    """The light records of a run of complete lines, and (once split) their lines.
 
-    On the fast path (every line valid) the lines are not split: callers split
-    them only when a record matched.
+    ``lines`` is ``None`` while the lines are not split (the fast path: every
+    line valid); ``offsets`` is ``None`` while each line's offset was not
+    needed: only lines without an ``id`` need it, to derive theirs.
     """
-    decoder = _timed if timed else _light
-    try:
-        return decoder.decode_lines(memoryview(data)[:cut]), None
-    except msgspec.DecodeError:
-        return _one_by_one(_lines(data), decoder)
+
+    __slots__ = ("cut", "data", "lines", "offsets", "records", "start", "timed")
+
+    def __init__(self, data: bytes, cut: int, start: int, timed: bool) -> None:
+        self.data, self.cut, self.start, self.timed = data, cut, start, timed
+        self.lines: list[bytes] | None = None
+        self.offsets: list[int] | None = None
+        try:
+            self.records: list[Any] = self._decoder.decode_lines(memoryview(data)[:cut])
+        except msgspec.DecodeError:
+            self._one_by_one()
+
+    @property
+    def _decoder(self) -> Any:
+        return _timed if self.timed else _light
+
+    def align(self) -> bool:
+        """Split the lines, one per record (``True`` if the records had to be remade)."""
+        if self.lines is not None:
+            return False
+        self.lines = _lines(self.data)
+        if len(self.lines) == len(self.records):
+            return False
+        self._one_by_one()  # blank lines, which msgspec skipped
+        return True
+
+    def offset_list(self) -> list[int]:
+        """Each line's offset in its log (after :meth:`align`)."""
+        if self.offsets is None:
+            assert self.lines is not None
+            self.offsets = list(accumulate(map(len, self.lines), _next_line, initial=self.start))
+        return self.offsets
+
+    def _one_by_one(self) -> None:
+        """The slow path: skip blank and corrupt lines, keep records, lines, offsets aligned."""
+        decoder = self._decoder
+        records: list[Any] = []
+        kept: list[bytes] = []
+        offsets: list[int] = []
+        position = self.start
+        for line in _lines(self.data):
+            here, position = position, position + len(line) + 1
+            if not line.strip(_BLANK):
+                continue
+            try:
+                records.append(decoder.decode(line))
+            except msgspec.DecodeError:
+                continue
+            kept.append(line)
+            offsets.append(here)
+        self.records, self.lines, self.offsets = records, kept, offsets
+
+
+def _next_line(offset: int, size: int) -> int:
+    return offset + size + 1
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -92,34 +146,6 @@ def _lines(data: bytes) -> list[bytes]:
     lines = data.split(b"\n")
     lines.pop()
     return lines
-
-
-def _one_by_one(lines: list[bytes], decoder: Any) -> tuple[list[Any], list[bytes]]:
-    """The slow path: skip blank and corrupt lines, keep records and lines aligned."""
-    records: list[Any] = []
-    kept: list[bytes] = []
-    for line in lines:
-        if not line.strip(_BLANK):
-            continue
-        try:
-            records.append(decoder.decode(line))
-        except msgspec.DecodeError:
-            continue
-        kept.append(line)
-    return records, kept
-
-
-def _aligned(
-    data: bytes, records: list[Any], lines: list[bytes] | None, timed: bool
-) -> tuple[list[Any], list[bytes], bool]:
-    """Records and lines, one for one (``True`` if the records had to be remade)."""
-    if lines is not None:
-        return records, lines, False
-    lines = _lines(data)
-    if len(lines) == len(records):
-        return records, lines, False
-    records, lines = _one_by_one(lines, _timed if timed else _light)  # blank lines
-    return records, lines, True
 
 
 def _select(records: list[Any], query: EventQuery) -> list[int]:
@@ -158,50 +184,112 @@ def scan_log(
     """Yield, per chunk, the events of the log at ``path`` matching ``query``, with their lines.
 
     Reads complete lines only, up to byte ``stop`` if given. A missing log
-    yields nothing.
+    yields nothing. A line without an id gets the one its offset derives (as
+    :class:`~sinks.jsonl.EventLog` gives it).
     """
     fd = open_log(path)
     if fd is None:
         return
     timed = query.start_time is not None or query.end_time is not None
     try:
-        for data, cut in _regions(fd, 0, stop):
-            records, lines = _decoded(data, cut, timed)
-            chosen = _select(records, query)
+        for data, cut, start in _regions(fd, 0, stop):
+            chunk = _Chunk(data, cut, start, timed)
+            chosen = _select(chunk.records, query)
             if not chosen:
                 continue
-            records, lines, remade = _aligned(data, records, lines, timed)
-            if remade:
-                chosen = _select(records, query)
+            if chunk.align():
+                chosen = _select(chunk.records, query)
+            records, lines = chunk.records, chunk.lines
+            assert lines is not None
             found = []
-            for i in chosen:
-                try:
-                    found.append((decode_event(lines[i]), lines[i]))
-                except EventDecodeError:  # a line with the light fields but not an event
-                    continue
+            if all(map(_get_id, map(records.__getitem__, chosen))):  # no id to derive
+                for i in chosen:
+                    try:
+                        found.append((decode_event(lines[i]), lines[i]))
+                    except EventDecodeError:  # a line with the light fields but not an event
+                        continue
+            else:
+                offsets = chunk.offset_list()
+                for i in chosen:
+                    try:
+                        found.append((decode_event(lines[i], offset=offsets[i]), lines[i]))
+                    except EventDecodeError:
+                        continue
             yield found
     finally:
         os.close(fd)
 
 
 def find_key(paths: list[str], event_id: str) -> Key | None:
-    """The time-order key of the event with ``event_id`` in any of the logs, or ``None``."""
+    """The time-order key of the event with ``event_id`` in any of the logs, or ``None``.
+
+    In each chunk an id a line stores is looked for first; if no line stores
+    it, the lines without an id whose timestamp falls in the millisecond the id
+    starts with are decoded with their offsets, to find one deriving it.
+    """
+    window = _derived_window(event_id)
     for path in paths:
         fd = open_log(path)
         if fd is None:
             continue
         try:
-            for data, cut in _regions(fd, 0, None):
-                records, lines = _decoded(data, cut, False)
-                if event_id not in map(_get_id, records):
-                    continue
-                records, lines, _ = _aligned(data, records, lines, False)
-                ids = list(map(_get_id, records))
-                try:
-                    event = decode_event(lines[ids.index(event_id)])
-                except EventDecodeError:
-                    continue
-                return key_of(event)
+            for data, cut, start in _regions(fd, 0, None):
+                key = _find_in(_Chunk(data, cut, start, False), event_id, window)
+                if key is not None:
+                    return key
         finally:
             os.close(fd)
     return None
+
+
+def _find_in(chunk: _Chunk, event_id: str, window: EventQuery | None) -> Key | None:
+    """The key of ``event_id`` in ``chunk``, stored or derived, or ``None``."""
+    ids = list(map(_get_id, chunk.records))
+    if event_id in ids:
+        chunk.align()
+        ids = list(map(_get_id, chunk.records))
+        candidates = [i for i, stored in enumerate(ids) if stored == event_id]
+        return _key_at(chunk, candidates, None)
+    if window is None or "" not in ids:
+        return None
+    chunk = _Chunk(chunk.data, chunk.cut, chunk.start, True)  # with the lines' timestamps
+    chunk.align()
+    records = chunk.records
+    candidates = [i for i in _select(records, window) if not records[i].id]
+    return _key_at(chunk, candidates, event_id)
+
+
+def _key_at(chunk: _Chunk, candidates: list[int], derived: str | None) -> Key | None:
+    """The key of the first candidate line that decodes (to the id ``derived``, if given)."""
+    lines = chunk.lines
+    assert lines is not None
+    offsets = chunk.offset_list() if derived is not None and candidates else None
+    for i in candidates:
+        try:
+            event = decode_event(lines[i], offset=0 if offsets is None else offsets[i])
+        except EventDecodeError:
+            continue
+        if derived is None or event.id == derived:
+            return key_of(event)
+    return None
+
+
+def _derived_window(event_id: str) -> EventQuery | None:
+    """The times of the lines that can derive ``event_id`` (``None``: no line can).
+
+    A derived id starts with the Unix millisecond of its event's timestamp,
+    as 12 hex digits (0 for any time before 1970).
+    """
+    if len(event_id) != 32:
+        return None
+    try:
+        ms = int(event_id[:12], 16)
+        first = _EPOCH + timedelta(milliseconds=ms)
+    except (ValueError, OverflowError):  # not hex, or a millisecond after year 9999
+        return None
+    last = first + _LAST_MICROSECOND
+    return EventQuery(start_time=None if ms == 0 else first, end_time=last)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MICROSECOND = timedelta(microseconds=999)
