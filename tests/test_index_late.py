@@ -31,7 +31,8 @@ def event(seconds: float, index: int) -> Event:
     )
 
 
-# Operations on a Chunks: ("append", how many), ("late", stamp, id) or ("evict", how many).
+# Operations on a Chunks, or on one posting: ("append", how many), ("late", stamp, id) or
+# ("evict", how many).
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(1, 9)),
@@ -214,20 +215,9 @@ def test_a_small_batch_failing_part_way_after_a_late_event_leaves_the_index_as_b
     assert index.usage().prompt_tokens == 12
 
 
-# Operations on one posting: ("append", how many), ("late", stamp, id) or ("evict", how many).
-posting_steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("append"), st.integers(1, 9)),
-        st.tuples(st.just("late"), st.integers(0, 40), st.integers(0, 5)),
-        st.tuples(st.just("evict"), st.integers(1, 4)),
-    ),
-    max_size=80,
-)
-
-
 @settings(max_examples=300, deadline=None)
 @given(
-    steps=posting_steps,
+    steps=operations,  # here on one posting
     arrays=st.booleans(),
     probes=st.lists(st.integers(-1, 42), max_size=6),
 )

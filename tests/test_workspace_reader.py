@@ -536,5 +536,5 @@ def test_pages_after_derived_ids_are_the_index_pages(seeded: Path) -> None:
 
 def test_an_unknown_after_id_is_refused_over_a_seed_format_log(seeded: Path) -> None:
     """Deriving ids does not make an id that no line has known."""
-    with pytest.raises(UnknownEventIdError):
+    with pytest.raises(UnknownEventIdError, match=r"^after='0{32}': no event with this id"):
         Workspace(seeded, index=False).events(after="0" * 32)
