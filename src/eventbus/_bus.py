@@ -702,12 +702,12 @@ class EventBus:
         to them. Re-raises a ``KeyboardInterrupt`` or ``SystemExit`` that a
         sink raised.
 
-        A lossless sink whose task is idle (waiting for events)
-        gets its batch from the flushing task itself, with no task switch
-        (one attempt: a failure goes to the sink's task, which retries it per
-        the policy); a sink that is busy writes it from its own task. Either
-        way one sink never has two writes running, and every call with
-        events pending yields once to the other tasks.
+        A lossless sink whose task is idle (waiting for events) gets its
+        batch from the flushing task itself, with no task switch (one
+        attempt: a failure goes to the sink's task, which retries it per the
+        policy); a sink that is busy writes it from its own task. Either way
+        one sink never has two writes running, and every call with events
+        pending yields once to the other tasks.
         """
         target = self._head
         pending = idle = False
