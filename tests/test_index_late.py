@@ -31,6 +31,38 @@ def event(seconds: float, index: int) -> Event:
     )
 
 
+class SortedModel:
+    """What a time order must read like: row positions sorted by (stamp, id).
+
+    ``ts``/``ids`` hold every row's stamp and id; ``order`` the positions in
+    time order; the first ``start`` of them are evicted.
+    """
+
+    def __init__(self, rows: int = 0) -> None:
+        self.ts: list[int] = [i // 2 for i in range(rows)]  # ties: two rows per stamp
+        self.ids: list[str] = [f"{i % 2}" for i in range(rows)]
+        self.order: list[int] = list(range(rows))
+        self.start = 0
+
+    def append(self, count: int) -> range:
+        """Add ``count`` rows after every one held; return their positions."""
+        first = len(self.ts)
+        newest = max(self.ts, default=0)
+        self.ts += [newest + 1 + i for i in range(count)]
+        self.ids += ["0"] * count
+        self.order += range(first, first + count)
+        return range(first, first + count)
+
+    def late(self, stamp: int, event_id: str) -> int:
+        """Add a row at ``stamp`` (ties by id, never before the evicted); return its position."""
+        position = len(self.ts)
+        self.ts.append(stamp)
+        self.ids.append(event_id)
+        keys = [(self.ts[p], self.ids[p]) for p in self.order[self.start :]]
+        self.order.insert(self.start + bisect_left(keys, (stamp, event_id)), position)
+        return position
+
+
 # Operations on a Chunks, or on one posting: ("append", how many), ("late", stamp, id) or
 # ("evict", how many).
 operations = st.lists(
@@ -54,35 +86,26 @@ def test_chunks_insert_read_and_bisect_like_a_sorted_list(
     steps: list[tuple[int | str, ...]], chunk: int, start_as_range: int, probes: list[int]
 ) -> None:
     """Inserts (ties by id, never before the evicted), appends, reads and bisects match a list."""
-    ts: list[int] = [i // 2 for i in range(start_as_range)]  # ties: two rows per stamp
-    ids: list[str] = [f"{i % 2}" for i in range(start_as_range)]
+    rows = SortedModel(start_as_range)
+    ts, ids, model = rows.ts, rows.ids, rows.order
     with mock.patch.object(sinks._index_chunks, "_CHUNK", chunk):
         order = Chunks([range(start_as_range)])
-        model = list(range(start_as_range))
-        start = 0
         for step in steps:
             if step[0] == "append":
-                first, stop = len(ts), len(ts) + int(step[1])
-                newest = max(ts, default=0)
-                ts += [newest + 1 + i for i in range(stop - first)]
-                ids += ["0"] * (stop - first)
-                order.append_run(first, stop)
-                model += range(first, stop)
+                added = rows.append(int(step[1]))
+                order.append_run(added.start, added.stop)
             elif step[0] == "late":
-                position = len(ts)
-                ts.append(int(step[1]))
-                ids.append(str(step[2]))
-                order.insort(position, start, ts, ids.__getitem__)
-                keys = [(ts[p], ids[p]) for p in model[start:]]
-                model.insert(start + bisect_left(keys, (ts[position], ids[position])), position)
+                position = rows.late(int(step[1]), str(step[2]))
+                order.insort(position, rows.start, ts, ids.__getitem__)
             else:
-                start = min(len(model), start + int(step[1]))
+                rows.start = min(len(model), rows.start + int(step[1]))
             assert list(order) == model
             assert len(order) == len(model)
         assert [order[i] for i in range(-len(model), len(model))] == model + model
         for lo in range(len(model) + 1):
             for hi in (lo, lo + 1, lo + 7, len(model)):
                 assert list(order[lo:hi]) == model[lo:hi]
+        start = rows.start
         stamps = [ts[p] for p in model[start:]]  # the evicted ones need not be in order
         for stamp in probes:
             assert order.bisect(ts, stamp, start, right=False) == start + bisect_left(stamps, stamp)
@@ -227,38 +250,28 @@ def test_a_posting_with_late_inserts_reads_like_a_sorted_list(
     """Appends, late inserts (ties by id, never before the evicted) and evictions: a sorted list."""
     from sinks._index_postings import PAIRS, Postings, cut
 
-    ts: list[int] = []
-    ids: list[str] = []
+    rows = SortedModel()
+    ts, ids, model = rows.ts, rows.ids, rows.order
     row = (EventType.INFO, "s1", None, None, None, None)
     postings = Postings(arrays=arrays)
-    model: list[int] = []
-    start = 0
     for step in steps:
         if step[0] == "append":
-            first, stop = len(ts), len(ts) + int(step[1])
-            newest = max(ts, default=0)
-            ts += [newest + 1 + i for i in range(stop - first)]
-            ids += ["0"] * (stop - first)
-            batch = [event(0, 1)] * (stop - first)  # session s1, INFO, as `row`
-            postings.append_all(batch, list(range(first, stop)))
-            model += range(first, stop)
+            added = rows.append(int(step[1]))
+            batch = [event(0, 1)] * len(added)  # session s1, INFO, as `row`
+            postings.append_all(batch, list(added))
         elif step[0] == "late":
-            position = len(ts)
-            ts.append(int(step[1]))
-            ids.append(str(step[2]))
+            position = rows.late(int(step[1]), str(step[2]))
             postings.insert_one(row, ts, position, ids.__getitem__)
-            keys = [(ts[p], ids[p]) for p in model[start:]]
-            model.insert(start + bisect_left(keys, (ts[position], ids[position])), position)
         else:
-            k = min(len(model) - start, int(step[1]))
-            start += k
+            k = min(len(model) - rows.start, int(step[1]))
+            rows.start += k
             postings.evict([[row[0]] * k, ["s1"] * k, *[[None] * k] * 4, [("s1", row[0])] * k])
         for field, value in ((0, row[0]), (1, "s1"), (PAIRS, ("s1", row[0]))):
             found = postings.get(field, value)
             assert found is not None or not model
             if found is not None:
                 assert list(found[0]) == model
-                assert found[1] == start
+                assert found[1] == rows.start
     if not model:
         return
     found = postings.get(1, "s1")
@@ -268,10 +281,10 @@ def test_a_posting_with_late_inserts_reads_like_a_sorted_list(
     for lo in range(len(model) + 1):
         for hi in (lo, lo + 1, lo + 7, len(model)):
             assert list(sequence[lo:hi]) == model[lo:hi]
-    stamps = [ts[p] for p in model[start:]]
+    stamps = [ts[p] for p in model[rows.start :]]
     for stamp in probes:
         for low, high in ((stamp, None), (None, stamp), (stamp, stamp + 3)):
-            lo = start if low is None else start + bisect_left(stamps, low)
-            hi = len(model) if high is None else start + bisect_right(stamps, high)
+            lo = rows.start if low is None else rows.start + bisect_left(stamps, low)
+            hi = len(model) if high is None else rows.start + bisect_right(stamps, high)
             expected = (lo, max(lo, hi))
-            assert cut(sequence, start, ts, (low, None, high), ids.__getitem__) == expected
+            assert cut(sequence, rows.start, ts, (low, None, high), ids.__getitem__) == expected
