@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 
 from eventbus import Event, EventBus, MemorySink
-from eventbus.cli._agents import IDEA, build_demo_coordinator
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
 from sinks.artifacts import ArtifactSink, ArtifactStore, RunSummary, SessionArtifactQuery
 
 REPEATS = 9

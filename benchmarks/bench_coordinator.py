@@ -38,7 +38,7 @@ from pathlib import Path
 import anyio
 
 from eventbus import Event, EventBus, MemorySink
-from eventbus.cli._agents import IDEA, build_demo_coordinator
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import JsonlSink
 

@@ -8,7 +8,7 @@ Builds N realistic events (8 interleaved sessions, ~30 event types, tasks of
 
 1. per query: the seed's ``get_events`` (a list comprehension per filter, over
    the same events as the seed's dataclass, ``_seed.SeedEvent``) and
-   :class:`sinks.memory.EventIndex`, the time of each and their ratio, next to
+   :class:`sinks.index.EventIndex`, the time of each and their ratio, next to
    the issue's target;
 2. the cost of keeping the index current, per event (``add`` and the bus's
    ``write``), and where it goes (a profile of ``add``); and in the demo
@@ -42,8 +42,8 @@ import anyio
 from _seed import SeedEvent, seed_get_events
 
 from eventbus import Event, EventBus, EventQuery, EventType, decode_events, encode_jsonl
-from eventbus.cli._agents import IDEA, build_demo_coordinator
-from sinks.memory import EventIndex, TokenUsage
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
+from sinks.index import EventIndex, TokenUsage
 
 T = EventType
 # One task's events: 40, ~30 types, two LLM responses (5% of all events).

@@ -43,7 +43,7 @@ import msgspec
 
 from eventbus import Event, EventBatch, EventBus, EventType, encode_event
 from sinks import JsonlSink
-from sinks.memory import EventIndex
+from sinks.index import EventIndex
 
 MODELS = ["gpt-4o", "claude-sonnet", "llama-70b"]
 ROLES = ["planner", "coder", "reviewer", "tester"]

@@ -19,8 +19,8 @@ import nats
 
 from eventbus import Event, EventBus, EventType, MemorySink
 from sinks.artifacts import ArtifactSink
+from sinks.index import EventIndex
 from sinks.jsonl import JsonlSink
-from sinks.memory import EventIndex
 from sinks.nats import JetStreamSink, JetStreamSource
 
 URL = "nats://127.0.0.1:4222"

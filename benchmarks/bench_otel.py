@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from eventbus import Event, EventBus, EventType
-from eventbus.cli._agents import IDEA, build_demo_coordinator
 from eventbus.cli._otel import export_logs
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
 from sinks.jsonl import JsonlSink
 from sinks.otel import OtelSink
 

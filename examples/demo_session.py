@@ -24,15 +24,12 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from eventbus import (
+from eventbus import Event, EventBus, EventQuery, EventType
+from eventbus.coordinator import (
     AgentContext,
     AgentResult,
     ClarificationRequest,
     CommandVerifier,
-    Event,
-    EventBus,
-    EventQuery,
-    EventType,
     GateCheck,
     GateResult,
     ModelPrice,

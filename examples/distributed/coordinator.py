@@ -22,14 +22,13 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from eventbus import (
+from eventbus import EventBus, RetryPolicy
+from eventbus.coordinator import (
     AgentContext,
     AgentResult,
-    EventBus,
     ModelRequest,
     ModelResponse,
     Plan,
-    RetryPolicy,
     SessionCoordinator,
     StaticRouter,
     TaskSpec,

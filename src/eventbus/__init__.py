@@ -3,7 +3,16 @@
 Publish typed :class:`Event`\\ s onto an :class:`EventBus`; sinks (any object
 with ``async write(events)`` and ``async aclose()``) receive them in batches,
 listeners watch them live. See the README for the contracts.
+
+This package is the core: the event model, its codec, queries, names, the
+bus, listeners, the :class:`Sink` protocol, :class:`MemorySink`, the errors
+and the seed's ``create_*_event`` helpers. The reference coordinator that
+drives sessions is :mod:`eventbus.coordinator`; the sinks are the
+:mod:`sinks` package. Importing ``eventbus`` loads neither.
 """
+
+import importlib as _importlib
+from typing import Any as _Any
 
 from ._bus import BusStats, EventBus, RetryPolicy, Subscription, SubscriptionStats
 from ._codec import (
@@ -14,7 +23,6 @@ from ._codec import (
     encode_jsonl,
     encoded_lines,
 )
-from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
 from ._errors import (
     BusClosedError,
     BusFullError,
@@ -26,8 +34,7 @@ from ._errors import (
     SinkFailedError,
 )
 from ._event import Event, EventType, current_parent_id, new_event_id, parent_scope
-from ._helpers import (
-    GateDecision,
+from ._factories import (
     create_agent_event,
     create_artifact_event,
     create_clarification_event,
@@ -42,68 +49,15 @@ from ._helpers import (
     create_task_event,
     create_verification_event,
 )
-from ._instrument import AgentSpan, Emitter, LLMCall, ModelPrice, TaskSpan, VerificationSpan
 from ._listen import Gap, Listener
 from ._names import InvalidNameError, is_valid_name, validate_name, validate_session_id
-from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
 from ._query import EventQuery, as_utc
-from ._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
-from ._session import (
-    Agent,
-    AgentResult,
-    ClarificationRequest,
-    Clarifier,
-    CommandResult,
-    CommandVerifier,
-    Gate,
-    GateCheck,
-    GateResult,
-    ModelClient,
-    ModelRequest,
-    ModelResponse,
-    ModelRouter,
-    ModelUsage,
-    PatchApplier,
-    Plan,
-    Route,
-    Session,
-    SessionPhase,
-    StaticRouter,
-    TaskSpec,
-    TaskStatus,
-    Verifier,
-)
-from ._session_errors import (
-    ClarificationUnavailableError,
-    CommandFailedError,
-    GateBlockedError,
-    PatchError,
-    PhaseError,
-    PlanError,
-    SessionError,
-    TasksFailedError,
-    UsageNotReportedError,
-    VerificationFailedError,
-)
 from ._sink import MemorySink, Sink
 
 __all__ = [
-    "DEFAULT_MAX_TEXT_CHARS",
-    "REDACTED",
-    "Agent",
-    "AgentContext",
-    "AgentResult",
-    "AgentSpan",
     "BusClosedError",
     "BusFullError",
     "BusStats",
-    "ClarificationRequest",
-    "ClarificationUnavailableError",
-    "Clarifier",
-    "CommandFailedError",
-    "CommandResult",
-    "CommandVerifier",
-    "Emitter",
     "Event",
     "EventBatch",
     "EventBus",
@@ -114,50 +68,15 @@ __all__ = [
     "EventType",
     "EventsLostError",
     "Gap",
-    "Gate",
-    "GateBlockedError",
-    "GateCheck",
-    "GateDecision",
-    "GateResult",
     "InvalidNameError",
-    "LLMCall",
     "Listener",
     "MemorySink",
-    "ModelClient",
-    "ModelPrice",
-    "ModelRequest",
-    "ModelResponse",
-    "ModelRouter",
-    "ModelUsage",
     "PartialWriteError",
-    "PatchApplier",
-    "PatchError",
-    "PatchResult",
-    "PhaseError",
-    "Plan",
-    "PlanError",
-    "Redactor",
     "RetryPolicy",
-    "Route",
-    "Session",
-    "SessionCoordinator",
-    "SessionError",
-    "SessionPhase",
     "Sink",
     "SinkFailedError",
-    "StaticRouter",
     "Subscription",
     "SubscriptionStats",
-    "TaskSpan",
-    "TaskSpec",
-    "TaskStatus",
-    "TasksFailedError",
-    "UnifiedDiffApplier",
-    "UsageNotReportedError",
-    "VerificationFailedError",
-    "VerificationSpan",
-    "Verifier",
-    "apply_unified_diff",
     "as_utc",
     "create_agent_event",
     "create_artifact_event",
@@ -178,14 +97,80 @@ __all__ = [
     "encode_event",
     "encode_jsonl",
     "encoded_lines",
-    "estimate_tokens",
     "is_valid_name",
-    "make_unified_diff",
     "new_event_id",
     "parent_scope",
-    "redact_secrets",
     "validate_name",
     "validate_session_id",
 ]
 
 __version__ = "0.1.0"
+
+# What ``eventbus`` exported before the coordinator moved to its own package;
+# resolved by ``__getattr__`` below (tests pin it to ``eventbus.coordinator.__all__``).
+_MOVED_TO_COORDINATOR = frozenset(
+    (
+        "DEFAULT_MAX_TEXT_CHARS",
+        "REDACTED",
+        "Agent",
+        "AgentContext",
+        "AgentResult",
+        "AgentSpan",
+        "ClarificationRequest",
+        "ClarificationUnavailableError",
+        "Clarifier",
+        "CommandFailedError",
+        "CommandResult",
+        "CommandVerifier",
+        "Emitter",
+        "Gate",
+        "GateBlockedError",
+        "GateCheck",
+        "GateDecision",
+        "GateResult",
+        "LLMCall",
+        "ModelClient",
+        "ModelPrice",
+        "ModelRequest",
+        "ModelResponse",
+        "ModelRouter",
+        "ModelUsage",
+        "PatchApplier",
+        "PatchError",
+        "PatchResult",
+        "PhaseError",
+        "Plan",
+        "PlanError",
+        "Redactor",
+        "Route",
+        "Session",
+        "SessionCoordinator",
+        "SessionError",
+        "SessionPhase",
+        "StaticRouter",
+        "TaskSpan",
+        "TaskSpec",
+        "TaskStatus",
+        "TasksFailedError",
+        "UnifiedDiffApplier",
+        "UsageNotReportedError",
+        "VerificationFailedError",
+        "VerificationSpan",
+        "Verifier",
+        "apply_unified_diff",
+        "estimate_tokens",
+        "make_unified_diff",
+        "redact_secrets",
+    )
+)
+
+
+def __getattr__(name: str) -> _Any:
+    """Resolve the names that moved to :mod:`eventbus.coordinator`, on first use.
+
+    ``from eventbus import SessionCoordinator`` keeps working; the import of
+    the coordinator happens only then, so ``import eventbus`` stays the core.
+    """
+    if name in _MOVED_TO_COORDINATOR:
+        return getattr(_importlib.import_module("eventbus.coordinator"), name)
+    raise AttributeError(f"module 'eventbus' has no attribute {name!r}")

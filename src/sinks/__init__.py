@@ -29,6 +29,16 @@ from .artifacts import (
     SessionInfo,
     SessionSummary,
 )
+from .index import (
+    EventIndex,
+    EventIndexError,
+    IndexArgumentError,
+    LocationRequiredError,
+    StaleLogError,
+    TokenUsage,
+    UnknownEventIdError,
+    UsageField,
+)
 from .jsonl import (
     LOG_FILE_NAME,
     CorruptLogError,
@@ -42,16 +52,6 @@ from .jsonl import (
     UnsafeSymlinkError,
     WrittenCallback,
     iter_log,
-)
-from .memory import (
-    EventIndex,
-    EventIndexError,
-    IndexArgumentError,
-    LocationRequiredError,
-    StaleLogError,
-    TokenUsage,
-    UnknownEventIdError,
-    UsageField,
 )
 from .workspace import USAGE_KEYS, InvalidTimeError, SessionNotFoundError, Workspace, parse_time
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ._jsonl_files import UnsafeSymlinkError
+from ._files import UnsafeSymlinkError
 
 __all__ = ["UnsafeSymlinkError", "check_link", "resolve_inside"]
 

@@ -11,13 +11,18 @@ import msgspec
 import pytest
 
 from eventbus import (
-    AgentContext,
-    AgentResult,
-    Emitter,
     Event,
     EventBus,
     EventType,
     MemorySink,
+    create_llm_request_event,
+    create_llm_response_event,
+    encode_event,
+)
+from eventbus.coordinator import (
+    AgentContext,
+    AgentResult,
+    Emitter,
     ModelRequest,
     ModelResponse,
     Plan,
@@ -25,12 +30,9 @@ from eventbus import (
     SessionCoordinator,
     StaticRouter,
     TaskSpec,
-    create_llm_request_event,
-    create_llm_response_event,
-    encode_event,
     redact_secrets,
 )
-from eventbus.cli._agents import IDEA, build_demo_coordinator
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
 from sinks.artifacts import ArtifactSink, SessionArtifactQuery
 
 # Fake secrets, built so that no scanner mistakes this file for a leak.

@@ -10,16 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from eventbus import (
-    Emitter,
-    Event,
-    EventBus,
-    EventType,
-    MemorySink,
-    ModelPrice,
-    UsageNotReportedError,
-    parent_scope,
-)
+from eventbus import Event, EventBus, EventType, MemorySink, parent_scope
+from eventbus.coordinator import Emitter, ModelPrice, UsageNotReportedError
 
 pytestmark = pytest.mark.anyio
 

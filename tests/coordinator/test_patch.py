@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from eventbus import PatchError, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
+from eventbus.coordinator import (
+    PatchError,
+    UnifiedDiffApplier,
+    apply_unified_diff,
+    make_unified_diff,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -19,25 +19,21 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from eventbus import (
+from eventbus import Event, EventBus, EventType, MemorySink, RetryPolicy
+from eventbus.coordinator import (
     AgentContext,
     AgentResult,
     ClarificationRequest,
     CommandVerifier,
-    Event,
-    EventBus,
-    EventType,
     GateBlockedError,
     GateCheck,
     GateDecision,
     GateResult,
-    MemorySink,
     ModelPrice,
     ModelRequest,
     ModelResponse,
     PhaseError,
     Plan,
-    RetryPolicy,
     Route,
     Session,
     SessionCoordinator,

@@ -25,8 +25,8 @@ from eventbus import (
     decode_event,
     encode_event,
 )
+from sinks.index import EventIndex
 from sinks.jsonl import EventLog, JsonlSink
-from sinks.memory import EventIndex
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -267,7 +267,7 @@ IN_ORDER = [usage_event(i) for i in range(100, 110)]
 @pytest.mark.parametrize("batch", [IN_ORDER, LATE], ids=["in-order", "late"])
 @pytest.mark.parametrize(
     "step",
-    ["sinks._index_postings.Postings.append_all", "sinks._index_usage.UsageTable.add"],
+    ["sinks.index._postings.Postings.append_all", "sinks.index._usage.UsageTable.add"],
     ids=["postings", "usage"],
 )
 def test_a_batch_failing_part_way_leaves_the_index_as_before(
@@ -313,7 +313,7 @@ async def test_index_write_of_a_failing_batch_is_retried_and_lands_once(
 ) -> None:
     """Through the bus: the first write fails in the postings, the retry indexes each event once."""
     from eventbus import RetryPolicy
-    from sinks._index_postings import Postings
+    from sinks.index._postings import Postings
 
     original = Postings.append_all
     calls = {"n": 0}

@@ -24,9 +24,9 @@ from eventbus import (
     RetryPolicy,
     SinkFailedError,
 )
-from sinks._jsonl_write import LogWriter
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import JsonlSink
+from sinks.jsonl._write import LogWriter
 
 pytestmark = pytest.mark.anyio
 

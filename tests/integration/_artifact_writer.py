@@ -22,7 +22,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-import sinks._artifact_files
+import sinks.artifacts._files
 from sinks.artifacts import ArtifactStore
 
 MAX_VERSIONS = 100_000
@@ -99,7 +99,7 @@ def instrument(progress: Progress) -> None:
         real_replace(src, dst)
 
     # setattr: these replace functions for this process only, whatever their stubs say
-    setattr(sinks._artifact_files, "open", tracked_open)  # noqa: B010
+    setattr(sinks.artifacts._files, "open", tracked_open)  # noqa: B010
     setattr(os, "fsync", fsync)  # noqa: B010
     setattr(os, "replace", replace)  # noqa: B010
 

@@ -24,7 +24,7 @@ from sinks.jsonl import iter_log
 
 __all__ = ["private_nats"]  # a fixture, imported for pytest
 
-COORDINATOR = Path(__file__).resolve().parent.parent / "examples/distributed/coordinator.py"
+COORDINATOR = Path(__file__).resolve().parents[2] / "examples/distributed/coordinator.py"
 #: A whole run of a process: far more than it takes, short enough to fail a hung one.
 TIMEOUT = 60
 

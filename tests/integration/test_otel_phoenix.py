@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from eventbus import Event, EventBus, EventType
 from eventbus.cli import main
-from eventbus.cli._agents import IDEA, build_demo_coordinator
+from eventbus.coordinator._demo_agents import IDEA, build_demo_coordinator
 from sinks.jsonl import LOG_FILE_NAME, JsonlSink, iter_log
 from sinks.otel import OtelSink, span_id_for, trace_id_for
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.service
 SESSION = "phoenix-live"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STARTUP_TIMEOUT = 90  # seconds; about 15 here (database migrations)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _unavailable(reason: str) -> None:

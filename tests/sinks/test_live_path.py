@@ -25,8 +25,8 @@ from eventbus import (
     SinkFailedError,
     encode_event,
 )
+from sinks.index import EventIndex, TokenUsage
 from sinks.jsonl import JsonlSink
-from sinks.memory import EventIndex, TokenUsage
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

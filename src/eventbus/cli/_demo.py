@@ -32,9 +32,9 @@ from .._bus import EventBus
 from .._event import Event, EventType
 from .._names import validate_session_id
 from .._query import EventQuery
-from .._session import Session
 from .._sink import MemorySink, Sink
-from ._agents import IDEA, build_demo_coordinator
+from ..coordinator._demo_agents import IDEA, build_demo_coordinator
+from ..coordinator._session import Session
 from ._common import CommandError, Subparsers, import_extra, interruptible, port, positive, table
 
 __all__ = [

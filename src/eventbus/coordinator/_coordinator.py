@@ -33,12 +33,22 @@ from typing import Any
 
 import anyio
 
-from ._bus import EventBus, RetryPolicy
-from ._event import EventType, parent_scope
+from .._bus import EventBus, RetryPolicy
+from .._event import EventType, parent_scope
+from .._names import InvalidNameError, validate_name, validate_session_id
+from .._redact import DEFAULT_MAX_TEXT_CHARS, Redactor, redact_secrets
+from ._errors import (
+    ClarificationUnavailableError,
+    CommandFailedError,
+    GateBlockedError,
+    PhaseError,
+    PlanError,
+    SessionError,
+    TasksFailedError,
+    VerificationFailedError,
+)
 from ._instrument import Emitter, ModelPrice
-from ._names import InvalidNameError, validate_name, validate_session_id
 from ._patch import PatchResult, UnifiedDiffApplier
-from ._redact import DEFAULT_MAX_TEXT_CHARS, Redactor, redact_secrets
 from ._session import (
     Agent,
     AgentResult,
@@ -59,16 +69,6 @@ from ._session import (
     TaskStatus,
     Verifier,
     new_session_id,
-)
-from ._session_errors import (
-    ClarificationUnavailableError,
-    CommandFailedError,
-    GateBlockedError,
-    PhaseError,
-    PlanError,
-    SessionError,
-    TasksFailedError,
-    VerificationFailedError,
 )
 
 __all__ = ["AgentContext", "SessionCoordinator", "estimate_tokens"]

@@ -23,10 +23,10 @@ from os import PathLike
 import anyio.lowlevel
 
 from .._bus import EventBus
-from .._coordinator import AgentContext, SessionCoordinator, estimate_tokens
-from .._instrument import ModelPrice
-from .._patch import make_unified_diff
-from .._session import (
+from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
+from ._instrument import ModelPrice
+from ._patch import make_unified_diff
+from ._session import (
     AgentResult,
     ClarificationRequest,
     CommandVerifier,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._errors import EventBusError
+from .._errors import EventBusError
 
 __all__ = [
     "ClarificationUnavailableError",

@@ -61,9 +61,9 @@ from typing import Any, Self
 import anyio
 import msgspec
 
-from ._bus import EventBus
-from ._event import Event, EventType, parent_scope
-from ._helpers import (
+from .._bus import EventBus
+from .._event import Event, EventType, parent_scope
+from .._factories import (
     GateDecision,
     create_agent_event,
     create_artifact_event,
@@ -79,14 +79,14 @@ from ._helpers import (
     create_task_event,
     create_verification_event,
 )
-from ._redact import (
+from .._redact import (
     DEFAULT_MAX_TEXT_CHARS,
     Redactor,
     capture_messages,
     capture_text,
     redact_secrets,
 )
-from ._session_errors import UsageNotReportedError
+from ._errors import UsageNotReportedError
 
 __all__ = ["AgentSpan", "Emitter", "LLMCall", "ModelPrice", "TaskSpan", "VerificationSpan"]
 

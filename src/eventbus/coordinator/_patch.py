@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import anyio.to_thread
 import msgspec
 
-from ._session_errors import PatchError
+from ._errors import PatchError
 
 __all__ = ["PatchResult", "UnifiedDiffApplier", "apply_unified_diff"]
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from ._event import Event
-from ._helpers import GateDecision
+from .._event import Event
+from .._factories import GateDecision
 from ._patch import PatchResult
 
 if TYPE_CHECKING:

@@ -55,12 +55,12 @@ Errors::
     └── UnsafeSymlinkError (OSError)        shared with sinks.jsonl
 """
 
-from ._artifact_files import ARTIFACTS_DIR
-from ._artifact_query import SessionArtifactQuery, SessionInfo, SessionSummary
-from ._artifact_sink import ArtifactSink
-from ._artifact_store import ArtifactEncodeError, ArtifactStore, CorruptArtifactError
-from ._artifact_summary import RUN_SUMMARY_KEY, RunSummary
-from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError
+from .._files import NotARegularFileError, UnsafeSymlinkError
+from ._files import ARTIFACTS_DIR
+from ._query import SessionArtifactQuery, SessionInfo, SessionSummary
+from ._sink import ArtifactSink
+from ._store import ArtifactEncodeError, ArtifactStore, CorruptArtifactError
+from ._summary import RUN_SUMMARY_KEY, RunSummary
 
 __all__ = [
     "ARTIFACTS_DIR",

@@ -23,8 +23,8 @@ import stat
 
 from eventbus import is_valid_name, validate_name
 
-from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError, describe_mode, open_regular
-from ._paths import check_link
+from .._files import NotARegularFileError, UnsafeSymlinkError, describe_mode, open_regular
+from .._layout import check_link
 
 logger = logging.getLogger("sinks.artifacts")
 

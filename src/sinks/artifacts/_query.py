@@ -21,17 +21,17 @@ import msgspec
 
 from eventbus import as_utc, is_valid_name, validate_session_id
 
-from ._artifact_files import (
+from .._files import NotARegularFileError, describe_mode
+from .._layout import resolve_inside
+from ._files import (
     ARTIFACTS_DIR,
     SUFFIX,
     list_keys,
     read_first_bytes,
     stays_inside,
 )
-from ._artifact_store import ArtifactStore, CorruptArtifactError, load_artifact_file
-from ._artifact_summary import RUN_SUMMARY_KEY, parse_iso_time
-from ._jsonl_files import NotARegularFileError, describe_mode
-from ._paths import resolve_inside
+from ._store import ArtifactStore, CorruptArtifactError, load_artifact_file
+from ._summary import RUN_SUMMARY_KEY, parse_iso_time
 
 # the public module's name: the one users configure logging for
 logger = logging.getLogger("sinks.artifacts")

@@ -16,10 +16,10 @@ import msgspec
 
 from eventbus import Event, EventBusError, EventType, InvalidNameError, PartialWriteError
 
-from ._artifact_files import check_key
-from ._artifact_query import SessionArtifactQuery
-from ._artifact_store import ArtifactStore
-from ._artifact_summary import RUN_SUMMARY_KEY, Tally, summary_decoder
+from ._files import check_key
+from ._query import SessionArtifactQuery
+from ._store import ArtifactStore
+from ._summary import RUN_SUMMARY_KEY, Tally, summary_decoder
 
 # the public module's name: the one users configure logging for
 logger = logging.getLogger("sinks.artifacts")

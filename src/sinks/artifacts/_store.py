@@ -13,7 +13,8 @@ import msgspec
 
 from eventbus import EventBusError
 
-from ._artifact_files import (
+from .._layout import resolve_inside
+from ._files import (
     SUFFIX,
     check_key,
     fsync_directory,
@@ -23,7 +24,6 @@ from ._artifact_files import (
     target_is_link,
     write_atomic,
 )
-from ._paths import resolve_inside
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()

@@ -23,8 +23,8 @@ from typing import Any, Final, TypeAlias
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
-from ._index_errors import StaleLogError
-from ._index_postings import Check
+from ._errors import StaleLogError
+from ._postings import Check
 
 __all__: list[str] = []
 

@@ -69,16 +69,16 @@ from typing import Any, Final
 
 from eventbus import Event, EventQuery, EventType
 
-from ._index_disk import Locations, LogRows, take
-from ._index_errors import (
+from ._disk import Locations, LogRows, take
+from ._errors import (
     EventIndexError,
     IndexArgumentError,
     LocationRequiredError,
     StaleLogError,
     UnknownEventIdError,
 )
-from ._index_order import Key, TimeOrder, is_row
-from ._index_postings import (
+from ._order import Key, TimeOrder, is_row
+from ._postings import (
     FEW,
     FIELDS,
     PAIRS,
@@ -91,7 +91,7 @@ from ._index_postings import (
     scan,
     time_sorted,
 )
-from ._index_usage import (
+from ._usage import (
     NO_USAGE,
     RESPONSE,
     USAGE_FIELDS,
@@ -312,7 +312,7 @@ class EventIndex:
         """
         import logging
 
-        from sinks._paths import UnsafeSymlinkError, resolve_inside
+        from sinks._layout import UnsafeSymlinkError, resolve_inside
         from sinks.jsonl import iter_log  # here: sinks.jsonl may import this module
 
         index = cls(low_memory=low_memory, max_events=max_events)
@@ -322,7 +322,7 @@ class EventIndex:
             try:  # nothing is read outside the root: a symlink leading out is skipped
                 resolve_inside(os.fspath(root), os.fspath(path))
             except UnsafeSymlinkError as exc:
-                logging.getLogger("sinks.memory").warning("skipped %s: %s", path, exc)
+                logging.getLogger("sinks.index").warning("skipped %s: %s", path, exc)
                 continue
             if not path.is_file():
                 continue

@@ -24,9 +24,9 @@ from typing import Any, Final, TypeAlias
 
 from eventbus import Event
 
-from ._index_chunks import Chunks
-from ._index_disk import Locations, take
-from ._index_postings import increasing, time_sorted
+from ._chunks import Chunks
+from ._disk import Locations, take
+from ._postings import increasing, time_sorted
 
 __all__: list[str] = []
 

@@ -22,7 +22,7 @@ from typing import Any, Final, TypeAlias
 
 from eventbus import Event
 
-from ._index_chunks import Chunks
+from ._chunks import Chunks
 
 __all__: list[str] = []
 

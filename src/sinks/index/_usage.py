@@ -22,7 +22,7 @@ import msgspec
 
 from eventbus import Event, EventQuery, EventType
 
-from ._index_errors import IndexArgumentError
+from ._errors import IndexArgumentError
 
 __all__ = ["TokenUsage", "UsageField"]
 

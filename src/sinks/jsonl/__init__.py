@@ -68,11 +68,11 @@ in ``sinks._jsonl_sink``; reading and recovery (:func:`iter_log`, :class:`Recove
 ``sinks._jsonl_files``. Import every name from here.
 """
 
-from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError
-from ._jsonl_log import LOG_FILE_NAME, EventLog
-from ._jsonl_read import CorruptLogError, RecoveryReport, iter_log
-from ._jsonl_sink import JsonlSink, JsonlSinkStats, WrittenCallback
-from ._jsonl_write import Durability, LogLockedError
+from .._files import NotARegularFileError, UnsafeSymlinkError
+from ._log import LOG_FILE_NAME, EventLog
+from ._read import CorruptLogError, RecoveryReport, iter_log
+from ._sink import JsonlSink, JsonlSinkStats, WrittenCallback
+from ._write import Durability, LogLockedError
 
 __all__ = [
     "LOG_FILE_NAME",

@@ -22,10 +22,10 @@ from eventbus import (
     encode_event,
 )
 
-from ._jsonl_files import open_regular
-from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
-from ._jsonl_write import Durability, LogWriter, check_durability
-from .memory import EventIndex
+from .._files import open_regular
+from ..index import EventIndex
+from ._read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
+from ._write import Durability, LogWriter, check_durability
 
 __all__ = ["LOG_FILE_NAME", "EventLog"]
 

@@ -24,7 +24,7 @@ from eventbus import (
     decode_events,
 )
 
-from ._jsonl_files import check_regular_path, open_regular
+from .._files import check_regular_path, open_regular
 
 __all__ = ["CorruptLogError", "RecoveryReport", "iter_log"]
 

@@ -31,10 +31,10 @@ from eventbus import (
     validate_session_id,
 )
 
-from ._jsonl_log import LOG_FILE_NAME
-from ._jsonl_read import RecoveryReport
-from ._jsonl_write import Durability, LogWriter, check_durability
-from ._paths import check_link
+from .._layout import check_link
+from ._log import LOG_FILE_NAME
+from ._read import RecoveryReport
+from ._write import Durability, LogWriter, check_durability
 
 __all__ = ["JsonlSink", "JsonlSinkStats", "WrittenCallback"]
 

@@ -26,8 +26,8 @@ from typing import Literal
 
 from eventbus import EventBusError, EventsLostError
 
-from ._jsonl_files import UnsafeSymlinkError, open_regular
-from ._jsonl_read import TAIL_BLOCK, CorruptLogError
+from .._files import UnsafeSymlinkError, open_regular
+from ._read import TAIL_BLOCK, CorruptLogError
 
 __all__ = ["Durability", "LogLockedError"]
 

@@ -43,7 +43,7 @@ except ImportError as _error:  # pragma: no cover - depends on the environment
         "sinks.nats needs nats-py, which is not installed: pip install 'eventbus[nats]'"
     ) from _error
 
-from ._nats_common import (
+from ._common import (
     DEFAULT_SERVERS,
     AsyncioOnlyError,
     JetStreamError,
@@ -52,8 +52,8 @@ from ._nats_common import (
     encode_token,
     subject_for,
 )
-from ._nats_sink import JetStreamSink, PublishNotAcknowledgedError
-from ._nats_source import ConsumerConfigError, JetStreamSource, SourceStats, Start
+from ._sink import JetStreamSink, PublishNotAcknowledgedError
+from ._source import ConsumerConfigError, JetStreamSource, SourceStats, Start
 
 __all__ = [
     "DEFAULT_SERVERS",

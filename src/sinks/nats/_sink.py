@@ -12,7 +12,7 @@ import nats.aio.msg
 
 from eventbus import Event, encoded_lines
 
-from ._nats_common import (
+from ._common import (
     DEFAULT_SERVERS,
     JetStreamError,
     check_prefix,

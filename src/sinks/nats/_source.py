@@ -28,7 +28,7 @@ from eventbus import (
     validate_session_id,
 )
 
-from ._nats_common import (
+from ._common import (
     DEFAULT_SERVERS,
     JetStreamError,
     check_prefix,

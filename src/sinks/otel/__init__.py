@@ -66,7 +66,7 @@ except ImportError as _error:  # pragma: no cover - depends on the environment
         "which are not installed: pip install 'eventbus[otel]'"
     ) from _error
 
-from ._otel_sink import DEFAULT_TIMEOUT, OtelSink, traces_url
-from ._otel_spans import span_id_for, trace_id_for
+from ._sink import DEFAULT_TIMEOUT, OtelSink, traces_url
+from ._spans import span_id_for, trace_id_for
 
 __all__ = ["DEFAULT_TIMEOUT", "OtelSink", "span_id_for", "trace_id_for", "traces_url"]

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from eventbus import Event, EventsLostError
 
-from ._otel_spans import PreparedIds, SpanBuilder
+from ._spans import PreparedIds, SpanBuilder
 
 __all__ = ["DEFAULT_TIMEOUT", "OtelSink", "traces_url"]
 

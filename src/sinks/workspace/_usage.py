@@ -7,8 +7,8 @@ from typing import Any, Final
 
 from eventbus import Event
 
-from ._index_usage import _picodollars, _tokens
-from .memory import TokenUsage
+from ..index import TokenUsage
+from ..index._usage import _picodollars, _tokens
 
 __all__: list[str] = []
 

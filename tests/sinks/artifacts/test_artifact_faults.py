@@ -13,8 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-import sinks._artifact_files
-import sinks._artifact_store
+import sinks.artifacts._files
+import sinks.artifacts._store
 from eventbus import (
     Event,
     EventBatch,
@@ -55,7 +55,7 @@ def unblock_after_first_failure(
     monkeypatch: pytest.MonkeyPatch, blocker: Path
 ) -> Callable[[], int]:
     """Remove ``blocker`` as soon as a save fails on it; return a count of those failures."""
-    real = sinks._artifact_files.replace_atomic
+    real = sinks.artifacts._files.replace_atomic
     failures = 0
 
     def replace_atomic(directory: str, target: str, data: bytes, durable: bool) -> None:
@@ -68,7 +68,7 @@ def unblock_after_first_failure(
                 blocker.unlink()
             raise
 
-    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", replace_atomic)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", replace_atomic)
     return lambda: failures
 
 

@@ -14,8 +14,8 @@ import anyio
 import msgspec
 import pytest
 
-import sinks._artifact_files
-import sinks._artifact_store
+import sinks.artifacts._files
+import sinks.artifacts._store
 from eventbus import (
     Event,
     EventBatch,
@@ -199,13 +199,13 @@ async def test_run_summary_is_written_once_per_batch_per_session(
 ) -> None:
     """A batch of many events over two sessions writes two summaries, not one per event."""
     written: list[str] = []
-    real = sinks._artifact_files.replace_atomic
+    real = sinks.artifacts._files.replace_atomic
 
     def counting(directory: str, target: str, data: bytes, durable: bool) -> None:
         written.append(os.path.relpath(target, root).replace(os.sep + "artifacts", ""))
         real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", counting)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", counting)
     events = [llm(f"s{i % 2}", 10, 5, 0.0) for i in range(100)]
     await ArtifactSink(root).write(EventBatch(events))
     assert sorted(written) == ["s0/run_summary.json", "s1/run_summary.json"]
@@ -225,14 +225,14 @@ async def test_a_batch_fsyncs_every_file_and_each_directory_once(
         real_fsync(fd)
 
     directories: list[str] = []
-    real_directory = sinks._artifact_files.fsync_directory
+    real_directory = sinks.artifacts._files.fsync_directory
 
     def fsync_directory(path: str) -> None:
         directories.append(os.path.relpath(path, root))
         real_directory(path)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(sinks._artifact_store, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(sinks.artifacts._store, "fsync_directory", fsync_directory)
     events = [create_artifact_event("s1", key, {"key": key}) for key in ("a", "b", "c")]
     await ArtifactSink(root).write([*events, llm("s1", 1, 1, 0.0)])
     assert directories == [os.path.join("s1", "artifacts")]
@@ -319,7 +319,7 @@ async def test_failed_write_is_retried_without_counting_twice(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a write fails and the bus retries the batch, totals count each event once."""
-    real = sinks._artifact_files.replace_atomic
+    real = sinks.artifacts._files.replace_atomic
     failures = [OSError(28, "No space left on device")]
 
     def flaky(directory: str, target: str, data: bytes, durable: bool) -> None:
@@ -327,7 +327,7 @@ async def test_failed_write_is_retried_without_counting_twice(
             raise failures.pop()
         real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks._artifact_store, "replace_atomic", flaky)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", flaky)
     sink = ArtifactSink(root)
     async with EventBus(retry=RetryPolicy(retries=2, initial_delay=0.0)) as bus:
         bus.subscribe(sink)

@@ -15,11 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sinks._index_chunks
-import sinks._index_order
-import sinks._index_postings
-import sinks._index_usage
-import sinks.memory
+import sinks.index
+import sinks.index._chunks
+import sinks.index._index
+import sinks.index._order
+import sinks.index._postings
+import sinks.index._usage
 from eventbus import (
     Event,
     EventBus,
@@ -29,8 +30,7 @@ from eventbus import (
     create_llm_response_event,
     encode_jsonl,
 )
-from sinks.jsonl import JsonlSink
-from sinks.memory import (
+from sinks.index import (
     EventIndex,
     EventIndexError,
     IndexArgumentError,
@@ -40,6 +40,7 @@ from sinks.memory import (
     UnknownEventIdError,
     UsageField,
 )
+from sinks.jsonl import JsonlSink
 
 pytestmark = pytest.mark.anyio
 
@@ -258,12 +259,12 @@ def test_live_rebuilt_and_brute_force_answer_alike(
         held = held[-cap:]
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mock.patch.object(sinks._index_order, "_INSERT_RATIO", insert_ratio),
-        mock.patch.object(sinks.memory, "_MIN_COMPACTION", compact_at),
-        mock.patch.object(sinks._index_chunks, "_CHUNK", chunk_size),
-        mock.patch.object(sinks.memory, "FEW", few),
-        mock.patch.object(sinks._index_postings, "FEW", few),
-        mock.patch.object(sinks._index_usage, "_FEW", few),
+        mock.patch.object(sinks.index._order, "_INSERT_RATIO", insert_ratio),
+        mock.patch.object(sinks.index._index, "_MIN_COMPACTION", compact_at),
+        mock.patch.object(sinks.index._chunks, "_CHUNK", chunk_size),
+        mock.patch.object(sinks.index._index, "FEW", few),
+        mock.patch.object(sinks.index._postings, "FEW", few),
+        mock.patch.object(sinks.index._usage, "_FEW", few),
     ):
         root = Path(tmp)
         live = EventIndex(max_events=cap)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sinks._index_chunks
+import sinks.index._chunks
 from eventbus import Event, EventQuery, EventType
-from sinks._index_chunks import Chunks
-from sinks.memory import EventIndex
+from sinks.index import EventIndex
+from sinks.index._chunks import Chunks
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -88,7 +88,7 @@ def test_chunks_insert_read_and_bisect_like_a_sorted_list(
     """Inserts (ties by id, never before the evicted), appends, reads and bisects match a list."""
     rows = SortedModel(start_as_range)
     ts, ids, model = rows.ts, rows.ids, rows.order
-    with mock.patch.object(sinks._index_chunks, "_CHUNK", chunk):
+    with mock.patch.object(sinks.index._chunks, "_CHUNK", chunk):
         order = Chunks([range(start_as_range)])
         for step in steps:
             if step[0] == "append":
@@ -120,7 +120,7 @@ def test_a_late_event_into_a_large_index_leaves_the_in_order_run_uncopied() -> N
     index.add([event(5_000.5, 20_000)])  # late: before 15,000 events held
     chunks = index._time.order.chunks  # type: ignore[union-attr]
     copied = sum(len(piece) for piece in chunks if type(piece) is array)
-    assert copied <= sinks._index_chunks._CHUNK
+    assert copied <= sinks.index._chunks._CHUNK
     assert max(len(piece) for piece in chunks) >= 14_000  # the run after it is still a range
 
 
@@ -128,7 +128,7 @@ def test_many_late_events_keep_every_query_in_time_order() -> None:
     """Late events spread over a large index (small chunks): each query equals a sorted filter."""
     early = [event(i, i) for i in range(3_000)]
     late = [event(i + 0.5, 3_000 + i) for i in range(2_999, -1, -7)]  # newest first
-    with mock.patch.object(sinks._index_chunks, "_CHUNK", 64):
+    with mock.patch.object(sinks.index._chunks, "_CHUNK", 64):
         index = EventIndex(max_events=2_900)
         index.add(early)
         for one in late:
@@ -172,7 +172,7 @@ def test_a_late_event_failing_part_way_leaves_the_index_as_before(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A MemoryError after the postings took one late event takes it back; a retry adds it once."""
-    from sinks._index_postings import Postings
+    from sinks.index._postings import Postings
 
     index = EventIndex()
     early = [event(i, i) for i in range(100)]
@@ -200,8 +200,8 @@ def test_a_small_batch_failing_part_way_after_a_late_event_leaves_the_index_as_b
     monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     """Once the time order is in chunks, a failed batch in order is taken back from them too."""
-    from sinks._index_postings import Postings
-    from sinks._index_usage import UsageTable
+    from sinks.index._postings import Postings
+    from sinks.index._usage import UsageTable
 
     index = EventIndex()
     index.add([event(i, i) for i in range(100)])
@@ -248,7 +248,7 @@ def test_a_posting_with_late_inserts_reads_like_a_sorted_list(
     steps: list[tuple[int | str, ...]], arrays: bool, probes: list[int]
 ) -> None:
     """Appends, late inserts (ties by id, never before the evicted) and evictions: a sorted list."""
-    from sinks._index_postings import PAIRS, Postings, cut
+    from sinks.index._postings import PAIRS, Postings, cut
 
     rows = SortedModel()
     ts, ids, model = rows.ts, rows.ids, rows.order

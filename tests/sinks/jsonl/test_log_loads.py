@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from eventbus import Event, EventDecodeError, EventType, decode_event, decode_events, encode_event
+from sinks.index import EventIndex
 from sinks.jsonl import CorruptLogError, EventLog, iter_log
-from sinks.memory import EventIndex
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

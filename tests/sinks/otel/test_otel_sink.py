@@ -21,20 +21,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from eventbus import (
-    Emitter,
     Event,
     EventBatch,
     EventBus,
     EventsLostError,
     EventType,
     MemorySink,
-    ModelPrice,
     RetryPolicy,
     Sink,
     SinkFailedError,
     parent_scope,
 )
 from eventbus.cli import main
+from eventbus.coordinator import Emitter, ModelPrice
 from sinks.jsonl import JsonlSink
 from sinks.otel import OtelSink, span_id_for, trace_id_for
 

@@ -21,8 +21,8 @@ import anyio
 import msgspec
 import pytest
 
-import sinks._artifact_files
-import sinks._jsonl_files
+import sinks._files
+import sinks.artifacts._files
 from eventbus import (
     EventBatch,
     EventType,
@@ -235,7 +235,7 @@ def test_event_index_from_workspace_skips_logs_leading_outside(
     (root / "evil").symlink_to(outside)
     (root / "s2").mkdir()
     (root / "s2" / "events.jsonl").symlink_to(outside / "events.jsonl")
-    with caplog.at_level(logging.WARNING, logger="sinks.memory"):
+    with caplog.at_level(logging.WARNING, logger="sinks.index"):
         index = EventIndex.from_workspace(root)
     assert len(index) == 1
     assert "evil is a symlink" in caplog.text
@@ -348,14 +348,14 @@ def test_unreadable_run_summary_permission_is_reported(
     session(root, "s1", hour=1)
     session(root, "s2", hour=2)
     write_log(root / "s2" / "events.jsonl", hour=2)
-    real = sinks._jsonl_files.open_regular
+    real = sinks._files.open_regular
 
     def denied(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
         if os.fspath(path).endswith(os.path.join("s2", "artifacts", "run_summary.json")):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real(path, flags, mode)
 
-    monkeypatch.setattr(sinks._artifact_files, "open_regular", denied)
+    monkeypatch.setattr(sinks.artifacts._files, "open_regular", denied)
     summaries = SessionArtifactQuery(root).query_session_summaries()
     by_id = {s["session_id"]: s for s in summaries}
     assert by_id["s1"]["error"] is None

@@ -1,0 +1,111 @@
+"""The reference coordinator: agent sessions that publish what happens as events.
+
+:class:`SessionCoordinator` runs a session (phases, a task graph with
+dependencies, concurrency and retries, gates, patches, verification) through
+small protocols for what it drives (:class:`Agent`, :class:`ModelClient`,
+:class:`Gate`, :class:`Clarifier`, :class:`PatchApplier`, :class:`Verifier`,
+:class:`ModelRouter`); :class:`AgentContext` is what an agent gets to work
+with. :class:`Emitter` and its spans make correct emission the easy path;
+the redact hook (:func:`redact_secrets`) keeps secrets out of captured
+prompts. The errors derive from :class:`~eventbus.EventBusError`; their hierarchy
+is drawn in ``eventbus.coordinator._errors``.
+
+This package imports the core (:mod:`eventbus`); the core never imports it.
+"""
+
+from .._factories import GateDecision
+from .._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
+from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
+from ._errors import (
+    ClarificationUnavailableError,
+    CommandFailedError,
+    GateBlockedError,
+    PatchError,
+    PhaseError,
+    PlanError,
+    SessionError,
+    TasksFailedError,
+    UsageNotReportedError,
+    VerificationFailedError,
+)
+from ._instrument import AgentSpan, Emitter, LLMCall, ModelPrice, TaskSpan, VerificationSpan
+from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
+from ._session import (
+    Agent,
+    AgentResult,
+    ClarificationRequest,
+    Clarifier,
+    CommandResult,
+    CommandVerifier,
+    Gate,
+    GateCheck,
+    GateResult,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    ModelRouter,
+    ModelUsage,
+    PatchApplier,
+    Plan,
+    Route,
+    Session,
+    SessionPhase,
+    StaticRouter,
+    TaskSpec,
+    TaskStatus,
+    Verifier,
+)
+
+__all__ = [
+    "DEFAULT_MAX_TEXT_CHARS",
+    "REDACTED",
+    "Agent",
+    "AgentContext",
+    "AgentResult",
+    "AgentSpan",
+    "ClarificationRequest",
+    "ClarificationUnavailableError",
+    "Clarifier",
+    "CommandFailedError",
+    "CommandResult",
+    "CommandVerifier",
+    "Emitter",
+    "Gate",
+    "GateBlockedError",
+    "GateCheck",
+    "GateDecision",
+    "GateResult",
+    "LLMCall",
+    "ModelClient",
+    "ModelPrice",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelRouter",
+    "ModelUsage",
+    "PatchApplier",
+    "PatchError",
+    "PatchResult",
+    "PhaseError",
+    "Plan",
+    "PlanError",
+    "Redactor",
+    "Route",
+    "Session",
+    "SessionCoordinator",
+    "SessionError",
+    "SessionPhase",
+    "StaticRouter",
+    "TaskSpan",
+    "TaskSpec",
+    "TaskStatus",
+    "TasksFailedError",
+    "UnifiedDiffApplier",
+    "UsageNotReportedError",
+    "VerificationFailedError",
+    "VerificationSpan",
+    "Verifier",
+    "apply_unified_diff",
+    "estimate_tokens",
+    "make_unified_diff",
+    "redact_secrets",
+]

@@ -1,0 +1,16 @@
+"""Reading a workspace that another process writes: sessions, events, usage, live follow.
+
+:class:`Workspace` is the data layer of the ``eventbus`` CLI and of the web
+API; what it reads, what it costs and its errors are described in its
+module, ``sinks.workspace._workspace``.
+"""
+
+from ._workspace import USAGE_KEYS, InvalidTimeError, SessionNotFoundError, Workspace, parse_time
+
+__all__ = [
+    "USAGE_KEYS",
+    "InvalidTimeError",
+    "SessionNotFoundError",
+    "Workspace",
+    "parse_time",
+]
