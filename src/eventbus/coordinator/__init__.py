@@ -15,7 +15,8 @@ This package imports the core (:mod:`eventbus`); the core never imports it.
 
 from .._factories import GateDecision
 from .._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
-from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
+from ._context import Agent, AgentContext
+from ._coordinator import SessionCoordinator, estimate_tokens
 from ._errors import (
     ClarificationUnavailableError,
     CommandFailedError,
@@ -31,7 +32,6 @@ from ._errors import (
 from ._instrument import AgentSpan, Emitter, LLMCall, ModelPrice, TaskSpan, VerificationSpan
 from ._patch import PatchResult, UnifiedDiffApplier, apply_unified_diff, make_unified_diff
 from ._session import (
-    Agent,
     AgentResult,
     ClarificationRequest,
     Clarifier,

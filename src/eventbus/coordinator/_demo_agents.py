@@ -23,7 +23,8 @@ from os import PathLike
 import anyio.lowlevel
 
 from .._bus import EventBus
-from ._coordinator import AgentContext, SessionCoordinator, estimate_tokens
+from ._context import AgentContext
+from ._coordinator import SessionCoordinator, estimate_tokens
 from ._instrument import ModelPrice
 from ._patch import make_unified_diff
 from ._session import (

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -23,11 +23,7 @@ from .._event import Event
 from .._factories import GateDecision
 from ._patch import PatchResult
 
-if TYPE_CHECKING:
-    from ._coordinator import AgentContext
-
 __all__ = [
-    "Agent",
     "AgentResult",
     "ClarificationRequest",
     "Clarifier",
@@ -177,19 +173,6 @@ class ClarificationRequest(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str
     role: str | None = None
     task_id: str | None = None
-
-
-class Agent(Protocol):
-    """Does the tasks of one role (planner, coder, reviewer, tester, ...).
-
-    It works through ``context``: model calls, questions, diffs, commands and
-    artifacts made there are emitted as events. An exception fails the
-    attempt (the task is retried per the coordinator's policy).
-    """
-
-    async def run(self, task: TaskSpec, context: AgentContext) -> AgentResult:
-        """Do ``task``; the planner returns the plan in :attr:`AgentResult.plan`."""
-        ...
 
 
 class ModelClient(Protocol):
