@@ -104,6 +104,12 @@ __all__ = [
     "validate_session_id",
 ]
 
+for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj
+
 __version__ = "0.1.0"
 
 # What ``eventbus`` exported before the coordinator moved to its own package;

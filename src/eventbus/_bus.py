@@ -21,8 +21,6 @@ turns (``Subscription._writing``). Tasks sleep on one-shot signals
 (``_signal``), cheaper than ``anyio.Event``.
 """
 
-from __future__ import annotations
-
 import asyncio
 import functools
 import logging
@@ -304,7 +302,7 @@ class EventBus:
 
     # --- lifetime ---------------------------------------------------------
 
-    async def __aenter__(self) -> EventBus:
+    async def __aenter__(self) -> "EventBus":
         if self._state != "new":
             raise EventBusError("an EventBus can be entered only once; create a new one")
         self._signal = signal_factory()

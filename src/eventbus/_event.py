@@ -1,7 +1,5 @@
 """The event model: :class:`EventType`, :class:`Event` and event ids."""
 
-from __future__ import annotations
-
 import contextvars
 import enum
 import hashlib
@@ -88,7 +86,7 @@ class EventType(enum.StrEnum):
         return self._name_ in type(self).__members__
 
     @classmethod
-    def _missing_(cls, value: object) -> EventType | None:
+    def _missing_(cls, value: object) -> "EventType | None":
         if not isinstance(value, str) or not value:
             return None
         member = _unknown_types.get(value)
@@ -324,7 +322,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
+    def from_dict(cls, data: dict[str, Any]) -> "Event":
         """Build an event from :meth:`to_dict`'s shape (or the seed's, without ids).
 
         ``timestamp`` is required (as in the seed). A dict without ``id`` gets

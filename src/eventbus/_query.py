@@ -1,7 +1,5 @@
 """`EventQuery`: the one filter type of subscriptions, listeners and query APIs."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any

@@ -109,3 +109,9 @@ __all__ = [
     "make_unified_diff",
     "redact_secrets",
 ]
+
+for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

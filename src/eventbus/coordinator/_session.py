@@ -7,8 +7,6 @@ the offline demo or a production deployment plugs in its own: an
 :class:`Verifier`\\ s and a :class:`Clarifier`.
 """
 
-from __future__ import annotations
-
 import enum
 import secrets
 from collections.abc import Mapping, Sequence

@@ -32,3 +32,9 @@ __all__ = [
     "UnknownEventIdError",
     "UsageField",
 ]
+
+for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

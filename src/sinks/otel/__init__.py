@@ -70,3 +70,9 @@ from ._sink import DEFAULT_TIMEOUT, OtelSink, traces_url
 from ._spans import span_id_for, trace_id_for
 
 __all__ = ["DEFAULT_TIMEOUT", "OtelSink", "span_id_for", "trace_id_for", "traces_url"]
+
+for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj
