@@ -14,6 +14,8 @@ import msgspec
 
 from eventbus import Event, EventType, as_utc
 
+from .._usage import PICO, Sums, picodollars
+
 RUN_SUMMARY_KEY = "run_summary"
 """The key of the :class:`RunSummary` artifact that :class:`ArtifactSink` keeps."""
 
@@ -25,8 +27,9 @@ class RunSummary(msgspec.Struct, kw_only=True):
     ``session_started`` event's time (or the first event seen);
     ``duration_s`` runs to ``ended_at``, or to the latest event while the
     session is ``"running"``. A task counts once, under its latest outcome
-    (``task_completed`` or ``task_failed``). Token counts and ``cost_usd``
-    add up the ``llm_response_received`` events. Decode a loaded artifact
+    (``task_completed`` or ``task_failed``). ``llm_calls``, the token counts
+    and ``cost_usd`` add up the ``llm_response_received`` events by the rules
+    every usage total follows (see :class:`~sinks.index.TokenUsage`). Decode a loaded artifact
     with ``msgspec.convert(data, RunSummary)``.
     """
 
@@ -61,16 +64,6 @@ summary_decoder = msgspec.json.Decoder(RunSummary)
 """Decodes a ``run_summary`` file into a :class:`RunSummary`."""
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _amount(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return 0.0
-
-
 def parse_iso_time(value: str | None) -> datetime | None:
     """Return the ISO 8601 ``value`` as an aware UTC datetime; None if it is not one."""
     if value is None:
@@ -95,12 +88,7 @@ class Tally:
         self.completed: set[str] = set()
         self.failed: set[str] = set()
         self.files: set[str] = set()
-        self.llm_calls = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.total_tokens = 0
-        self.cached_tokens = 0
-        self.cost_usd = 0.0
+        self.usage = Sums()  # the responses' calls, tokens and picodollars
         self.errors = 0
 
     @classmethod
@@ -115,12 +103,16 @@ class Tally:
         tally.completed = set(summary.completed_task_ids)
         tally.failed = set(summary.failed_task_ids) - tally.completed
         tally.files = set(summary.files_generated)
-        tally.llm_calls = summary.llm_calls
-        tally.prompt_tokens = summary.prompt_tokens
-        tally.completion_tokens = summary.completion_tokens
-        tally.total_tokens = summary.total_tokens
-        tally.cached_tokens = summary.cached_tokens
-        tally.cost_usd = summary.cost_usd
+        tally.usage = Sums(
+            (
+                summary.llm_calls,
+                summary.prompt_tokens,
+                summary.completion_tokens,
+                summary.total_tokens,
+                summary.cached_tokens,
+                picodollars(summary.cost_usd),
+            )
+        )
         tally.errors = summary.errors
         return tally
 
@@ -129,6 +121,7 @@ class Tally:
         twin.completed = set(self.completed)
         twin.failed = set(self.failed)
         twin.files = set(self.files)
+        twin.usage = Sums(self.usage.values)
         return twin
 
     def apply(self, event: Event) -> None:
@@ -141,15 +134,7 @@ class Tally:
         kind = event.event_type
         metadata = event.metadata
         if kind is EventType.LLM_RESPONSE_RECEIVED:
-            prompt = _count(metadata.get("prompt_tokens"))
-            completion = _count(metadata.get("completion_tokens"))
-            total = metadata.get("total_tokens")
-            self.llm_calls += 1
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-            self.total_tokens += _count(total) if total is not None else prompt + completion
-            self.cached_tokens += _count(metadata.get("cached_tokens"))
-            self.cost_usd += _amount(metadata.get("cost_usd"))
+            self.usage.add(metadata)
         elif kind is EventType.TASK_COMPLETED:
             if event.task_id is not None:
                 self.completed.add(event.task_id)
@@ -181,6 +166,7 @@ class Tally:
         duration = None
         if self.started is not None and until is not None:
             duration = round(max((until - self.started).total_seconds(), 0.0), 6)
+        calls, prompt, completion, total, cached, picos = self.usage.values
         return RunSummary(
             session_id=self.session_id,
             status=self.status,
@@ -195,11 +181,11 @@ class Tally:
             completed_task_ids=sorted(self.completed),
             failed_task_ids=sorted(self.failed),
             files_generated=sorted(self.files),
-            llm_calls=self.llm_calls,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.total_tokens,
-            cached_tokens=self.cached_tokens,
-            cost_usd=round(self.cost_usd, 10),
+            llm_calls=calls,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            cached_tokens=cached,
+            cost_usd=picos / PICO,
             errors=self.errors,
         )

@@ -69,6 +69,7 @@ from typing import Any, Final
 
 from eventbus import Event, EventQuery, EventType
 
+from .._usage import NO_USAGE, RESPONSE, TokenUsage, usage_of
 from ._disk import Locations, LogRows, take
 from ._errors import (
     EventIndexError,
@@ -91,17 +92,7 @@ from ._postings import (
     scan,
     time_sorted,
 )
-from ._usage import (
-    NO_USAGE,
-    RESPONSE,
-    USAGE_FIELDS,
-    TokenUsage,
-    UsageField,
-    UsageTable,
-    single_group,
-    to_usage,
-    usage_query,
-)
+from ._usage import USAGE_FIELDS, UsageField, UsageTable, single_group, usage_query
 
 __all__ = [
     "EventIndex",
@@ -830,14 +821,14 @@ class EventIndex:
         )
         self._usage.fold(self._usage_value)
         if query is None or _check_query(query).is_empty:
-            return to_usage(self._usage.total)
+            return usage_of(self._usage.total)
         group = single_group(query)
         if group is not None:
-            return to_usage(self._usage.groups[group[0]].get(group[1]))
+            return usage_of(self._usage.groups[group[0]].get(group[1]))
         positions = self._usage_rows(query)
         if not positions:
             return NO_USAGE
-        return to_usage(self._usage.sum_positions(positions))
+        return usage_of(self._usage.sum_positions(positions))
 
     def usage_by(
         self,
@@ -875,7 +866,7 @@ class EventIndex:
         )
         self._usage.fold(self._usage_value)
         if query is None or _check_query(query).is_empty:
-            return {value: to_usage(sums) for value, sums in self._usage.groups[field].items()}
+            return {value: usage_of(sums) for value, sums in self._usage.groups[field].items()}
         positions = self._usage_rows(query)
         groups: dict[Any, list[int]] = {}
         for value, position in zip(
@@ -883,7 +874,7 @@ class EventIndex:
         ):
             groups.setdefault(value, []).append(position)
         return {
-            value: to_usage(self._usage.sum_positions(group)) for value, group in groups.items()
+            value: usage_of(self._usage.sum_positions(group)) for value, group in groups.items()
         }
 
     def _usage_rows(self, query: EventQuery) -> Sequence[int]:

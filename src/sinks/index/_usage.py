@@ -1,103 +1,42 @@
-"""Token usage of an :class:`~sinks.memory.EventIndex`: :class:`TokenUsage` and its table.
+"""Token usage of an :class:`~sinks.index.EventIndex`: its table of responses and totals.
 
-The index keeps one row per LLM response (its position in the index and its
+What each response counts for is the rule set of :mod:`sinks._usage`. The
+index keeps one row per LLM response (its position in the index and its
 amounts) in a :class:`UsageTable`, folded lazily into running totals: a grand
 total and one per session, model, agent role and task. Rows leave the totals
-when their events are evicted or found to be duplicates. Costs are summed
-exactly, in units of 1e-12 USD. :func:`usage_query` and :func:`single_group`
-read the filters of ``usage()``. The public names are re-exported by
-:mod:`sinks.memory`.
+when their events are evicted or found to be duplicates. :func:`usage_query`
+and :func:`single_group` read the filters of ``usage()``.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
-from operator import attrgetter, mul
+from operator import attrgetter
 from typing import Any, Final, Literal, TypeAlias
 
-import msgspec
+from eventbus import Event, EventQuery
 
-from eventbus import Event, EventQuery, EventType
-
+from .._usage import (
+    RESPONSE,
+    TOKEN_KEYS,
+    TokenUsage,
+    picodollar_column,
+    response_amounts,
+    token_column,
+)
 from ._errors import IndexArgumentError
 
 __all__ = ["TokenUsage", "UsageField"]
+
+_FEW: Final = 32  # up to this many events, the responses' amounts are read one by one
+_get_type = attrgetter("event_type")
 
 UsageField: TypeAlias = Literal["session_id", "model", "agent_role", "task_id"]
 """The fields :meth:`EventIndex.usage_by` groups by."""
 
 
-class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """Token and cost totals of LLM responses (``llm_response_received`` events).
-
-    Only responses count: a request's ``prompt_tokens`` is repeated by its
-    response, so counting both would count it twice. ``total_tokens`` is the
-    response's own value, or ``prompt_tokens + completion_tokens`` when it has
-    none. A token count that is not a non-negative ``int``, or a ``cost_usd``
-    that is not a finite non-negative number, counts as zero. Costs are summed
-    exactly (in units of 1e-12 USD), so totals do not depend on arrival order.
-    """
-
-    responses: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: float = 0.0
-
-
-_PICO: Final = 10**12
-_MAX_TOKENS: Final = 1 << 63
-_FEW: Final = 32  # up to this many events, the responses' amounts are read one by one
-_get_type = attrgetter("event_type")
-NO_USAGE: Final = TokenUsage()
-
-
-def _tokens(value: object) -> int | None:
-    if type(value) is int and 0 <= value < _MAX_TOKENS:
-        return value
-    return None
-
-
-def _picodollars(value: object) -> int:
-    if type(value) is float and math.isfinite(value) and value >= 0:
-        return round(value * _PICO)
-    if type(value) is int and value >= 0:
-        return value * _PICO
-    return 0
-
-
-def _column(metadata: list[dict[str, Any]], key: str) -> list[Any]:
-    """The valid token counts of ``key`` (0 if absent or invalid; ``total_tokens``: None)."""
-    values: list[Any] = list(map(dict.get, metadata, repeat(key)))
-    if values.count(None) == len(values):  # absent from every response
-        return values if key == "total_tokens" else [0] * len(values)
-    if set(map(type, values)) == {int} and min(values) >= 0 and max(values) < _MAX_TOKENS:
-        return values  # all valid: the usual case, checked in C
-    valid = list(map(_tokens, values))
-    if key == "total_tokens":
-        return valid
-    return [0 if value is None else value for value in valid]
-
-
-def to_usage(sums: list[int] | None) -> TokenUsage:
-    if sums is None:
-        return NO_USAGE
-    return TokenUsage(
-        responses=sums[0],
-        prompt_tokens=sums[1],
-        completion_tokens=sums[2],
-        total_tokens=sums[3],
-        cached_tokens=sums[4],
-        cost_usd=sums[5] / _PICO,
-    )
-
-
 USAGE_FIELDS: Final = ("session_id", "model", "agent_role", "task_id")
-RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
 
 ValueOf: TypeAlias = Callable[[str, int], Any]
 """``value_of(field, position)``: the value of a usage field of the event at ``position``."""
@@ -140,19 +79,12 @@ class UsageTable:
         metadata = [events[i].metadata for i in responses]
         # A column per amount, each read and checked for the whole batch at once
         # (a function call per response cost ~1.5 us; see _column).
-        prompt, completion, total, cached = (
-            _column(metadata, key)
-            for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
-        )
+        prompt, completion, total, cached = (token_column(metadata, key) for key in TOKEN_KEYS)
         if None in total:  # a response without a valid total: prompt + completion
             total = [
                 p + c if t is None else t for p, c, t in zip(prompt, completion, total, strict=True)
             ]
-        costs: list[Any] = list(map(dict.get, metadata, repeat("cost_usd")))
-        if set(map(type, costs)) == {float} and all(map(math.isfinite, costs)) and min(costs) >= 0:
-            picos: list[int] = list(map(round, map(mul, costs, repeat(float(_PICO)))))
-        else:
-            picos = list(map(_picodollars, costs))
+        picos = picodollar_column(metadata)
         added = [positions[i] for i in responses]
         start = len(self.positions)
         self.row.update(zip(added, range(start, start + count), strict=True))
@@ -163,18 +95,12 @@ class UsageTable:
 
     def add_one(self, metadata: dict[str, Any], position: int) -> None:
         """Add the row of one response (its ``metadata``), as :meth:`add` would."""
-        get = metadata.get
-        prompt = _tokens(get("prompt_tokens")) or 0
-        completion = _tokens(get("completion_tokens")) or 0
-        total = _tokens(get("total_tokens"))
-        if total is None:
-            total = prompt + completion
-        cached = _tokens(get("cached_tokens")) or 0
+        prompt, completion, total, cached, picos = response_amounts(metadata)
         self.row[position] = len(self.positions)
         self.positions.append(position)
         for column, amount in zip(self.amounts, (prompt, completion, total, cached), strict=True):
             column.append(amount)
-        self.cost.append(_picodollars(get("cost_usd")))
+        self.cost.append(picos)
 
     def truncate(self, rows: int) -> None:
         """Forget the rows from ``rows`` on (never folded: added by a batch that failed)."""

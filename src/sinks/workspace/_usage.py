@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any
 
 from eventbus import Event
 
-from ..index import TokenUsage
-from ..index._usage import _picodollars, _tokens
+from .._usage import Sums, TokenUsage
 
 __all__: list[str] = []
-
-_PICO: Final = 10**12
 
 
 def usage_values(usage: TokenUsage) -> dict[str, Any]:
@@ -30,38 +27,21 @@ def none_last(key: str | None) -> tuple[bool, str]:
 
 
 def usage_by(responses: list[Event], field: str) -> dict[str | None, TokenUsage]:
-    """Sum responses per value of ``field`` by :class:`TokenUsage`'s rules."""
-    sums: dict[str | None, list[int]] = {}
+    """Sum responses per value of ``field`` by the rules of :mod:`sinks._usage`."""
+    sums: dict[str | None, Sums] = {}
     get = attrgetter(field)
     for event in responses:
-        metadata = event.metadata
-        prompt = _tokens(metadata.get("prompt_tokens")) or 0
-        completion = _tokens(metadata.get("completion_tokens")) or 0
-        total = _tokens(metadata.get("total_tokens"))
-        row = sums.setdefault(get(event), [0, 0, 0, 0, 0])
-        row[0] += 1
-        row[1] += prompt
-        row[2] += completion
-        row[3] += prompt + completion if total is None else total
-        row[4] += _picodollars(metadata.get("cost_usd"))
-    return {
-        value: TokenUsage(
-            responses=row[0],
-            prompt_tokens=row[1],
-            completion_tokens=row[2],
-            total_tokens=row[3],
-            cost_usd=row[4] / _PICO,
-        )
-        for value, row in sums.items()
-    }
+        value = get(event)
+        group = sums.get(value)
+        if group is None:
+            group = sums[value] = Sums()
+        group.add(event.metadata)
+    return {value: group.usage() for value, group in sums.items()}
 
 
-def total_of(groups: dict[str | None, TokenUsage]) -> TokenUsage:
-    usages = list(groups.values())
-    return TokenUsage(
-        responses=sum(u.responses for u in usages),
-        prompt_tokens=sum(u.prompt_tokens for u in usages),
-        completion_tokens=sum(u.completion_tokens for u in usages),
-        total_tokens=sum(u.total_tokens for u in usages),
-        cost_usd=sum(round(u.cost_usd * _PICO) for u in usages) / _PICO,
-    )
+def total_of(responses: list[Event]) -> TokenUsage:
+    """The sums of all ``responses`` by the rules of :mod:`sinks._usage`."""
+    total = Sums()
+    for event in responses:
+        total.add(event.metadata)
+    return total.usage()

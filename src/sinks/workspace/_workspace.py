@@ -426,7 +426,7 @@ class Workspace:
         if not self.indexed:
             responses = [event for event, _ in self._scan(query, None)]
             groups = usage_by(responses, by)
-            total = total_of(groups)
+            total = total_of(responses)
         else:
             with self._lock:
                 index = self._current()
