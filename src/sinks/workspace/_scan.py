@@ -22,8 +22,8 @@ import msgspec
 
 from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
 
+from .._lines import open_log
 from ..jsonl._read import CHUNK
-from ._lines import open_log
 
 __all__: list[str] = []
 

@@ -13,9 +13,9 @@ import stat
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from .._lines import iter_growth, open_log
 from ..artifacts._query import SessionArtifactQuery, SessionSummary
 from ..artifacts._summary import Tally
-from ._lines import iter_growth, open_log
 
 __all__: list[str] = []
 

@@ -74,10 +74,10 @@ from eventbus import (
     validate_session_id,
 )
 
+from .._lines import complete_end, iter_growth, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
 from ..jsonl import LOG_FILE_NAME
 from ._follow import Tail, is_log_change, load_awatch
-from ._lines import complete_end, iter_growth, open_log, read_places
 from ._scan import Key, find_key, key_of, scan_log
 from ._sessions import SessionRows
 from ._usage import none_last, total_of, usage_by, usage_values

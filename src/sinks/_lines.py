@@ -16,7 +16,7 @@ from itertools import accumulate
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
-from ..jsonl._read import CHUNK, READ_FLAGS, TAIL_BLOCK
+from .jsonl._read import CHUNK, READ_FLAGS, TAIL_BLOCK
 
 __all__: list[str] = []
 
