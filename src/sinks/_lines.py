@@ -1,10 +1,14 @@
-"""Reading a log's lines as stored: growth from an offset, the end of the last complete line.
+"""The one complete-line reader of the JSONL logs, and reading lines back by their places.
 
-Used by :class:`sinks.workspace.Workspace` to follow logs that another process
-writes and to print events byte for byte. Only complete lines (ending in
-``\\n``) are read: a line being written is left for the next read, so a line
-completed in two writes comes out once, whole. Corrupt lines are skipped and
-counted; blank lines are skipped.
+Every reader of a log (:func:`sinks.jsonl.iter_log` and ``EventLog``, the
+index's loader, the workspace's scan, its follow and its session rows) reads
+it through :class:`LineReader`: from a byte offset, a run of up to about
+4 MiB of *complete* lines (ending in ``\\n``) at a time. A line being written
+is left for the next read, so a line completed in two writes comes out once,
+whole; a line longer than a run doubles the read until it fits.
+:func:`iter_growth` decodes the runs into events with their places (corrupt
+and blank lines skipped and counted); :func:`complete_end` finds where the
+last complete line ends; :func:`read_places` reads lines back by their places.
 """
 
 from __future__ import annotations
@@ -16,11 +20,59 @@ from itertools import accumulate
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
-from .jsonl._read import CHUNK, READ_FLAGS, TAIL_BLOCK
-
 __all__: list[str] = []
 
-_BLANK = b" \t\r"
+CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
+TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
+READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+BLANK = b" \t\r"  # a line made only of these is blank (skipped, as msgspec does)
+
+
+class LineReader:
+    """Reads the complete lines of an open file, a run at a time.
+
+    After :meth:`runs` is exhausted, ``tail`` is the size of the incomplete
+    line it stopped in (0 if it stopped at a line's end).
+    """
+
+    __slots__ = ("tail",)
+
+    def __init__(self) -> None:
+        self.tail = 0
+
+    def runs(
+        self, fd: int, start: int, stop: int | None = None
+    ) -> Iterator[tuple[int, bytes, int]]:
+        """Yield ``(offset, data, cut)``: ``data[:cut]`` is a run of complete lines at ``offset``.
+
+        Reads from byte ``start`` to the end of the file (or to ``stop``); the
+        next run starts at ``offset + cut``.
+        """
+        position, size = start, CHUNK
+        self.tail = 0
+        while True:
+            want = size if stop is None else min(size, stop - position)
+            if want <= 0:
+                return
+            data = os.pread(fd, want, position)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield position, data, cut
+                position += cut
+                if len(data) < want:  # the end of the file
+                    self.tail = len(data) - cut
+                    return
+                size = CHUNK
+            elif len(data) < want or want < size:  # the end, inside an incomplete line
+                self.tail = len(data)
+                return
+            else:  # one line longer than a run
+                size *= 2
+
+
+def complete_runs(fd: int, start: int, stop: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+    """:meth:`LineReader.runs` of a reader whose ``tail`` is not needed."""
+    return LineReader().runs(fd, start, stop)
 
 
 class Growth:
@@ -43,24 +95,10 @@ def iter_growth(fd: int, start: int) -> Iterator[Growth]:
     Each :class:`Growth` covers up to about 4 MiB; its ``end`` is where the
     next read starts. Stops at the end of the file or inside an incomplete line.
     """
-    position = start
-    size = CHUNK
-    while True:
-        want = size
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            growth = Growth(position + cut)
-            _decode_into(growth, data[: cut - 1], position)
-            position += cut
-            yield growth
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want:  # the end, inside an incomplete line (or none)
-            return
-        else:  # one line longer than a chunk
-            size *= 2
+    for position, data, cut in complete_runs(fd, start):
+        growth = Growth(position + cut)
+        _decode_into(growth, data[: cut - 1], position)
+        yield growth
 
 
 def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
@@ -80,7 +118,7 @@ def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
         return
     position = offset
     for line, length in zip(lines, lengths, strict=True):  # slow path: blank or corrupt lines
-        if line.strip(_BLANK):
+        if line.strip(BLANK):
             try:
                 event = decode_event(line, offset=position)
             except EventDecodeError:

@@ -23,8 +23,9 @@ from eventbus import (
 )
 
 from .._files import open_regular
+from .._lines import READ_FLAGS, TAIL_BLOCK
 from ..index import EventIndex
-from ._read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
+from ._read import LogScan, RecoveryReport
 from ._write import Durability, LogWriter, check_durability
 
 __all__ = ["LOG_FILE_NAME", "EventLog"]

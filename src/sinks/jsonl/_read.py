@@ -25,14 +25,11 @@ from eventbus import (
 )
 
 from .._files import check_regular_path, open_regular
+from .._lines import BLANK, CHUNK, READ_FLAGS, LineReader
 
 __all__ = ["CorruptLogError", "RecoveryReport", "iter_log"]
 
-CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
-TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
-READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _MAX_LISTED = 1000  # corrupt line numbers kept in a report (all are counted)
-_BLANK = b" \t\r"  # a line made only of these is blank (skipped, as msgspec does)
 
 
 # --- errors -------------------------------------------------------------------
@@ -189,24 +186,11 @@ class LogScan:
 
     def _regions(self, fd: int, stop: int | None) -> Iterator[tuple[int, memoryview]]:
         """Yield ``(offset, view)`` of consecutive runs of complete lines."""
-        position = self.end
-        size = CHUNK
         self.tail = 0
-        while True:
-            want = size if stop is None else min(size, stop - position)
-            if want <= 0:
-                return
-            data = os.pread(fd, want, position)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield position, memoryview(data)[:cut]
-                position += cut
-                size = CHUNK
-            elif len(data) < want or want < size:  # the end, inside an incomplete line
-                self.tail = len(data)
-                return
-            else:  # one line longer than a chunk
-                size *= 2
+        reader = LineReader()
+        for offset, data, cut in reader.runs(fd, self.end, stop):
+            yield offset, memoryview(data)[:cut]
+        self.tail = reader.tail
 
     def _decode_each(self, data: bytes, offset: int) -> Iterator[tuple[Event, int, int]]:
         """Decode line by line (the slow path), skipping and counting corrupt lines."""
@@ -216,7 +200,7 @@ class LogScan:
         position = offset
         for number, raw in enumerate(lines, first):
             size = len(raw) + 1
-            if raw.strip(_BLANK):
+            if raw.strip(BLANK):
                 try:
                     event = decode_event(raw, offset=position)
                 except EventDecodeError as exc:

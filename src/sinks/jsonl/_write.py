@@ -27,7 +27,8 @@ from typing import Literal
 from eventbus import EventBusError, EventsLostError
 
 from .._files import UnsafeSymlinkError, open_regular
-from ._read import TAIL_BLOCK, CorruptLogError
+from .._lines import complete_end
+from ._read import CorruptLogError
 
 __all__ = ["Durability", "LogLockedError"]
 
@@ -101,18 +102,6 @@ def _make_parents(directory: Path, *, fsync: bool) -> None:
             continue
         if fsync:
             fsync_dir(new.parent)
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    """Return the offset just after the last ``\\n`` before ``size`` (0 if none)."""
-    position = size
-    while position > 0:
-        start = max(0, position - TAIL_BLOCK)
-        found = os.pread(fd, position - start, start).rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        position = start
-    return 0
 
 
 def _release(fd: int, buffer: bytearray, path: Path) -> None:
@@ -232,7 +221,7 @@ class LogWriter:
         try:
             size = os.fstat(fd).st_size
             cut = None
-            keep = _last_line_end(fd, size) if recover else size
+            keep = complete_end(fd, size) if recover else size
             if keep < size:
                 if strict:
                     raise CorruptLogError(

@@ -22,8 +22,7 @@ import msgspec
 
 from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
 
-from .._lines import open_log
-from ..jsonl._read import CHUNK
+from .._lines import BLANK, complete_runs, open_log
 
 __all__: list[str] = []
 
@@ -49,32 +48,10 @@ _light = msgspec.json.Decoder(_Light)
 _timed = msgspec.json.Decoder(_Timed)
 _EQUALS = ("session_id", "phase", "task_id", "agent_role", "model")
 _get_id = attrgetter("id")
-_BLANK = b" \t\r"
 
 
 def key_of(event: Event) -> Key:
     return event.timestamp, event.id
-
-
-def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``."""
-    position, size = start, CHUNK
-    while True:
-        want = size if stop is None else min(size, stop - position)
-        if want <= 0:
-            return
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            yield data, cut, position
-            position += cut
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want or want < size:
-            return
-        else:
-            size *= 2
 
 
 class _Chunk:
@@ -126,7 +103,7 @@ class _Chunk:
         position = self.start
         for line in _lines(self.data):
             here, position = position, position + len(line) + 1
-            if not line.strip(_BLANK):
+            if not line.strip(BLANK):
                 continue
             try:
                 records.append(decoder.decode(line))
@@ -192,7 +169,7 @@ def scan_log(
         return
     timed = query.start_time is not None or query.end_time is not None
     try:
-        for data, cut, start in _regions(fd, 0, stop):
+        for start, data, cut in complete_runs(fd, 0, stop):
             chunk = _Chunk(data, cut, start, timed)
             chosen = _select(chunk.records, query)
             if not chosen:
@@ -233,7 +210,7 @@ def find_key(paths: list[str], event_id: str) -> Key | None:
         if fd is None:
             continue
         try:
-            for data, cut, start in _regions(fd, 0, None):
+            for start, data, cut in complete_runs(fd, 0):
                 key = _find_in(_Chunk(data, cut, start, False), event_id, window)
                 if key is not None:
                     return key
