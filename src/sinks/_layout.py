@@ -1,4 +1,11 @@
-"""Paths inside a workspace: symlinks are followed only when they stay in the root.
+"""The layout of a workspace: its file names, and paths that stay inside its root.
+
+A workspace holds one directory per session::
+
+    {root}/{session_id}/events.jsonl                 LOG_FILE_NAME: the JSONL log
+    {root}/{session_id}/artifacts/{key}.json         ARTIFACTS_DIR: the artifacts
+
+Every part of :mod:`sinks` names these files through this module.
 
 The README promises that nothing is read or written outside the workspace
 root. Names are validated (``eventbus.validate_name``), so a path built
@@ -19,7 +26,13 @@ import stat
 
 from ._files import UnsafeSymlinkError
 
-__all__ = ["UnsafeSymlinkError", "check_link", "resolve_inside"]
+__all__ = ["ARTIFACTS_DIR", "LOG_FILE_NAME", "UnsafeSymlinkError", "check_link", "resolve_inside"]
+
+LOG_FILE_NAME = "events.jsonl"
+"""The name of a session's JSONL log in its directory."""
+
+ARTIFACTS_DIR = "artifacts"
+"""The name of the directory of a session's artifacts."""
 
 
 def resolve_inside(root: str, path: str) -> str:

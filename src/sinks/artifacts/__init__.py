@@ -56,7 +56,7 @@ Errors::
 """
 
 from .._files import NotARegularFileError, UnsafeSymlinkError
-from ._files import ARTIFACTS_DIR
+from .._layout import ARTIFACTS_DIR
 from ._query import SessionArtifactQuery, SessionInfo, SessionSummary
 from ._sink import ArtifactSink
 from ._store import ArtifactEncodeError, ArtifactStore, CorruptArtifactError

@@ -28,8 +28,6 @@ from .._layout import check_link
 
 logger = logging.getLogger("sinks.artifacts")
 
-ARTIFACTS_DIR = "artifacts"
-"""The name of a session's artifacts directory."""
 SUFFIX = ".json"
 """The suffix of an artifact's file name."""
 _TEMP_SUFFIX = ".tmp"

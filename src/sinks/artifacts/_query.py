@@ -22,9 +22,8 @@ import msgspec
 from eventbus import as_utc, is_valid_name, validate_session_id
 
 from .._files import NotARegularFileError, describe_mode
-from .._layout import resolve_inside
+from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, resolve_inside
 from ._files import (
-    ARTIFACTS_DIR,
     SUFFIX,
     list_keys,
     read_first_bytes,
@@ -35,7 +34,6 @@ from ._summary import RUN_SUMMARY_KEY, parse_iso_time
 
 # the public module's name: the one users configure logging for
 logger = logging.getLogger("sinks.artifacts")
-_LOG_FILE = "events.jsonl"
 
 _FIRST_LINE_LIMIT = 64 * 1024
 
@@ -390,14 +388,14 @@ class SessionArtifactQuery:
             created = _parse_time(run_summary.get("started_at"))
             source = "run_summary" if created is not None else None
         try:
-            log_path = resolve_inside(root, os.path.join(session_dir, _LOG_FILE))
+            log_path = resolve_inside(root, os.path.join(session_dir, LOG_FILE_NAME))
             if created is None:
                 created = _first_event_time(log_path)
                 source = "events" if created is not None else None
             else:  # not read: only make sure it is a file that can be
                 _check_regular(log_path)
         except OSError as exc:
-            problems.append(f"its {_LOG_FILE} cannot be read: {exc}")
+            problems.append(f"its {LOG_FILE_NAME} cannot be read: {exc}")
         if created is None and keys:
             created, source = _oldest_mtime(artifacts_dir, keys)
         return _Scan(keys, run_summary, "; ".join(problems) or None, created, source)

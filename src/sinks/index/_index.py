@@ -303,13 +303,13 @@ class EventIndex:
         """
         import logging
 
-        from sinks._layout import UnsafeSymlinkError, resolve_inside
+        from sinks._layout import LOG_FILE_NAME, UnsafeSymlinkError, resolve_inside
         from sinks.jsonl import iter_log  # here: sinks.jsonl may import this module
 
         index = cls(low_memory=low_memory, max_events=max_events)
         root = Path(workspace_root)
         for session in sorted(root.iterdir()):
-            path = session / "events.jsonl"
+            path = session / LOG_FILE_NAME
             try:  # nothing is read outside the root: a symlink leading out is skipped
                 resolve_inside(os.fspath(root), os.fspath(path))
             except UnsafeSymlinkError as exc:

@@ -69,7 +69,8 @@ in ``sinks._jsonl_sink``; reading and recovery (:func:`iter_log`, :class:`Recove
 """
 
 from .._files import NotARegularFileError, UnsafeSymlinkError
-from ._log import LOG_FILE_NAME, EventLog
+from .._layout import LOG_FILE_NAME
+from ._log import EventLog
 from ._read import CorruptLogError, RecoveryReport, iter_log
 from ._sink import JsonlSink, JsonlSinkStats, WrittenCallback
 from ._write import Durability, LogLockedError

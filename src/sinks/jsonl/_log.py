@@ -28,11 +28,10 @@ from ..index import EventIndex
 from ._read import LogScan, RecoveryReport
 from ._write import Durability, LogWriter, check_durability
 
-__all__ = ["LOG_FILE_NAME", "EventLog"]
+__all__ = ["EventLog"]
 
 logger = logging.getLogger("eventbus.sinks.jsonl")
 
-LOG_FILE_NAME = "events.jsonl"
 """The name of each session's log under ``{workspace_root}/{session_id}/``."""
 
 

@@ -31,8 +31,7 @@ from eventbus import (
     validate_session_id,
 )
 
-from .._layout import check_link
-from ._log import LOG_FILE_NAME
+from .._layout import LOG_FILE_NAME, check_link
 from ._read import RecoveryReport
 from ._write import Durability, LogWriter, check_durability
 

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from eventbus import Event, EventQuery, is_valid_name
 
+from .._layout import LOG_FILE_NAME
 from .._lines import iter_growth, open_log
-from ..jsonl import LOG_FILE_NAME
 
 __all__: list[str] = []
 

@@ -13,6 +13,7 @@ import stat
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from .._layout import LOG_FILE_NAME
 from .._lines import iter_growth, open_log
 from ..artifacts._query import SessionArtifactQuery, SessionSummary
 from ..artifacts._summary import Tally
@@ -114,7 +115,7 @@ class SessionRows:
             summary = self.query.get_session_summary(session_id)
         except OSError as exc:
             return empty_row(session_id, f"cannot read the session: {exc}"), None
-        log = os.path.join(self.root, session_id, "events.jsonl")
+        log = os.path.join(self.root, session_id, LOG_FILE_NAME)
         created = summary["created_at"]
         run = _run_summary(summary)
         if run is not None:

@@ -74,9 +74,9 @@ from eventbus import (
     validate_session_id,
 )
 
+from .._layout import LOG_FILE_NAME
 from .._lines import complete_end, iter_growth, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
-from ..jsonl import LOG_FILE_NAME
 from ._follow import Tail, is_log_change, load_awatch
 from ._scan import Key, find_key, key_of, scan_log
 from ._sessions import SessionRows
