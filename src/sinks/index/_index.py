@@ -57,18 +57,22 @@ errors in ``sinks._index_errors``. Import every name from here.
 
 from __future__ import annotations
 
+import logging
 import os
 from array import array
 from collections.abc import Iterable, MutableSequence, Sequence
 from datetime import datetime
 from functools import partial
-from itertools import chain, compress, islice, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter, eq
 from pathlib import Path
 from typing import Any, Final
 
 from eventbus import Event, EventQuery, EventType
 
+from .._files import UnsafeSymlinkError
+from .._layout import LOG_FILE_NAME, resolve_inside
+from .._lines import iter_growth, open_log
 from .._usage import NO_USAGE, RESPONSE, TokenUsage, usage_of
 from ._disk import Locations, LogRows, take
 from ._errors import (
@@ -105,6 +109,8 @@ __all__ = [
     "UsageField",
 ]
 
+logger = logging.getLogger("sinks.index")
+
 # --- the index ----------------------------------------------------------------------------
 
 _FIELDS: Final = FIELDS  # posting lists: the six fields, then (session, type)
@@ -118,7 +124,6 @@ _EVERYTHING: Final = EventQuery()
 _GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
 _MIN_COMPACTION: Final = 4096  # compact once this many (and half the rows) are dead
-_BATCH: Final = 4096
 
 
 class EventIndex:
@@ -254,6 +259,8 @@ class EventIndex:
         path: str | os.PathLike[str],
         offsets: Sequence[int],
         lengths: Sequence[int],
+        *,
+        bulk: bool = False,
     ) -> int:
         """Index ``events`` read from, or just written to, the JSONL log at ``path``.
 
@@ -262,7 +269,14 @@ class EventIndex:
         once the lines are written to the file (flushed to the OS, not
         necessarily to disk): a low-memory index reads them back with
         ``os.pread`` when a query returns them. A memory-mode index ignores
-        the locations. Returns how many events were new.
+        the locations. Returns how many events were new (with ``bulk``: how
+        many were given, duplicates being found by :meth:`settle`).
+
+        ``bulk=True`` is for loading many batches: events older than the
+        newest held are appended and sorted once, by :meth:`settle`, instead
+        of being put in place batch by batch. Call :meth:`settle` after the
+        last bulk batch, before any query. With ``max_events``, bulk loading
+        settles by itself whenever twice that many events are held.
 
         :raises IndexArgumentError: if the three sequences differ in length or
             hold negative offsets or non-positive lengths.
@@ -275,13 +289,72 @@ class EventIndex:
             )  # fmt: skip
         if not events:
             return 0
+        located: Locations | None = None
+        if self._low_memory:
+            if min(offsets) < 0 or min(lengths) < 1 or max(lengths) >= 1 << 32:
+                raise IndexArgumentError(
+                    "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
+                )
+            located = (self._rows.file_id(path), list(offsets), list(lengths))
+        added = self._add(events, located, bulk=bulk)
+        if bulk and self._max_events is not None and self._live >= 2 * self._max_events:
+            self._settle()
+        return added
+
+    def add_log(
+        self, path: str | os.PathLike[str], start: int = 0, *, bulk: bool = False
+    ) -> int | None:
+        """Index the events of the complete lines of the JSONL log at ``path`` from byte ``start``.
+
+        This is how an index is loaded from logs (:meth:`from_workspace`, and
+        ``Workspace`` keeping its index current as logs grow): call it again
+        with the returned offset to index what the log gained since. An
+        incomplete last line is left for the next call (a writer may be
+        finishing it); corrupt and blank lines are skipped. ``bulk`` is as for
+        :meth:`add_located` (call :meth:`settle` after the last log).
+
+        :returns: the offset just after the last complete line read, or
+            ``None`` if there is no log at ``path`` (or it is not a regular file).
+        """
+        path = os.fspath(path)
+        fd = open_log(path)
+        if fd is None:
+            return None
+        end = start
+        try:
+            for growth in iter_growth(fd, start):
+                if growth.events:
+                    self.add_located(growth.events, path, growth.offsets, growth.lengths, bulk=bulk)
+                end = growth.end
+        finally:
+            os.close(fd)
+        return end
+
+    def settle(self) -> None:
+        """Put the events of bulk batches in order and evict down to ``max_events``.
+
+        Needed only after :meth:`add_located` or :meth:`add_log` with
+        ``bulk=True``; cheap when there is nothing to do.
+        """
+        self._settle()
+
+    def locate(self, event_id: str) -> tuple[str, int, int]:
+        """Where the line of event ``event_id`` is: ``(path, offset, length)``, newline included.
+
+        :raises UnknownEventIdError: if the index holds no event with this id.
+        :raises EventIndexError: if the index is not low-memory (only a
+            low-memory index keeps where each event is).
+        """
         if not self._low_memory:
-            return self._add(events, None)
-        if min(offsets) < 0 or min(lengths) < 1 or max(lengths) >= 1 << 32:
-            raise IndexArgumentError(
-                "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
+            raise EventIndexError(
+                "locate() needs EventIndex(low_memory=True): an index in memory mode keeps "
+                "the events, not where they are in their logs"
             )
-        return self._add(events, (self._rows.file_id(path), list(offsets), list(lengths)))
+        position = self._find(event_id)
+        if position is None:
+            raise UnknownEventIdError(event_id)
+        rows = self._rows
+        return rows.paths[rows.file[position]], rows.offset[position], rows.length[position]
 
     @classmethod
     def from_workspace(
@@ -297,15 +370,10 @@ class EventIndex:
         same events live (corrupt lines, which :func:`sinks.jsonl.iter_log`
         skips, excepted). With ``max_events``, up to twice that many events are
         held while loading. A log reached through a symlink leading out of
-        the root (or dangling) is skipped, with a warning on ``sinks.memory``.
+        the root (or dangling) is skipped, with a warning on ``sinks.index``.
 
         :raises FileNotFoundError: if ``workspace_root`` does not exist.
         """
-        import logging
-
-        from sinks._layout import LOG_FILE_NAME, UnsafeSymlinkError, resolve_inside
-        from sinks.jsonl import iter_log  # here: sinks.jsonl may import this module
-
         index = cls(low_memory=low_memory, max_events=max_events)
         root = Path(workspace_root)
         for session in sorted(root.iterdir()):
@@ -313,21 +381,11 @@ class EventIndex:
             try:  # nothing is read outside the root: a symlink leading out is skipped
                 resolve_inside(os.fspath(root), os.fspath(path))
             except UnsafeSymlinkError as exc:
-                logging.getLogger("sinks.index").warning("skipped %s: %s", path, exc)
+                logger.warning("skipped %s: %s", path, exc)
                 continue
-            if not path.is_file():
-                continue
-            entries = iter_log(path)
-            while chunk := list(islice(entries, _BATCH)):
-                events = [entry[0] for entry in chunk]
-                located: Locations | None = None
-                if low_memory:
-                    offsets = [entry[1] for entry in chunk]
-                    located = (index._rows.file_id(path), offsets, [entry[2] for entry in chunk])
-                index._add(events, located, bulk=True)
-                if max_events is not None and index._live >= 2 * max_events:
-                    index._settle()
-        index._settle()
+            if path.is_file():
+                index.add_log(path, bulk=True)
+        index.settle()
         return index
 
     def _add(self, events: list[Event], located: Locations | None, *, bulk: bool = False) -> int:

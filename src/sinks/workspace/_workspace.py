@@ -75,7 +75,7 @@ from eventbus import (
 )
 
 from .._layout import LOG_FILE_NAME
-from .._lines import complete_end, iter_growth, open_log, read_places
+from .._lines import complete_end, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import Tail, is_log_change, load_awatch
 from ._scan import Key, find_key, key_of, scan_log
@@ -652,7 +652,7 @@ class Workspace:
         for session_id, path, status in self._log_files():
             log = self._logs[session_id] = _Log(path, (status.st_dev, status.st_ino))
             self._read(index, log, bulk=True)
-        _settle(index)
+        index.settle()
 
     def _refresh(self) -> bool:
         """Read what the logs gained; ``False`` if one was replaced or removed (rebuild)."""
@@ -672,22 +672,12 @@ class Workspace:
         return len(seen) == len(self._logs)
 
     def _read(self, index: EventIndex, log: _Log, *, bulk: bool) -> None:
-        fd = open_log(log.path)
-        if fd is None:
-            return
-        try:
-            for growth in iter_growth(fd, log.end):
-                if growth.events:
-                    if bulk:
-                        _add_bulk(index, growth.events, log.path, growth.offsets, growth.lengths)
-                    else:
-                        index.add_located(growth.events, log.path, growth.offsets, growth.lengths)
-                log.end = growth.end
-        finally:
-            os.close(fd)
+        end = index.add_log(log.path, log.end, bulk=bulk)
+        if end is not None:
+            log.end = end
 
     def _places(self, index: EventIndex, events: Sequence[Event]) -> list[tuple[str, int, int]]:
-        return [_place(index, event.id) for event in events]
+        return [index.locate(event.id) for event in events]
 
     def _snapshot(self) -> dict[str, tuple[tuple[int, int], int]]:
         """Bring the index up to date; return where each log's indexed lines end."""
@@ -737,27 +727,3 @@ def _check_limit(limit: int | None) -> None:
 
 def _item_key(item: tuple[Event, bytes]) -> Key:
     return item[0].timestamp, item[0].id
-
-
-# --- the index's places (read through its private rows: same package) ----------------------
-
-
-def _add_bulk(
-    index: EventIndex, events: list[Event], path: str, offsets: list[int], lengths: list[int]
-) -> None:
-    """Add located events, sorting late ones once at the end (:func:`_settle`), as
-    ``EventIndex.from_workspace`` does."""
-    index._add(events, (index._rows.file_id(path), offsets, lengths), bulk=True)
-
-
-def _settle(index: EventIndex) -> None:
-    index._settle()
-
-
-def _place(index: EventIndex, event_id: str) -> tuple[str, int, int]:
-    """(path, offset, length) of the line of the event ``event_id`` in a low-memory index."""
-    position = index._find(event_id)
-    if position is None:
-        raise UnknownEventIdError(event_id)
-    rows = index._rows
-    return rows.paths[rows.file[position]], rows.offset[position], rows.length[position]
