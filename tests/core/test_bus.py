@@ -31,14 +31,11 @@ from eventbus import (
     encode_event,
     encode_jsonl,
 )
+from factories import event as ev
 
 pytestmark = pytest.mark.anyio
 
 FAST_RETRY = RetryPolicy(retries=3, initial_delay=0.001, max_delay=0.001)
-
-
-def ev(i: int, session: str = "s1", event_type: EventType = EventType.INFO) -> Event:
-    return Event(event_type=event_type, session_id=session, message=str(i))
 
 
 class GatedSink(MemorySink):
@@ -485,7 +482,7 @@ class TestThreads:
 
             def produce(thread: int) -> None:
                 for i in range(200):
-                    bus.publish_threadsafe(ev(i, session=f"t{thread}"))
+                    bus.publish_threadsafe(ev(i, session_id=f"t{thread}"))
 
             plain = threading.Thread(target=produce, args=(9,))
             plain.start()

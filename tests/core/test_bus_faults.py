@@ -24,6 +24,7 @@ from eventbus import (
     RetryPolicy,
     SinkFailedError,
 )
+from factories import event as ev
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import JsonlSink
 from sinks.jsonl._write import LogWriter
@@ -31,10 +32,6 @@ from sinks.jsonl._write import LogWriter
 pytestmark = pytest.mark.anyio
 
 FAST_RETRY = RetryPolicy(retries=2, initial_delay=0.001, max_delay=0.001)
-
-
-def ev(i: int, session: str = "s1") -> Event:
-    return Event(event_type=EventType.INFO, session_id=session, message=str(i))
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from eventbus import Event, EventBus, EventQuery, EventType, Gap, Listener, MemorySink
+from factories import event as ev
 
 pytestmark = pytest.mark.anyio
-
-
-def ev(i: int, session: str = "s1") -> Event:
-    return Event(event_type=EventType.INFO, session_id=session, message=str(i))
 
 
 async def test_listener_sees_matching_events_live_in_order() -> None:
@@ -31,7 +28,7 @@ async def test_listener_sees_matching_events_live_in_order() -> None:
             tg.start_soon(consume)
             await wait_all_tasks_blocked()
             for i in range(9):
-                await bus.publish(ev(i, session=f"s{i % 3}"))
+                await bus.publish(ev(i, session_id=f"s{i % 3}"))
     assert received == ["2", "5", "8"]
 
 

@@ -9,13 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventbus import Event, EventQuery, EventType
+from factories import event as make
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def make(**fields: object) -> Event:
-    base: dict[str, object] = {"event_type": EventType.INFO, "session_id": "s1", "message": "m"}
-    return Event(**{**base, **fields})  # type: ignore[arg-type]
 
 
 def test_empty_query_matches_everything() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+import factories
 from eventbus import (
     Event,
     EventBatch,
@@ -25,22 +25,15 @@ from eventbus import (
     SinkFailedError,
     encode_event,
 )
+from factories import T0
 from sinks.index import EventIndex, TokenUsage
 from sinks.jsonl import JsonlSink
-
-T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def make(i: int, session_id: str = "s1", **fields: Any) -> Event:
     """The i-th event, ``i`` milliseconds after T0."""
-    return Event(
-        event_type=fields.pop("event_type", EventType.INFO),
-        session_id=session_id,
-        message=fields.pop("message", f"event {i}"),
-        timestamp=T0 + timedelta(milliseconds=i),
-        parent_id=None,
-        **fields,
-    )
+    values = {"message": f"event {i}", "seconds": i / 1000, **fields}
+    return factories.event(i, session_id, **values)
 
 
 def batch(*events: Event) -> EventBatch:

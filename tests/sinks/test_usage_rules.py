@@ -18,7 +18,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventbus import Event, EventType
+from eventbus import Event
+from factories import response
 from sinks import ArtifactSink, EventIndex, JsonlSink, RunSummary, Workspace
 
 _MISSING = object()
@@ -45,40 +46,31 @@ responses = st.lists(
 
 
 def _events(drawn: list[tuple[str, str | None, dict[str, Any]]]) -> list[Event]:
-    events = []
-    for number, (session_id, model, values) in enumerate(drawn):
-        metadata = {key: value for key, value in values.items() if value is not _MISSING}
-        events.append(
-            Event(
-                event_type=EventType.LLM_RESPONSE_RECEIVED,
-                session_id=session_id,
-                message=f"response {number}",
-                model=model,
-                metadata=metadata,
-            )
+    return [
+        response(
+            number,
+            session_id,
+            model=model,
+            **{key: value for key, value in values.items() if value is not _MISSING},
         )
-    return events
+        for number, (session_id, model, values) in enumerate(drawn)
+    ]
 
 
-def _totals(calls: int, prompt: int, completion: int, total: int, cost: float) -> dict[str, Any]:
+def _values(calls: int, row: Any) -> dict[str, Any]:
+    """What every place reports: calls, the token counts, the cost."""
+    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
     return {
         "calls": calls,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-        "cost_usd": cost,
+        "prompt_tokens": get("prompt_tokens"),
+        "completion_tokens": get("completion_tokens"),
+        "total_tokens": get("total_tokens"),
+        "cost_usd": get("cost_usd"),
     }
 
 
-def _summed(rows: list[dict[str, Any]], calls: str) -> dict[str, Any]:
-    picos = sum(round(row["cost_usd"] * 10**12) for row in rows)
-    return _totals(
-        sum(row[calls] for row in rows),
-        sum(row["prompt_tokens"] for row in rows),
-        sum(row["completion_tokens"] for row in rows),
-        sum(row["total_tokens"] for row in rows),
-        picos / 10**12,
-    )
+def _by_session(rows: list[dict[str, Any]], key: str, calls: str) -> dict[str, dict[str, Any]]:
+    return {row[key]: _values(row[calls], row) for row in rows if row[calls]}
 
 
 async def _write(root: Path, events: list[Event], artifacts: bool) -> None:
@@ -100,13 +92,12 @@ def test_run_summary_index_and_workspace_totals_agree(
     index = EventIndex()
     index.add(events)
     usage = index.usage()
-    expected = _totals(
-        usage.responses,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.total_tokens,
-        usage.cost_usd,
-    )
+    total = _values(usage.responses, usage)
+    per_session = {
+        session_id: _values(found.responses, found)
+        for session_id, found in index.usage_by("session_id").items()
+        if session_id is not None
+    }
     with tempfile.TemporaryDirectory() as directory:
         with_artifacts, logs_only = Path(directory, "a"), Path(directory, "b")
         anyio.run(_write, with_artifacts, events, True)
@@ -116,16 +107,19 @@ def test_run_summary_index_and_workspace_totals_agree(
             msgspec.json.decode(path.read_bytes(), type=RunSummary)
             for path in sorted(with_artifacts.glob("*/artifacts/run_summary.json"))
         ]
-        assert _summed([msgspec.to_builtins(s) for s in summaries], "llm_calls") == expected
+        summed = {s.session_id: _values(s.llm_calls, s) for s in summaries if s.llm_calls}
+        assert summed == per_session
         assert sum(s.cached_tokens for s in summaries) == usage.cached_tokens
 
         for root in (with_artifacts, logs_only):
             for indexed in (True, False):
                 with Workspace(root, index=indexed) as workspace:
                     answer = workspace.usage("session_id")
-                    assert answer["total"] == expected
-                    assert _summed(answer["rows"], "calls") == expected
-                    assert _summed(workspace.sessions(), "llm_calls") == expected
+                    assert answer["total"] == total
+                    assert _by_session(answer["rows"], "key", "calls") == per_session
+                    assert _by_session(workspace.sessions(), "session_id", "llm_calls") == (
+                        per_session
+                    )
 
 
 def test_a_negative_prompt_count_counts_as_zero_everywhere(tmp_path: Path) -> None:

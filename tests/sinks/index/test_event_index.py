@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import factories
 import sinks.index
 import sinks.index._chunks
 import sinks.index._index
@@ -30,6 +31,7 @@ from eventbus import (
     create_llm_response_event,
     encode_jsonl,
 )
+from factories import at
 from sinks.index import (
     EventIndex,
     EventIndexError,
@@ -44,12 +46,7 @@ from sinks.jsonl import JsonlSink
 
 pytestmark = pytest.mark.anyio
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 CUSTOM = EventType("custom_kind")  # a type this version does not know
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 def make(
@@ -59,13 +56,8 @@ def make(
     **fields: Any,
 ) -> Event:
     """An event ``seconds`` after T0; ``fields`` set the rest."""
-    return Event(
-        event_type=event_type,
-        session_id=session_id,
-        message=f"{event_type.value} at {seconds}",
-        timestamp=at(seconds),
-        **fields,
-    )
+    message = f"{event_type.value} at {seconds}"
+    return factories.event(0, session_id, event_type, seconds=seconds, message=message, **fields)
 
 
 def response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
@@ -12,23 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import factories
 import sinks.index._chunks
 from eventbus import Event, EventQuery, EventType
+from factories import T0
 from sinks.index import EventIndex
 from sinks.index._chunks import Chunks
-
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def event(seconds: float, index: int) -> Event:
     """An event ``seconds`` after T0, of one of three sessions."""
-    return Event(
-        event_type=EventType.INFO,
-        session_id=f"s{index % 3}",
-        message=f"event {index}",
-        timestamp=T0 + timedelta(seconds=seconds),
-        parent_id=None,
-    )
+    return factories.event(index, f"s{index % 3}", seconds=seconds)
 
 
 class SortedModel:

@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from eventbus import Event, EventQuery, EventType
+import factories
+from eventbus import Event, EventQuery
 from sinks import EventIndex, EventIndexError, EventLog, UnknownEventIdError
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 EVERYTHING = EventQuery()
 
 
-def _events(count: int, session_id: str = "s1") -> list[Event]:
-    return [
-        Event(
-            event_type=EventType.TASK_STARTED,
-            session_id=session_id,
-            message=f"event {i}",
-            task_id=f"t{i % 3}",
-            timestamp=T0 + timedelta(seconds=i),
-            parent_id=None,
-        )
-        for i in range(count)
-    ]
+def _events(count: int) -> list[Event]:
+    return [factories.event(i, seconds=i, task_id=f"t{i % 3}") for i in range(count)]
 
 
 def _write(path: Path, events: list[Event]) -> None:

@@ -12,7 +12,7 @@ import tempfile
 import textwrap
 import tracemalloc
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import factories
 from eventbus import (
     Event,
     EventType,
@@ -28,23 +29,19 @@ from eventbus import (
     encode_event,
     encode_jsonl,
 )
+from factories import T0
 from sinks.jsonl import CorruptLogError, EventLog, LogLockedError, RecoveryReport, iter_log
-
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def make_event(index: int = 0, **fields: Any) -> Event:
     """A complete event (the same ``index`` makes an equal event); ``fields`` override."""
     values: dict[str, Any] = {
-        "event_type": EventType.INFO,
         "session_id": "session-1",
         "message": f"event {index}",
-        "timestamp": T0 + timedelta(minutes=index),
+        "seconds": 60 * index,
         "id": f"event-{index}",
-        "parent_id": None,
     }
-    values.update(fields)
-    return Event(**values)
+    return factories.event(index, **{**values, **fields})
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from eventbus import (
     SinkFailedError,
     encode_event,
 )
+from factories import event as make_event
 from sinks.jsonl import (
     EventLog,
     JsonlSink,
@@ -51,12 +52,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ONE_RETRY = RetryPolicy(retries=1, initial_delay=0)
-
-
-def make_event(index: int, session_id: str = "s1") -> Event:
-    return Event(
-        event_type=EventType.INFO, session_id=session_id, message=f"event {index}", parent_id=None
-    )
 
 
 def logged(root: Path, session_id: str) -> list[Event]:
@@ -546,7 +541,7 @@ def test_forked_child_does_not_keep_the_parents_log_locked(tmp_path: Path) -> No
         os.close(write_end)  # the child reads EOF and exits
         os.close(ready_read)
         assert exit_code(pid) == 0
-    assert [e.message for e in EventLog(path).get_events()] == ["event 0", "event 2"]
+    assert [e.message for e in EventLog(path).get_events()] == ["0", "2"]
 
 
 def test_inherited_log_in_a_forked_child_refuses_rather_than_sharing_the_lock(
@@ -565,7 +560,7 @@ def test_inherited_log_in_a_forked_child_refuses_rather_than_sharing_the_lock(
 
     assert exit_code(in_child(append_in_child)) == 7
     log.close()
-    assert [e.message for e in EventLog(path).get_events()] == ["event 0"]
+    assert [e.message for e in EventLog(path).get_events()] == ["0"]
 
 
 # --- 7. files that are not regular files ------------------------------------------------

@@ -27,6 +27,7 @@ from eventbus import (
     encode_event,
     validate_session_id,
 )
+from factories import event as make_event
 from sinks.jsonl import EventLog, JsonlSink, LogLockedError
 
 if TYPE_CHECKING:
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 NO_RETRY = RetryPolicy(retries=0)
-
-
-def make_event(index: int, session_id: str = "s1", **fields: object) -> Event:
-    return Event(
-        event_type=EventType.INFO,
-        session_id=session_id,
-        message=f"event {index}",
-        parent_id=None,
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 def logged(root: Path, session_id: str) -> list[Event]:
@@ -277,7 +268,7 @@ async def test_bus_refuses_an_escaping_session_id_before_any_sink(tmp_path: Path
         with pytest.raises(InvalidNameError, match=re.escape("contains '..'")):
             bus.publish_nowait(make_event(1, session_id="../escape"))
         bus.publish_nowait(make_event(0, session_id="fine"))
-    assert [e.message for e in logged(tmp_path / "workspace", "fine")] == ["event 0"]
+    assert [e.message for e in logged(tmp_path / "workspace", "fine")] == ["0"]
     assert not (tmp_path / "escape").exists()
 
 
@@ -292,7 +283,7 @@ async def test_second_sink_on_the_same_log_is_refused(tmp_path: Path) -> None:
     await first.aclose()
     await second.write([make_event(2)])
     await second.aclose()
-    assert [e.message for e in logged(tmp_path, "s1")] == ["event 0", "event 2"]
+    assert [e.message for e in logged(tmp_path, "s1")] == ["0", "2"]
 
 
 async def test_torn_line_is_cut_and_announced_on_the_bus(tmp_path: Path) -> None:

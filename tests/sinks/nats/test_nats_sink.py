@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from _nats_servers import free_port, machine_nats, machine_stream, stream_name
 from eventbus import Event, EventBatch, EventBus, EventType, RetryPolicy, SinkFailedError
+from factories import events as _events
 from sinks.nats import (
     AsyncioOnlyError,
     JetStreamSink,
@@ -34,13 +35,6 @@ pytestmark = pytest.mark.service
 def anyio_backend() -> str:
     """nats-py runs on asyncio only (trio is tested below for its error)."""
     return "asyncio"
-
-
-def _events(count: int, session_id: str = "s1") -> list[Event]:
-    return [
-        Event(event_type=EventType.INFO, session_id=session_id, message=f"m{i}")
-        for i in range(count)
-    ]
 
 
 async def _stored(url: str, stream: str) -> list[nats.aio.msg.Msg]:

@@ -16,6 +16,7 @@ from eventbus import (
     RetryPolicy,
     SinkFailedError,
 )
+from factories import events as _events
 from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
 
 __all__ = ["machine_nats", "machine_stream", "stream_name"]  # fixtures, imported for pytest
@@ -44,13 +45,6 @@ async def _consume(url: str, stream: str, sink: MemorySink, **options: object) -
         async with source:
             await source.run(bus, until_idle=True)
     return source
-
-
-def _events(count: int, session_id: str = "s1") -> list[Event]:
-    return [
-        Event(event_type=EventType.INFO, session_id=session_id, message=f"m{i}")
-        for i in range(count)
-    ]
 
 
 @pytest.mark.anyio

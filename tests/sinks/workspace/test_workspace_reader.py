@@ -14,6 +14,7 @@ from unittest import mock
 import anyio
 import pytest
 
+import factories
 import sinks._lines
 import sinks.workspace._scan
 from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
@@ -36,13 +37,7 @@ def at(seconds: float) -> datetime:
 
 
 def info(session: str, message: str, seconds: float, **fields: Any) -> Event:
-    return Event(
-        event_type=fields.pop("event_type", EventType.INFO),
-        session_id=session,
-        message=message,
-        timestamp=at(seconds),
-        **fields,
-    )
+    return factories.event(0, session, **{"message": message, "timestamp": at(seconds), **fields})
 
 
 def response(session: str, seconds: float, model: str, phase: str, **usage: Any) -> Event:
