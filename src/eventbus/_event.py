@@ -12,13 +12,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from ._errors import EventDecodeError
 
-__all__ = ["Event", "EventType", "current_parent_id", "new_event_id", "parent_scope"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "Event",
+    "EventType",
+    "current_parent_id",
+    "new_event_id",
+    "parent_scope",
+]
 
 
 class EventType(enum.StrEnum):
@@ -163,6 +170,23 @@ def new_event_id() -> str:
     return prefix + next(_hex_counter)
 
 
+# --- What an id may hold ----------------------------------------------------------
+#
+# An id is written after ``id:`` in server-sent events and used as a key: one
+# holding a line break could forge SSE fields, a huge one bloats every index.
+# Publishing and decoding refuse both (see ``_codec``); the length is checked
+# by msgspec while decoding (the ``Meta`` below; a ``pattern`` there would
+# double the cost of decoding, so ``_codec`` looks for control characters).
+
+MAX_ID_LENGTH: Final = 256
+"""The most characters an event's ``id`` or ``parent_id`` may hold."""
+
+CONTROL_CHARACTERS: Final = "\x00-\x1f\x7f-\x9f"
+"""The characters no id may hold (a regex class): Unicode's control characters (Cc)."""
+
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+
+
 # --- Causality --------------------------------------------------------------
 
 _parent_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -275,8 +299,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent_role: str | None = None
     model: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    id: str = msgspec.field(default_factory=_default_id)
-    parent_id: str | None = msgspec.field(default_factory=_parent_id.get)
+    id: _Id = msgspec.field(default_factory=_default_id)
+    parent_id: _Id | None = msgspec.field(default_factory=_parent_id.get)
 
     def __post_init__(self) -> None:
         timestamp = self.timestamp
