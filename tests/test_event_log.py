@@ -498,7 +498,7 @@ _events = st.builds(
     agent_role=st.none() | st.text(),
     model=st.none() | st.text(),
     metadata=_metadata,
-    parent_id=st.none() | st.text(),
+    parent_id=st.none() | st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=256),
 )
 
 

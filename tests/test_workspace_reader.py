@@ -14,7 +14,7 @@ from unittest import mock
 import anyio
 import pytest
 
-import sinks._workspace_scan
+import sinks._jsonl_read
 from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
 from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
@@ -499,7 +499,7 @@ SEED_QUERIES = [
 @pytest.mark.parametrize("query", SEED_QUERIES)
 def test_a_scan_derives_the_ids_an_event_log_derives(seeded: Path, query: EventQuery) -> None:
     """Without an index, lines without ids get EventLog's ids (their offsets'), in many chunks."""
-    with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+    with mock.patch.object(sinks._jsonl_read, "CHUNK", 1024):
         scanned, _ = Workspace(seeded, index=False).events(query)
     indexed, _ = Workspace(seeded).events(query)
     with EventLog(seeded / "old" / "events.jsonl") as log:
@@ -518,7 +518,7 @@ def test_pages_after_derived_ids_are_the_index_pages(seeded: Path) -> None:
         workspace = Workspace(seeded, index=indexed)
         pages[indexed] = []
         after: str | None = None
-        with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+        with mock.patch.object(sinks._jsonl_read, "CHUNK", 1024):
             while True:
                 page, after = workspace.events(limit=37, after=after)
                 pages[indexed].append([e.id for e in page])

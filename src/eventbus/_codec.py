@@ -136,14 +136,14 @@ def _encode(event: Event) -> bytes:
     # is a table lookup per byte, quicker than str.isprintable); others are looked at
     ident = event.id
     if not ident.encode().isalnum() or len(ident) > MAX_ID_LENGTH:
-        problem = _id_problem(ident)
-        if problem is not None:
-            raise _Refused("id", problem)
+        why = _id_problem(ident)
+        if why is not None:
+            raise _Refused("id", why)
     parent = event.parent_id
     if parent is not None and (not parent.encode().isalnum() or len(parent) > MAX_ID_LENGTH):
-        problem = _id_problem(parent)
-        if problem is not None:
-            raise _Refused("parent_id", problem)
+        why = _id_problem(parent)
+        if why is not None:
+            raise _Refused("parent_id", why)
     line = _encode_unchecked(event)
     if len(line) > MAX_LINE_BYTES:
         raise _Refused("the encoded event", _too_long(len(line)))
@@ -430,9 +430,10 @@ def decode_events(data: bytes | bytearray | memoryview, *, offset: int = 0) -> l
     except _DECODE_ERRORS as exc:
         raise EventDecodeError(_decode_reason(exc)) from exc
     # ids: one look at them all joined (the common case: ASCII letters and digits)
-    if not "".join(map(_get_id, events)).encode().isalnum() or not "".join(
-        filter(None, map(_get_parent_id, events))
-    ).encode().isalnum():
+    if (
+        not "".join(map(_get_id, events)).encode().isalnum()
+        or not "".join(filter(None, map(_get_parent_id, events))).encode().isalnum()
+    ):
         _check_ids(events)
     if not missing:
         return events

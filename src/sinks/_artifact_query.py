@@ -80,7 +80,7 @@ def _first_event_time(log_path: str) -> float | None:
         return None
     try:
         return as_utc(_first_event_decoder.decode(head[:end]).timestamp).timestamp()
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Self
 
 from eventbus import (
+    MAX_LINE_BYTES,
     Event,
     EventQuery,
     EventType,
@@ -26,6 +27,8 @@ from ._jsonl_files import open_regular
 from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
 from ._jsonl_write import Durability, LogWriter, check_durability
 from .memory import EventIndex
+
+_LATEST_WINDOW_LIMIT = 2 * MAX_LINE_BYTES  # get_latest reads backwards at most this far
 
 __all__ = ["LOG_FILE_NAME", "EventLog"]
 
@@ -317,6 +320,12 @@ class EventLog:
             return []
         try:
             while True:
+                if window > _LATEST_WINDOW_LIMIT:  # a line over MAX_LINE_BYTES: read forward
+                    scan = LogScan(self._scan.path, strict=False)
+                    latest: deque[Event] = deque(maxlen=n)
+                    for located in scan.read_positioned(fd, stop=end):
+                        latest.extend(event for event, _, _ in located)
+                    return list(latest)
                 start = max(0, end - window)
                 data = os.pread(fd, end - start, start)
                 skip = data.find(b"\n") + 1 if start else 0

@@ -4,7 +4,8 @@ Used by :class:`sinks.workspace.Workspace` to follow logs that another process
 writes and to print events byte for byte. Only complete lines (ending in
 ``\\n``) are read: a line being written is left for the next read, so a line
 completed in two writes comes out once, whole. Corrupt lines are skipped and
-counted; blank lines are skipped.
+counted (a line over ``MAX_LINE_BYTES`` too, without reading it whole); blank
+lines are skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from itertools import accumulate
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
-from ._jsonl_read import CHUNK, READ_FLAGS, TAIL_BLOCK
+from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, line_runs
 
 __all__: list[str] = []
 
@@ -40,27 +41,17 @@ class Growth:
 def iter_growth(fd: int, start: int) -> Iterator[Growth]:
     """Read the complete lines of ``fd`` from byte ``start`` on, a chunk at a time.
 
-    Each :class:`Growth` covers up to about 4 MiB; its ``end`` is where the
-    next read starts. Stops at the end of the file or inside an incomplete line.
+    Each :class:`Growth` covers up to about 4 MiB (or one long line); its
+    ``end`` is where the next read starts. Stops at the end of the file or
+    inside an incomplete line.
     """
-    position = start
-    size = CHUNK
-    while True:
-        want = size
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            growth = Growth(position + cut)
+    for data, cut, position in line_runs(fd, start):
+        growth = Growth(position + cut)
+        if data is None:  # a line over MAX_LINE_BYTES
+            growth.corrupt = 1
+        else:
             _decode_into(growth, data[: cut - 1], position)
-            position += cut
-            yield growth
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want:  # the end, inside an incomplete line (or none)
-            return
-        else:  # one line longer than a chunk
-            size *= 2
+        yield growth
 
 
 def _decode_into(growth: Growth, block: bytes, offset: int) -> None:

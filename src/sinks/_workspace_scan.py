@@ -22,7 +22,7 @@ import msgspec
 
 from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
 
-from ._jsonl_read import CHUNK
+from ._jsonl_read import line_runs
 from ._workspace_lines import open_log
 
 __all__: list[str] = []
@@ -50,6 +50,7 @@ _timed = msgspec.json.Decoder(_Timed)
 _EQUALS = ("session_id", "phase", "task_id", "agent_role", "model")
 _get_id = attrgetter("id")
 _BLANK = b" \t\r"
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
 def key_of(event: Event) -> Key:
@@ -57,24 +58,13 @@ def key_of(event: Event) -> Key:
 
 
 def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``."""
-    position, size = start, CHUNK
-    while True:
-        want = size if stop is None else min(size, stop - position)
-        if want <= 0:
-            return
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
+    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``.
+
+    Lines over ``MAX_LINE_BYTES`` (corrupt) are passed over unread.
+    """
+    for data, cut, position in line_runs(fd, start, stop):
+        if data is not None:
             yield data, cut, position
-            position += cut
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want or want < size:
-            return
-        else:
-            size *= 2
 
 
 class _Chunk:
@@ -93,7 +83,7 @@ class _Chunk:
         self.offsets: list[int] | None = None
         try:
             self.records: list[Any] = self._decoder.decode_lines(memoryview(data)[:cut])
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             self._one_by_one()
 
     @property
@@ -130,7 +120,7 @@ class _Chunk:
                 continue
             try:
                 records.append(decoder.decode(line))
-            except msgspec.DecodeError:
+            except _DECODE_ERRORS:  # RecursionError: nested too deep
                 continue
             kept.append(line)
             offsets.append(here)
