@@ -12,10 +12,12 @@ from typing import Any
 from unittest import mock
 
 import anyio
+import httpx
 import pytest
 
 import sinks._jsonl_read
-from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
+from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameError, encode_event
+from eventbus.web import create_app
 from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog
@@ -538,3 +540,86 @@ def test_an_unknown_after_id_is_refused_over_a_seed_format_log(seeded: Path) -> 
     """Deriving ids does not make an id that no line has known."""
     with pytest.raises(UnknownEventIdError, match=r"^after='0{32}': no event with this id"):
         Workspace(seeded, index=False).events(after="0" * 32)
+
+
+# --- bad lines: nested too deep, forged ids, too long ----------------------------------------
+
+DEEP = 2000
+
+
+def bad_lines(session: str) -> bytes:
+    """Three corrupt lines of ``session``: nested 2,000 deep, a forged SSE id, over the cap."""
+    good = json.loads(encode_event(info(session, "bad", 10)))
+    deep = json.dumps(good)[:-1].encode() + b',"x":' + b"[" * DEEP + b"]" * DEEP + b"}"
+    forged = json.dumps({**good, "id": "x1\nevent: gap\ndata: {}"}).encode()
+    long = json.dumps({**good, "message": "x" * MAX_LINE_BYTES}).encode()
+    return deep + b"\n" + forged + b"\n" + long + b"\n"
+
+
+@pytest.fixture
+def damaged(root: Path) -> Path:
+    """Session a with three corrupt lines in the middle of its log; b healthy."""
+    append_raw(root, "a", bad_lines("a"))
+    append(root, info("a", "a20", 20))
+    return root
+
+
+def test_bad_lines_are_skipped_by_every_query(
+    damaged: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """events, latest, usage and sessions answer from the good lines, the bad ones skipped."""
+    workspace = make(damaged)
+    events, _ = workspace.events(session_id="a")
+    assert [e.message for e in events] == ["a0", "a2", "response from m1", "a20"]
+    assert [e.message for e in workspace.latest(2)] == ["response from m2", "a20"]
+    assert workspace.usage()["total"]["calls"] == 2
+    rows = {row["session_id"]: row for row in workspace.sessions()}
+    assert (rows["a"]["event_count"], rows["b"]["event_count"]) == (4, 3)
+
+
+@pytest.mark.anyio
+async def test_follow_skips_bad_lines_and_goes_on(
+    damaged: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """follow replays the good lines around the bad ones, then yields new events."""
+    workspace = make(damaged)
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines(session_id="a")) as stream:
+            assert [e.message for e in await take(stream, 4)][-1] == "a20"
+            append_raw(damaged, "a", bad_lines("a"))
+            append(damaged, info("a", "a30", 30))
+            assert [e.message for e in await take(stream, 1)] == ["a30"]
+
+
+def test_a_run_summary_nested_too_deep_is_reported_and_the_rest_listed(root: Path) -> None:
+    """That session's row carries the error and its log's counts; the others are listed."""
+    (root / "a" / "artifacts").mkdir()
+    summary = b'{"status":"completed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    (root / "a" / "artifacts" / "run_summary.json").write_bytes(summary)
+    rows = {row["session_id"]: row for row in Workspace(root).sessions()}
+    assert set(rows) == {"a", "b"}
+    assert "run_summary" in rows["a"]["error"]
+    assert "nested too deep" in rows["a"]["error"]
+    assert (rows["a"]["event_count"], rows["b"]["error"]) == (3, None)
+
+
+@pytest.mark.anyio
+async def test_every_api_route_answers_when_one_log_and_one_summary_nest_too_deep(
+    damaged: Path,
+) -> None:
+    """No 500: the healthy session, the damaged one, usage and the session list all answer."""
+    (damaged / "b" / "artifacts").mkdir()
+    summary = b'{"status":"completed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    (damaged / "b" / "artifacts" / "run_summary.json").write_bytes(summary)
+    transport = httpx.ASGITransport(create_app(damaged))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        sessions = await client.get("/api/sessions")
+        assert sessions.status_code == 200
+        assert {row["session_id"] for row in sessions.json()["sessions"]} == {"a", "b"}
+        for session in ("a", "b"):
+            assert (await client.get(f"/api/sessions/{session}")).status_code == 200
+            events = await client.get(f"/api/sessions/{session}/events")
+            assert events.status_code == 200
+        assert [e["message"] for e in events.json()["events"]] == ["b1", "b4", "response from m2"]
+        usage = await client.get("/api/usage")
+        assert (usage.status_code, usage.json()["total"]["calls"]) == (200, 2)
