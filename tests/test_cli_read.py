@@ -215,6 +215,30 @@ def test_usage_json_is_the_api_object(root: Path, capsys: pytest.CaptureFixture[
     assert out.splitlines()[-1].split() == ["total", "1", "100", "20", "120", "$0.2500"]
 
 
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_every_read_command_answers_when_a_line_and_a_run_summary_nest_too_deep(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No RecursionError traceback: the deep line is skipped, the deep summary reported."""
+    line = encode_event(event("a", "x", 5))[:-1] + b',"x":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    with (root / "a" / "events.jsonl").open("ab") as file:
+        file.write(line + b"\n")
+    (root / "b" / "artifacts").mkdir()
+    (root / "b" / "artifacts" / "run_summary.json").write_bytes(b"[" * 3000 + b"]" * 3000)
+    for command in ("query", "tail", "usage", "sessions"):
+        status, out, err = run(capsys, command, str(root), "--json")
+        assert (command, status, err) == (command, 0, "")
+        assert out
+    _, out, _ = run(capsys, "query", str(root), "--json")
+    assert len(out.splitlines()) == 5
+    _, out, _ = run(capsys, "sessions", str(root), "--json")
+    rows = {row["session_id"]: row for row in json.loads(out)["sessions"]}
+    assert "nested too deep" in rows["b"]["error"]
+    assert rows["a"]["error"] is None
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
