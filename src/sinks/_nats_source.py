@@ -66,8 +66,9 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     ``received``: messages fetched (redeliveries included); ``published``:
     events put on the bus; ``duplicates``: messages dropped because their
     event id was seen already; ``filtered``: events not matching ``sessions``
-    or ``types``; ``invalid``: messages that are not events (logged, acked
-    and dropped).
+    or ``types``; ``invalid``: messages that are not events, or events
+    publishing refuses (ids with control characters, JSON nested too deep,
+    metadata over ``MAX_METADATA_DEPTH``...): logged, acked and dropped.
     """
 
     received: int
