@@ -88,7 +88,8 @@ class LineRuns:
                 yield None, end - position, position
                 position = end
                 size = CHUNK
-            else:  # one line longer than a chunk
+            else:  # one line longer than a chunk: read it again, whole
+                del data  # before the next read, not after
                 size = min(2 * size, MAX_LINE_BYTES + 1)
 
     def _line_end(self, position: int) -> int | None:

@@ -50,16 +50,17 @@ def iter_growth(fd: int, start: int) -> Iterator[Growth]:
         if data is None:  # a line over MAX_LINE_BYTES
             growth.corrupt = 1
         else:
-            _decode_into(growth, data[: cut - 1], position)
+            _decode_into(growth, data, cut, position)
         yield growth
 
 
-def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
-    """Decode ``block`` (complete lines joined by newlines, without the last one)."""
-    lines = block.split(b"\n")
+def _decode_into(growth: Growth, data: bytes, cut: int, offset: int) -> None:
+    """Decode the complete lines ``data[:cut]`` (``data`` is not copied whole)."""
+    lines = data.split(b"\n")
+    lines.pop()  # what follows the last newline
     lengths = [len(line) + 1 for line in lines]
     try:
-        events = decode_events(block, offset=offset)
+        events = decode_events(memoryview(data)[: cut - 1], offset=offset)
     except EventDecodeError:
         events = None
     if events is not None and len(events) == len(lines):
