@@ -79,6 +79,7 @@ _DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)  # RecursionError:
 _control = re.compile(f"[{CONTROL_CHARACTERS}]").search
 _get_id = attrgetter("id")
 _get_parent_id = attrgetter("parent_id")
+_passed_parent: list[str | None] = [None]  # the last parent id that passed the checks
 
 
 # --- encoding: what is refused ------------------------------------------------------
@@ -132,18 +133,22 @@ def _encode(event: Event) -> bytes:
         problem = _field_problem(event)  # str enums and dict subclasses pass
         if problem is not None:
             raise _Refused(*problem)
-    # ids: those this library makes are ASCII letters and digits (bytes.isalnum
-    # is a table lookup per byte, quicker than str.isprintable); others are looked at
+    # ids: those this library makes are ASCII letters and digits (bytes.isalnum is a
+    # table lookup per byte, quicker than str.isprintable); any other id is looked at
+    # closely. Many events share a parent: the last parent id passed is not looked at
+    # again (a str never changes, so the same object is the same id).
     ident = event.id
     if not ident.encode().isalnum() or len(ident) > MAX_ID_LENGTH:
         why = _id_problem(ident)
         if why is not None:
             raise _Refused("id", why)
     parent = event.parent_id
-    if parent is not None and (not parent.encode().isalnum() or len(parent) > MAX_ID_LENGTH):
-        why = _id_problem(parent)
-        if why is not None:
-            raise _Refused("parent_id", why)
+    if parent is not None and parent is not _passed_parent[0]:
+        if not parent.encode().isalnum() or len(parent) > MAX_ID_LENGTH:
+            why = _id_problem(parent)
+            if why is not None:
+                raise _Refused("parent_id", why)
+        _passed_parent[0] = parent  # threads may race here: any value stored has passed
     line = _encode_unchecked(event)
     if len(line) > MAX_LINE_BYTES:
         raise _Refused("the encoded event", _too_long(len(line)))

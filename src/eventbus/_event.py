@@ -281,7 +281,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ``parent_id`` to the enclosing :func:`parent_scope`. A naive timestamp is
     taken as UTC; an aware one is converted to UTC. Field types and
     ``metadata`` (JSON values only) are checked when the event is published
-    or encoded (see :class:`EventEncodeError`). Decoding a stored line never
+    or encoded (see :class:`EventEncodeError`), and so are the limits that
+    decoding applies too: ``id`` and ``parent_id`` hold no control character
+    and at most :data:`MAX_ID_LENGTH` characters, ``metadata`` nests at most
+    ``MAX_METADATA_DEPTH`` deep, the encoded event is at most
+    ``MAX_LINE_BYTES`` long. Decoding a stored line never
     stamps it with the time it is read: a line without ``timestamp`` is
     invalid, and one without ``id`` gets an id derived from the line and its
     place in the log (see :func:`decode_events`). Events are immutable:
