@@ -399,7 +399,9 @@ def test_ids_of_max_length_and_any_printable_text_are_accepted() -> None:
 @pytest.mark.parametrize("field", ["id", "parent_id"])
 @pytest.mark.parametrize(("value", "reason"), BAD_IDS)
 def test_a_stored_line_with_a_bad_id_does_not_decode(field: str, value: str, reason: str) -> None:
-    """A line written by someone else with such an id is invalid, naming the field."""
+    """A line (or dict) written by someone else with such an id is invalid, naming the field."""
+    with pytest.raises(EventDecodeError, match=rf"`\$\.{field}`"):
+        Event.from_dict({**make().to_dict(), field: value})
     line = msgspec.json.encode({**make().to_dict(), field: value})
     with pytest.raises(EventDecodeError, match=rf"`\$\.{field}`"):
         decode_event(line)

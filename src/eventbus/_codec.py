@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -36,13 +35,13 @@ import msgspec
 
 from ._errors import EventDecodeError, EventEncodeError
 from ._event import (
-    CONTROL_CHARACTERS,
     MAX_ID_LENGTH,
     MISSING_ID,
     MISSING_TIMESTAMP,
     Event,
     EventType,
     _decodings,
+    _id_problem,
     _missing,
     _parent_id,
     derived_event_id,
@@ -76,7 +75,6 @@ longer one; readers skip and count a longer line as corrupt, reading it in
 bounded chunks, never whole. Store large content as an artifact."""
 
 _DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)  # RecursionError: deep nesting
-_control = re.compile(f"[{CONTROL_CHARACTERS}]").search
 _get_id = attrgetter("id")
 _get_parent_id = attrgetter("parent_id")
 _passed_parent: list[str | None] = [None]  # the last parent id that passed the checks
@@ -163,19 +161,6 @@ def _encode(event: Event) -> bytes:
                 raise _Refused(*problem)
             break
     return line
-
-
-def _id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an ``id`` or ``parent_id``, or ``None``."""
-    if len(value) > MAX_ID_LENGTH:
-        return f"is {len(value)} characters long, over the {MAX_ID_LENGTH} (MAX_ID_LENGTH)"
-    found = _control(value)
-    if found is not None:
-        return (
-            f"holds the control character {found.group()!r} "
-            f"(ids hold no control characters and at most MAX_ID_LENGTH characters)"
-        )
-    return None
 
 
 def _too_long(size: int) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import operator
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,6 +186,20 @@ CONTROL_CHARACTERS: Final = "\x00-\x1f\x7f-\x9f"
 """The characters no id may hold (a regex class): Unicode's control characters (Cc)."""
 
 _Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+_control = re.compile(f"[{CONTROL_CHARACTERS}]").search
+
+
+def _id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an ``id`` or ``parent_id``, or ``None``."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long, over the {MAX_ID_LENGTH} (MAX_ID_LENGTH)"
+    found = _control(value)
+    if found is not None:
+        return (
+            f"holds the control character {found.group()!r} "
+            f"(ids hold no control characters and at most MAX_ID_LENGTH characters)"
+        )
+    return None
 
 
 # --- Causality --------------------------------------------------------------
@@ -361,7 +376,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         without ``parent_id`` has none.
 
         :raises EventDecodeError: naming the bad or missing field when the
-            dict does not describe an event.
+            dict does not describe an event (ids included: see :class:`Event`).
         """
         if "parent_id" not in data:
             data = {**data, "parent_id": None}  # never inherit a parent when loading
@@ -379,4 +394,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             if event.timestamp is MISSING_TIMESTAMP:
                 raise EventDecodeError("Object missing required field `timestamp`")
             msgspec.structs.force_setattr(event, "id", new_event_id())
+        for field in ("id", "parent_id"):
+            value = getattr(event, field)
+            problem = None if value is None else _id_problem(value)
+            if problem is not None:
+                raise EventDecodeError(f"{field} {problem} - at `$.{field}`")
         return event
