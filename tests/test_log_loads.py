@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import sinks._jsonl_read
@@ -247,3 +248,17 @@ def test_an_incomplete_last_line_over_the_cap_is_a_torn_tail_not_corrupt(
         file.write(b"\n" + good_line(1) + b"\n")
     assert [e.message for e in log.get_events()] == ["ok 0", "ok 1"]
     assert (log.recovery.corrupt_count, log.recovery.torn_bytes) == (1, 0)
+
+
+def test_the_longest_event_publishing_accepts_is_read_back(tmp_path: Path) -> None:
+    """An event encoding to exactly MAX_LINE_BYTES is written, and every reader loads it."""
+    empty = Event(event_type=EventType.INFO, session_id="s1", message="", timestamp=T0,
+                  parent_id=None)  # fmt: skip
+    size = MAX_LINE_BYTES - len(encode_event(empty))
+    event = msgspec.structs.replace(empty, message="x" * size)
+    assert len(encode_event(event)) == MAX_LINE_BYTES
+    path = tmp_path / "s1" / "events.jsonl"
+    with EventLog(path) as log:
+        log.append(event)
+    assert EventLog(path).get_events() == [event]
+    assert [e for e, _, _ in iter_log(path)] == [event]
