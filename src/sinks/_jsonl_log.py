@@ -28,14 +28,14 @@ from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
 from ._jsonl_write import Durability, LogWriter, check_durability
 from .memory import EventIndex
 
-_LATEST_WINDOW_LIMIT = 2 * MAX_LINE_BYTES  # get_latest reads backwards at most this far
-
 __all__ = ["LOG_FILE_NAME", "EventLog"]
 
 logger = logging.getLogger("eventbus.sinks.jsonl")
 
 LOG_FILE_NAME = "events.jsonl"
 """The name of each session's log under ``{workspace_root}/{session_id}/``."""
+
+_LATEST_WINDOW_LIMIT = 2 * MAX_LINE_BYTES  # get_latest reads backwards at most this far
 
 
 class EventLog:

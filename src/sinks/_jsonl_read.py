@@ -82,7 +82,7 @@ class LineRuns:
                 return
             elif size > MAX_LINE_BYTES:  # no newline in MAX_LINE_BYTES + 1 bytes: too long
                 del data
-                end = self._line_end(position + size)
+                end = self._line_end(position, position + size)
                 if end is None:
                     return
                 yield None, end - position, position
@@ -92,9 +92,11 @@ class LineRuns:
                 del data  # before the next read, not after
                 size = min(2 * size, MAX_LINE_BYTES + 1)
 
-    def _line_end(self, position: int) -> int | None:
-        """The offset after the next newline from ``position``; ``None`` (tail set) if none."""
-        start = position - MAX_LINE_BYTES - 1
+    def _line_end(self, start: int, position: int) -> int | None:
+        """The end of the line at ``start``, searched from ``position`` on.
+
+        ``None`` if the file (or ``stop``) comes first; ``tail`` is then set.
+        """
         while True:
             want = CHUNK if self.stop is None else min(CHUNK, self.stop - position)
             block = os.pread(self.fd, want, position) if want > 0 else b""
