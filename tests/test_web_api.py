@@ -62,7 +62,7 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(workspace: Path) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(create_app(workspace))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -181,7 +181,7 @@ async def test_usage_has_the_cli_shape_and_counts_responses(client: httpx.AsyncC
 async def test_with_a_token_every_api_route_wants_it(workspace: Path) -> None:
     """Without the token /api answers 401; a Bearer header or ``?token=`` gets in; ``/`` is open."""
     transport = httpx.ASGITransport(create_app(workspace, token="s3cret"))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         for url in ("/api/sessions", "/api/sessions/older", "/api/usage", "/api/stream"):
             response = await client.get(url)
             assert response.status_code == 401, url
@@ -200,9 +200,9 @@ async def test_cors_headers_only_for_the_origins_asked(workspace: Path) -> None:
     origin = {"Origin": "http://dashboards.example"}
     plain = httpx.ASGITransport(create_app(workspace))
     allowed = httpx.ASGITransport(create_app(workspace, cors_origins=["http://dashboards.example"]))
-    async with httpx.AsyncClient(transport=plain, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=plain, base_url="http://127.0.0.1") as client:
         without = await client.get("/api/sessions", headers=origin)
-    async with httpx.AsyncClient(transport=allowed, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=allowed, base_url="http://127.0.0.1") as client:
         with_cors = await client.get("/api/sessions", headers=origin)
     assert "access-control-allow-origin" not in without.headers
     assert with_cors.headers["access-control-allow-origin"] == "http://dashboards.example"
@@ -213,7 +213,7 @@ async def test_openapi_lists_every_route(workspace: Path) -> None:
     """``/openapi.json`` describes each route of the app, and no route that is not there."""
     app = create_app(workspace)
     transport = httpx.ASGITransport(app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         schema = (await client.get("/openapi.json")).json()
     routes = {route.path for route in app.routes if isinstance(route, Route)}
     assert not any(isinstance(route, Mount) and route.path != "/static" for route in app.routes)
@@ -259,3 +259,101 @@ def test_serve_refuses_a_non_loopback_address_without_a_token(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "--token TOKEN or set EVENTBUS_TOKEN" in error
+
+
+# --- Host: no DNS rebinding without a token ------------------------------------------------
+
+EVERY_ROUTE = [
+    "/",
+    "/static/app.js",
+    "/openapi.json",
+    "/api/sessions",
+    "/api/sessions/older",
+    "/api/sessions/older/events",
+    "/api/sessions/older/stream",
+    "/api/stream",
+    "/api/usage",
+    "/api/nothing",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "host", ["attacker.com", "attacker.com:8000", "127.0.0.1.attacker.com", "localhost.evil:80"]
+)
+async def test_without_a_token_a_foreign_host_is_403_on_every_route(
+    client: httpx.AsyncClient, host: str
+) -> None:
+    """A page rebinding its name to 127.0.0.1 reads nothing: pages and API alike answer 403."""
+    for url in EVERY_ROUTE:
+        response = await client.get(url, headers={"Host": host})
+        assert response.status_code == 403, url
+        assert f"Host: {host}" in response.json()["error"], url
+        assert "--token" in response.json()["error"], url
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.0.0.1:8000", "127.1.2.3:80", "localhost", "LOCALHOST:8000", "[::1]:8000"],
+)
+async def test_without_a_token_loopback_hosts_are_served(
+    client: httpx.AsyncClient, host: str
+) -> None:
+    """``localhost`` and loopback addresses, with or without a port, get the API."""
+    response = await client.get("/api/sessions", headers={"Host": host})
+    assert response.status_code == 200
+    assert len(response.json()["sessions"]) == 2
+
+
+@pytest.mark.anyio
+async def test_without_a_token_a_request_without_host_is_403(workspace: Path) -> None:
+    """An HTTP/1.0 request without ``Host`` cannot say it is for this machine: refused."""
+    app = create_app(workspace)
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.0",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/sessions",
+        "raw_path": b"/api/sessions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 403
+    assert b"no Host header" in sent[1]["body"]
+
+
+@pytest.mark.anyio
+async def test_with_a_token_any_host_is_served(workspace: Path) -> None:
+    """With a token the token is the protection: a foreign ``Host`` with it gets the API."""
+    transport = httpx.ASGITransport(create_app(workspace, token="s3cret"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboards.example") as c:
+        response = await c.get("/api/sessions", headers={"Authorization": "Bearer s3cret"})
+        page = await c.get("/")
+    assert (response.status_code, page.status_code) == (200, 200)
+
+
+@pytest.mark.anyio
+async def test_allowed_hosts_are_served_beside_loopback(workspace: Path) -> None:
+    """``create_app(allowed_hosts=[...])`` accepts those names (any port) and loopback."""
+    transport = httpx.ASGITransport(create_app(workspace, allowed_hosts=["testserver"]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        named = await client.get("/api/sessions")
+        with_port = await client.get("/api/sessions", headers={"Host": "TestServer:8000"})
+        loopback = await client.get("/api/sessions", headers={"Host": "localhost"})
+        other = await client.get("/api/sessions", headers={"Host": "attacker.com"})
+    assert [r.status_code for r in (named, with_port, loopback, other)] == [200, 200, 200, 403]

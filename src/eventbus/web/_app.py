@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import anyio.to_thread
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -198,6 +200,64 @@ async def _on_api_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: ``localhost``, an address
+    of ``127.0.0.0/8`` or ``[::1]``, with or without ``:port``."""
+    name, port = host, ""
+    if host.startswith("["):  # [::1] or [::1]:8000
+        name, _, rest = host[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:]
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return False
+    name = name.lower().removesuffix(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _HostGuard:
+    """Refuses requests whose ``Host`` is not loopback (or allowed): no DNS rebinding.
+
+    A page of another site that rebinds its name to 127.0.0.1 makes the browser
+    send that name as ``Host``; answering only loopback names keeps it from
+    reading the API (it is what protects a server without a token).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    def _accepts(self, host: str | None) -> bool:
+        if host is None:
+            return False
+        if is_loopback_host(host):
+            return True
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        return name.lower() in self.allowed or host.lower() in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host")
+            if not self._accepts(host):
+                given = "no Host header" if host is None else f"Host: {host}"
+                response = _error(
+                    403,
+                    f"this server answers only requests for localhost or a loopback "
+                    f"address ({given}): open it as http://127.0.0.1:PORT/ or "
+                    "http://localhost:PORT/, or start it with --token to accept other names",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _TokenGuard:
     """Refuses ``/api`` requests without the token (``Authorization: Bearer`` or ``?token=``)."""
 
@@ -230,6 +290,7 @@ def create_app(
     bus: EventBus | None = None,
     token: str | None = None,
     cors_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] = (),
     heartbeat: float = 15.0,
     listener_buffer: int = 1000,
     send_timeout: float | None = 30.0,
@@ -248,6 +309,12 @@ def create_app(
         (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
         otherwise it is answered 401.
     :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param allowed_hosts: without a token, every request (pages included) whose
+        ``Host`` is not ``localhost`` or a loopback address (``127.0.0.1``,
+        ``[::1]``, with or without ``:port``) is answered 403, so that a site
+        rebinding its DNS name to this machine cannot read it; these host names
+        are accepted too (``"*"``: any). With a token no ``Host`` is refused:
+        the token is the protection.
     :param heartbeat: seconds between SSE comment lines that keep idle streams open.
     :param listener_buffer: events a stream's listener holds before it drops the
         oldest (and the client gets a gap).
@@ -274,6 +341,9 @@ def create_app(
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
     ]
     middleware = []
+    if token is None and "*" not in allowed_hosts:
+        allowed = frozenset(host.lower() for host in allowed_hosts)
+        middleware.append(Middleware(_HostGuard, allowed=allowed))
     if cors_origins:
         middleware.append(
             Middleware(
