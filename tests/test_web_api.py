@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from starlette.routing import Mount, Route
 
+from _web_server import serving
 from eventbus import (
     Event,
     EventType,
@@ -357,3 +360,88 @@ async def test_allowed_hosts_are_served_beside_loopback(workspace: Path) -> None
         loopback = await client.get("/api/sessions", headers={"Host": "localhost"})
         other = await client.get("/api/sessions", headers={"Host": "attacker.com"})
     assert [r.status_code for r in (named, with_port, loopback, other)] == [200, 200, 200, 403]
+
+
+# --- symlinks leading out of the workspace ------------------------------------------------
+
+
+@pytest.fixture
+def linked(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Beside ``older`` and ``newer``: ``evil/events.jsonl``, ``gone`` (a session
+    directory) and ``arty/artifacts`` are symlinks to a directory outside the workspace."""
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "artifacts").mkdir()
+    _write(
+        outside, "evil", [create_session_event("evil", EventType.SESSION_STARTED, message="SECRET")]
+    )
+    (workspace / "evil").mkdir()
+    (workspace / "evil" / "events.jsonl").symlink_to(outside / "evil" / "events.jsonl")
+    (workspace / "gone").symlink_to(outside / "evil")
+    _write(workspace, "arty", _session("arty", 200))
+    (workspace / "arty" / "artifacts").symlink_to(outside / "artifacts")
+    return workspace
+
+
+@pytest.mark.anyio
+async def test_a_log_linked_outside_is_refused_403_and_never_served(
+    linked: Path, client: httpx.AsyncClient
+) -> None:
+    """The session's events, stream and usage answer 403; lists over all sessions skip it."""
+    for url in (
+        "/api/sessions/evil/events",
+        "/api/sessions/evil/stream",
+        "/api/usage?session_id=evil",
+    ):
+        response = await client.get(url)
+        assert response.status_code == 403, url
+        assert "leads outside the workspace" in response.json()["error"], url
+    assert "SECRET" not in (await client.get("/api/usage?by=session_id")).text
+    page = await client.get("/api/sessions/evil")
+    assert page.json()["event_count"] == 0
+    assert "symlink" in page.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_a_session_or_artifacts_directory_linked_outside_is_403_logged_once(
+    linked: Path, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500: 403 with ``{"error"}`` naming no server path; the log names the link once."""
+    with caplog.at_level("WARNING", logger="eventbus.web"):
+        for _ in range(3):
+            for url in ("/api/sessions/gone", "/api/sessions/gone/events", "/api/sessions/arty"):
+                response = await client.get(url)
+                assert response.status_code == 403, url
+                assert str(linked) not in response.json()["error"], url
+    logged = [record.getMessage() for record in caplog.records]
+    assert sum("gone is a symlink" in message for message in logged) == 1
+    assert sum("arty/artifacts is a symlink" in message for message in logged) == 1
+    listed = (await client.get("/api/sessions")).json()["sessions"]
+    assert "gone" not in {row["session_id"] for row in listed}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn serves on asyncio only
+async def test_the_stream_of_every_session_never_sends_a_log_linked_outside(
+    linked: Path, anyio_backend: str
+) -> None:
+    """``/api/stream`` from the files: the replay and the live part skip the linked-out log."""
+    first = _stored(linked, "older")[0]["id"]
+    received: list[dict[str, Any]] = []
+    async with serving(create_app(linked)) as url, httpx.AsyncClient(timeout=10) as client:
+        params = {"last_event_id": first}
+        async with client.stream("GET", f"{url}/api/stream", params=params) as response:
+            with anyio.fail_after(10):
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    received.append(json.loads(line.removeprefix("data: ")))
+                    if len(received) == 7 + 8 + 8:  # the rest of older, newer, arty
+                        _write(
+                            linked,
+                            "later",
+                            [_at(create_session_event("later", EventType.SESSION_STARTED), 999)],
+                        )
+                    if received[-1]["session_id"] == "later":
+                        break
+    assert "evil" not in {event["session_id"] for event in received}
+    assert len(received) == 7 + 8 + 8 + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -40,6 +41,9 @@ _STATIC = Path(str(files("eventbus.web") / "static"))
 _EVENT_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 #: Most events one ``/events`` page holds.
 MAX_LIMIT = 10_000
+_REPORTED_MAX = 4096  # refusals remembered so as to log each once
+
+logger = logging.getLogger("eventbus.web")
 
 
 class ApiError(EventBusError):
@@ -69,6 +73,7 @@ class _Api:
         self.listener_buffer = listener_buffer
         self.send_timeout = send_timeout
         self.lines = LineCache()
+        self.reported: set[str] = set()
 
     async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a (blocking) data-layer call in a worker thread; map its errors to statuses."""
@@ -78,7 +83,23 @@ class _Api:
             status = status_of(error)
             if status is None:
                 raise
-            raise ApiError(status, " ".join(str(error).split())) from error
+            message = " ".join(str(error).split())
+            if status == 403:  # a symlink leading out: its paths stay in the server's log
+                self._report(message)
+                message = (
+                    "this session is not served: a symlink in it leads outside the "
+                    "workspace (the server's log names it); nothing outside the workspace "
+                    "is read: replace the link by what it points to"
+                )
+            raise ApiError(status, message) from error
+
+    def _report(self, message: str) -> None:
+        """Log ``message`` the first time (a refused link is met on every request)."""
+        if message not in self.reported:
+            if len(self.reported) >= _REPORTED_MAX:
+                self.reported.clear()
+            self.reported.add(message)
+            logger.warning("refused a request: %s", message)
 
     async def sessions(self, request: Request) -> Response:
         """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
