@@ -17,13 +17,15 @@ from starlette.routing import Mount, Route
 from _web_server import serving
 from eventbus import (
     Event,
+    EventBus,
     EventType,
     create_llm_response_event,
     create_session_event,
     create_task_event,
+    encode_event,
 )
 from eventbus.web import create_app
-from sinks.jsonl import EventLog
+from sinks.jsonl import EventLog, JsonlSink
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -70,8 +72,9 @@ async def client(workspace: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _stored(root: Path, session_id: str) -> list[dict[str, Any]]:
-    with EventLog(root / session_id / "events.jsonl") as log:
-        return [event.to_dict() for event in log.get_events()]
+    """Each line of the session's log parsed as JSON (it is written in time order here)."""
+    lines = (root / session_id / "events.jsonl").read_bytes().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 @pytest.mark.anyio
@@ -445,3 +448,62 @@ async def test_the_stream_of_every_session_never_sends_a_log_linked_outside(
                         break
     assert "evil" not in {event["session_id"] for event in received}
     assert len(received) == 7 + 8 + 8 + 1
+
+
+# --- the events the API serves are the stored lines -----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_events_are_the_stored_lines_as_query_json_prints_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each event object equals its line as JsonlSink stored it (``Z`` times, field order,
+    unknown fields kept), and the page equals ``eventbus query --json``."""
+    from eventbus.cli import main
+
+    events = _session("s1", 0)
+    events[2] = Event.from_dict({**events[2].to_dict(), "metadata": {"note": "é ✓", "x": 1.5}})
+    async with EventBus() as bus:
+        bus.subscribe(JsonlSink(tmp_path))
+        for event in events:
+            await bus.publish(event)
+    log = tmp_path / "s1" / "events.jsonl"
+    extra = json.loads(log.read_bytes().splitlines()[0]) | {
+        "id": "e-new",
+        "timestamp": "2026-01-05T13:00:00Z",
+        "added_later": [1],
+    }
+    with log.open("ab") as file:
+        file.write(json.dumps(extra, separators=(",", ":")).encode() + b"\n")
+    transport = httpx.ASGITransport(create_app(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.get("/api/sessions/s1/events")
+    served = response.json()["events"]
+    assert served == _stored(tmp_path, "s1")
+    assert served[0]["timestamp"].endswith("Z")
+    assert list(served[0]) == list(json.loads(log.read_bytes().splitlines()[0]))
+    assert main(["query", str(tmp_path), "--session", "s1", "--json"]) == 0
+    assert served == [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.anyio
+async def test_a_seed_format_line_is_served_as_stored_and_pages_by_its_derived_id(
+    tmp_path: Path,
+) -> None:
+    """A line without ``id`` is served without one; ``next`` is the id the index derives."""
+    lines = []
+    for n, event in enumerate(_session("seed", 0)[:3]):
+        stored = json.loads(encode_event(event))
+        del stored["id"], stored["parent_id"]
+        lines.append(json.dumps(stored | {"message": f"seed {n}"}).encode())
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    transport = httpx.ASGITransport(create_app(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        url = "/api/sessions/seed/events"
+        first = (await client.get(url, params={"limit": 2})).json()
+        rest = (await client.get(url, params={"limit": 2, "after": first["next"]})).json()
+    assert first["events"] + rest["events"] == [json.loads(line) for line in lines]
+    assert "id" not in first["events"][0]
+    assert re.fullmatch(r"[0-9a-f]{32}", first["next"])
+    assert rest["next"] is None

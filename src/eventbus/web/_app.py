@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._bus import EventBus
 from .._errors import EventBusError, SinkFailedError
 from .._names import InvalidNameError, validate_session_id
+from .._query import EventQuery
 from ._openapi import openapi_schema
 from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
 from ._stream import LineCache, bus_stream, file_stream
@@ -44,6 +46,7 @@ MAX_LIMIT = 10_000
 _REPORTED_MAX = 4096  # refusals remembered so as to log each once
 
 logger = logging.getLogger("eventbus.web")
+_encode = msgspec.json.Encoder().encode
 
 
 class ApiError(EventBusError):
@@ -117,7 +120,11 @@ class _Api:
         return JSONResponse(summary)
 
     async def events(self, request: Request) -> Response:
-        """A page of a session's events: ``{"events": [...], "next": id | null}``."""
+        """A page of a session's events: ``{"events": [...], "next": id | null}``.
+
+        Each event is its line as the log stores it (what ``eventbus query --json``
+        prints), not re-encoded.
+        """
         session_id = _session_id(request)
         params = request.query_params
         query = event_query(params, session_id=session_id)
@@ -125,10 +132,11 @@ class _Api:
             positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
         )
         after = _event_id("after", params.get("after"))
-        page, next_id = await self._call(
-            self.workspace.events, query, session_id=session_id, after=after, limit=limit
+        lines, next_id = await self._call(
+            _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
         )
-        return JSONResponse({"events": [event.to_dict() for event in page], "next": next_id})
+        body = b'{"events":[' + b",".join(lines) + b'],"next":' + _encode(next_id) + b"}"
+        return Response(body, media_type="application/json")
 
     async def usage(self, request: Request) -> Response:
         """LLM calls, tokens and cost grouped by ``by``, over all sessions or one."""
@@ -183,6 +191,14 @@ class _Api:
             send_timeout=self.send_timeout,
             headers={"Cache-Control": "no-store"},
         )
+
+
+def _stored_page(
+    workspace: Workspace, query: EventQuery, *, session_id: str, after: str | None, limit: int
+) -> tuple[list[bytes], str | None]:
+    """The stored lines of a page of events, and the id of the next page (or ``None``)."""
+    events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    return workspace.read_lines(events) if events else [], next_id
 
 
 def _session_id(request: Request) -> str:
