@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import anyio
 import httpx
@@ -507,3 +508,140 @@ async def test_a_seed_format_line_is_served_as_stored_and_pages_by_its_derived_i
     assert "id" not in first["events"][0]
     assert re.fullmatch(r"[0-9a-f]{32}", first["next"])
     assert rest["next"] is None
+
+
+# --- the OpenAPI document ---------------------------------------------------------------
+
+
+def _problems(
+    value: Any, schema: dict[str, Any], schemas: dict[str, Any], at: str = "$"
+) -> list[str]:
+    """Where ``value`` breaks ``schema`` (the JSON Schema keywords the document uses)."""
+    if "$ref" in schema:
+        return _problems(value, schemas[schema["$ref"].rpartition("/")[2]], schemas, at)
+    problems: list[str] = []
+    for part in schema.get("allOf", []):
+        problems += _problems(value, part, schemas, at)
+    if "anyOf" in schema and all(_problems(value, s, schemas, at) for s in schema["anyOf"]):
+        problems.append(f"{at}: {value!r} matches none of anyOf")
+    kinds = {"string": str, "integer": int, "number": int | float, "object": dict,
+             "array": list, "null": type(None), "boolean": bool}  # fmt: skip
+    kind = schema.get("type")
+    if kind is not None and (
+        not isinstance(value, kinds[kind]) or (kind in ("integer", "number") and value is True)
+    ):
+        return [*problems, f"{at}: {value!r} is not {kind}"]
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{at}: {value!r} not in {schema['enum']}")
+    if "minimum" in schema and value < schema["minimum"]:
+        problems.append(f"{at}: {value!r} < {schema['minimum']}")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        problems.append(f"{at}: {value!r} does not match {schema['pattern']}")
+    if schema.get("format") == "date-time":
+        try:
+            assert datetime.fromisoformat(value).tzinfo is not None
+        except (ValueError, AssertionError):
+            problems.append(f"{at}: {value!r} is not an RFC 3339 date-time")
+    if isinstance(value, dict):
+        problems += [f"{at}: no {key!r}" for key in schema.get("required", []) if key not in value]
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                problems += _problems(value[key], sub, schemas, f"{at}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for n, item in enumerate(value):
+            problems += _problems(item, schema["items"], schemas, f"{at}[{n}]")
+    return problems
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+@pytest.mark.anyio
+async def test_openapi_declares_bounds_times_security_and_every_error(
+    client: httpx.AsyncClient,
+) -> None:
+    """``limit`` 1..10000, times as date-time or an age, the token's schemes, and for each
+    operation every status it answers (403 everywhere, 401/400 on /api, 404 per session),
+    each with a schema; every ``$ref`` resolves."""
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    assert all(ref.rpartition("/")[2] in schemas for ref in _refs(document))
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": ANY},
+        "token": {"type": "apiKey", "in": "query", "name": "token", "description": ANY},
+    }
+    operations = {path: item["get"] for path, item in document["paths"].items()}
+    events = {p["name"]: p for p in operations["/api/sessions/{session_id}/events"]["parameters"]}
+    assert events["limit"]["schema"] | {"default": 100} == {
+        "type": "integer", "minimum": 1, "maximum": 10000, "default": 100
+    }  # fmt: skip
+    for name in ("since", "until"):
+        kinds = events[name]["schema"]["anyOf"]
+        assert {"type": "string", "format": "date-time"} in kinds
+        assert any(re.search(k.get("pattern", "^$"), "10m") for k in kinds)
+    for path, operation in operations.items():
+        responses = operation["responses"]
+        expected = {"200", "403"} | ({"400", "401"} if path.startswith("/api") else set())
+        if "{session_id}" in path or path in ("/api/stream", "/api/usage"):
+            expected.add("404")
+        assert set(responses) == expected, path
+        assert "security" not in operation, path
+        for status, response in responses.items():
+            (media,) = response["content"].values()
+            if status != "200":
+                assert media["schema"] == {"$ref": "#/components/schemas/Error"}, path
+
+
+@pytest.mark.anyio
+async def test_openapi_with_a_token_requires_bearer_or_query_token_on_api_routes(
+    workspace: Path,
+) -> None:
+    """The document of a server with a token says every /api route wants one of the two."""
+    transport = httpx.ASGITransport(create_app(workspace, token="s3cret"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        document = (await client.get("/openapi.json")).json()
+    for path, item in document["paths"].items():
+        security = item["get"].get("security")
+        assert security == ([{"bearer": []}, {"token": []}] if path.startswith("/api") else None)
+
+
+@pytest.mark.anyio
+async def test_every_json_answer_matches_its_declared_schema(
+    workspace: Path, client: httpx.AsyncClient
+) -> None:
+    """Answers and errors alike: the status is declared for the route, the body fits it."""
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    seed = {"event_type": "info", "session_id": "older", "message": "seed", "x": 1}
+    with (workspace / "older" / "events.jsonl").open("ab") as log:  # a line without id
+        log.write(json.dumps(seed | {"timestamp": "2026-01-05T13:00:00Z"}).encode() + b"\n")
+    requests = [
+        ("/api/sessions", "/api/sessions", {}),
+        ("/api/sessions", "/api/sessions?since=bad", {}),
+        ("/api/sessions", "/api/sessions", {"Host": "attacker.com"}),
+        ("/api/sessions/{session_id}", "/api/sessions/older", {}),
+        ("/api/sessions/{session_id}", "/api/sessions/missing", {}),
+        ("/api/sessions/{session_id}", "/api/sessions/.git", {}),
+        ("/api/sessions/{session_id}/events", "/api/sessions/older/events?limit=20", {}),
+        ("/api/sessions/{session_id}/events", "/api/sessions/older/events?limit=3", {}),
+        ("/api/sessions/{session_id}/events", "/api/sessions/older/events?limit=10001", {}),
+        ("/api/sessions/{session_id}/events", "/api/sessions/nope/events", {}),
+        ("/api/sessions/{session_id}/stream", "/api/sessions/nope/stream", {}),
+        ("/api/stream", "/api/stream?session_id=nope", {}),
+        ("/api/usage", "/api/usage?by=phase", {}),
+        ("/api/usage", "/api/usage?session_id=nope", {}),
+        ("/openapi.json", "/openapi.json", {}),
+        ("/", "/", {"Host": "attacker.com"}),
+    ]
+    for path, url, headers in requests:
+        response = await client.get(url, headers=headers)
+        declared = document["paths"][path]["get"]["responses"]
+        assert str(response.status_code) in declared, url
+        schema = declared[str(response.status_code)]["content"]["application/json"]["schema"]
+        assert _problems(response.json(), schema, schemas) == [], url

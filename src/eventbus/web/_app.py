@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from importlib.resources import files
 from pathlib import Path
@@ -201,6 +201,14 @@ def _stored_page(
     return workspace.read_lines(events) if events else [], next_id
 
 
+def _document(schema: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    async def openapi(request: Request) -> Response:
+        """This API's OpenAPI 3.1 description."""
+        return JSONResponse(schema)
+
+    return openapi
+
+
 def _session_id(request: Request) -> str:
     session_id: str = request.path_params["session_id"]
     validate_session_id(session_id)
@@ -374,7 +382,7 @@ def create_app(
         Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
         Route("/api/stream", api.stream, name="stream"),
         Route("/api/usage", api.usage, name="usage"),
-        Route("/openapi.json", _openapi, name="openapi"),
+        Route("/openapi.json", _document(openapi_schema(token=token is not None)), name="openapi"),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
     ]
     middleware = []
@@ -401,8 +409,3 @@ def create_app(
         InvalidNameError: _on_api_error,
     }
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
-
-
-async def _openapi(request: Request) -> Response:
-    """This API's OpenAPI 3.1 description."""
-    return JSONResponse(openapi_schema())
