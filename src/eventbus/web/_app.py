@@ -288,7 +288,7 @@ class _HostGuard:
         return name.lower() in self.allowed or host.lower() in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "http":  # the app has no websocket route
             host = Headers(scope=scope).get("host")
             if not self._accepts(host):
                 given = "no Host header" if host is None else f"Host: {host}"
