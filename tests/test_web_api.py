@@ -27,6 +27,7 @@ from eventbus import (
 )
 from eventbus.web import create_app
 from sinks.jsonl import EventLog, JsonlSink
+from sinks.workspace import Workspace
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -481,6 +482,7 @@ async def test_events_are_the_stored_lines_as_query_json_prints_them(
         response = await client.get("/api/sessions/s1/events")
     served = response.json()["events"]
     assert served == _stored(tmp_path, "s1")
+    assert response.json()["ids"] == [event["id"] for event in served]
     assert served[0]["timestamp"].endswith("Z")
     assert list(served[0]) == list(json.loads(log.read_bytes().splitlines()[0]))
     assert main(["query", str(tmp_path), "--session", "s1", "--json"]) == 0
@@ -491,7 +493,8 @@ async def test_events_are_the_stored_lines_as_query_json_prints_them(
 async def test_a_seed_format_line_is_served_as_stored_and_pages_by_its_derived_id(
     tmp_path: Path,
 ) -> None:
-    """A line without ``id`` is served without one; ``next`` is the id the index derives."""
+    """A line without ``id`` is served without one; ``ids`` and ``next`` hold the ids
+    the workspace derives (those ``after`` and SSE's ``id:`` use)."""
     lines = []
     for n, event in enumerate(_session("seed", 0)[:3]):
         stored = json.loads(encode_event(event))
@@ -506,7 +509,9 @@ async def test_a_seed_format_line_is_served_as_stored_and_pages_by_its_derived_i
         rest = (await client.get(url, params={"limit": 2, "after": first["next"]})).json()
     assert first["events"] + rest["events"] == [json.loads(line) for line in lines]
     assert "id" not in first["events"][0]
-    assert re.fullmatch(r"[0-9a-f]{32}", first["next"])
+    derived = [event.id for event in Workspace(tmp_path).events()[0]]
+    assert first["ids"] + rest["ids"] == derived
+    assert first["next"] == derived[1]
     assert rest["next"] is None
 
 

@@ -120,10 +120,11 @@ class _Api:
         return JSONResponse(summary)
 
     async def events(self, request: Request) -> Response:
-        """A page of a session's events: ``{"events": [...], "next": id | null}``.
+        """A page of a session's events: ``{"events": [...], "ids": [...], "next": id | null}``.
 
         Each event is its line as the log stores it (what ``eventbus query --json``
-        prints), not re-encoded.
+        prints), not re-encoded; ``ids`` holds each one's id, the derived one for a
+        line stored without (the seed's format), as SSE's ``id:`` does.
         """
         session_id = _session_id(request)
         params = request.query_params
@@ -132,10 +133,14 @@ class _Api:
             positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
         )
         after = _event_id("after", params.get("after"))
-        lines, next_id = await self._call(
+        lines, ids, next_id = await self._call(
             _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
         )
-        body = b'{"events":[' + b",".join(lines) + b'],"next":' + _encode(next_id) + b"}"
+        body = b'{"events":[%b],"ids":%b,"next":%b}' % (
+            b",".join(lines),
+            _encode(ids),
+            _encode(next_id),
+        )
         return Response(body, media_type="application/json")
 
     async def usage(self, request: Request) -> Response:
@@ -195,10 +200,11 @@ class _Api:
 
 def _stored_page(
     workspace: Workspace, query: EventQuery, *, session_id: str, after: str | None, limit: int
-) -> tuple[list[bytes], str | None]:
-    """The stored lines of a page of events, and the id of the next page (or ``None``)."""
+) -> tuple[list[bytes], list[str], str | None]:
+    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``)."""
     events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
-    return workspace.read_lines(events) if events else [], next_id
+    lines = workspace.read_lines(events) if events else []
+    return lines, [event.id for event in events], next_id
 
 
 def _document(schema: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:

@@ -110,8 +110,8 @@ _SCHEMAS: dict[str, Any] = {
         "description": (
             "An event exactly as its log line stores it (the line parsed as JSON: "
             "what 'eventbus query --json' prints), fields of newer versions included. "
-            "A line stored without an id (the seed's format) has none here; its derived "
-            "id is what 'next' and the stream's 'id:' carry."
+            "A line stored without an id (the seed's format) has none here: 'ids' "
+            "has its derived id, the one 'after', 'next' and the stream's 'id:' use."
         ),
         "properties": {
             "event_type": _STRING,
@@ -132,11 +132,16 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "events": {"type": "array", "items": _ref("Event")},
+            "ids": {
+                "type": "array",
+                "items": _STRING,
+                "description": "each event's id, stored or (seed format) derived",
+            },
             "next": _nullable(
                 {"type": "string", "description": "the 'after' of the next page; null: the last"}
             ),
         },
-        "required": ["events", "next"],
+        "required": ["events", "ids", "next"],
     },
     "UsageValues": {
         "type": "object",
@@ -299,7 +304,8 @@ _PATHS: dict[str, Any] = {
     ),
     "/api/sessions/{session_id}/events": _api(
         "events",
-        'A page of a session\'s events: {"events": [event, ...], "next": id or null}.',
+        'A page of a session\'s events: {"events": [event, ...], "ids": [id, ...], '
+        '"next": id or null}.',
         [
             _SESSION_ID,
             *_FILTERS,
