@@ -357,7 +357,8 @@ async def test_with_a_token_any_host_is_served(workspace: Path) -> None:
 
 @pytest.mark.anyio
 async def test_allowed_hosts_are_served_beside_loopback(workspace: Path) -> None:
-    """``create_app(allowed_hosts=[...])`` accepts those names (any port) and loopback."""
+    """``create_app(allowed_hosts=[...])`` accepts those names (any port) and loopback;
+    ``["*"]`` accepts any ``Host``."""
     transport = httpx.ASGITransport(create_app(workspace, allowed_hosts=["testserver"]))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         named = await client.get("/api/sessions")
@@ -365,6 +366,9 @@ async def test_allowed_hosts_are_served_beside_loopback(workspace: Path) -> None
         loopback = await client.get("/api/sessions", headers={"Host": "localhost"})
         other = await client.get("/api/sessions", headers={"Host": "attacker.com"})
     assert [r.status_code for r in (named, with_port, loopback, other)] == [200, 200, 200, 403]
+    transport = httpx.ASGITransport(create_app(workspace, allowed_hosts=["*"]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://attacker.com") as client:
+        assert (await client.get("/api/sessions")).status_code == 200
 
 
 # --- symlinks leading out of the workspace ------------------------------------------------

@@ -348,7 +348,10 @@ def create_app(
 ) -> Starlette:
     """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
 
-    Serve it with uvicorn (``eventbus serve DIR`` does).
+    Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
+    their logs store them. A session, log or ``artifacts`` directory that is a
+    symlink leading out of the workspace is answered 403 (and logged once on
+    ``eventbus.web``); streams of every session skip such a log.
 
     :param workspace: the workspace root, or a data layer object like
         :class:`sinks.workspace.Workspace`.
