@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from _nats_servers import PrivateServer, private_nats
-from eventbus import EventType
+from eventbus import EventType, SinkFailedError
 from eventbus.cli import main
 from eventbus.cli._common import MissingExtraError, console
 from sinks.artifacts import SessionArtifactQuery
@@ -516,3 +516,36 @@ def test_nats_server_stopped_mid_session_prints_the_summary_then_one_line_and_ex
     assert f"events are not in JetStream stream 'EVENTS'; all are in {log}" in line
     assert not any(advice in err for advice in LIBRARY_ADVICE)
     assert EventLog(log).count(EventType.SESSION_COMPLETED) == 1
+
+
+def test_demo_otel_with_a_bad_url_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL that is not one is refused before the session, naming the option."""
+    pytest.importorskip("opentelemetry.sdk")
+    workspace = tmp_path / "ws"
+    assert main(["demo", "--workspace", str(workspace), "--otel", "localhost"]) == 2
+    assert _one_error_line(capsys).startswith(
+        "eventbus demo: --otel: the OTLP endpoint must be an http(s) URL"
+    )
+    assert not workspace.exists()
+
+
+def test_a_failed_sink_reaching_main_is_one_line_without_python_advice(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ends with SinkFailedError: one line naming the sink and its error, exit 2,
+    and none of the error's advice about the Python API."""
+
+    def fail(args: object) -> int:
+        raise SinkFailedError(
+            [("jsonl", OSError(28, "No space left on device"))],
+            [("nats", "s1", TimeoutError("no PubAck"))],
+        )
+
+    monkeypatch.setattr("eventbus.cli._demo.run", fail)
+    assert main(["demo"]) == 2
+    assert _one_error_line(capsys) == (
+        "eventbus demo: sink 'jsonl' failed: [Errno 28] No space left on device; "
+        "sink 'nats' could not write session 's1': no PubAck"
+    )
