@@ -507,7 +507,7 @@ def _quiet_exports() -> Iterator[list[str]]:
     quiet = _NoSinkLines()
     bus_logger.addFilter(quiet)
     try:
-        with captured_logs("nats") as _, captured_logs("opentelemetry") as messages:
+        with captured_logs("nats"), captured_logs("opentelemetry") as messages:
             yield messages
     finally:
         bus_logger.removeFilter(quiet)
