@@ -394,7 +394,8 @@ def add_parser(subparsers: Subparsers) -> None:
         metavar="URL",
         default=None,
         help="also publish every event to NATS JetStream (stream EVENTS, subjects "
-        "events.{session}.{type}); needs the nats extra and the asyncio backend",
+        "events.{session}.{type}); the server is checked before the session starts; "
+        "needs the nats extra and the asyncio backend",
     )
     demo.add_argument(
         "--otel",
