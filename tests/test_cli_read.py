@@ -341,3 +341,39 @@ def _drive_tail(
         tail.wait(timeout=10)
         reader.join(timeout=10)
     return lines, printed, written, halves
+
+
+# --- a log linked outside the workspace ----------------------------------------------------
+
+
+@pytest.fixture
+def linked(root: Path, tmp_path: Path) -> Path:
+    """``evil/events.jsonl -> ../../outside/events.jsonl``, beside sessions a and b."""
+    write(tmp_path / "outside", event("evil", "SECRET", 5))
+    (root / "evil").mkdir()
+    (root / "evil" / "events.jsonl").symlink_to(Path("..", "..", "outside", "evil", "events.jsonl"))
+    return root
+
+
+@pytest.mark.parametrize("command", ["query", "tail"])
+def test_query_and_tail_skip_a_log_linked_outside_and_report_it(
+    linked: Path, command: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over every session the linked-out log is not printed; a warning names the link."""
+    with caplog.at_level("WARNING", logger="sinks.workspace"):
+        status, out, _ = run(capsys, command, str(linked), "--json")
+    assert status == 0
+    assert [json.loads(line)["session_id"] for line in out.splitlines()] == list("abaab")
+    assert "evil/events.jsonl is a symlink" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["query", "tail", "usage"])
+def test_a_session_whose_log_leads_outside_is_refused_in_one_line(
+    linked: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--session evil`` exits 2 with one line naming the link and what to do."""
+    status, out, err = run(capsys, command, str(linked), "--session", "evil")
+    assert (status, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "evil/events.jsonl is a symlink" in err
+    assert "replace the link by what it points to" in err

@@ -10,6 +10,7 @@ lines are skipped.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -18,8 +19,11 @@ from itertools import accumulate
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
 from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, line_runs
+from ._paths import UnsafeSymlinkError, report_once, resolve_inside
 
 __all__: list[str] = []
+
+logger = logging.getLogger("sinks.workspace")
 
 _BLANK = b" \t\r"
 
@@ -85,11 +89,19 @@ def _decode_into(growth: Growth, data: bytes, cut: int, offset: int) -> None:
         position += length
 
 
-def open_log(path: str) -> int | None:
-    """Open a log for reading; ``None`` if it is missing or not a regular file.
+def open_log(path: str, root: str) -> int | None:
+    """Open a log of the workspace ``root`` for reading.
 
-    Opened without blocking, so a FIFO named like a log never hangs the reader.
+    ``None`` if it is missing, is not a regular file, or is reached through a
+    symlink that dangles or leads out of ``root`` (that one is logged once on
+    ``sinks.workspace``: nothing outside the root is read). Opened without
+    blocking, so a FIFO named like a log never hangs the reader.
     """
+    try:
+        path = resolve_inside(root, path)
+    except UnsafeSymlinkError as exc:
+        report_once(logger, f"skipped a log: {exc}")
+        return None
     try:
         fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -113,8 +125,10 @@ def complete_end(fd: int, size: int) -> int:
     return 0
 
 
-def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
+def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes]:
     """Read the line at each ``(path, offset, length)`` (newline included in ``length``).
+
+    ``root`` is the workspace's root: see :func:`open_log`.
 
     Returns each line without its newline. Neighbouring lines of one file are
     read in one call.
@@ -131,7 +145,7 @@ def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
                 if fd is not None:
                     os.close(fd)
                     fd = None
-                fd = open_log(path)
+                fd = open_log(path, root)
                 if fd is None:
                     raise FileNotFoundError(f"the log {path} is gone or is not a file")
                 current = path

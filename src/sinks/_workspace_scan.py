@@ -169,15 +169,16 @@ _TIME = attrgetter("timestamp")
 
 
 def scan_log(
-    path: str, query: EventQuery, *, stop: int | None = None
+    path: str, root: str, query: EventQuery, *, stop: int | None = None
 ) -> Iterator[list[tuple[Event, bytes]]]:
     """Yield, per chunk, the events of the log at ``path`` matching ``query``, with their lines.
 
-    Reads complete lines only, up to byte ``stop`` if given. A missing log
-    yields nothing. A line without an id gets the one its offset derives (as
+    Reads complete lines only, up to byte ``stop`` if given. A missing log,
+    or one :func:`open_log` refuses (a symlink out of ``root``), yields
+    nothing. A line without an id gets the one its offset derives (as
     :class:`~sinks.jsonl.EventLog` gives it).
     """
-    fd = open_log(path)
+    fd = open_log(path, root)
     if fd is None:
         return
     timed = query.start_time is not None or query.end_time is not None
@@ -210,7 +211,7 @@ def scan_log(
         os.close(fd)
 
 
-def find_key(paths: list[str], event_id: str) -> Key | None:
+def find_key(paths: list[str], root: str, event_id: str) -> Key | None:
     """The time-order key of the event with ``event_id`` in any of the logs, or ``None``.
 
     In each chunk an id a line stores is looked for first; if no line stores
@@ -219,7 +220,7 @@ def find_key(paths: list[str], event_id: str) -> Key | None:
     """
     window = _derived_window(event_id)
     for path in paths:
-        fd = open_log(path)
+        fd = open_log(path, root)
         if fd is None:
             continue
         try:

@@ -40,7 +40,17 @@ Errors::
     ├── SessionNotFoundError (LookupError)
     ├── InvalidTimeError (ValueError)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
-    └── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    ├── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    └── UnsafeSymlinkError (OSError, from sinks.jsonl: the session asked for, or its
+        log, is a symlink leading out of the root)
+
+**Symlinks.** Nothing outside the root is read: a session directory or an
+``events.jsonl`` that is a symlink is followed only if it resolves inside the
+root. One leading out (or dangling) is skipped by every query over all
+sessions, including following (a warning on the ``sinks.workspace`` logger,
+once per link), and refused with :class:`~sinks.jsonl.UnsafeSymlinkError` by
+a query given that session; :meth:`Workspace.sessions` lists such a session
+with ``error`` saying why.
 
 Layout: :class:`Workspace` is here; reading lines as stored is in
 ``sinks._workspace_lines``, the index-free scan in ``sinks._workspace_scan``,
@@ -51,6 +61,7 @@ Import every name from here.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -74,6 +85,7 @@ from eventbus import (
     validate_session_id,
 )
 
+from ._paths import UnsafeSymlinkError, report_once, resolve_inside
 from ._workspace_follow import Tail, is_log_change, load_awatch
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
 from ._workspace_scan import Key, find_key, key_of, scan_log
@@ -109,6 +121,8 @@ starting, or a log created in a directory made a moment before), not how new
 events are normally found.
 """
 _RESCAN_EVERY: Final = 10
+
+logger = logging.getLogger("sinks.workspace")
 
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
@@ -281,6 +295,8 @@ class Workspace:
 
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
+        :raises UnsafeSymlinkError: if its directory or its ``artifacts`` directory
+            leads out of the root.
         """
         self._check_session(session_id)
         with self._lock:
@@ -312,6 +328,7 @@ class Workspace:
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         """
         if not self.indexed:
             found, next_id = self.event_lines(
@@ -395,7 +412,7 @@ class Workspace:
             return [answered[event.id] for event in events]
         with self._lock:
             places = self._places(self._current(refresh=False), events)
-        return read_places(places)
+        return read_places(places, self._root)
 
     # --- usage --------------------------------------------------------------------------
 
@@ -494,6 +511,7 @@ class Workspace:
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
         query = self._query(query, session_id)
@@ -575,13 +593,13 @@ class Workspace:
         paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
         low: Key | None = None
         if after is not None:
-            low = find_key(paths, after)
+            low = find_key(paths, self._root, after)
             if low is None:
                 raise UnknownEventIdError(after)
         found: list[tuple[Event, bytes]] = []
         for path in paths:
             stop = None if ends is None else ends[path][1]
-            for chunk in scan_log(path, query, stop=stop):
+            for chunk in scan_log(path, self._root, query, stop=stop):
                 if low is None:
                     found += chunk
                 else:
@@ -592,9 +610,12 @@ class Workspace:
         found.sort(key=_item_key)
         return found
 
-    def _check_session(self, session_id: str) -> None:
+    def _check_session(self, session_id: str, *, log: bool = False) -> None:
+        """Refuse a bad id, a missing session, and one (or, with ``log``, a log) leading out."""
         validate_session_id(session_id)
-        if not os.path.isdir(os.path.join(self._root, session_id)):
+        directory = os.path.join(self._root, session_id)
+        resolve_inside(self._root, os.path.join(directory, LOG_FILE_NAME) if log else directory)
+        if not os.path.isdir(directory):
             raise SessionNotFoundError(session_id, os.fspath(self.root))
 
     def _query(self, query: EventQuery | None, session_id: str | None) -> EventQuery:
@@ -612,7 +633,7 @@ class Workspace:
             )
         if session_id is None:
             return query
-        self._check_session(session_id)
+        self._check_session(session_id, log=True)
         return EventQuery(
             event_type=query.event_type,
             session_id=session_id,
@@ -636,6 +657,11 @@ class Workspace:
         found = []
         for session_id in self.session_ids():
             path = os.path.join(self._root, session_id, LOG_FILE_NAME)
+            try:
+                resolve_inside(self._root, path)
+            except UnsafeSymlinkError as exc:  # never read: said once
+                report_once(logger, f"skipped the log of session {session_id!r}: {exc}")
+                continue
             try:
                 status = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
@@ -672,7 +698,7 @@ class Workspace:
         return len(seen) == len(self._logs)
 
     def _read(self, index: EventIndex, log: _Log, *, bulk: bool) -> None:
-        fd = open_log(log.path)
+        fd = open_log(log.path, self._root)
         if fd is None:
             return
         try:
@@ -706,7 +732,7 @@ class Workspace:
             index = self._current(refresh=False)
             page = index.query(query, after=cursor, limit=_PAGE)
             places = self._places(index, page)
-        lines = read_places(places)
+        lines = read_places(places, self._root)
         kept = []
         for event, line, (path, offset, length) in zip(page, lines, places, strict=True):
             end = ends.get(path)
@@ -720,7 +746,7 @@ class Workspace:
         for found_id, path, status in self._log_files():
             if session_id is not None and found_id != session_id:
                 continue
-            fd = open_log(path)
+            fd = open_log(path, self._root)
             if fd is None:
                 continue
             try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from sinks.jsonl import UnsafeSymlinkError
 from sinks.memory import UnknownEventIdError
 from sinks.workspace import InvalidTimeError, SessionNotFoundError
 from sinks.workspace import Workspace as FilesWorkspace
@@ -55,6 +56,8 @@ def status_of(error: BaseException) -> int | None:
     """The HTTP status for an error of the data layer, or ``None`` if it is a server fault."""
     if isinstance(error, SessionNotFoundError):
         return 404
+    if isinstance(error, UnsafeSymlinkError):
+        return 403
     if isinstance(error, InvalidNameError | InvalidTimeError | UnknownEventIdError):
         return 400
     return None

@@ -32,7 +32,9 @@ function openStream(path, query, handlers) {
   const source = new EventSource(apiUrl(path, query, true));
   source.onopen = () => setConnection("live");
   source.onerror = () => setConnection(source.readyState === 2 ? "closed" : "reconnecting…");
-  source.onmessage = (message) => handlers.event(JSON.parse(message.data));
+  // A line stored without an id (the seed's format): its id is the message's.
+  source.onmessage = (message) =>
+    handlers.event({ id: message.lastEventId, ...JSON.parse(message.data) });
   source.addEventListener("gap", (message) => handlers.gap(JSON.parse(message.data).missed));
   return source;
 }
@@ -162,7 +164,8 @@ class SessionView {
         after,
         limit: PAGE,
       });
-      for (const event of page.events) this.apply(event);
+      // A line stored without an id (the seed's format) has its derived one in ids.
+      page.events.forEach((event, i) => this.apply({ id: page.ids[i], ...event }));
       after = page.next;
     } while (after && !this.closed);
   }
