@@ -108,14 +108,25 @@ _PATHS: dict[str, Any] = {
         _SSE,
     ),
     "/api/usage": _get(
-        'LLM calls, tokens and cost: {"by", "rows": [...], "total": {...}}.',
+        "LLM calls, tokens (prompt, cached, completion, total) and cost: "
+        '{"by", "rows": [...], "total": {...}}.',
         [
             _query(
                 "by",
-                "Group by this field (default model).",
+                "Group by this field (default model); role, task and session are short "
+                "for agent_role, task_id and session_id (the answer's by names the field).",
                 {
                     "type": "string",
-                    "enum": ["model", "agent_role", "task_id", "session_id", "phase"],
+                    "enum": [
+                        "model",
+                        "agent_role",
+                        "task_id",
+                        "session_id",
+                        "phase",
+                        "role",
+                        "task",
+                        "session",
+                    ],
                 },
             ),
             _query("session_id", "Only this session."),
