@@ -239,7 +239,9 @@ async def test_a_type_a_newer_producer_wrote_is_accepted(
     local: httpx.AsyncClient, workspace: Path
 ) -> None:
     """A type this version does not know but a log holds filters, even a session without it."""
-    newer = Event(event_type="kind_from_v9", session_id="older", message="from the future")
+    newer = Event(
+        event_type=EventType("kind_from_v9"), session_id="older", message="from the future"
+    )
     _write(workspace, "older", [_at(newer, 50)])
     url = "/api/sessions/{}/events?type=kind_from_v9"
     found = await local.get(url.format("older"))
