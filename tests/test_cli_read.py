@@ -306,6 +306,19 @@ def test_a_missing_default_workspace_has_no_sessions(
     assert not (tmp_path / "workspaces").exists()
 
 
+def test_serve_also_defaults_to_workspaces_and_says_how_to_make_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eventbus serve` without DIR serves ./workspaces; missing, one line says what to do."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "serve")
+    assert (status, out) == (2, "")
+    assert err == (
+        "eventbus serve: no workspace directory at 'workspaces': give DIR, or run "
+        "'eventbus demo' first (it writes ./workspaces)\n"
+    )
+
+
 # --- event types ---------------------------------------------------------------------------
 
 
