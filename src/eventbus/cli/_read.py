@@ -350,11 +350,11 @@ async def _follow(
         _note(args, f"waiting for the workspace directory {str(workspace.root)!r} to appear")
         await _wait_for_directory(workspace.root)
     session: str | None = args.session
-    started = session is None or session in workspace.session_ids()
     if session is not None:
         validate_session_id(session)
-        if not started:
-            _note(args, f"waiting for the session {session!r} to start")
+    started = session is None or session in workspace.session_ids()
+    if not started:
+        _note(args, f"waiting for the session {session!r} to start")
     # Follow from just before the last n: the follow replays them, then goes live,
     # with nothing missed or printed twice in between. Every event of a session
     # that had not started is new.
