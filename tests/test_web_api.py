@@ -177,12 +177,120 @@ async def test_usage_has_the_cli_shape_and_counts_responses(client: httpx.AsyncC
         "key": "gpt-a",
         "calls": 1,
         "prompt_tokens": 10,
+        "cached_tokens": 0,
         "completion_tokens": 5,
         "total_tokens": 15,
         "cost_usd": pytest.approx(0.01),
     }
     assert usage["total"]["total_tokens"] == 37
     assert usage["total"]["calls"] == 2
+
+
+@pytest.fixture
+async def local(workspace: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app as a browser on this machine reaches it."""
+    transport = httpx.ASGITransport(create_app(workspace))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+@pytest.mark.anyio
+async def test_usage_rows_and_total_have_cached_tokens(
+    local: httpx.AsyncClient, workspace: Path
+) -> None:
+    """Every row and the total of /api/usage say how many prompt tokens were cached."""
+    cached = create_llm_response_event("cached", "gpt-a", "coder", 90, 5, "t9", cached_tokens=64)
+    _write(workspace, "cached", [_at(cached, 200)])
+    usage = (await local.get("/api/usage", params={"by": "model"})).json()
+    assert {row["key"]: row["cached_tokens"] for row in usage["rows"]} == {"gpt-a": 64, "gpt-b": 0}
+    assert usage["total"]["cached_tokens"] == 64
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("short", "field"), [("role", "agent_role"), ("task", "task_id"), ("session", "session_id")]
+)
+async def test_usage_by_a_short_name_groups_by_its_field(
+    local: httpx.AsyncClient, short: str, field: str
+) -> None:
+    """by=role, by=task and by=session answer as by=agent_role, ...; "by" names the field."""
+    response = await local.get("/api/usage", params={"by": short})
+    assert response.status_code == 200
+    assert response.json() == (await local.get("/api/usage", params={"by": field})).json()
+    assert response.json()["by"] == field
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/sessions/older/events?type=task_started,bogus",
+        "/api/stream?type=bogus",
+        "/api/sessions/older/stream?type=bogus",
+    ],
+)
+async def test_an_unknown_type_is_400_listing_the_known_ones(
+    local: httpx.AsyncClient, url: str
+) -> None:
+    """type=bogus is refused, naming the parameter and the known types, not an empty answer."""
+    with anyio.fail_after(10):  # not a stream that never sends anything
+        response = await local.get(url)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("parameter type='bogus': no such event type")
+    assert "task_failed" in error.split("known types: ")[1]
+
+
+@pytest.mark.anyio
+async def test_a_type_a_newer_producer_wrote_is_accepted(
+    local: httpx.AsyncClient, workspace: Path
+) -> None:
+    """A type this version does not know but a log holds filters, even a session without it."""
+    newer = Event(
+        event_type=EventType("kind_from_v9"), session_id="older", message="from the future"
+    )
+    _write(workspace, "older", [_at(newer, 50)])
+    url = "/api/sessions/{}/events?type=kind_from_v9"
+    found = await local.get(url.format("older"))
+    absent = await local.get(url.format("newer"))
+    assert [e["message"] for e in found.json()["events"]] == ["from the future"]
+    assert (absent.status_code, absent.json()["events"]) == (200, [])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("url", "headers", "message"),
+    [
+        pytest.param(
+            "/api/sessions/older/events?after=bogus",
+            {},
+            "parameter after='bogus': no event with that id in the workspace; take an id "
+            "from GET /api/sessions/{session_id}/events",
+            id="after",
+        ),
+        pytest.param(
+            "/api/sessions/older/stream",
+            {"Last-Event-ID": "bogus"},
+            "Last-Event-ID 'bogus': no event with that id in the workspace; reconnect without it",
+            id="last-event-id",
+        ),
+        pytest.param(
+            "/api/stream?last_event_id=bogus",
+            {},
+            "parameter last_event_id='bogus': no event with that id in the workspace",
+            id="last_event_id",
+        ),
+    ],
+)
+async def test_an_unknown_position_names_the_parameter_not_the_library(
+    local: httpx.AsyncClient, url: str, headers: dict[str, str], message: str
+) -> None:
+    """An after id no log holds is a 400 in the API's terms, with no Python advice."""
+    response = await local.get(url, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith(message)
+    assert "pass the Event" not in error
 
 
 @pytest.mark.anyio

@@ -25,6 +25,7 @@ from sinks.memory import UnknownEventIdError
 from sinks.workspace import (
     InvalidTimeError,
     SessionNotFoundError,
+    UnknownEventTypeError,
     Workspace,
     parse_time,
 )
@@ -91,7 +92,16 @@ def root(tmp_path: Path) -> Path:
         workspace,
         info("a", "a0", 0),
         info("a", "a2", 2, phase="PLAN"),
-        response("a", 3, "m1", "PLAN", prompt_tokens=10, completion_tokens=5, cost_usd=0.01),
+        response(
+            "a",
+            3,
+            "m1",
+            "PLAN",
+            prompt_tokens=10,
+            cached_tokens=6,
+            completion_tokens=5,
+            cost_usd=0.01,
+        ),
         info("b", "b1", 1),
         info("b", "b4", 4),
         response("b", 5, "m2", "EXECUTION", prompt_tokens=7, completion_tokens=3, cost_usd=0.5),
@@ -302,12 +312,12 @@ def test_usage_has_the_api_shape(root: Path, make: Callable[[Path], Workspace]) 
     assert make(root).usage("model") == {
         "by": "model",
         "rows": [
-            {"key": "m2", "calls": 1, "prompt_tokens": 7, "completion_tokens": 3,
-             "total_tokens": 10, "cost_usd": 0.5},
-            {"key": "m1", "calls": 1, "prompt_tokens": 10, "completion_tokens": 5,
-             "total_tokens": 15, "cost_usd": 0.01},
+            {"key": "m2", "calls": 1, "prompt_tokens": 7, "cached_tokens": 0,
+             "completion_tokens": 3, "total_tokens": 10, "cost_usd": 0.5},
+            {"key": "m1", "calls": 1, "prompt_tokens": 10, "cached_tokens": 6,
+             "completion_tokens": 5, "total_tokens": 15, "cost_usd": 0.01},
         ],
-        "total": {"calls": 2, "prompt_tokens": 17, "completion_tokens": 8,
+        "total": {"calls": 2, "prompt_tokens": 17, "cached_tokens": 6, "completion_tokens": 8,
                   "total_tokens": 25, "cost_usd": 0.51},
     }  # fmt: skip
 
@@ -325,6 +335,68 @@ def test_usage_by_an_unknown_field_is_refused(root: Path) -> None:
     """by must be one of the five fields."""
     with pytest.raises(ValueError, match=r"cannot group usage by 'colour'.*phase"):
         Workspace(root).usage("colour")
+
+
+@pytest.mark.parametrize(
+    ("short", "field"), [("role", "agent_role"), ("task", "task_id"), ("session", "session_id")]
+)
+def test_usage_by_a_short_name_is_by_its_field(
+    root: Path, make: Callable[[Path], Workspace], short: str, field: str
+) -> None:
+    """role, task and session group by agent_role, task_id, session_id; "by" names the field."""
+    workspace = make(root)
+    assert workspace.usage(short) == workspace.usage(field)
+    assert workspace.usage(short)["by"] == field
+
+
+def test_usage_cached_tokens_are_summed_per_group(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """cached_tokens is in every row and the total, whatever the grouping."""
+    append(root, response("b", 6, "m1", "PLAN", prompt_tokens=3, cached_tokens=2))
+    for by in ("model", "agent_role", "task_id", "session_id", "phase"):
+        usage = make(root).usage(by)
+        assert sum(row["cached_tokens"] for row in usage["rows"]) == 8, by
+        assert usage["total"]["cached_tokens"] == 8, by
+
+
+# --- event types ---------------------------------------------------------------------------
+
+
+def test_event_types_are_those_the_logs_hold(root: Path, make: Callable[[Path], Workspace]) -> None:
+    """Each type once, sorted; a type this version does not know is listed as written."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    assert make(root).event_types() == ["info", "kind_from_v9", "llm_response_received"]
+
+
+def test_check_types_accepts_known_types_and_those_in_the_logs(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """This version's types pass even if absent; a newer producer's type passes if written."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    make(root).check_types(["task_failed", "kind_from_v9"])
+    make(root).check_types(None)
+
+
+def test_check_types_refuses_a_type_nobody_knows_listing_the_known_ones(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """A misspelt type raises UnknownEventTypeError naming it; known lists every known type."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    expected = r"no event type 'task_faild'.*known types: "
+    with pytest.raises(UnknownEventTypeError, match=expected) as raised:
+        make(root).check_types(["task_failed", "task_faild"])
+    assert raised.value.types == ("task_faild",)
+    assert set(raised.value.known) == {kind.value for kind in EventType} | {"kind_from_v9"}
+
+
+def test_check_types_reads_no_log_for_known_or_seen_types(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """Types of this version, and types an answer already holds (seen), cost no read."""
+    workspace = make(root)
+    with mock.patch.object(Workspace, "event_types", side_effect=AssertionError("read")):
+        workspace.check_types(["info", "kind_from_v9"], seen={"kind_from_v9"})
 
 
 # --- follow --------------------------------------------------------------------------------
@@ -437,6 +509,27 @@ async def test_cancelling_the_caller_ends_follow(root: Path) -> None:
             group.start_soon(consume)
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_follow_can_wait_for_a_session_that_has_not_started(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """wait_for_session=True: no SessionNotFoundError; the session's events once it starts."""
+    workspace = make(root)
+    got: list[Event] = []
+
+    async def consume() -> None:
+        lines = workspace.follow_lines(session_id="late", wait_for_session=True)
+        async with aclosing(lines) as stream:
+            got.extend(await take(stream, 1))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            append(root, info("late", "first of a late session", 70), info("a", "other", 71))
+    assert [event.message for event in got] == ["first of a late session"]
 
 
 @pytest.mark.anyio

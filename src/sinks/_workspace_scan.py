@@ -211,6 +211,22 @@ def scan_log(
         os.close(fd)
 
 
+def types_in_logs(paths: list[str], root: str) -> set[str]:
+    """The event types of the lines of the logs at ``paths`` (decoding only the light fields)."""
+    found: set[str] = set()
+    for path in paths:
+        fd = open_log(path, root)
+        if fd is None:
+            continue
+        try:
+            for data, cut, start in _regions(fd, 0, None):
+                found.update(map(_TYPE, _Chunk(data, cut, start, False).records))
+        finally:
+            os.close(fd)
+    found.discard("")
+    return found
+
+
 def find_key(paths: list[str], root: str, event_id: str) -> Key | None:
     """The time-order key of the event with ``event_id`` in any of the logs, or ``None``.
 

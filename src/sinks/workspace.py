@@ -39,6 +39,7 @@ Errors::
     EventBusError
     ├── SessionNotFoundError (LookupError)
     ├── InvalidTimeError (ValueError)
+    ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
     ├── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
     └── UnsafeSymlinkError (OSError, from sinks.jsonl: the session asked for, or its
@@ -66,7 +67,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,22 +89,27 @@ from eventbus import (
 from ._paths import UnsafeSymlinkError, report_once, resolve_inside
 from ._workspace_follow import Tail, is_log_change, load_awatch
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
-from ._workspace_scan import Key, find_key, key_of, scan_log
+from ._workspace_scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._workspace_sessions import SessionRows
 from ._workspace_usage import none_last, total_of, usage_by, usage_values
 from .jsonl import LOG_FILE_NAME
 from .memory import EventIndex, UnknownEventIdError
 
 __all__ = [
+    "USAGE_ALIASES",
     "USAGE_KEYS",
     "InvalidTimeError",
     "SessionNotFoundError",
+    "UnknownEventTypeError",
     "Workspace",
     "parse_time",
 ]
 
 USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase")
 """What :meth:`Workspace.usage` can group by."""
+
+USAGE_ALIASES: Final = {"role": "agent_role", "task": "task_id", "session": "session_id"}
+"""Short names :meth:`Workspace.usage` also takes for ``by`` (its answer names the field)."""
 
 FOLLOW_DEBOUNCE_MS: Final = 30
 """The longest :meth:`Workspace.follow` gathers file changes before reading them."""
@@ -127,6 +133,7 @@ logger = logging.getLogger("sinks.workspace")
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
+_BUILTIN_TYPES: Final = frozenset(kind.value for kind in EventType)
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -153,6 +160,24 @@ class InvalidTimeError(EventBusError, ValueError):
             f"cannot read the time {text!r}: give an ISO 8601 time such as "
             "2026-01-31T12:00:00 (no offset means UTC) or 2026-01-31, or a time "
             "ago such as 30s, 10m, 2h, 3d or 1w"
+        )
+
+
+class UnknownEventTypeError(EventBusError, ValueError):
+    """Raised when a query names an event type that neither this version nor any log knows.
+
+    ``types`` are the unknown types asked for; ``known`` lists every type the
+    workspace knows: this version's :class:`~eventbus.EventType` values and
+    the types its logs hold (written by a newer producer).
+    """
+
+    def __init__(self, types: Sequence[str], known: Sequence[str]) -> None:
+        self.types = tuple(types)
+        self.known = tuple(known)
+        names = ", ".join(repr(kind) for kind in self.types)
+        super().__init__(
+            f"no event type {names} in this version or in the workspace's logs; "
+            f"known types: {', '.join(self.known)}"
         )
 
 
@@ -414,6 +439,43 @@ class Workspace:
             places = self._places(self._current(refresh=False), events)
         return read_places(places, self._root)
 
+    # --- event types ------------------------------------------------------------------
+
+    def event_types(self) -> list[str]:
+        """Return the event types the logs hold, sorted.
+
+        With the index this costs next to nothing; with ``index=False`` it
+        reads the logs once, decoding only each line's type.
+        """
+        if self.indexed:
+            with self._lock:
+                return self._current().event_types()
+        return sorted(types_in_logs(self._log_paths(None), self._root))
+
+    def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None:
+        """Refuse event types that neither this version nor any log of the workspace knows.
+
+        A value of :class:`~eventbus.EventType` always passes; another type
+        passes if a log holds an event of that type (written by a newer
+        producer). A query for a misspelt type would otherwise answer nothing,
+        successfully. Only types outside :class:`~eventbus.EventType` and
+        ``seen`` make the logs be read (see :meth:`event_types`).
+
+        :param types: the types asked for (``None``: every type, which passes).
+        :param seen: types known to be in the logs, e.g. those of an answer
+            just read: check after the query, and a type it found costs nothing.
+        :raises UnknownEventTypeError: naming the unknown types and listing the known ones.
+        """
+        if types is None:
+            return
+        rest = {str(kind) for kind in types} - _BUILTIN_TYPES - {str(kind) for kind in seen}
+        if not rest:
+            return
+        present = set(self.event_types())
+        unknown = rest - present
+        if unknown:
+            raise UnknownEventTypeError(sorted(unknown), sorted(_BUILTIN_TYPES | present))
+
     # --- usage --------------------------------------------------------------------------
 
     def usage(self, by: str = "model", *, session_id: str | None = None) -> dict[str, Any]:
@@ -424,21 +486,28 @@ class Workspace:
 
             {"by": "model",
              "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
-                       "completion_tokens": 300, "total_tokens": 1500, "cost_usd": 0.02}, ...],
-             "total": {"calls": ..., "prompt_tokens": ..., "completion_tokens": ...,
-                       "total_tokens": ..., "cost_usd": ...}}
+                       "cached_tokens": 800, "completion_tokens": 300,
+                       "total_tokens": 1500, "cost_usd": 0.02}, ...],
+             "total": {"calls": ..., "prompt_tokens": ..., "cached_tokens": ...,
+                       "completion_tokens": ..., "total_tokens": ..., "cost_usd": ...}}
+
+        ``cached_tokens`` is the part of ``prompt_tokens`` the provider served
+        from its prompt cache (0 when responses do not say).
 
         Rows come most expensive first (then most tokens, then by key);
         responses without a value of ``by`` are under the key ``None``.
 
         :param by: ``"model"``, ``"agent_role"``, ``"task_id"``, ``"session_id"``
-            or ``"phase"``.
+            or ``"phase"``, or a short name of :data:`USAGE_ALIASES` (``"role"``,
+            ``"task"``, ``"session"``); the answer's ``"by"`` is the field's name.
         :param session_id: count only this session's responses.
         :raises ValueError: if ``by`` is not one of those.
         :raises SessionNotFoundError: if the workspace has no such session.
         """
+        by = USAGE_ALIASES.get(by, by)
         if by not in USAGE_KEYS:
-            raise ValueError(f"cannot group usage by {by!r}: use one of {', '.join(USAGE_KEYS)}")
+            names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
+            raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
         if not self.indexed:
             responses = [event for event, _ in self._scan(query, None)]
@@ -491,6 +560,7 @@ class Workspace:
         after: str | None = None,
         from_start: bool = True,
         stop_event: anyio.Event | None = None,
+        wait_for_session: bool = False,
     ) -> AsyncGenerator[tuple[Event, bytes], None]:
         """Yield ``(event, line)`` for the stored events, then for each new one as it is written.
 
@@ -508,13 +578,16 @@ class Workspace:
         caller stops iterating (``async with contextlib.aclosing(...)``
         closes the file watcher at once).
 
+        :param wait_for_session: if the session ``session_id`` does not exist
+            yet, wait for it and yield its events once it starts (instead of
+            raising :class:`SessionNotFoundError`).
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
         :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
-        query = self._query(query, session_id)
+        query = self._query(query, session_id, must_exist=not wait_for_session)
         awatch = load_awatch()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
@@ -618,8 +691,11 @@ class Workspace:
         if not os.path.isdir(directory):
             raise SessionNotFoundError(session_id, os.fspath(self.root))
 
-    def _query(self, query: EventQuery | None, session_id: str | None) -> EventQuery:
-        """``query`` restricted to ``session_id``, which is checked."""
+    def _query(
+        self, query: EventQuery | None, session_id: str | None, *, must_exist: bool = True
+    ) -> EventQuery:
+        """``query`` restricted to ``session_id``, which is checked (a valid name of a
+        session that exists, or with ``must_exist=False`` only a valid name)."""
         if query is None:
             query = EventQuery()
         elif not isinstance(query, EventQuery):
@@ -633,7 +709,10 @@ class Workspace:
             )
         if session_id is None:
             return query
-        self._check_session(session_id, log=True)
+        if must_exist:
+            self._check_session(session_id, log=True)
+        else:
+            validate_session_id(session_id)
         return EventQuery(
             event_type=query.event_type,
             session_id=session_id,

@@ -30,12 +30,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._bus import EventBus
 from .._errors import EventBusError, SinkFailedError
+from .._event import Event
 from .._names import InvalidNameError, validate_session_id
 from .._query import EventQuery
 from ._openapi import openapi_schema
 from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
 from ._stream import LineCache, bus_stream, file_stream
-from ._workspace import Workspace, open_workspace, status_of
+from ._workspace import Workspace, message_of, open_workspace, status_of
 
 __all__ = ["create_app"]
 
@@ -78,15 +79,20 @@ class _Api:
         self.lines = LineCache()
         self.reported: set[str] = set()
 
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a (blocking) data-layer call in a worker thread; map its errors to statuses."""
+    async def _call(
+        self, method: Callable[..., Any], *args: Any, position: str = "after", **kwargs: Any
+    ) -> Any:
+        """Run a (blocking) data-layer call in a worker thread; map its errors to statuses.
+
+        ``position`` names the parameter that carried ``after``, for its error message.
+        """
         try:
             return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
         except Exception as error:
             status = status_of(error)
             if status is None:
                 raise
-            message = " ".join(str(error).split())
+            message = message_of(error, position)
             if status == 403:  # a symlink leading out: its paths stay in the server's log
                 self._report(message)
                 message = (
@@ -103,6 +109,12 @@ class _Api:
                 self.reported.clear()
             self.reported.add(message)
             logger.warning("refused a request: %s", message)
+
+    async def _check_types(self, query: EventQuery, seen: Sequence[Event] = ()) -> None:
+        """Refuse a ``type`` that neither this version nor the workspace's logs know (400)."""
+        if query.event_type is not None:
+            types = {event.event_type.value for event in seen}
+            await self._call(self.workspace.check_types, query.event_type, seen=types)
 
     async def sessions(self, request: Request) -> Response:
         """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
@@ -136,6 +148,7 @@ class _Api:
         lines, ids, next_id = await self._call(
             _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
         )
+        await self._check_types(query)
         body = b'{"events":[%b],"ids":%b,"next":%b}' % (
             b",".join(lines),
             _encode(ids),
@@ -168,15 +181,22 @@ class _Api:
     async def _stream(self, request: Request, session_id: str | None) -> Response:
         query = event_query(request.query_params, session_id=session_id)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        after = _event_id("Last-Event-ID", after)
+        position = "Last-Event-ID" if request.headers.get("last-event-id") else "last_event_id"
+        after = _event_id(position, after)
         # Refuse an unknown position or session now, while a status can still say so.
         if after is not None and self.bus is not None:
             with suppress(SinkFailedError):
                 await self.bus.flush()  # the position may be an event not yet in the log
         if after is not None or (self.bus is None and session_id is not None):
             await self._call(
-                self.workspace.events, query, session_id=session_id, after=after, limit=1
+                self.workspace.events,
+                query,
+                session_id=session_id,
+                after=after,
+                limit=1,
+                position=position,
             )
+        await self._check_types(query)
         content: AsyncIterator[bytes]
         if self.bus is not None:
             content = bus_stream(

@@ -26,6 +26,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 _STRING: dict[str, Any] = {"type": "string"}
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 _USAGE_KEYS = ["model", "agent_role", "task_id", "session_id", "phase"]
+_USAGE_BY = [*_USAGE_KEYS, "role", "task", "session"]
 _TIME_TEXT = (
     "An ISO 8601 time (RFC 3339 date-time such as 2026-01-31T12:00:00Z; without an "
     "offset it means UTC), a date (2026-01-31: its midnight UTC), or a time ago: a "
@@ -333,8 +334,9 @@ _PATHS: dict[str, Any] = {
         [
             _query(
                 "by",
-                "Group by this field (default model).",
-                {"type": "string", "enum": _USAGE_KEYS, "default": "model"},
+                "Group by this field (default model); role, task and session are short "
+                "for agent_role, task_id and session_id (the answer's by names the field).",
+                {"type": "string", "enum": _USAGE_BY, "default": "model"},
             ),
             _query("session_id", "Only this session."),
         ],
