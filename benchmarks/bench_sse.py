@@ -65,7 +65,7 @@ async def serving(app: Starlette) -> AsyncIterator[int]:
 async def _client(port: int, path: str, headers: str, ready: asyncio.Event) -> int:
     """Read one stream until the server closes it; return (events, last id)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
     ready.set()

@@ -11,6 +11,9 @@ import pytest
 # or remove a name here in the same change, so every change of the API is deliberate.
 SNAPSHOT: dict[str, list[str]] = {
     "eventbus": [
+        "MAX_ID_LENGTH",
+        "MAX_LINE_BYTES",
+        "MAX_METADATA_DEPTH",
         "BusClosedError",
         "BusFullError",
         "BusStats",
@@ -122,6 +125,7 @@ SNAPSHOT: dict[str, list[str]] = {
         "ARTIFACTS_DIR",
         "LOG_FILE_NAME",
         "RUN_SUMMARY_KEY",
+        "USAGE_ALIASES",
         "USAGE_KEYS",
         "ArtifactEncodeError",
         "ArtifactSink",
@@ -148,6 +152,7 @@ SNAPSHOT: dict[str, list[str]] = {
         "StaleLogError",
         "TokenUsage",
         "UnknownEventIdError",
+        "UnknownEventTypeError",
         "UnsafeSymlinkError",
         "UsageField",
         "Workspace",
@@ -194,9 +199,11 @@ SNAPSHOT: dict[str, list[str]] = {
         "UnsafeSymlinkError",
     ],
     "sinks.workspace": [
+        "USAGE_ALIASES",
         "USAGE_KEYS",
         "InvalidTimeError",
         "SessionNotFoundError",
+        "UnknownEventTypeError",
         "Workspace",
         "parse_time",
     ],
@@ -217,6 +224,7 @@ SNAPSHOT: dict[str, list[str]] = {
         "JetStreamError",
         "JetStreamSink",
         "JetStreamSource",
+        "NatsUnavailableError",
         "PublishNotAcknowledgedError",
         "SourceStats",
         "Start",

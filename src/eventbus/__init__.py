@@ -16,6 +16,8 @@ from typing import Any as _Any
 
 from ._bus import BusStats, EventBus, RetryPolicy, Subscription, SubscriptionStats
 from ._codec import (
+    MAX_LINE_BYTES,
+    MAX_METADATA_DEPTH,
     EventBatch,
     decode_event,
     decode_events,
@@ -33,7 +35,14 @@ from ._errors import (
     PartialWriteError,
     SinkFailedError,
 )
-from ._event import Event, EventType, current_parent_id, new_event_id, parent_scope
+from ._event import (
+    MAX_ID_LENGTH,
+    Event,
+    EventType,
+    current_parent_id,
+    new_event_id,
+    parent_scope,
+)
 from ._factories import (
     create_agent_event,
     create_artifact_event,
@@ -55,6 +64,9 @@ from ._query import EventQuery, as_utc
 from ._sink import MemorySink, Sink
 
 __all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_LINE_BYTES",
+    "MAX_METADATA_DEPTH",
     "BusClosedError",
     "BusFullError",
     "BusStats",

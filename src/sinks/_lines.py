@@ -2,25 +2,34 @@
 
 Every reader of a log (:func:`sinks.jsonl.iter_log` and ``EventLog``, the
 index's loader, the workspace's scan, its follow and its session rows) reads
-it through :class:`LineReader`: from a byte offset, a run of up to about
-4 MiB of *complete* lines (ending in ``\\n``) at a time. A line being written
-is left for the next read, so a line completed in two writes comes out once,
-whole; a line longer than a run doubles the read until it fits.
-:func:`iter_growth` decodes the runs into events with their places (corrupt
-and blank lines skipped and counted); :func:`complete_end` finds where the
-last complete line ends; :func:`read_places` reads lines back by their places.
+it through :class:`LineRuns`: from a byte offset, a run of up to about 4 MiB
+of *complete* lines (ending in ``\\n``) at a time. A line being written is
+left for the next read, so a line completed in two writes comes out once,
+whole; a line longer than a run doubles the read until it fits. A line longer
+than :data:`~eventbus.MAX_LINE_BYTES` is corrupt, and is passed over in
+:data:`CHUNK`-sized reads, never held whole: a reader holds at most one read
+of ``MAX_LINE_BYTES`` + 1 bytes (one read of :data:`CHUNK` bytes while no line
+is longer) and what it decodes from it. :func:`iter_growth` decodes the runs
+into events with their places (corrupt and blank lines skipped and counted);
+:func:`complete_end` finds where the last complete line ends;
+:func:`read_places` reads lines back by their places.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 
-from eventbus import Event, EventDecodeError, decode_event, decode_events
+from eventbus import MAX_LINE_BYTES, Event, EventDecodeError, decode_event, decode_events
+
+from ._layout import UnsafeSymlinkError, report_once, resolve_inside
 
 __all__: list[str] = []
+
+logger = logging.getLogger("sinks.workspace")
 
 CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
 TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
@@ -28,27 +37,24 @@ READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 BLANK = b" \t\r"  # a line made only of these is blank (skipped, as msgspec does)
 
 
-class LineReader:
-    """Reads the complete lines of an open file, a run at a time.
+class LineRuns:
+    """The runs of complete lines of a file from ``start`` (up to ``stop``), read in chunks.
 
-    After :meth:`runs` is exhausted, ``tail`` is the size of the incomplete
-    line it stopped in (0 if it stopped at a line's end).
+    Iterating yields ``(data, cut, offset)``: ``data[:cut]`` is a run of
+    complete lines starting at byte ``offset``. A line longer than
+    ``MAX_LINE_BYTES`` comes as ``(None, size, offset)`` (``size`` with its
+    newline), found without reading it whole. Afterwards ``tail`` is the size
+    of the incomplete last line (a writer may be finishing it), 0 if none.
     """
 
-    __slots__ = ("tail",)
-
-    def __init__(self) -> None:
+    def __init__(self, fd: int, start: int, stop: int | None = None) -> None:
+        self.fd, self.start, self.stop = fd, start, stop
         self.tail = 0
 
-    def runs(
-        self, fd: int, start: int, stop: int | None = None
-    ) -> Iterator[tuple[int, bytes, int]]:
-        """Yield ``(offset, data, cut)``: ``data[:cut]`` is a run of complete lines at ``offset``.
-
-        Reads from byte ``start`` to the end of the file (or to ``stop``); the
-        next run starts at ``offset + cut``.
-        """
-        position, size = start, CHUNK
+    def __iter__(self) -> Iterator[tuple[bytes | None, int, int]]:
+        fd, stop = self.fd, self.stop
+        position = self.start
+        size = CHUNK
         self.tail = 0
         while True:
             want = size if stop is None else min(size, stop - position)
@@ -57,22 +63,46 @@ class LineReader:
             data = os.pread(fd, want, position)
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield position, data, cut
+                yield data, cut, position
                 position += cut
-                if len(data) < want:  # the end of the file
-                    self.tail = len(data) - cut
-                    return
                 size = CHUNK
             elif len(data) < want or want < size:  # the end, inside an incomplete line
                 self.tail = len(data)
                 return
-            else:  # one line longer than a run
-                size *= 2
+            elif size > MAX_LINE_BYTES:  # no newline in MAX_LINE_BYTES + 1 bytes: too long
+                del data
+                end = self._line_end(position, position + size)
+                if end is None:
+                    return
+                yield None, end - position, position
+                position = end
+                size = CHUNK
+            else:  # one line longer than a chunk: read it again, whole
+                del data  # before the next read, not after
+                size = min(2 * size, MAX_LINE_BYTES + 1)
+
+    def _line_end(self, start: int, position: int) -> int | None:
+        """The end of the line at ``start``, searched from ``position`` on.
+
+        ``None`` if the file (or ``stop``) comes first; ``tail`` is then set.
+        """
+        while True:
+            want = CHUNK if self.stop is None else min(CHUNK, self.stop - position)
+            block = os.pread(self.fd, want, position) if want > 0 else b""
+            found = block.find(b"\n")
+            if found >= 0:
+                return position + found + 1
+            position += len(block)
+            if len(block) < CHUNK:
+                self.tail = position - start
+                return None
 
 
-def complete_runs(fd: int, start: int, stop: int | None = None) -> Iterator[tuple[int, bytes, int]]:
-    """:meth:`LineReader.runs` of a reader whose ``tail`` is not needed."""
-    return LineReader().runs(fd, start, stop)
+def line_runs(
+    fd: int, start: int, stop: int | None = None
+) -> Iterator[tuple[bytes | None, int, int]]:
+    """Iterate :class:`LineRuns` (when its ``tail`` is not needed)."""
+    return iter(LineRuns(fd, start, stop))
 
 
 class Growth:
@@ -92,21 +122,26 @@ class Growth:
 def iter_growth(fd: int, start: int) -> Iterator[Growth]:
     """Read the complete lines of ``fd`` from byte ``start`` on, a chunk at a time.
 
-    Each :class:`Growth` covers up to about 4 MiB; its ``end`` is where the
-    next read starts. Stops at the end of the file or inside an incomplete line.
+    Each :class:`Growth` covers up to about 4 MiB (or one long line); its
+    ``end`` is where the next read starts. Stops at the end of the file or
+    inside an incomplete line.
     """
-    for position, data, cut in complete_runs(fd, start):
+    for data, cut, position in line_runs(fd, start):
         growth = Growth(position + cut)
-        _decode_into(growth, data[: cut - 1], position)
+        if data is None:  # a line over MAX_LINE_BYTES
+            growth.corrupt = 1
+        else:
+            _decode_into(growth, data, cut, position)
         yield growth
 
 
-def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
-    """Decode ``block`` (complete lines joined by newlines, without the last one)."""
-    lines = block.split(b"\n")
+def _decode_into(growth: Growth, data: bytes, cut: int, offset: int) -> None:
+    """Decode the complete lines ``data[:cut]`` (``data`` is not copied whole)."""
+    lines = data.split(b"\n")
+    lines.pop()  # what follows the last newline
     lengths = [len(line) + 1 for line in lines]
     try:
-        events = decode_events(block, offset=offset)
+        events = decode_events(memoryview(data)[: cut - 1], offset=offset)
     except EventDecodeError:
         events = None
     if events is not None and len(events) == len(lines):
@@ -131,11 +166,21 @@ def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
         position += length
 
 
-def open_log(path: str) -> int | None:
-    """Open a log for reading; ``None`` if it is missing or not a regular file.
+def open_log(path: str, root: str | None) -> int | None:
+    """Open a log of the workspace ``root`` for reading.
 
-    Opened without blocking, so a FIFO named like a log never hangs the reader.
+    ``None`` if it is missing, is not a regular file, or is reached through a
+    symlink that dangles or leads out of ``root`` (that one is logged once on
+    ``sinks.workspace``: nothing outside the root is read; ``root=None``: no
+    such check, for a log named by the caller). Opened without blocking, so a
+    FIFO named like a log never hangs the reader.
     """
+    if root is not None:
+        try:
+            path = resolve_inside(root, path)
+        except UnsafeSymlinkError as exc:
+            report_once(logger, f"skipped a log: {exc}")
+            return None
     try:
         fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -159,8 +204,10 @@ def complete_end(fd: int, size: int) -> int:
     return 0
 
 
-def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
+def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes]:
     """Read the line at each ``(path, offset, length)`` (newline included in ``length``).
+
+    ``root`` is the workspace's root: see :func:`open_log`.
 
     Returns each line without its newline. Neighbouring lines of one file are
     read in one call.
@@ -177,7 +224,7 @@ def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
                 if fd is not None:
                     os.close(fd)
                     fd = None
-                fd = open_log(path)
+                fd = open_log(path, root)
                 if fd is None:
                     raise FileNotFoundError(f"the log {path} is gone or is not a file")
                 current = path

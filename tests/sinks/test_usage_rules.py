@@ -64,6 +64,7 @@ def _values(calls: int, row: Any) -> dict[str, Any]:
         "calls": calls,
         "prompt_tokens": get("prompt_tokens"),
         "completion_tokens": get("completion_tokens"),
+        "cached_tokens": get("cached_tokens"),
         "total_tokens": get("total_tokens"),
         "cost_usd": get("cost_usd"),
     }

@@ -22,7 +22,7 @@ import msgspec
 from eventbus import as_utc, is_valid_name, validate_session_id
 
 from .._files import NotARegularFileError, describe_mode
-from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, resolve_inside
+from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, report_once, resolve_inside
 from ._files import (
     SUFFIX,
     list_keys,
@@ -78,7 +78,7 @@ def _first_event_time(log_path: str) -> float | None:
         return None
     try:
         return as_utc(_first_event_decoder.decode(head[:end]).timestamp).timestamp()
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
 
 
@@ -128,6 +128,7 @@ class SessionSummary(TypedDict):
     tasks_failed: NotRequired[int]
     llm_calls: NotRequired[int]
     prompt_tokens: NotRequired[int]
+    cached_tokens: NotRequired[int]
     completion_tokens: NotRequired[int]
     total_tokens: NotRequired[int]
     cost_usd: NotRequired[float]
@@ -143,6 +144,7 @@ _SUMMARY_EXTRAS = (
     "tasks_failed",
     "llm_calls",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "total_tokens",
     "cost_usd",
@@ -359,7 +361,7 @@ class SessionArtifactQuery:
         try:
             return self._scan(session_id)
         except OSError as exc:
-            logger.warning("session %r is left out of the listing: %s", session_id, exc)
+            report_once(logger, f"session {session_id!r} is left out of the listing: {exc}")
             return None
 
     def _scan(self, session_id: str) -> _Scan:

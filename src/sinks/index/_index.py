@@ -302,7 +302,12 @@ class EventIndex:
         return added
 
     def add_log(
-        self, path: str | os.PathLike[str], start: int = 0, *, bulk: bool = False
+        self,
+        path: str | os.PathLike[str],
+        start: int = 0,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        bulk: bool = False,
     ) -> int | None:
         """Index the events of the complete lines of the JSONL log at ``path`` from byte ``start``.
 
@@ -313,11 +318,15 @@ class EventIndex:
         finishing it); corrupt and blank lines are skipped. ``bulk`` is as for
         :meth:`add_located` (call :meth:`settle` after the last log).
 
+        :param root: the workspace root the log must stay inside: a log
+            reached through a symlink leading out of it is not read (``None``
+            if it is returned).
         :returns: the offset just after the last complete line read, or
-            ``None`` if there is no log at ``path`` (or it is not a regular file).
+            ``None`` if there is no log at ``path`` (or it is not a regular
+            file, or leads out of ``root``).
         """
         path = os.fspath(path)
-        fd = open_log(path)
+        fd = open_log(path, None if root is None else os.fspath(root))
         if fd is None:
             return None
         end = start
@@ -666,6 +675,15 @@ class EventIndex:
         if not checks:
             return hi - lo
         return len(scan(sequence, lo, hi, checks, None, newest_first=False))
+
+    def event_types(self) -> list[str]:
+        """Return the types of the events held, each once, sorted (from the postings)."""
+        postings = self._postings
+        return sorted(
+            str(kind)
+            for kind, posting in list(postings.lists[_TYPE].items())
+            if len(posting) > postings.starts[_TYPE].get(kind, 0)
+        )
 
     def get_latest(self, n: int = 100, query: EventQuery | None = None) -> list[Event]:
         """Return the ``n`` most recent events (matching ``query``), oldest first.

@@ -5,12 +5,22 @@ API; what it reads, what it costs and its errors are described in its
 module, ``sinks.workspace._workspace``.
 """
 
-from ._workspace import USAGE_KEYS, InvalidTimeError, SessionNotFoundError, Workspace, parse_time
+from ._workspace import (
+    USAGE_ALIASES,
+    USAGE_KEYS,
+    InvalidTimeError,
+    SessionNotFoundError,
+    UnknownEventTypeError,
+    Workspace,
+    parse_time,
+)
 
 __all__ = [
+    "USAGE_ALIASES",
     "USAGE_KEYS",
     "InvalidTimeError",
     "SessionNotFoundError",
+    "UnknownEventTypeError",
     "Workspace",
     "parse_time",
 ]

@@ -13,7 +13,7 @@ import stat
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .._layout import LOG_FILE_NAME
+from .._layout import LOG_FILE_NAME, resolve_inside
 from .._lines import iter_growth, open_log
 from ..artifacts._query import SessionArtifactQuery, SessionSummary
 from ..artifacts._summary import Tally
@@ -28,6 +28,7 @@ ROW_KEYS: Final = (
     "tasks_failed",
     "llm_calls",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "total_tokens",
     "cost_usd",
@@ -42,6 +43,7 @@ _COUNTS: Final = (
     "tasks_failed",
     "llm_calls",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "total_tokens",
     "event_count",
@@ -140,6 +142,11 @@ class SessionRows:
         return row, created
 
     def _tally(self, session_id: str, log: str) -> Tally | None:
+        """The session's tally brought up to date, ``None`` if it has no log.
+
+        :raises UnsafeSymlinkError: if the log leads out of the root (never read)
+        """
+        resolve_inside(self.root, log)
         try:
             status = os.stat(log)
         except (FileNotFoundError, NotADirectoryError):
@@ -152,7 +159,7 @@ class SessionRows:
         if tallied is None or tallied.ident != ident or status.st_size < tallied.end:
             tallied = self._tallies[session_id] = _Tallied(session_id, ident)
         if status.st_size > tallied.end:
-            fd = open_log(log)
+            fd = open_log(log, self.root)
             if fd is None:
                 return None
             try:

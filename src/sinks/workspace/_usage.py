@@ -16,6 +16,7 @@ def usage_values(usage: TokenUsage) -> dict[str, Any]:
     return {
         "calls": usage.responses,
         "prompt_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "cost_usd": usage.cost_usd,
