@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,12 @@ from unittest import mock
 
 import anyio
 import pytest
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
+import sinks._workspace_follow
 import sinks._workspace_scan
 from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
+from sinks._workspace_follow import Watcher
 from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog
@@ -435,6 +438,92 @@ async def test_cancelling_the_caller_ends_follow(root: Path) -> None:
             group.start_soon(consume)
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until another thread makes ``condition`` true (polled: call under fail_after)."""
+    while not condition():  # noqa: ASYNC110 - no event to wait on across threads
+        await anyio.sleep(0.01)
+
+
+async def attached(workspace: Workspace, followers: int) -> None:
+    """Wait until ``followers`` followers of ``workspace`` are being watched for."""
+    await until(lambda: workspace._change_hub().followers >= followers)
+
+
+def inotify_instances() -> int:
+    """How many inotify instances this process holds (Linux)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:inotify")
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
+
+
+@pytest.mark.anyio
+async def test_every_follower_of_a_workspace_shares_one_watcher(root: Path) -> None:
+    """200 followers (past inotify's default limit of 128) hold one instance; all see a write."""
+    workspace = Workspace(root)
+    before = inotify_instances()
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(
+                aclosing(workspace.follow_lines(session_id="a", from_start=False))
+            )
+            for _ in range(200)
+        ]
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                got: list[str] = []
+
+                async def take_one(stream: AsyncGenerator[tuple[Event, bytes], None]) -> None:
+                    got.append((await anext(stream))[0].message)
+
+                for stream in streams:
+                    group.start_soon(take_one, stream)
+                await attached(workspace, 200)
+                assert inotify_instances() == before + 1
+                append(root, info("a", "for everyone", 70))
+    assert got == ["for everyone"] * 200
+    with anyio.fail_after(5):  # the watcher stops with the last follower
+        await until(lambda: inotify_instances() == before)
+
+
+@pytest.mark.anyio
+async def test_follow_polls_the_logs_when_the_kernel_refuses_a_watcher(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No inotify instance left: new events still come, through polling, with one warning."""
+
+    def refuse(root: str) -> Watcher:
+        raise WatchfilesRustInternalError(
+            "Error creating recommended watcher: Too many open files (os error 24)"
+        )
+
+    monkeypatch.setattr(sinks._workspace_follow, "open_watcher", refuse)
+    workspace = Workspace(root)
+    got: list[Event] = []
+    with anyio.fail_after(10):
+        async with (
+            aclosing(workspace.follow_lines(from_start=False)) as stream,
+            anyio.create_task_group() as group,
+        ):
+
+            async def consume() -> None:
+                got.extend(await take(stream, 2))
+
+            group.start_soon(consume)
+            await attached(workspace, 1)
+            append(root, info("a", "polled", 80))
+            append(root, info("new", "polled in a new session", 81))
+    assert [e.message for e in got] == ["polled", "polled in a new session"]
+    (warning,) = [r for r in caplog.records if r.name == "sinks.workspace"]
+    assert "polling its logs every 100 ms" in warning.getMessage()
+    assert "Too many open files" in warning.getMessage()
 
 
 @pytest.mark.anyio

@@ -4,13 +4,33 @@
 appended since, complete lines only (a line written in two parts comes out
 once, whole); a replaced or truncated log is read again from its start, and
 an event id seen lately is not yielded twice.
+
+:class:`ChangeHub` is the one file watcher of a workspace, shared by all its
+followers: a thread that starts with the first follower and stops with the
+last, waits on the kernel's notifications (inotify, through ``watchfiles``)
+and rings every follower whose logs changed, once per change however many
+follow. Each follower keeps its own :class:`Tail`. A follower waiting for a
+change costs nothing: it waits on an event of its own loop, and nothing
+wakes it until a log changed. When the kernel refuses a watcher (the
+per-user limit of inotify instances or watches is reached, or the file
+system has no notifications) the hub polls the logs' sizes instead, every
+:data:`POLL_MS`; a warning says so once per hub.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import threading
+import time
 from collections import OrderedDict
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Final, Protocol
+
+import anyio
+import anyio.to_thread
 
 from eventbus import Event, EventQuery, is_valid_name
 
@@ -19,7 +39,23 @@ from .jsonl import LOG_FILE_NAME
 
 __all__: list[str] = []
 
+logger = logging.getLogger("sinks.workspace")
+
 _RECENT_IDS: Final = 65536  # ids remembered to drop an event seen twice
+
+DEBOUNCE_MS: Final = 30
+"""The longest the hub gathers file changes before it rings the followers."""
+STEP_MS: Final = 10
+"""How long the logs must be quiet before the hub rings the followers."""
+SCAN_MS: Final = 1000
+"""How often the hub compares every log's size with what it last saw.
+
+A safety net for a change the watcher did not report (a log created in a
+directory made a moment before it could be watched): such a change reaches
+the followers within this delay.
+"""
+POLL_MS: Final = 100
+"""How often the hub compares the logs' sizes when no watcher could be made."""
 
 
 class Tail:
@@ -99,16 +135,258 @@ class Tail:
         return found
 
 
-def is_log_change(root: str, path: str) -> bool:
-    """Whether a change at ``path`` can concern a log: the log, or a session's directory."""
-    return os.path.basename(path) == LOG_FILE_NAME or os.path.dirname(path) == root
+class Watcher(Protocol):
+    """What the hub needs of ``watchfiles``' watcher (``RustNotify``)."""
+
+    def watch(
+        self, debounce_ms: int, step_ms: int, timeout_ms: int, stop_event: threading.Event
+    ) -> set[tuple[int, str]] | str: ...
+
+    def close(self) -> None: ...
 
 
-def load_awatch() -> Any:
+def open_watcher(root: str) -> Watcher:
+    """A recursive file watcher on ``root`` (one inotify instance on Linux).
+
+    :raises RuntimeError: or :class:`OSError`: the kernel refused one (the hub
+        then polls).
+    """
+    from watchfiles._rust_notify import RustNotify
+
+    watcher: Watcher = RustNotify([root], False, False, POLL_MS, True, False)
+    return watcher
+
+
+def check_watchfiles() -> None:
+    """Raise if ``watchfiles`` (the ``web`` extra) is missing."""
     try:
-        from watchfiles import awatch
+        import watchfiles  # noqa: F401
     except ImportError as exc:  # pragma: no cover - the web extra is installed in tests
         raise ModuleNotFoundError(
             "following a workspace needs watchfiles: pip install 'eventbus[web]'"
         ) from exc
-    return awatch
+
+
+def _loop_caller() -> Callable[[Callable[[], object]], object]:
+    """How another thread runs a callback in the running event loop, without waiting."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # not asyncio: trio (anyio's other backend)
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+class Bell:
+    """One follower's doorbell: the logs that changed since it last looked."""
+
+    __slots__ = ("_call", "_changed", "_event")
+
+    def __init__(self) -> None:
+        self._call = _loop_caller()
+        self._event = anyio.Event()
+        self._changed: set[str] = set()
+
+    def _ring(self, changed: set[str]) -> None:
+        """Note ``changed`` and wake the follower (in its loop's thread)."""
+        self._changed |= changed
+        self._event.set()
+
+    async def changes(self, stop: anyio.Event | None = None) -> set[str] | None:
+        """Wait for changed logs and return their paths; ``None`` once ``stop`` is set."""
+        while not self._changed:
+            if stop is None:
+                await self._event.wait()
+            elif not await _first_of(self._event, stop):
+                return None
+            self._event = anyio.Event()
+        changed, self._changed = self._changed, set()
+        return changed
+
+
+async def _first_of(event: anyio.Event, stop: anyio.Event) -> bool:
+    """Wait for ``event`` or ``stop``; return whether ``stop`` is still unset."""
+    if stop.is_set():
+        return False
+    async with anyio.create_task_group() as group:
+
+        async def on_stop() -> None:
+            await stop.wait()
+            group.cancel_scope.cancel()
+
+        group.start_soon(on_stop)
+        await event.wait()
+        group.cancel_scope.cancel()
+    return not stop.is_set()
+
+
+Size = tuple[int, int, int, int]
+
+
+def _size(path: str) -> Size | None:
+    """(device, inode, size, mtime) of a log, ``None`` if there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class ChangeHub:
+    """The one watcher of a workspace's logs, ringing the :class:`Bell` of every follower.
+
+    Thread-safe: followers may run in several event loops (and threads).
+
+    :param root: the workspace directory (absolute).
+    :param watcher: makes the watcher (default: :func:`open_watcher`); what it
+        raises makes the hub poll.
+    """
+
+    def __init__(self, root: str, watcher: Callable[[str], Watcher] | None = None) -> None:
+        self.root = root
+        self._open_watcher = watcher
+        self._lock = threading.Lock()
+        self._bells: set[Bell] = set()
+        self._stop: threading.Event | None = None  # the running thread's
+        self._ready = threading.Event()
+        self.polling = False
+        """Whether the hub polls (no watcher could be made)."""
+
+    @property
+    def followers(self) -> int:
+        """How many followers are attached (each attached one is being watched for)."""
+        return len(self._bells)
+
+    @asynccontextmanager
+    async def bell(self) -> AsyncIterator[Bell]:
+        """A bell rung at every change of a log during the block (the hub is watching on entry)."""
+        bell = Bell()
+        await anyio.to_thread.run_sync(self._attach, bell)
+        try:
+            yield bell
+        finally:
+            self._detach(bell)
+
+    def _attach(self, bell: Bell) -> None:
+        with self._lock:
+            self._bells.add(bell)
+            if self._stop is None:
+                self._stop = threading.Event()
+                self._ready = threading.Event()
+                threading.Thread(
+                    target=self._run,
+                    args=(self._stop, self._ready),
+                    name=f"eventbus watcher of {self.root}",
+                    daemon=True,
+                ).start()
+            ready = self._ready
+        ready.wait()
+
+    def _detach(self, bell: Bell) -> None:
+        with self._lock:
+            self._bells.discard(bell)
+            if not self._bells and self._stop is not None:
+                self._stop.set()
+                self._stop = None
+
+    # --- the hub's thread ----------------------------------------------------------------
+
+    def _run(self, stop: threading.Event, ready: threading.Event) -> None:
+        with self._watching() as watcher:
+            sizes = self._sizes()
+            ready.set()
+            scanned = time.monotonic()
+            while not stop.is_set():
+                changed: set[str] = set()
+                if watcher is not None:
+                    try:
+                        result = watcher.watch(DEBOUNCE_MS, STEP_MS, SCAN_MS, stop)
+                    except (RuntimeError, OSError) as error:  # e.g. no inotify watch left
+                        self._warn(error)
+                        watcher.close()
+                        watcher = None
+                        continue
+                    if isinstance(result, set):
+                        changed = {self._log_of(path) for _, path in result}
+                        changed.discard("")
+                        for path in changed:  # what the followers will read: known
+                            sizes[path] = _size(path)
+                elif stop.wait(POLL_MS / 1000):
+                    break
+                now = time.monotonic()
+                if watcher is None or now - scanned >= SCAN_MS / 1000:
+                    current = self._sizes()
+                    changed |= {
+                        path
+                        for path in current.keys() | sizes.keys()
+                        if current.get(path) != sizes.get(path)
+                    }
+                    sizes, scanned = current, now
+                if changed:
+                    self._ring(changed)
+
+    @contextmanager
+    def _watching(self) -> Iterator[Watcher | None]:
+        try:
+            watcher = (self._open_watcher or open_watcher)(self.root)
+        except (RuntimeError, OSError) as error:  # inotify's instance limit (EMFILE), ...
+            self._warn(error)
+            yield None
+            return
+        try:
+            yield watcher
+        finally:
+            watcher.close()
+
+    def _warn(self, error: BaseException) -> None:
+        if not self.polling:
+            self.polling = True
+            logger.warning(
+                "cannot watch %s for changes (%s): polling its logs every %d ms instead",
+                self.root,
+                error,
+                POLL_MS,
+            )
+
+    def _log_of(self, path: str) -> str:
+        """The log a changed ``path`` can concern (``""``: none)."""
+        if os.path.basename(path) == LOG_FILE_NAME:
+            session = os.path.dirname(path)
+        elif os.path.dirname(path) == self.root:  # a session's directory, made or replaced
+            session = path
+        else:
+            return ""
+        if os.path.dirname(session) != self.root or not is_valid_name(os.path.basename(session)):
+            return ""
+        return os.path.join(session, LOG_FILE_NAME)
+
+    def _sizes(self) -> dict[str, Size | None]:
+        """What :func:`_size` says of every session's log (those that exist)."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return {}
+        found: dict[str, Size | None] = {}
+        for name in names:
+            if is_valid_name(name):
+                path = os.path.join(self.root, name, LOG_FILE_NAME)
+                if (size := _size(path)) is not None:
+                    found[path] = size
+        return found
+
+    def _ring(self, changed: set[str]) -> None:
+        """Ring every bell, one call per event loop."""
+        with self._lock:
+            bells = list(self._bells)
+        by_loop: dict[Callable[[Callable[[], object]], object], list[Bell]] = {}
+        for bell in bells:
+            by_loop.setdefault(bell._call, []).append(bell)
+        for call, group in by_loop.items():
+
+            def ring(group: list[Bell] = group) -> None:
+                for bell in group:
+                    bell._ring(changed)
+
+            # RuntimeError: that loop has ended without closing its followers.
+            with suppress(RuntimeError):
+                call(ring)

@@ -74,7 +74,7 @@ from eventbus import (
     validate_session_id,
 )
 
-from ._workspace_follow import Tail, is_log_change, load_awatch
+from ._workspace_follow import ChangeHub, Tail, check_watchfiles
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
 from ._workspace_scan import Key, find_key, key_of, scan_log
 from ._workspace_sessions import SessionRows
@@ -92,23 +92,6 @@ __all__ = [
 
 USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase")
 """What :meth:`Workspace.usage` can group by."""
-
-FOLLOW_DEBOUNCE_MS: Final = 30
-"""The longest :meth:`Workspace.follow` gathers file changes before reading them."""
-FOLLOW_STEP_MS: Final = 10
-"""How long the logs must be quiet before :meth:`Workspace.follow` reads them."""
-FOLLOW_WAKE_MS: Final = 100
-"""How long :meth:`Workspace.follow` waits for a change before it wakes up anyway.
-
-It bounds how long cancelling a follower takes (the file watcher's thread
-cannot be interrupted) and how late an event written while the watcher was
-starting comes out. A wake-up without a change rereads nothing, except that
-the first one and every tenth (about once a second) rereads every log: a
-safety net for a change the watcher did not report (written while it was
-starting, or a log created in a directory made a moment before), not how new
-events are normally found.
-"""
-_RESCAN_EVERY: Final = 10
 
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
@@ -208,6 +191,7 @@ class Workspace:
         self._index: EventIndex | None = None
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
+        self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
         return f"Workspace({os.fspath(self.root)!r})"
@@ -487,9 +471,15 @@ class Workspace:
         stored to new events. Only complete lines are read: a line written in
         two parts comes out once, whole. Needs ``watchfiles`` (the ``web`` extra).
 
+        Every follower of one :class:`Workspace` shares one file watcher (one
+        inotify instance, however many follow), which runs while any follows;
+        a follower waiting for a change costs nothing. When the kernel
+        refuses a watcher, the logs are polled every 100 ms instead (a
+        warning on the ``sinks.workspace`` logger says so).
+
         Runs until cancelled, until ``stop_event`` is set, or until the
         caller stops iterating (``async with contextlib.aclosing(...)``
-        closes the file watcher at once).
+        detaches it at once).
 
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
@@ -497,10 +487,9 @@ class Workspace:
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
         query = self._query(query, session_id)
-        awatch = load_awatch()
+        check_watchfiles()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
-        stop = stop_event if stop_event is not None else anyio.Event()
         if not self.indexed and (from_start or after is not None):
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
             stored = await anyio.to_thread.run_sync(self._scan, query, after, ends)
@@ -520,33 +509,22 @@ class Workspace:
         else:
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
         tail = Tail(self._root, ends, query)
-        root = self._root
-        watcher = awatch(
-            root,
-            watch_filter=lambda _change, path: is_log_change(root, path),
-            debounce=FOLLOW_DEBOUNCE_MS,
-            step=FOLLOW_STEP_MS,
-            rust_timeout=FOLLOW_WAKE_MS,
-            yield_on_timeout=True,
-            stop_event=stop,
-        )
-        async with aclosing(watcher):
+        async with self._change_hub().bell() as bell:
+            # What was written between the snapshot and the watcher's start.
             for item in await anyio.to_thread.run_sync(tail.read, None):
                 yield item
-            wakes = 0
-            async for changes in watcher:
-                if stop.is_set():
-                    return
-                paths: set[str] | None = {path for _, path in changes}
-                if not changes:  # a wake-up without a change
-                    wakes += 1
-                    if wakes % _RESCAN_EVERY != 1:
-                        continue
-                    paths = None
-                for item in await anyio.to_thread.run_sync(tail.read, paths):
+            while (changed := await bell.changes(stop_event)) is not None:
+                for item in await anyio.to_thread.run_sync(tail.read, changed):
                     yield item
 
     # --- internals ----------------------------------------------------------------------
+
+    def _change_hub(self) -> ChangeHub:
+        """The workspace's one file watcher, shared by every follower."""
+        with self._lock:
+            if self._hub is None:
+                self._hub = ChangeHub(self._root)
+            return self._hub
 
     def _remember(self, found: list[tuple[Event, bytes]]) -> None:
         """Keep the lines of a scan's answer for :meth:`read_lines` (if it is not huge)."""
