@@ -256,3 +256,53 @@ async def test_without_a_bus_the_stream_follows_the_files(tmp_path: Path) -> Non
                         if len(received) == 2:
                             break
     assert received == [missed.id, written.id]
+
+
+@pytest.mark.anyio
+async def test_500_file_clients_of_one_session_each_get_every_event_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """Past inotify's 128 instances: every stream of ``serve DIR`` shares one watcher."""
+    clients, total = 500, 20
+    first = event(-1)
+    written = [event(n) for n in range(total)]
+    with EventLog(tmp_path / SESSION / "events.jsonl") as log:
+        log.append(first)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with (
+            serving(create_app(tmp_path)) as url,
+            httpx.AsyncClient(timeout=30, limits=limits) as client,
+        ):
+            path = f"{url}/api/sessions/{SESSION}/stream"
+            connected = 0
+            all_connected = anyio.Event()
+            received: list[list[str]] = []
+
+            async def follow() -> None:
+                nonlocal connected
+                ids: list[str] = []
+                received.append(ids)
+                headers = {"Last-Event-ID": first.id}  # resume: none missed while connecting
+                async with client.stream("GET", path, headers=headers) as response:
+                    assert response.status_code == 200
+                    connected += 1
+                    if connected == clients:
+                        all_connected.set()
+                    async for message in messages(response):
+                        if "id" in message:
+                            ids.append(message["id"])
+                        if len(ids) == total:
+                            break
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    for _ in range(clients):
+                        group.start_soon(follow)
+                    for item in written[: total // 2]:  # while the clients connect
+                        log.append(item)
+                    await all_connected.wait()
+                    for item in written[total // 2 :]:
+                        log.append(item)
+    expected = [item.id for item in written]
+    assert len(received) == clients
+    assert all(ids == expected for ids in received)
