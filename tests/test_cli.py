@@ -418,3 +418,45 @@ def test_demo_serve_prints_the_url_first_and_serves_on_after_the_session(tmp_pat
     assert err.splitlines() == [
         "eventbus demo: interrupted; stopped serving the dashboard (the session had ended)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "arguments"),
+    [
+        pytest.param("serve", lambda ws: [str(ws)], id="serve"),
+        pytest.param("demo", lambda ws: ["--workspace", str(ws), "--serve"], id="demo-serve"),
+        pytest.param(
+            "relay",
+            lambda ws: ["--nats", "nats://127.0.0.1:9", "--workspace", str(ws), "--serve"],
+            id="relay-serve",
+        ),
+    ],
+)
+def test_a_port_in_use_is_one_line_naming_it_exit_2_and_no_url(
+    tmp_path: Path, command: str, arguments: Callable[[Path], list[str]]
+) -> None:
+    """The port is bound before any URL is printed, a session started or a stream consumed."""
+    import socket
+
+    workspace = tmp_path / "ws"
+    if command == "serve":
+        workspace.mkdir()
+    with socket.socket() as holder:  # another server holds the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [*CLI, command, *arguments(workspace), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"eventbus {command}: port {port} on 127.0.0.1 is in use: "
+        "pass --port with a free port (0: any)"
+    ]
+    if command != "serve":
+        assert not workspace.exists()  # no session started, nothing consumed
