@@ -18,9 +18,10 @@ production.
   clients within 2x of none.
 - ``idle``: ``eventbus serve``'s app (files, no bus) over 20 sessions;
   ``GET /api/sessions`` from 8 keep-alive connections for a few seconds,
-  with no stream open and then with I idle streams (one session each, no
-  event written): requests/s and p99 latency. The target: at least 80% of
-  the rate with I=500.
+  with no stream open and with I idle streams (one session each, no event
+  written), alternately, a few times each: the medians of requests/s, p99
+  latency and the server's CPU time per request. The target: at least 80%
+  of the rate with I=500.
 - ``fanout``: F clients follow one session from files; 200 events are
   appended: every client must get all of them (counted), and how long the
   last client took.
@@ -241,21 +242,32 @@ def _write_sessions(root: Path, sessions: int, events: int) -> None:
         (root / f"s{n}" / "events.jsonl").write_bytes(encode_jsonl(batch))
 
 
-async def idle_run(root: Path, streams: int, seconds: float) -> tuple[float, float]:
-    """(requests/s, p99 ms) of ``/api/sessions`` with ``streams`` idle streams open."""
+async def _api_load(port: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, server CPU µs per request) of ``GET /api/sessions``."""
+    cpu = time.process_time()
+    rate, p99 = map(float, (await _child("--load", str(port), "8", str(seconds)))[-2:])
+    return rate, p99, (time.process_time() - cpu) / (rate * seconds) * 1e6
+
+
+async def idle_run(
+    root: Path, streams: int, seconds: float, repeats: int
+) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
+    """``/api/sessions`` figures with no stream and with ``streams`` idle ones, interleaved."""
+    none: list[tuple[float, float, float]] = []
+    idle: list[tuple[float, float, float]] = []
     async with serving(create_app(root)) as port:
-        if not streams:
-            rate, p99 = (await _child("--load", str(port), "8", str(seconds)))[-2:]
-            return float(rate), float(p99)
-        command = [sys.executable, __file__, "--idle", str(port), str(streams), "20"]
-        async with await anyio.open_process(command) as holder:
-            assert holder.stdout is not None
-            output = b""
-            while b"ready\n" not in output:
-                output += await holder.stdout.receive()
-            rate, p99 = (await _child("--load", str(port), "8", str(seconds)))[-2:]
-            holder.kill()
-    return float(rate), float(p99)
+        await _api_load(port, 1)  # warm up: the index, the first connections
+        for _ in range(repeats):
+            none.append(await _api_load(port, seconds))
+            command = [sys.executable, __file__, "--idle", str(port), str(streams), "20"]
+            async with await anyio.open_process(command) as holder:
+                assert holder.stdout is not None
+                output = b""
+                while b"ready\n" not in output:
+                    output += await holder.stdout.receive()
+                idle.append(await _api_load(port, seconds))
+                holder.kill()
+    return none, idle
 
 
 async def fanout_run(root: Path, clients: int, events: int) -> tuple[int, float]:
@@ -342,15 +354,25 @@ async def main(args: argparse.Namespace) -> None:
         if "idle" in sections:
             root = Path(tmp) / "idle"
             _write_sessions(root, 20, 100)
-            base_rate, base_p99 = await idle_run(root, 0, args.seconds)
-            rate, p99 = await idle_run(root, args.idle, args.seconds)
-            print(f"GET /api/sessions (20 sessions), 8 connections, {args.seconds:g} s each")
-            print(f"{'':24}{'req/s':>10}{'p99 ms':>10}")
-            print(f"{'no stream':24}{base_rate:10.0f}{base_p99:10.2f}")
-            print(f"{f'{args.idle} idle streams':24}{rate:10.0f}{p99:10.2f}")
+            none, idle = await idle_run(root, args.idle, args.seconds, args.repeats)
             print(
-                f"ratio (idle streams / none): rate {rate / base_rate:.2f}x, "
-                f"p99 {p99 / base_p99:.2f}x"
+                f"GET /api/sessions (20 sessions), 8 connections, {args.seconds:g} s per measure, "
+                f"{args.repeats} measures of each, interleaved (medians)"
+            )
+            print(f"{'':24}{'req/s':>10}{'p99 ms':>10}{'CPU µs/req':>12}")
+            medians = {}
+            for name, figures in (("no stream", none), (f"{args.idle} idle streams", idle)):
+                rate, p99, cpu = (
+                    statistics.median(column) for column in zip(*figures, strict=True)
+                )
+                medians[name] = rate, p99, cpu
+                print(f"{name:24}{rate:10.0f}{p99:10.2f}{cpu:12.0f}")
+            (rate0, p990, cpu0), (rate1, p991, cpu1) = medians.values()
+            pairs = ", ".join(f"{i[0] / n[0]:.2f}" for n, i in zip(none, idle, strict=True))
+            print(
+                f"ratio (idle streams / none): rate {rate1 / rate0:.2f}x, p99 {p991 / p990:.2f}x, "
+                f"server CPU per request {cpu1 / cpu0:.2f}x; "
+                f"rate per pair: {pairs}"
             )
         if "fanout" in sections:
             delivered, elapsed = await fanout_run(Path(tmp) / "fanout", args.fanout, 200)
@@ -380,5 +402,6 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=int, default=500, help="idle streams for the API figure")
     parser.add_argument("--fanout", type=int, default=500, help="clients of the fan-out")
     parser.add_argument("--seconds", type=float, default=3.0, help="API load per measure")
+    parser.add_argument("--repeats", type=int, default=3, help="API measures of each kind")
     parser.add_argument("--sections", default="publish,idle,fanout,replay")
     anyio.run(main, parser.parse_args())

@@ -7,13 +7,15 @@ an event id seen lately is not yielded twice.
 
 :class:`ChangeHub` is the one file watcher of a workspace, shared by all its
 followers: a thread that starts with the first follower and stops with the
-last, waits on the kernel's notifications (inotify, through ``watchfiles``)
-and rings every follower whose logs changed, once per change however many
-follow. Each follower keeps its own :class:`Tail`. A follower waiting for a
-change costs nothing: it waits on an event of its own loop, and nothing
-wakes it until a log changed. When the kernel refuses a watcher (the
-per-user limit of inotify instances or watches is reached, or the file
-system has no notifications) the hub polls the logs' sizes instead, every
+last, waits on the kernel's notifications and rings every follower whose
+logs changed, once per change however many follow. Each follower keeps its
+own :class:`Tail`. A follower waiting for a change costs nothing: it waits
+on an event of its own loop, and nothing wakes it until a log changed; the
+hub's thread waits in the kernel. On Linux the watcher is one inotify
+instance watching only what can concern a log (``sinks._workspace_inotify``),
+elsewhere ``watchfiles``. When the kernel refuses a watcher (the per-user
+limit of inotify instances or watches is reached, or the file system has no
+notifications) the hub polls the logs' sizes instead, every
 :data:`POLL_MS`; a warning says so once per hub.
 """
 
@@ -22,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Final, Protocol
 
 import anyio
@@ -136,25 +139,68 @@ class Tail:
 
 
 class Watcher(Protocol):
-    """What the hub needs of ``watchfiles``' watcher (``RustNotify``)."""
+    """What the hub waits on: changes of the workspace's logs."""
 
-    def watch(
-        self, debounce_ms: int, step_ms: int, timeout_ms: int, stop_event: threading.Event
-    ) -> set[tuple[int, str]] | str: ...
+    def wait(self, timeout_ms: int) -> set[str]:
+        """The paths of the logs changed (grouped over a few ms), or none after ``timeout_ms``.
 
-    def close(self) -> None: ...
+        Returns at once, maybe with nothing, after :meth:`wake`.
+        """
+
+    def wake(self) -> None:
+        """Make a :meth:`wait` in another thread return now."""
+
+    def close(self) -> None:
+        """Stop watching."""
 
 
 def open_watcher(root: str) -> Watcher:
-    """A recursive file watcher on ``root`` (one inotify instance on Linux).
+    """The watcher of ``root``'s logs: inotify on Linux (one instance), else ``watchfiles``.
 
-    :raises RuntimeError: or :class:`OSError`: the kernel refused one (the hub
+    :raises OSError: or :class:`RuntimeError`: the system refused one (the hub
         then polls).
     """
-    from watchfiles._rust_notify import RustNotify
+    if sys.platform.startswith("linux"):
+        from ._workspace_inotify import InotifyWatcher
 
-    watcher: Watcher = RustNotify([root], False, False, POLL_MS, True, False)
-    return watcher
+        return InotifyWatcher(root, debounce_ms=DEBOUNCE_MS, step_ms=STEP_MS)
+    return WatchfilesWatcher(root)
+
+
+class WatchfilesWatcher:
+    """``watchfiles``' recursive watcher of ``root`` (FSEvents on macOS, ...)."""
+
+    def __init__(self, root: str) -> None:
+        from watchfiles._rust_notify import RustNotify
+
+        self.root = root
+        self._stop = threading.Event()
+        self._notify = RustNotify([root], False, False, POLL_MS, True, False)
+
+    def wait(self, timeout_ms: int) -> set[str]:
+        result = self._notify.watch(DEBOUNCE_MS, STEP_MS, timeout_ms, self._stop)
+        if not isinstance(result, set):  # "timeout", "stop" or "signal"
+            return set()
+        return {log for _, path in result if (log := log_of(self.root, path))}
+
+    def wake(self) -> None:
+        self._stop.set()  # for good: the hub wakes its watcher only to stop it
+
+    def close(self) -> None:
+        self._notify.close()
+
+
+def log_of(root: str, path: str) -> str:
+    """The log a change at ``path`` under ``root`` can concern (``""``: none)."""
+    if os.path.basename(path) == LOG_FILE_NAME:
+        session = os.path.dirname(path)
+    elif os.path.dirname(path) == root:  # a session's directory, made or replaced
+        session = path
+    else:
+        return ""
+    if os.path.dirname(session) != root or not is_valid_name(os.path.basename(session)):
+        return ""
+    return os.path.join(session, LOG_FILE_NAME)
 
 
 def check_watchfiles() -> None:
@@ -249,6 +295,7 @@ class ChangeHub:
         self._bells: set[Bell] = set()
         self._stop: threading.Event | None = None  # the running thread's
         self._ready = threading.Event()
+        self._watcher: Watcher | None = None  # the running thread's, to wake it
         self.polling = False
         """Whether the hub polls (no watcher could be made)."""
 
@@ -288,29 +335,29 @@ class ChangeHub:
             if not self._bells and self._stop is not None:
                 self._stop.set()
                 self._stop = None
+                if self._watcher is not None:
+                    self._watcher.wake()
 
     # --- the hub's thread ----------------------------------------------------------------
 
     def _run(self, stop: threading.Event, ready: threading.Event) -> None:
-        with self._watching() as watcher:
-            sizes = self._sizes()
-            ready.set()
-            scanned = time.monotonic()
+        watcher = self._open(stop)
+        sizes = self._sizes()
+        ready.set()
+        scanned = time.monotonic()
+        try:
             while not stop.is_set():
                 changed: set[str] = set()
                 if watcher is not None:
                     try:
-                        result = watcher.watch(DEBOUNCE_MS, STEP_MS, SCAN_MS, stop)
+                        changed = watcher.wait(SCAN_MS)
                     except (RuntimeError, OSError) as error:  # e.g. no inotify watch left
                         self._warn(error)
-                        watcher.close()
+                        self._close(watcher)
                         watcher = None
                         continue
-                    if isinstance(result, set):
-                        changed = {self._log_of(path) for _, path in result}
-                        changed.discard("")
-                        for path in changed:  # what the followers will read: known
-                            sizes[path] = _size(path)
+                    for path in changed:  # what the followers will read: seen
+                        sizes[path] = _size(path)
                 elif stop.wait(POLL_MS / 1000):
                     break
                 now = time.monotonic()
@@ -324,18 +371,28 @@ class ChangeHub:
                     sizes, scanned = current, now
                 if changed:
                     self._ring(changed)
+        finally:
+            if watcher is not None:
+                self._close(watcher)
 
-    @contextmanager
-    def _watching(self) -> Iterator[Watcher | None]:
+    def _open(self, stop: threading.Event) -> Watcher | None:
+        """Make the watcher (``None``: poll) and let :meth:`_detach` wake it."""
         try:
             watcher = (self._open_watcher or open_watcher)(self.root)
         except (RuntimeError, OSError) as error:  # inotify's instance limit (EMFILE), ...
             self._warn(error)
-            yield None
-            return
-        try:
-            yield watcher
-        finally:
+            return None
+        with self._lock:
+            if stop.is_set():  # the last follower left meanwhile
+                watcher.close()
+                return None
+            self._watcher = watcher
+        return watcher
+
+    def _close(self, watcher: Watcher) -> None:
+        with self._lock:  # never woken once closed
+            if self._watcher is watcher:
+                self._watcher = None
             watcher.close()
 
     def _warn(self, error: BaseException) -> None:
@@ -347,18 +404,6 @@ class ChangeHub:
                 error,
                 POLL_MS,
             )
-
-    def _log_of(self, path: str) -> str:
-        """The log a changed ``path`` can concern (``""``: none)."""
-        if os.path.basename(path) == LOG_FILE_NAME:
-            session = os.path.dirname(path)
-        elif os.path.dirname(path) == self.root:  # a session's directory, made or replaced
-            session = path
-        else:
-            return ""
-        if os.path.dirname(session) != self.root or not is_valid_name(os.path.basename(session)):
-            return ""
-        return os.path.join(session, LOG_FILE_NAME)
 
     def _sizes(self) -> dict[str, Size | None]:
         """What :func:`_size` says of every session's log (those that exist)."""
