@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,8 @@ from watchfiles._rust_notify import WatchfilesRustInternalError
 import sinks._workspace_follow
 import sinks._workspace_scan
 from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
-from sinks._workspace_follow import Watcher
+from sinks._workspace_follow import Watcher, WatchfilesWatcher
+from sinks._workspace_inotify import InotifyWatcher
 from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog
@@ -524,6 +526,47 @@ async def test_follow_polls_the_logs_when_the_kernel_refuses_a_watcher(
     (warning,) = [r for r in caplog.records if r.name == "sinks.workspace"]
     assert "polling its logs every 100 ms" in warning.getMessage()
     assert "Too many open files" in warning.getMessage()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_reading_the_logs_never_wakes_the_watcher(root: Path) -> None:
+    """Only writes concern followers: API reads (opening every log) cost the watcher nothing."""
+    watcher = InotifyWatcher(os.fspath(root), debounce_ms=30, step_ms=10)
+    try:
+        workspace = Workspace(root)
+        workspace.sessions()
+        workspace.events()
+        (root / "a" / "artifacts").mkdir()  # below a session: not watched
+        assert watcher.wait(200) == set()
+        append(root, info("b", "written", 90))
+        assert watcher.wait(5000) == {os.path.join(root, "b", "events.jsonl")}
+    finally:
+        watcher.close()
+
+
+@pytest.mark.anyio
+async def test_follow_works_with_the_watchfiles_watcher(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off Linux the hub waits on watchfiles' watcher: new events and sessions still come."""
+    monkeypatch.setattr(sinks._workspace_follow, "open_watcher", WatchfilesWatcher)
+    workspace = Workspace(root)
+    got: list[Event] = []
+    with anyio.fail_after(10):
+        async with (
+            aclosing(workspace.follow_lines(from_start=False)) as stream,
+            anyio.create_task_group() as group,
+        ):
+
+            async def consume() -> None:
+                got.extend(await take(stream, 2))
+
+            group.start_soon(consume)
+            await attached(workspace, 1)
+            append(root, info("a", "watched", 95))
+            append(root, info("other", "in a new session", 96))
+    assert [e.message for e in got] == ["watched", "in a new session"]
+    assert not workspace._change_hub().polling
 
 
 @pytest.mark.anyio

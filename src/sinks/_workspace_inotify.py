@@ -4,10 +4,11 @@ One inotify instance watches the workspace directory (sessions made,
 removed or renamed) and each session's directory (its log written, made,
 replaced or removed), and nothing below them: not ``artifacts/``, not the
 files the agents write, and not opens or reads. A general-purpose recursive
-watcher (``watchfiles``) also reports every file *opened* in the tree, so
-every API request that reads the logs would wake it, many times; this one
-is woken only by writes that can concern a log, and waits in the kernel
-(``select``, without the GIL) between them.
+watcher (``watchfiles``) is also told of every file *opened* in the tree, so
+every API request that reads the logs makes its thread work (measured: 6%
+of a core under an ``/api/sessions`` load), and it wakes every 10 ms to
+check whether to stop; this one is woken only by writes that can concern a
+log, and waits in the kernel (``select``, without the GIL) between them.
 """
 
 from __future__ import annotations
