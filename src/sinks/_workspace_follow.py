@@ -308,8 +308,8 @@ class ChangeHub:
     async def bell(self) -> AsyncIterator[Bell]:
         """A bell rung at every change of a log during the block (the hub is watching on entry)."""
         bell = Bell()
-        await anyio.to_thread.run_sync(self._attach, bell)
-        try:
+        try:  # cancelled while attaching: the thread attaches it all the same
+            await anyio.to_thread.run_sync(self._attach, bell)
             yield bell
         finally:
             self._detach(bell)
