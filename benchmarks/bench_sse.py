@@ -337,6 +337,7 @@ async def main(args: argparse.Namespace) -> None:
     sections = set(args.sections.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         if "publish" in sections:
+            await publish_run(Path(tmp) / "warm-up", 5000, 0, thread=True)  # imports, caches
             for thread, title in (
                 (True, "publish, demo --serve's dashboard (own thread and loop, files)"),
                 (False, "publish, create_app(bus=bus) on the coordinator's loop"),

@@ -37,6 +37,8 @@ logger = logging.getLogger("eventbus.cli")
 __all__ = ["add_parser", "bind", "check_token", "dashboard", "url_for"]
 
 TOKEN_VARIABLE = "EVENTBUS_TOKEN"
+#: The longest :func:`dashboard` waits for its server's thread to stop.
+_STOP_SECONDS = 5.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -187,8 +189,8 @@ async def dashboard(
         yield url
     finally:
         server.should_exit = True
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(thread.join)
+        with anyio.CancelScope(shield=True):  # streams get 1 s to end, then are cancelled
+            await anyio.to_thread.run_sync(thread.join, _STOP_SECONDS)
         sock.close()
 
 
