@@ -80,7 +80,7 @@ async def serving(app: Starlette) -> AsyncIterator[int]:
 async def _client(port: int, path: str, headers: str, ready: asyncio.Event) -> int:
     """Read one stream until the server closes it; return (events, last id)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
     ready.set()
@@ -114,11 +114,12 @@ async def _idle(port: int, count: int, sessions: int) -> None:
     for n in range(count):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
-            f"GET /api/sessions/s{n % sessions}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            f"GET /api/sessions/s{n % sessions}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
         )
         streams.append((reader, writer))
     for reader, _ in streams:
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -130,10 +131,11 @@ async def _load(port: int, connections: int, seconds: float) -> None:
 
     async def one() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        request = b"GET /api/sessions HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = b"GET /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         while (start := time.perf_counter()) < deadline:
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)

@@ -9,14 +9,18 @@ It wires one bus to three subscribers, the shape every deployment has:
 3. a live listener, the way an SSE stream or a terminal UI follows a session.
 
 Then it publishes a small agent session's worth of events and prints what
-each subscriber saw.
+each subscriber saw. Each run is a new session (its id says when it ran), so
+running it again adds a session to the workspace rather than a second run to
+the first one's log.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import secrets
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -36,47 +40,52 @@ from eventbus import (
 )
 from sinks import EventIndex, JsonlSink
 
-SESSION = "quickstart-0001"
 ROLES = {"plan": "planner", "code": "coder", "review": "reviewer", "test": "tester"}
 
 
-async def run_session(bus: EventBus) -> None:
+def new_session_id() -> str:
+    """A session id of its own for each run: the UTC time and a random suffix."""
+    return f"quickstart-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+async def run_session(bus: EventBus, session: str) -> None:
     """Publish what a small session emits: phases, tasks, LLM calls with usage."""
     # Every publish is awaited: it returns as soon as the bus has the event
     # (it only waits if a lossless sink is a whole buffer behind).
-    await bus.publish(create_session_event(SESSION, EventType.SESSION_STARTED, phase="IDEA"))
+    await bus.publish(create_session_event(session, EventType.SESSION_STARTED, phase="IDEA"))
     phases = ["IDEA", "PLAN_REVIEW", "EXECUTION", "VERIFICATION", "COMPLETE"]
     for old, new in itertools.pairwise(phases):
-        await bus.publish(create_phase_transition_event(SESSION, old, new))
+        await bus.publish(create_phase_transition_event(session, old, new))
         if new != "EXECUTION":
             continue
         for number, (task, role) in enumerate(ROLES.items(), start=1):
             task_id = f"task-{number}-{task}"
             started = create_task_event(
-                SESSION, EventType.TASK_STARTED, task_id, phase=new, agent_role=role
+                session, EventType.TASK_STARTED, task_id, phase=new, agent_role=role
             )
             await bus.publish(started)
             # Events created inside parent_scope point at the task's start.
             with parent_scope(started.id):
                 request = create_llm_request_event(
-                    SESSION, "gpt-4o", role, 400 * number, task_id, phase=new
+                    session, "gpt-4o", role, 400 * number, task_id, phase=new
                 )
                 await bus.publish(request)
                 await bus.publish(
                     create_llm_response_event(
-                        SESSION, "gpt-4o", role, 400 * number, 150 * number, task_id,
+                        session, "gpt-4o", role, 400 * number, 150 * number, task_id,
                         phase=new, cost_usd=0.001 * number, parent_id=request.id,
                     )
                 )  # fmt: skip
                 await bus.publish(
                     create_task_event(
-                        SESSION, EventType.TASK_COMPLETED, task_id, phase=new, agent_role=role
+                        session, EventType.TASK_COMPLETED, task_id, phase=new, agent_role=role
                     )
                 )
-    await bus.publish(create_session_event(SESSION, EventType.SESSION_COMPLETED, phase="COMPLETE"))
+    await bus.publish(create_session_event(session, EventType.SESSION_COMPLETED, phase="COMPLETE"))
 
 
 async def main(workspace: Path) -> None:
+    session = new_session_id()
     index = EventIndex()
     live: list[Event | Gap] = []
 
@@ -87,7 +96,7 @@ async def main(workspace: Path) -> None:
 
         # Step 2: a live listener for this session only. It is lossy: if it
         # fell behind it would get a Gap marker, and publish would never wait.
-        async with bus.listen(EventQuery(session_id=SESSION), buffer=1000) as events:
+        async with bus.listen(EventQuery(session_id=session), buffer=1000) as events:
 
             async def follow() -> None:
                 async for item in events:
@@ -97,7 +106,7 @@ async def main(workspace: Path) -> None:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow)
-                await run_session(bus)
+                await run_session(bus, session)
 
         # Step 3: flush returns once every lossless sink has written everything
         # published so far: the JSONL lines are now in the file.
@@ -105,8 +114,9 @@ async def main(workspace: Path) -> None:
         stats = bus.stats()
 
     # Leaving the block drained and closed the sinks. What did each see?
-    log_path = workspace / SESSION / "events.jsonl"
+    log_path = workspace / session / "events.jsonl"
     lines = log_path.read_bytes().count(b"\n")
+    print(f"session:        {session}")
     print(f"published:      {stats.published} events")
     print(f"JSONL log:      {lines} lines in {log_path}")
     print(f"index:          {index.count()} events; by type:")
@@ -114,7 +124,7 @@ async def main(workspace: Path) -> None:
         Counter(e.event_type.value for e in index.get_events()).items()
     ):
         print(f"                  {event_type:<24}{count}")
-    usage = index.usage(session_id=SESSION)
+    usage = index.usage(session_id=session)
     print(f"                tokens {usage.total_tokens} (prompt {usage.prompt_tokens}, "
           f"completion {usage.completion_tokens}), cost ${usage.cost_usd:.4f}")  # fmt: skip
     print(f"live listener:  {sum(isinstance(i, Event) for i in live)} events, "

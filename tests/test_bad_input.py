@@ -1,4 +1,7 @@
-"""Bad input is refused at publish, whole; an index takes a batch all or nothing."""
+"""Bad input is refused at publish, whole; an index takes a batch all or nothing.
+
+Ids, nesting and line length have limits, the same at publish and on decode.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +18,22 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eventbus import (
+    MAX_ID_LENGTH,
+    MAX_LINE_BYTES,
+    MAX_METADATA_DEPTH,
     Event,
     EventBus,
+    EventDecodeError,
     EventEncodeError,
     EventQuery,
     EventType,
+    MemorySink,
     decode_event,
+    decode_events,
     encode_event,
 )
 from sinks.jsonl import EventLog, JsonlSink
@@ -334,3 +345,140 @@ async def test_index_write_of_a_failing_batch_is_retried_and_lands_once(
     assert len(index) == index.count() == len(index.get_events()) == 5
     assert index.usage().responses == 5
     assert index.count_query(EventQuery(session_id="s2")) == 5
+
+
+# --- ids: no control characters, at most MAX_ID_LENGTH characters ---------------------------
+
+FORGED_SSE_ID = "x1\nevent: gap\ndata: {}"
+BAD_IDS = [
+    pytest.param(FORGED_SSE_ID, "control character '\\\\n'", id="forged-sse-fields"),
+    pytest.param("x1\r", "control character '\\\\r'", id="carriage-return"),
+    pytest.param("x\x00", "control character '\\\\x00'", id="nul"),
+    pytest.param("x\x85", "control character '\\\\x85'", id="c1-next-line"),
+    pytest.param("x" * (MAX_ID_LENGTH + 1), "257 characters long", id="over-long"),
+]
+
+
+@pytest.mark.parametrize("field", ["id", "parent_id"])
+@pytest.mark.parametrize(("value", "reason"), BAD_IDS)
+def test_an_id_with_a_control_character_or_over_long_is_refused_naming_the_field(
+    field: str, value: str, reason: str
+) -> None:
+    """encode_event refuses the id (or parent id) and says which field and why."""
+    with pytest.raises(EventEncodeError, match=rf"\): {field} .*{reason}") as info:
+        encode_event(msgspec.structs.replace(make(), **{field: value}))
+    assert info.value.path == field
+    assert "\n" not in str(info.value)  # the message shows the forged id escaped
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("field", ["id", "parent_id"])
+async def test_bus_refuses_a_forged_sse_id_and_nothing_is_written(
+    tmp_path: Path, field: str
+) -> None:
+    """Publishing an event whose id could forge SSE fields raises; the log stays without it."""
+    async with EventBus() as bus:
+        bus.subscribe(JsonlSink(tmp_path))
+        with pytest.raises(EventEncodeError, match=rf"{field} holds the control character"):
+            await bus.publish(msgspec.structs.replace(make(), **{field: FORGED_SSE_ID}))
+        with pytest.raises(EventEncodeError, match=rf"{field} holds the control character"):
+            bus.publish_nowait(msgspec.structs.replace(make(), **{field: FORGED_SSE_ID}))
+        await bus.publish(make(1))
+    assert [event.message for event in EventLog(tmp_path / "s1" / "events.jsonl").get_events()] == [
+        "event 1"
+    ]
+
+
+def test_ids_of_max_length_and_any_printable_text_are_accepted() -> None:
+    """The limit is inclusive, and an id may hold spaces and non-ASCII letters."""
+    for value in ["x" * MAX_ID_LENGTH, "task 1: résumé ✓", "a-b_c.d/e"]:
+        event = make(id=value, parent_id=value)
+        assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize("field", ["id", "parent_id"])
+@pytest.mark.parametrize(("value", "reason"), BAD_IDS)
+def test_a_stored_line_with_a_bad_id_does_not_decode(field: str, value: str, reason: str) -> None:
+    """A line (or dict) written by someone else with such an id is invalid, naming the field."""
+    with pytest.raises(EventDecodeError, match=rf"`\$\.{field}`"):
+        Event.from_dict({**make().to_dict(), field: value})
+    line = msgspec.json.encode({**make().to_dict(), field: value})
+    with pytest.raises(EventDecodeError, match=rf"`\$\.{field}`"):
+        decode_event(line)
+    with pytest.raises(EventDecodeError, match=rf"`\$(\[1\])?\.{field}`"):
+        decode_events(encode_event(make()) + b"\n" + line + b"\n")
+
+
+@given(st.text(max_size=300), st.sampled_from(["id", "parent_id"]))
+def test_any_id_round_trips_or_is_refused_at_publish(value: str, field: str) -> None:
+    """Never written then refused on read: an id either comes back equal or is never written."""
+    event = msgspec.structs.replace(make(), **{field: value})
+    try:
+        line = encode_event(event)
+    except EventEncodeError:
+        return
+    assert decode_event(line) == event
+    assert decode_events(line + b"\n") == [event]
+
+
+# --- deep nesting ----------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    """``depth`` lists, one inside the other (so ``{"a": nested(n)}`` is n + 1 deep)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_metadata_at_the_depth_limit_round_trips() -> None:
+    """metadata, itself included, may nest MAX_METADATA_DEPTH dicts and lists."""
+    event = make(metadata={"a": nested(MAX_METADATA_DEPTH - 1)})
+    assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize("depth", [MAX_METADATA_DEPTH, 2000, 10_000])
+def test_metadata_deeper_than_the_limit_is_refused_naming_the_limit(depth: int) -> None:
+    """No RecursionError: an EventEncodeError that names the limit and the path."""
+    with pytest.raises(EventEncodeError, match=r"metadata\['a'\]\[0\].*\(MAX_METADATA_DEPTH\)"):
+        encode_event(make(metadata={"a": nested(depth)}))
+
+
+@pytest.mark.anyio
+async def test_bus_refuses_deep_metadata_whole() -> None:
+    """Publishing metadata nested 2,000 levels raises EventEncodeError; the bus goes on."""
+    sink = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        with pytest.raises(EventEncodeError, match="MAX_METADATA_DEPTH"):
+            await bus.publish(make(metadata={"a": nested(2000)}))
+        await bus.publish(make(1))
+    assert [event.message for event in sink.events] == ["event 1"]
+
+
+@pytest.mark.parametrize("depth", [2000, 100_000])
+def test_a_line_nested_too_deep_to_decode_is_an_event_decode_error(depth: int) -> None:
+    """A stored line nested deeper than Python recurses is invalid, not a RecursionError."""
+    line = encode_event(make())[:-1] + b',"extra":' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(EventDecodeError, match="nested too deep"):
+        decode_event(line)
+    with pytest.raises(EventDecodeError, match="nested too deep"):
+        decode_events(line + b"\n")
+
+
+# --- the longest line ------------------------------------------------------------------------
+
+
+def test_an_event_encoding_over_max_line_bytes_is_refused() -> None:
+    """What readers would skip as corrupt is never written: refused, naming the limit."""
+    with pytest.raises(
+        EventEncodeError, match=r"the encoded event is \d+ bytes long.*MAX_LINE_BYTES"
+    ):
+        encode_event(make(message="x" * MAX_LINE_BYTES))
+
+
+def test_a_line_over_max_line_bytes_does_not_decode() -> None:
+    """decode_event refuses a line longer than MAX_LINE_BYTES before parsing it."""
+    with pytest.raises(EventDecodeError, match="MAX_LINE_BYTES"):
+        decode_event(b" " * (MAX_LINE_BYTES + 1))

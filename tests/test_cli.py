@@ -10,6 +10,7 @@ import io
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from eventbus import Event, EventType
+from _nats_servers import PrivateServer, private_nats
+from eventbus import Event, EventType, SinkFailedError
 from eventbus.cli import main
 from eventbus.cli._common import MissingExtraError, console
 from sinks.artifacts import SessionArtifactQuery
 from sinks.jsonl import EventLog
+
+__all__ = ["private_nats"]  # a fixture, imported for pytest
 
 #: Start the command line as ``eventbus`` does, in a new interpreter.
 CLI = [sys.executable, "-m", "eventbus"]
@@ -419,6 +423,133 @@ def test_demo_serve_prints_the_url_first_and_serves_on_after_the_session(tmp_pat
     assert err.splitlines() == [
         "eventbus demo: interrupted; stopped serving the dashboard (the session had ended)"
     ]
+
+
+# --- exports that fail: --otel and --nats -------------------------------------------------
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "demo", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+LIBRARY_ADVICE = ("bus.stats()", "unsubscribe", "Traceback", "the bus retries")
+
+
+def test_demo_otel_to_a_closed_port_prints_the_summary_then_one_line_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    """The receiver is down: the session completes, the summary and the files are printed,
+    then one line says what was not exported, why, and how to send it later; exit 1."""
+    pytest.importorskip("opentelemetry.sdk")
+    url = f"http://127.0.0.1:{closed_port()}"
+    workspace = tmp_path / "ws"
+    result = _demo(
+        "--tasks", "3", "--workspace", str(workspace), "--session-id", "d1", "--otel", url
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Session d1: COMPLETE" in result.stdout
+    assert "\nFiles\n" in result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"eventbus demo: the OpenTelemetry export to {url} failed (Connection refused): "
+    )
+    events = len(EventLog(workspace / "d1" / "events.jsonl").get_events())
+    assert f"{events} of the session's {events} events were not exported" in line
+    assert f"eventbus export-otel {workspace} --session d1 --endpoint {url}" in line
+    assert not any(advice in result.stderr for advice in LIBRARY_ADVICE)
+
+
+def test_demo_nats_without_a_server_is_one_line_and_exit_2_before_any_session(
+    tmp_path: Path,
+) -> None:
+    """No NATS server: refused at once, in one line, before a session (or a workspace) exists."""
+    pytest.importorskip("nats")
+    url = f"nats://127.0.0.1:{closed_port()}"
+    workspace = tmp_path / "ws"
+    result = _demo("--workspace", str(workspace), "--nats", url, timeout=20)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"eventbus demo: cannot connect to NATS at {url}: Connection refused; start "
+        "nats-server with JetStream (nats-server -js) or fix the --nats URL "
+        "(no session was started)"
+    ]
+    assert not workspace.exists()
+
+
+@pytest.mark.service
+def test_nats_server_stopped_mid_session_prints_the_summary_then_one_line_and_exits_1(
+    private_nats: PrivateServer, tmp_path: Path
+) -> None:
+    """The server goes away during the session: the session completes and its log has every
+    event; the summary is printed, then one line says what JetStream lacks; exit 1."""
+    workspace = tmp_path / "ws"
+    args = ["--tasks", "3", "--workspace", str(workspace), "--session-id", "d1"]
+    slow = ["--model-latency", "0.2"]  # so that the session outlasts the server
+    with subprocess.Popen(
+        [*CLI, "demo", *args, *slow, "--nats", private_nats.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("-- EXECUTION"):
+                private_nats.stop()
+                break
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "Session d1: COMPLETE" in out
+    assert "\nFiles\n" in out
+    (line,) = err.splitlines()
+    assert line.startswith(f"eventbus demo: publishing to NATS at {private_nats.url} failed (")
+    log = workspace / "d1" / "events.jsonl"
+    assert f"events are not in JetStream stream 'EVENTS'; all are in {log}" in line
+    assert not any(advice in err for advice in LIBRARY_ADVICE)
+    assert EventLog(log).count(EventType.SESSION_COMPLETED) == 1
+
+
+def test_demo_otel_with_a_bad_url_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL that is not one is refused before the session, naming the option."""
+    pytest.importorskip("opentelemetry.sdk")
+    workspace = tmp_path / "ws"
+    assert main(["demo", "--workspace", str(workspace), "--otel", "localhost"]) == 2
+    assert _one_error_line(capsys).startswith(
+        "eventbus demo: --otel: the OTLP endpoint must be an http(s) URL"
+    )
+    assert not workspace.exists()
+
+
+def test_a_failed_sink_reaching_main_is_one_line_without_python_advice(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ends with SinkFailedError: one line naming the sink and its error, exit 2,
+    and none of the error's advice about the Python API."""
+
+    def fail(args: object) -> int:
+        raise SinkFailedError(
+            [("jsonl", OSError(28, "No space left on device"))],
+            [("nats", "s1", TimeoutError("no PubAck"))],
+        )
+
+    monkeypatch.setattr("eventbus.cli._demo.run", fail)
+    assert main(["demo"]) == 2
+    assert _one_error_line(capsys) == (
+        "eventbus demo: sink 'jsonl' failed: [Errno 28] No space left on device; "
+        "sink 'nats' could not write session 's1': no PubAck"
+    )
 
 
 @pytest.mark.parametrize(

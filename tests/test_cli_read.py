@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -12,14 +13,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
+import eventbus
 from eventbus import Event, EventType, encode_event
 from eventbus.cli import main
 from sinks.jsonl import EventLog
 from sinks.workspace import Workspace
 
 CLI = [sys.executable, "-m", "eventbus"]
+# A subprocess run in another directory imports the eventbus this test imported.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(eventbus.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    ),
+}
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -55,7 +66,12 @@ def root(tmp_path: Path) -> Path:
             phase="PLAN",
             model="gpt-x",
             agent_role="coder",
-            metadata={"prompt_tokens": 100, "completion_tokens": 20, "cost_usd": 0.25},
+            metadata={
+                "prompt_tokens": 100,
+                "cached_tokens": 60,
+                "completion_tokens": 20,
+                "cost_usd": 0.25,
+            },
         ),
         event("b", "done", 4, event_type=EventType.SESSION_COMPLETED, phase="COMPLETE"),
     )
@@ -212,7 +228,161 @@ def test_usage_json_is_the_api_object(root: Path, capsys: pytest.CaptureFixture[
     assert json.loads(out) == Workspace(root).usage("agent_role")
     assert json.loads(out)["rows"][0]["key"] == "coder"
     _, out, _ = run(capsys, "usage", str(root))
-    assert out.splitlines()[-1].split() == ["total", "1", "100", "20", "120", "$0.2500"]
+    assert out.splitlines()[-1].split() == ["total", "1", "100", "60", "20", "120", "$0.2500"]
+
+
+def test_usage_rows_and_total_count_cached_tokens(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every usage row, the total and the table say how many prompt tokens were cached."""
+    _, out, _ = run(capsys, "usage", str(root), "--by", "session_id", "--json")
+    usage = json.loads(out)
+    assert [row["cached_tokens"] for row in usage["rows"]] == [60]
+    assert usage["total"]["cached_tokens"] == 60
+    _, out, _ = run(capsys, "usage", str(root))
+    assert out.splitlines()[0].split() == [
+        "model", "calls", "prompt", "cached", "completion", "total", "tokens", "cost"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("short", "field"), [("role", "agent_role"), ("task", "task_id"), ("session", "session_id")]
+)
+def test_usage_by_the_short_name_groups_by_its_field(
+    root: Path, capsys: pytest.CaptureFixture[str], short: str, field: str
+) -> None:
+    """--by role, task and session (the names of the query flags) group by agent_role, ..."""
+    status, out, err = run(capsys, "usage", str(root), "--by", short, "--json")
+    assert (status, err) == (0, "")
+    assert json.loads(out) == Workspace(root).usage(field)
+    assert json.loads(out)["by"] == field
+    _, out, _ = run(capsys, "usage", str(root), "--by", short)
+    assert out.split()[0] == field
+
+
+# --- DIR: ./workspaces by default ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["tail", "query", "sessions", "usage"])
+def test_dir_defaults_to_the_demos_workspaces(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Without DIR, each command reads ./workspaces, where `eventbus demo` writes."""
+    monkeypatch.chdir(root.parent)
+    root.rename("workspaces")
+    status, out, err = run(capsys, command, "--json")
+    assert (status, err) == (0, "")
+    assert out.strip()
+    assert run(capsys, command, "workspaces", "--json") == (0, out, "")
+    with pytest.raises(SystemExit, match="0"):
+        main([command, "--help"])
+    assert "default: ./workspaces" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["sessions", "--json"], '{"sessions":[]}\n', id="sessions"),
+        pytest.param(["query", "--json"], "", id="query"),
+        pytest.param(["tail", "--json"], "", id="tail"),
+        pytest.param(["usage", "--json"], None, id="usage"),
+    ],
+)
+def test_a_missing_default_workspace_has_no_sessions(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    expected: str | None,
+) -> None:
+    """No ./workspaces yet: an empty answer, exit 0, not an error."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, *argv)
+    assert (status, err) == (0, "")
+    if expected is None:
+        assert json.loads(out)["rows"] == []
+    else:
+        assert out == expected
+    assert not (tmp_path / "workspaces").exists()
+
+
+def test_serve_also_defaults_to_workspaces_and_says_how_to_make_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eventbus serve` without DIR serves ./workspaces; missing, one line says what to do."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "serve")
+    assert (status, out) == (2, "")
+    assert err == (
+        "eventbus serve: no workspace directory at 'workspaces': give DIR, or run "
+        "'eventbus demo' first (it writes ./workspaces)\n"
+    )
+
+
+# --- event types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["query", "tail"])
+def test_an_unknown_type_is_refused_listing_the_known_ones(
+    root: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """--type bogus exits 2 naming the flag and the known types, instead of printing nothing."""
+    status, out, err = run(capsys, command, str(root), "--type", "info,bogus")
+    assert (status, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"eventbus {command}: --type bogus: no such event type")
+    assert "known types: " in err
+    assert "llm_response_received" in err.split("known types: ")[1]
+
+
+def test_a_type_a_newer_producer_wrote_is_accepted(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A type this version does not know but a log holds is a valid --type, even where absent."""
+    write(root, event("a", "from the future", 5, event_type="kind_from_v9"))
+    status, out, err = run(capsys, "query", str(root), "--type", "kind_from_v9", "--json")
+    assert (status, err) == (0, "")
+    assert [json.loads(line)["message"] for line in out.splitlines()] == ["from the future"]
+    status, out, err = run(capsys, "tail", str(root), "--session", "b", "--type", "kind_from_v9")
+    assert (status, out, err) == (0, "", "")
+    _, out, _ = run(capsys, "query", str(root), "--type", "kind_from_v9", "--phase", "X")
+    assert out == ""
+
+
+def test_an_unknown_after_speaks_of_the_flag(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--after with no such event says which flag, and where ids come from, not library advice."""
+    status, _, err = run(capsys, "query", str(root), "--after", "nonsense")
+    assert status == 2
+    assert err == (
+        "eventbus query: --after nonsense: no event with that id in the workspace; take an "
+        "id from `eventbus query --json` (or the --after that the previous page printed)\n"
+    )
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_every_read_command_answers_when_a_line_and_a_run_summary_nest_too_deep(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No RecursionError traceback: the deep line is skipped, the deep summary reported."""
+    line = encode_event(event("a", "x", 5))[:-1] + b',"x":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    with (root / "a" / "events.jsonl").open("ab") as file:
+        file.write(line + b"\n")
+    (root / "b" / "artifacts").mkdir()
+    (root / "b" / "artifacts" / "run_summary.json").write_bytes(b"[" * 3000 + b"]" * 3000)
+    for command in ("query", "tail", "usage", "sessions"):
+        status, out, err = run(capsys, command, str(root), "--json")
+        assert (command, status, err) == (command, 0, "")
+        assert out
+    _, out, _ = run(capsys, "query", str(root), "--json")
+    assert len(out.splitlines()) == 5
+    _, out, _ = run(capsys, "sessions", str(root), "--json")
+    rows = {row["session_id"]: row for row in json.loads(out)["sessions"]}
+    assert "nested too deep" in rows["b"]["error"]
+    assert rows["a"]["error"] is None
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -260,6 +430,38 @@ def test_tail_follow_prints_each_new_event_once_and_promptly(tmp_path: Path) -> 
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     print(f"tail -f write-to-print latency over {len(latencies)} events: "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")  # fmt: skip
+
+
+async def _line(stream: BufferedByteReceiveStream) -> bytes:
+    return await stream.receive_until(b"\n", 1 << 20)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("exists", [True, False], ids=["dir-exists", "default-dir-missing"])
+async def test_tail_follow_waits_for_a_session_that_has_not_started(
+    tmp_path: Path, exists: bool
+) -> None:
+    """tail -f --session X, started before X (even before ./workspaces): X's events come out."""
+    root = tmp_path / "workspaces"
+    if exists:
+        root.mkdir()
+    argv = [*CLI, "tail", "-f", "--session", "late", "--json", *([str(root)] if exists else [])]
+    tail = await anyio.open_process(argv, cwd=tmp_path, env=SUBPROCESS_ENV)
+    assert tail.stdout is not None
+    assert tail.stderr is not None
+    async with tail:
+        try:
+            with anyio.fail_after(30):
+                err = BufferedByteReceiveStream(tail.stderr)
+                while b": waiting for the " not in await _line(err):
+                    pass  # the follower runs, and waits (for the directory, or the session)
+                first = event("late", "the first event", 0)
+                write(root, first)
+                line = await _line(BufferedByteReceiveStream(tail.stdout))
+            assert json.loads(line)["id"] == first.id
+            assert tail.returncode is None
+        finally:
+            tail.terminate()
 
 
 def _drive_tail(
@@ -317,3 +519,39 @@ def _drive_tail(
         tail.wait(timeout=10)
         reader.join(timeout=10)
     return lines, printed, written, halves
+
+
+# --- a log linked outside the workspace ----------------------------------------------------
+
+
+@pytest.fixture
+def linked(root: Path, tmp_path: Path) -> Path:
+    """``evil/events.jsonl -> ../../outside/events.jsonl``, beside sessions a and b."""
+    write(tmp_path / "outside", event("evil", "SECRET", 5))
+    (root / "evil").mkdir()
+    (root / "evil" / "events.jsonl").symlink_to(Path("..", "..", "outside", "evil", "events.jsonl"))
+    return root
+
+
+@pytest.mark.parametrize("command", ["query", "tail"])
+def test_query_and_tail_skip_a_log_linked_outside_and_report_it(
+    linked: Path, command: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over every session the linked-out log is not printed; a warning names the link."""
+    with caplog.at_level("WARNING", logger="sinks.workspace"):
+        status, out, _ = run(capsys, command, str(linked), "--json")
+    assert status == 0
+    assert [json.loads(line)["session_id"] for line in out.splitlines()] == list("abaab")
+    assert "evil/events.jsonl is a symlink" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["query", "tail", "usage"])
+def test_a_session_whose_log_leads_outside_is_refused_in_one_line(
+    linked: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--session evil`` exits 2 with one line naming the link and what to do."""
+    status, out, err = run(capsys, command, str(linked), "--session", "evil")
+    assert (status, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "evil/events.jsonl is a symlink" in err
+    assert "replace the link by what it points to" in err

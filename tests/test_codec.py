@@ -52,7 +52,8 @@ events = st.builds(
     agent_role=optional_texts,
     model=optional_texts,
     metadata=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
-    parent_id=st.none() | st.text(max_size=32),
+    parent_id=st.none()
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cc"]), max_size=32),
 )
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from _web_server import serving
 from eventbus import (
+    Event,
     EventBus,
     EventType,
     create_llm_request_event,
@@ -40,6 +43,23 @@ def _keep_screenshot(png: bytes, tmp_path: Path) -> None:
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         (Path(artifacts) / "dashboard.png").write_bytes(png)
+
+
+_STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$"
+
+
+def _feed_times(timestamps: list[str]) -> list[str]:
+    """The feed's time cells, newest first: UTC, to the ms, dated on top and where the date
+    changes from the row above."""
+    shown: list[str] = []
+    above: str | None = None
+    for iso in timestamps:
+        moment = datetime.fromisoformat(iso).astimezone(UTC)
+        clock = f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d}"
+        date = f"{moment:%Y-%m-%d}"
+        shown.append(clock if date == above else f"{date} {clock}")
+        above = date
+    return shown
 
 
 @pytest.mark.anyio
@@ -88,6 +108,10 @@ async def test_dashboard_follows_a_running_session_live(tmp_path: Path) -> None:
             tasks = page.locator('[data-testid="task-row"]')
             await expect(tasks).to_have_count(3)
             await expect(page.locator('[data-testid="event-row"]')).to_have_count(4)
+            # Times in UTC to the millisecond; the top row (the newest) has the date.
+            times = page.locator('[data-testid="event-row"] td:first-child')
+            await expect(times.first).to_have_text(re.compile(_STAMP))
+            await expect(times.nth(1)).to_have_text(re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$"))
 
             # Live: a task runs, calls two models, completes; the view follows.
             request = create_llm_request_event(
@@ -141,6 +165,20 @@ async def test_dashboard_follows_a_running_session_live(tmp_path: Path) -> None:
             )
             cost = float(await page.get_by_test_id("total-cost").inner_text())
             assert cost == pytest.approx(total["cost_usd"], abs=1e-6)
+
+            # An event dated tomorrow, then one of today: the date shows where it changes.
+            tomorrow = datetime.now(UTC) + timedelta(days=1)
+            await publish(
+                Event(event_type=EventType.INFO, session_id=SESSION, message="tomorrow",
+                      timestamp=tomorrow),
+                Event(event_type=EventType.INFO, session_id=SESSION, message="today"),
+            )  # fmt: skip
+            await expect(page.locator('[data-testid="event-row"]')).to_have_count(16)
+            rows = await page.locator('[data-testid="event-row"]').evaluate_all(
+                "rows => rows.map((r) => [r.dataset.timestamp, r.cells[0].textContent])"
+            )
+            assert [text for _, text in rows] == _feed_times([iso for iso, _ in rows])
+            assert sum(bool(re.match(_STAMP, text)) for _, text in rows) == 3
 
             _keep_screenshot(await page.screenshot(full_page=True), tmp_path)
             await browser.close()

@@ -293,7 +293,7 @@ def test_second_writer_in_this_process_is_refused(log: EventLog, log_path: Path)
     log.append(make_event(0))
     expected = re.escape(f"cannot write to {log_path}: another writer")
     with pytest.raises(LogLockedError, match=expected):
-        EventLog(log_path).append(make_event(1))
+        EventLog(log_path, lock_timeout=0).append(make_event(1))
 
 
 def test_second_writer_in_another_process_is_refused(log: EventLog, log_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_second_writer_in_another_process_is_refused(log: EventLog, log_path: Pa
         from eventbus import Event, EventType
         from sinks.jsonl import EventLog, LogLockedError
         try:
-            EventLog(sys.argv[1]).append(
+            EventLog(sys.argv[1], lock_timeout=0).append(
                 Event(event_type=EventType.INFO, session_id="s", message="other")
             )
         except LogLockedError as exc:
@@ -498,7 +498,7 @@ _events = st.builds(
     agent_role=st.none() | st.text(),
     model=st.none() | st.text(),
     metadata=_metadata,
-    parent_id=st.none() | st.text(),
+    parent_id=st.none() | st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=256),
 )
 
 

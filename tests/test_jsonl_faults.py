@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
 import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.from_thread
 import pytest
 
 from eventbus import (
@@ -538,7 +541,7 @@ def test_forked_child_does_not_keep_the_parents_log_locked(tmp_path: Path) -> No
     try:
         assert os.read(ready_read, 1) == b"r"
         with pytest.raises(LogLockedError, match="another writer"):
-            EventLog(path).append(make_event(1))
+            EventLog(path, lock_timeout=0).append(make_event(1))
         log.close()
         with EventLog(path) as later:
             later.append(make_event(2))
@@ -554,7 +557,7 @@ def test_inherited_log_in_a_forked_child_refuses_rather_than_sharing_the_lock(
 ) -> None:
     """The child's copy of a writing EventLog opens the file again, so the parent's lock holds."""
     path = tmp_path / "s1" / "events.jsonl"
-    log = EventLog(path)
+    log = EventLog(path, lock_timeout=0)
     log.append(make_event(0))
 
     def append_in_child() -> None:
@@ -699,3 +702,168 @@ async def test_session_directory_linking_inside_the_root_is_followed(tmp_path: P
     await sink.write([event])
     await sink.aclose()
     assert EventLog(tmp_path / "real" / "events.jsonl").get_events() == [event]
+
+
+# --- 9. a lock held a moment longer is waited for ----------------------------------------
+
+HOLD_THE_LOCK = """
+import sys
+from eventbus import Event, EventType
+from sinks.jsonl import EventLog
+log = EventLog(sys.argv[1], lock_timeout=0)
+log.append(Event(event_type=EventType.INFO, session_id="s1", message="held", parent_id=None))
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes the pipe; exiting releases the lock
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process that appended to ``path`` and holds its lock until its stdin is closed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, os.fspath(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield holder
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+        holder.stdout.close()
+
+
+class _OnWaiting(logging.Handler):
+    """Calls ``react`` (once) when a writer logs that it is waiting for a lock."""
+
+    def __init__(self, react: Callable[[], object]) -> None:
+        super().__init__(logging.DEBUG)
+        self.react: Callable[[], object] | None = react
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.react is not None and "waiting up to" in record.getMessage():
+            react, self.react = self.react, None
+            react()
+
+
+@contextlib.contextmanager
+def on_waiting_for_a_lock(react: Callable[[], object]) -> Iterator[None]:
+    logger = logging.getLogger("eventbus.sinks.jsonl")
+    handler = _OnWaiting(react)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+
+
+def test_append_waits_for_a_lock_another_process_releases(tmp_path: Path) -> None:
+    """A writer that finds the lock held waits; once the holder lets go, the append lands."""
+    path = tmp_path / "s1" / "events.jsonl"
+    with held_by_another_process(path) as holder, on_waiting_for_a_lock(lambda: release(holder)):
+        log = EventLog(path, lock_timeout=30)
+        bounded(lambda: log.append(make_event(1)), timeout=20)
+        log.close()
+    assert [e.message for e in EventLog(path).get_events()] == ["held", "event 1"]
+
+
+def test_a_lock_never_released_is_refused_after_lock_timeout(tmp_path: Path) -> None:
+    """LogLockedError comes after lock_timeout seconds of waiting, and says so."""
+    path = tmp_path / "s1" / "events.jsonl"
+    with held_by_another_process(path):
+        log = EventLog(path, lock_timeout=0.2)
+        with pytest.raises(LogLockedError, match=r"another writer .* held its lock for 0\.2 s"):
+            log.append(make_event(1))
+    assert [e.message for e in EventLog(path).get_events()] == ["held"]
+
+
+def test_lock_timeout_zero_refuses_at_once(tmp_path: Path) -> None:
+    """With lock_timeout=0 the writer does not wait (the error says the lock is held)."""
+    path = tmp_path / "s1" / "events.jsonl"
+    waited: list[bool] = []
+    with (
+        held_by_another_process(path),
+        on_waiting_for_a_lock(lambda: waited.append(True)),
+        pytest.raises(LogLockedError, match=r"another writer .* holds its lock;"),
+    ):
+        EventLog(path, lock_timeout=0).append(make_event(1))
+    assert waited == []
+
+
+@pytest.mark.parametrize("lock_timeout", [-1.0, float("nan")])
+def test_a_negative_lock_timeout_is_refused(tmp_path: Path, lock_timeout: float) -> None:
+    """EventLog and JsonlSink refuse a lock_timeout that is not 0 or more seconds."""
+    with pytest.raises(ValueError, match="lock_timeout must be a number of seconds >= 0"):
+        EventLog(tmp_path / "events.jsonl", lock_timeout=lock_timeout)
+    with pytest.raises(ValueError, match="lock_timeout must be a number of seconds >= 0"):
+        JsonlSink(tmp_path, lock_timeout=lock_timeout)
+
+
+@pytest.mark.anyio
+async def test_sink_waits_for_a_lock_in_a_worker_thread_while_the_loop_runs(
+    tmp_path: Path,
+) -> None:
+    """The sink's wait for a lock happens off the event loop: a task on the loop is what
+    releases the lock, and then the write lands."""
+    path = tmp_path / "s1" / "events.jsonl"
+    waiting = anyio.Event()
+    sink = JsonlSink(tmp_path, lock_timeout=30)
+    with (
+        held_by_another_process(path) as holder,
+        on_waiting_for_a_lock(lambda: anyio.from_thread.run_sync(waiting.set)),
+    ):
+
+        async def release_when_the_sink_waits() -> None:
+            await waiting.wait()
+            release(holder)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(release_when_the_sink_waits)
+                await sink.write([make_event(1)])
+        await sink.aclose()
+    assert [e.message for e in logged(tmp_path, "s1")] == ["held", "event 1"]
+
+
+def _nothing() -> None:
+    """A forked child's work: none (it exits as soon as it has started)."""
+
+
+def test_a_log_closed_and_reopened_right_after_a_fork_is_never_refused(tmp_path: Path) -> None:
+    """A child forked while the log is open shares the locked file until its fork handler
+    closes it; the parent closing and reopening the log at once waits for that."""
+    path = tmp_path / "s1" / "events.jsonl"
+    context = multiprocessing.get_context("fork")
+    children = []
+    log = EventLog(path)
+    try:
+        for index in range(20):
+            log.append(make_event(index))
+            with warnings.catch_warnings():  # see in_child
+                warnings.filterwarnings(
+                    "ignore", "This process .* is multi-threaded", DeprecationWarning
+                )
+                child = context.Process(target=_nothing)
+                child.start()
+            children.append(child)
+            log.close()
+            log = EventLog(path)
+    finally:
+        log.close()
+        for child in children:
+            child.join(timeout=30)
+    assert [child.exitcode for child in children] == [0] * 20
+    assert len(EventLog(path).get_events()) == 20

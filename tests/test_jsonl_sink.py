@@ -159,8 +159,9 @@ async def test_open_files_are_bounded_and_evicted_files_unlocked(tmp_path: Path)
     assert (stats.open_files, stats.opened, stats.evicted) == (2, 5, 3)
     with EventLog(tmp_path / "s0" / "events.jsonl") as evicted:
         evicted.append(make_event(99, session_id="s0"))
+    s4 = EventLog(tmp_path / "s4" / "events.jsonl", lock_timeout=0)
     with pytest.raises(LogLockedError, match="s4"):
-        EventLog(tmp_path / "s4" / "events.jsonl").append(make_event(99, session_id="s4"))
+        s4.append(make_event(99, session_id="s4"))
     await sink.aclose()
 
 
@@ -283,7 +284,7 @@ async def test_bus_refuses_an_escaping_session_id_before_any_sink(tmp_path: Path
 
 async def test_second_sink_on_the_same_log_is_refused(tmp_path: Path) -> None:
     """Two sinks cannot write one session's log; the error names the session and the file."""
-    first, second = JsonlSink(tmp_path), JsonlSink(tmp_path)
+    first, second = JsonlSink(tmp_path), JsonlSink(tmp_path, lock_timeout=0)
     await first.write([make_event(0)])
     with pytest.raises(PartialWriteError, match="session 's1'") as caught:
         await second.write([make_event(1)])

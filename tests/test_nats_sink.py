@@ -18,6 +18,7 @@ from sinks.nats import (
     AsyncioOnlyError,
     JetStreamSink,
     JetStreamSource,
+    NatsUnavailableError,
     PublishNotAcknowledgedError,
     StreamConfigError,
     decode_token,
@@ -169,6 +170,37 @@ async def test_write_raises_when_the_server_cannot_be_reached() -> None:
     with pytest.raises(PublishNotAcknowledgedError, match="1 of 1 events were not acknowledged"):
         await sink.write(EventBatch(_events(1)))
     await sink.aclose()
+
+
+@pytest.mark.anyio
+async def test_connect_without_a_server_refuses_at_once_saying_why() -> None:
+    """connect() gives up when the server refuses, well before ack_timeout, naming the reason."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    sink = JetStreamSink(url, ack_timeout=30)
+    with anyio.fail_after(10), pytest.raises(NatsUnavailableError, match="Connection refused"):
+        await sink.connect()
+    await sink.aclose()
+
+
+@pytest.mark.anyio
+async def test_connect_creates_the_stream_before_any_write(
+    machine_stream: tuple[str, str],
+) -> None:
+    """After connect() the stream exists, and the first write goes over that connection."""
+    url, stream = machine_stream
+    sink = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
+    try:
+        await sink.connect()
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+        finally:
+            await nc.close()
+        assert info.config.subjects == [f"{stream.lower()}.>"]
+        await sink.write(EventBatch(_events(2)))
+        assert sink.acknowledged == 2
+    finally:
+        await sink.aclose()
 
 
 @pytest.mark.anyio

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
+import nats
 import pytest
 
 from _nats_servers import machine_nats, machine_stream, stream_name
 from eventbus import (
+    MAX_METADATA_DEPTH,
     Event,
     EventBatch,
     EventBus,
@@ -15,6 +19,7 @@ from eventbus import (
     MemorySink,
     RetryPolicy,
     SinkFailedError,
+    encode_event,
 )
 from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
 
@@ -150,3 +155,46 @@ async def test_durable_with_another_filter_is_refused(machine_stream: tuple[str,
     await _consume(url, stream, MemorySink(), sessions=["s1"])
     with pytest.raises(ConsumerConfigError, match="pass another durable name"):
         await _consume(url, stream, MemorySink(), sessions=["s2"])
+
+
+def nested(depth: int) -> Any:
+    """``depth`` lists, one inside the other."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.anyio
+async def test_deep_and_forged_messages_are_acked_and_dropped_and_the_rest_written(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A message nested too deep, one with a forged SSE id, one too deep to publish: each
+    is logged, acked and dropped; the events around them arrive; a rerun gets nothing."""
+    url, stream = machine_stream
+    first, last = _events(2)
+    await _publish(url, stream, [first])
+    fields = json.loads(encode_event(first))
+    bad = [
+        json.dumps({**fields, "id": "d1"})[:-1].encode()
+        + b',"x":'
+        + b"[" * 2000
+        + b"]" * 2000
+        + b"}",
+        json.dumps({**fields, "id": "x1\nevent: gap\ndata: {}"}).encode(),
+        json.dumps({**fields, "id": "d3", "metadata": {"a": nested(MAX_METADATA_DEPTH)}}).encode(),
+    ]
+    nc = await nats.connect(url)
+    try:
+        for data in bad:
+            await nc.jetstream().publish(f"{stream.lower()}.s1.info", data)
+    finally:
+        await nc.close()
+    await _publish(url, stream, [last])
+    sink = MemorySink()
+    source = await _consume(url, stream, sink)
+    assert sink.events == [first, last]
+    assert (source.stats().invalid, source.stats().published) == (3, 2)
+    again = MemorySink()
+    await _consume(url, stream, again)
+    assert again.events == []

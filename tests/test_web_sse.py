@@ -344,7 +344,8 @@ async def test_an_id_holding_a_line_break_is_never_written(
     """Such an event is left out (a warning names it): no forged field reaches the client."""
     bad = with_id(event(0), f"bad{breaks}event: forged{breaks}data: x")
     good = event(1)
-    workspace = OneShotWorkspace([(bad, encode_event(bad)), (good, encode_event(good))])
+    stored = msgspec.json.encode(bad)  # as a writer that checks nothing would store it
+    workspace = OneShotWorkspace([(bad, stored), (good, encode_event(good))])
     app = create_app(workspace)  # type: ignore[arg-type]  # a stand-in data layer
     raw = b""
     async with (

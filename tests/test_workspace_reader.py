@@ -13,12 +13,14 @@ from typing import Any
 from unittest import mock
 
 import anyio
+import httpx
 import pytest
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
+import sinks._jsonl_read
 import sinks._workspace_follow
-import sinks._workspace_scan
-from eventbus import Event, EventQuery, EventType, InvalidNameError, encode_event
+from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameError, encode_event
+from eventbus.web import create_app
 from sinks._workspace_follow import Watcher, WatchfilesWatcher
 from sinks._workspace_inotify import InotifyWatcher
 from sinks._workspace_scan import key_of
@@ -28,6 +30,7 @@ from sinks.memory import UnknownEventIdError
 from sinks.workspace import (
     InvalidTimeError,
     SessionNotFoundError,
+    UnknownEventTypeError,
     Workspace,
     parse_time,
 )
@@ -94,7 +97,16 @@ def root(tmp_path: Path) -> Path:
         workspace,
         info("a", "a0", 0),
         info("a", "a2", 2, phase="PLAN"),
-        response("a", 3, "m1", "PLAN", prompt_tokens=10, completion_tokens=5, cost_usd=0.01),
+        response(
+            "a",
+            3,
+            "m1",
+            "PLAN",
+            prompt_tokens=10,
+            cached_tokens=6,
+            completion_tokens=5,
+            cost_usd=0.01,
+        ),
         info("b", "b1", 1),
         info("b", "b4", 4),
         response("b", 5, "m2", "EXECUTION", prompt_tokens=7, completion_tokens=3, cost_usd=0.5),
@@ -305,12 +317,12 @@ def test_usage_has_the_api_shape(root: Path, make: Callable[[Path], Workspace]) 
     assert make(root).usage("model") == {
         "by": "model",
         "rows": [
-            {"key": "m2", "calls": 1, "prompt_tokens": 7, "completion_tokens": 3,
-             "total_tokens": 10, "cost_usd": 0.5},
-            {"key": "m1", "calls": 1, "prompt_tokens": 10, "completion_tokens": 5,
-             "total_tokens": 15, "cost_usd": 0.01},
+            {"key": "m2", "calls": 1, "prompt_tokens": 7, "cached_tokens": 0,
+             "completion_tokens": 3, "total_tokens": 10, "cost_usd": 0.5},
+            {"key": "m1", "calls": 1, "prompt_tokens": 10, "cached_tokens": 6,
+             "completion_tokens": 5, "total_tokens": 15, "cost_usd": 0.01},
         ],
-        "total": {"calls": 2, "prompt_tokens": 17, "completion_tokens": 8,
+        "total": {"calls": 2, "prompt_tokens": 17, "cached_tokens": 6, "completion_tokens": 8,
                   "total_tokens": 25, "cost_usd": 0.51},
     }  # fmt: skip
 
@@ -328,6 +340,68 @@ def test_usage_by_an_unknown_field_is_refused(root: Path) -> None:
     """by must be one of the five fields."""
     with pytest.raises(ValueError, match=r"cannot group usage by 'colour'.*phase"):
         Workspace(root).usage("colour")
+
+
+@pytest.mark.parametrize(
+    ("short", "field"), [("role", "agent_role"), ("task", "task_id"), ("session", "session_id")]
+)
+def test_usage_by_a_short_name_is_by_its_field(
+    root: Path, make: Callable[[Path], Workspace], short: str, field: str
+) -> None:
+    """role, task and session group by agent_role, task_id, session_id; "by" names the field."""
+    workspace = make(root)
+    assert workspace.usage(short) == workspace.usage(field)
+    assert workspace.usage(short)["by"] == field
+
+
+def test_usage_cached_tokens_are_summed_per_group(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """cached_tokens is in every row and the total, whatever the grouping."""
+    append(root, response("b", 6, "m1", "PLAN", prompt_tokens=3, cached_tokens=2))
+    for by in ("model", "agent_role", "task_id", "session_id", "phase"):
+        usage = make(root).usage(by)
+        assert sum(row["cached_tokens"] for row in usage["rows"]) == 8, by
+        assert usage["total"]["cached_tokens"] == 8, by
+
+
+# --- event types ---------------------------------------------------------------------------
+
+
+def test_event_types_are_those_the_logs_hold(root: Path, make: Callable[[Path], Workspace]) -> None:
+    """Each type once, sorted; a type this version does not know is listed as written."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    assert make(root).event_types() == ["info", "kind_from_v9", "llm_response_received"]
+
+
+def test_check_types_accepts_known_types_and_those_in_the_logs(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """This version's types pass even if absent; a newer producer's type passes if written."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    make(root).check_types(["task_failed", "kind_from_v9"])
+    make(root).check_types(None)
+
+
+def test_check_types_refuses_a_type_nobody_knows_listing_the_known_ones(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """A misspelt type raises UnknownEventTypeError naming it; known lists every known type."""
+    append(root, info("b", "newer", 7, event_type="kind_from_v9"))
+    expected = r"no event type 'task_faild'.*known types: "
+    with pytest.raises(UnknownEventTypeError, match=expected) as raised:
+        make(root).check_types(["task_failed", "task_faild"])
+    assert raised.value.types == ("task_faild",)
+    assert set(raised.value.known) == {kind.value for kind in EventType} | {"kind_from_v9"}
+
+
+def test_check_types_reads_no_log_for_known_or_seen_types(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """Types of this version, and types an answer already holds (seen), cost no read."""
+    workspace = make(root)
+    with mock.patch.object(Workspace, "event_types", side_effect=AssertionError("read")):
+        workspace.check_types(["info", "kind_from_v9"], seen={"kind_from_v9"})
 
 
 # --- follow --------------------------------------------------------------------------------
@@ -570,6 +644,27 @@ async def test_follow_works_with_the_watchfiles_watcher(
 
 
 @pytest.mark.anyio
+async def test_follow_can_wait_for_a_session_that_has_not_started(
+    root: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """wait_for_session=True: no SessionNotFoundError; the session's events once it starts."""
+    workspace = make(root)
+    got: list[Event] = []
+
+    async def consume() -> None:
+        lines = workspace.follow_lines(session_id="late", wait_for_session=True)
+        async with aclosing(lines) as stream:
+            got.extend(await take(stream, 1))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            append(root, info("late", "first of a late session", 70), info("a", "other", 71))
+    assert [event.message for event in got] == ["first of a late session"]
+
+
+@pytest.mark.anyio
 async def test_follow_an_unknown_session_fails_at_once(root: Path) -> None:
     """The id is checked before anything is yielded."""
     with pytest.raises(SessionNotFoundError, match="no session 'zz'"):
@@ -631,7 +726,7 @@ SEED_QUERIES = [
 @pytest.mark.parametrize("query", SEED_QUERIES)
 def test_a_scan_derives_the_ids_an_event_log_derives(seeded: Path, query: EventQuery) -> None:
     """Without an index, lines without ids get EventLog's ids (their offsets'), in many chunks."""
-    with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+    with mock.patch.object(sinks._jsonl_read, "CHUNK", 1024):
         scanned, _ = Workspace(seeded, index=False).events(query)
     indexed, _ = Workspace(seeded).events(query)
     with EventLog(seeded / "old" / "events.jsonl") as log:
@@ -650,7 +745,7 @@ def test_pages_after_derived_ids_are_the_index_pages(seeded: Path) -> None:
         workspace = Workspace(seeded, index=indexed)
         pages[indexed] = []
         after: str | None = None
-        with mock.patch.object(sinks._workspace_scan, "CHUNK", 1024):
+        with mock.patch.object(sinks._jsonl_read, "CHUNK", 1024):
             while True:
                 page, after = workspace.events(limit=37, after=after)
                 pages[indexed].append([e.id for e in page])
@@ -670,3 +765,86 @@ def test_an_unknown_after_id_is_refused_over_a_seed_format_log(seeded: Path) -> 
     """Deriving ids does not make an id that no line has known."""
     with pytest.raises(UnknownEventIdError, match=r"^after='0{32}': no event with this id"):
         Workspace(seeded, index=False).events(after="0" * 32)
+
+
+# --- bad lines: nested too deep, forged ids, too long ----------------------------------------
+
+DEEP = 2000
+
+
+def bad_lines(session: str) -> bytes:
+    """Three corrupt lines of ``session``: nested 2,000 deep, a forged SSE id, over the cap."""
+    good = json.loads(encode_event(info(session, "bad", 10)))
+    deep = json.dumps(good)[:-1].encode() + b',"x":' + b"[" * DEEP + b"]" * DEEP + b"}"
+    forged = json.dumps({**good, "id": "x1\nevent: gap\ndata: {}"}).encode()
+    long = json.dumps({**good, "message": "x" * MAX_LINE_BYTES}).encode()
+    return deep + b"\n" + forged + b"\n" + long + b"\n"
+
+
+@pytest.fixture
+def damaged(root: Path) -> Path:
+    """Session a with three corrupt lines in the middle of its log; b healthy."""
+    append_raw(root, "a", bad_lines("a"))
+    append(root, info("a", "a20", 20))
+    return root
+
+
+def test_bad_lines_are_skipped_by_every_query(
+    damaged: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """events, latest, usage and sessions answer from the good lines, the bad ones skipped."""
+    workspace = make(damaged)
+    events, _ = workspace.events(session_id="a")
+    assert [e.message for e in events] == ["a0", "a2", "response from m1", "a20"]
+    assert [e.message for e in workspace.latest(2)] == ["response from m2", "a20"]
+    assert workspace.usage()["total"]["calls"] == 2
+    rows = {row["session_id"]: row for row in workspace.sessions()}
+    assert (rows["a"]["event_count"], rows["b"]["event_count"]) == (4, 3)
+
+
+@pytest.mark.anyio
+async def test_follow_skips_bad_lines_and_goes_on(
+    damaged: Path, make: Callable[[Path], Workspace]
+) -> None:
+    """follow replays the good lines around the bad ones, then yields new events."""
+    workspace = make(damaged)
+    with anyio.fail_after(10):
+        async with aclosing(workspace.follow_lines(session_id="a")) as stream:
+            assert [e.message for e in await take(stream, 4)][-1] == "a20"
+            append_raw(damaged, "a", bad_lines("a"))
+            append(damaged, info("a", "a30", 30))
+            assert [e.message for e in await take(stream, 1)] == ["a30"]
+
+
+def test_a_run_summary_nested_too_deep_is_reported_and_the_rest_listed(root: Path) -> None:
+    """That session's row carries the error and its log's counts; the others are listed."""
+    (root / "a" / "artifacts").mkdir()
+    summary = b'{"status":"completed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    (root / "a" / "artifacts" / "run_summary.json").write_bytes(summary)
+    rows = {row["session_id"]: row for row in Workspace(root).sessions()}
+    assert set(rows) == {"a", "b"}
+    assert "run_summary" in rows["a"]["error"]
+    assert "nested too deep" in rows["a"]["error"]
+    assert (rows["a"]["event_count"], rows["b"]["error"]) == (3, None)
+
+
+@pytest.mark.anyio
+async def test_every_api_route_answers_when_one_log_and_one_summary_nest_too_deep(
+    damaged: Path,
+) -> None:
+    """No 500: the healthy session, the damaged one, usage and the session list all answer."""
+    (damaged / "b" / "artifacts").mkdir()
+    summary = b'{"status":"completed","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    (damaged / "b" / "artifacts" / "run_summary.json").write_bytes(summary)
+    transport = httpx.ASGITransport(create_app(damaged))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        sessions = await client.get("/api/sessions")
+        assert sessions.status_code == 200
+        assert {row["session_id"] for row in sessions.json()["sessions"]} == {"a", "b"}
+        for session in ("a", "b"):
+            assert (await client.get(f"/api/sessions/{session}")).status_code == 200
+            events = await client.get(f"/api/sessions/{session}/events")
+            assert events.status_code == 200
+        assert [e["message"] for e in events.json()["events"]] == ["b1", "b4", "response from m2"]
+        usage = await client.get("/api/usage")
+        assert (usage.status_code, usage.json()["total"]["calls"]) == (200, 2)

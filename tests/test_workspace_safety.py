@@ -24,6 +24,7 @@ import pytest
 import sinks._artifact_files
 import sinks._jsonl_files
 from eventbus import (
+    Event,
     EventBatch,
     EventType,
     PartialWriteError,
@@ -40,6 +41,7 @@ from sinks.artifacts import (
     SessionArtifactQuery,
     UnsafeSymlinkError,
 )
+from sinks.workspace import Workspace
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TIMEOUT = 5.0
@@ -360,3 +362,107 @@ def test_unreadable_run_summary_permission_is_reported(
     by_id = {s["session_id"]: s for s in summaries}
     assert by_id["s1"]["error"] is None
     assert "Permission denied" in (by_id["s2"]["error"] or "")
+
+
+# --- the read side (sinks.workspace): a log linked outside is never read -------------------
+
+
+@pytest.fixture
+def linked_out(root: Path, outside: Path) -> Path:
+    """``s1`` inside; ``evil/events.jsonl -> ../../outside/events.jsonl``; ``s3``'s log
+    a symlink to a file elsewhere inside the root."""
+    write_log(root / "s1" / "events.jsonl", hour=1)
+    outside_log = outside / "events.jsonl"
+    event = create_session_event("evil", EventType.SESSION_STARTED, message="SECRET")
+    outside_log.write_bytes(encode_event(event) + b"\n")
+    (root / "evil").mkdir()
+    (root / "evil" / "events.jsonl").symlink_to(os.path.join("..", "..", "outside", "events.jsonl"))
+    write_log(root / ".store" / "s3" / "events.jsonl", hour=3)
+    (root / "s3").mkdir()
+    (root / "s3" / "events.jsonl").symlink_to(os.path.join("..", ".store", "s3", "events.jsonl"))
+    return root
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "scan"])
+def test_workspace_queries_skip_a_log_linked_outside_and_say_so_once(
+    linked_out: Path, caplog: pytest.LogCaptureFixture, index: bool
+) -> None:
+    """Every query over all sessions leaves the linked-out log unread; one warning per link."""
+    workspace = Workspace(linked_out, index=index)
+    with caplog.at_level(logging.WARNING, logger="sinks.workspace"):
+        for _ in range(3):
+            events, _ = workspace.events()
+            assert sorted(e.session_id for e in events) == ["s1", "s3"]
+            assert [e.session_id for e, _ in workspace.latest_lines(10)] == ["s1", "s3"]
+            lines = [line for _, line in workspace.event_lines()[0]]
+            assert all(b"SECRET" not in line for line in lines)
+            assert workspace.usage("session_id")["total"]["calls"] == 0
+    assert _warnings(caplog, "evil/events.jsonl is a symlink") == 1
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "scan"])
+def test_workspace_refuses_a_session_whose_log_leads_outside(linked_out: Path, index: bool) -> None:
+    """Asked for that session, the workspace raises instead of reading outside the root."""
+    workspace = Workspace(linked_out, index=index)
+    match = r"evil/events.jsonl is a symlink to .*not inside the workspace root"
+    with pytest.raises(UnsafeSymlinkError, match=match):
+        workspace.events(session_id="evil")
+    with pytest.raises(UnsafeSymlinkError, match=match):
+        workspace.latest_lines(5, session_id="evil")
+    with pytest.raises(UnsafeSymlinkError, match=match):
+        workspace.usage(session_id="evil")
+    assert [e.session_id for e in workspace.events(session_id="s3")[0]] == ["s3"]
+
+
+def test_workspace_sessions_list_a_log_linked_outside_unread_with_its_error(
+    linked_out: Path,
+) -> None:
+    """The session's row counts nothing from the outside log and says why."""
+    rows = {row["session_id"]: row for row in Workspace(linked_out).sessions()}
+    assert rows["evil"]["event_count"] == 0
+    assert "events.jsonl is a symlink" in rows["evil"]["error"]
+    assert rows["s3"]["event_count"] == 1
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "scan"])
+def test_workspace_refuses_a_session_directory_leading_outside(
+    root: Path, outside: Path, index: bool
+) -> None:
+    """``evil -> ../outside``: not listed, and refused by name."""
+    write_log(outside / "events.jsonl")
+    write_log(root / "s1" / "events.jsonl")
+    (root / "evil").symlink_to(outside)
+    workspace = Workspace(root, index=index)
+    assert [row["session_id"] for row in workspace.sessions()] == ["s1"]
+    assert [e.session_id for e in workspace.events()[0]] == ["s1"]
+    with pytest.raises(UnsafeSymlinkError, match=r"evil is a symlink to .*not inside"):
+        workspace.events(session_id="evil")
+    with pytest.raises(UnsafeSymlinkError, match=r"evil is a symlink to .*not inside"):
+        workspace.session("evil")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("index", [True, False], ids=["indexed", "scan"])
+async def test_follow_never_yields_a_log_linked_outside(linked_out: Path, index: bool) -> None:
+    """Following every session (``tail -f``, file-mode SSE) reads the stored and new
+    events of the logs inside, never the one leading out, even as it grows."""
+    workspace = Workspace(linked_out, index=index)
+    outside_log = linked_out.parent / "outside" / "events.jsonl"
+    seen: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        async with contextlib.aclosing(workspace.follow_lines()) as stream:
+            async for event, line in stream:
+                assert b"SECRET" not in line
+                seen.append(event.session_id)
+                if len(seen) == 2:  # the stored ones: now grow both logs
+                    grown = Event(event_type=EventType.INFO, session_id="evil", message="SECRET 2")
+                    async with await anyio.open_file(outside_log, "ab") as file:
+                        await file.write(encode_event(grown) + b"\n")
+                    write_log(linked_out / "s4" / "events.jsonl", hour=4)
+                if event.session_id == "s4":
+                    break
+    assert seen == ["s1", "s3", "s4"]

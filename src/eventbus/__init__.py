@@ -7,6 +7,8 @@ listeners watch them live. See the README for the contracts.
 
 from ._bus import BusStats, EventBus, RetryPolicy, Subscription, SubscriptionStats
 from ._codec import (
+    MAX_LINE_BYTES,
+    MAX_METADATA_DEPTH,
     EventBatch,
     decode_event,
     decode_events,
@@ -25,7 +27,14 @@ from ._errors import (
     PartialWriteError,
     SinkFailedError,
 )
-from ._event import Event, EventType, current_parent_id, new_event_id, parent_scope
+from ._event import (
+    MAX_ID_LENGTH,
+    Event,
+    EventType,
+    current_parent_id,
+    new_event_id,
+    parent_scope,
+)
 from ._helpers import (
     GateDecision,
     create_agent_event,
@@ -89,6 +98,9 @@ from ._sink import MemorySink, Sink
 
 __all__ = [
     "DEFAULT_MAX_TEXT_CHARS",
+    "MAX_ID_LENGTH",
+    "MAX_LINE_BYTES",
+    "MAX_METADATA_DEPTH",
     "REDACTED",
     "Agent",
     "AgentContext",

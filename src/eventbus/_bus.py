@@ -596,7 +596,7 @@ class EventBus:
             _reject(event)
         try:  # checks every field's type first (a session id that is no str included)
             line = _encode(event)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise _explain_encode_error(event, exc) from exc
         if event.session_id not in self._valid_sessions:
             self._check_session(event.session_id)
@@ -627,7 +627,7 @@ class EventBus:
             _reject(event)
         try:  # checks every field's type first (a session id that is no str included)
             line = _encode(event)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise _explain_encode_error(event, exc) from exc
         if event.session_id not in self._valid_sessions:
             self._check_session(event.session_id)

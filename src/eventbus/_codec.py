@@ -4,6 +4,19 @@ One encoder and one decoder are made once and reused. The bus encodes each
 event exactly once, when it is published, and hands sinks an
 :class:`EventBatch` that carries those bytes: a sink that needs JSON calls
 :func:`encode_jsonl` and never re-encodes.
+
+Limits, the same when publishing and when reading, so that what is
+published always reads back:
+
+- an ``id`` or ``parent_id`` holds at most :data:`MAX_ID_LENGTH` (256)
+  characters and no control character (Unicode category Cc: U+0000-U+001F,
+  U+007F-U+009F), so it can never forge a field after ``id:`` in
+  server-sent events;
+- ``metadata`` nests at most :data:`MAX_METADATA_DEPTH` (64) dicts and
+  lists deep, itself included (decoding refuses what Python cannot recurse
+  into, which is deeper still);
+- an encoded event is at most :data:`MAX_LINE_BYTES` (16 MiB) long: readers
+  treat a longer line as corrupt without holding it in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
+from operator import attrgetter
 from typing import Any, Final, TypeVar, overload
 from uuid import UUID
 
@@ -21,17 +35,21 @@ import msgspec
 
 from ._errors import EventDecodeError, EventEncodeError
 from ._event import (
+    MAX_ID_LENGTH,
     MISSING_ID,
     MISSING_TIMESTAMP,
     Event,
     EventType,
     _decodings,
+    _id_problem,
     _missing,
     _parent_id,
     derived_event_id,
 )
 
 __all__ = [
+    "MAX_LINE_BYTES",
+    "MAX_METADATA_DEPTH",
     "EventBatch",
     "decode_event",
     "decode_events",
@@ -46,6 +64,20 @@ _decoder = msgspec.json.Decoder(Event)
 _decode = _decoder.decode
 _decode_lines = _decoder.decode_lines
 _T = TypeVar("_T")
+
+MAX_METADATA_DEPTH: Final = 64
+"""How deep ``metadata`` may nest: a value sits inside at most 64 dicts and lists,
+``metadata`` itself included. Deeper metadata is refused at publish."""
+
+MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+"""The longest encoded event (16 MiB, newline excluded). Publishing refuses a
+longer one; readers skip and count a longer line as corrupt, reading it in
+bounded chunks, never whole. Store large content as an artifact."""
+
+_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)  # RecursionError: deep nesting
+_get_id = attrgetter("id")
+_get_parent_id = attrgetter("parent_id")
+_passed_parent: list[str | None] = [None]  # the last parent id that passed the checks
 
 
 # --- encoding: what is refused ------------------------------------------------------
@@ -99,7 +131,25 @@ def _encode(event: Event) -> bytes:
         problem = _field_problem(event)  # str enums and dict subclasses pass
         if problem is not None:
             raise _Refused(*problem)
+    # ids: those this library makes are ASCII letters and digits (bytes.isalnum is a
+    # table lookup per byte, quicker than str.isprintable); any other id is looked at
+    # closely. Many events share a parent: the last parent id passed is not looked at
+    # again (a str never changes, so the same object is the same id).
+    ident = event.id
+    if not ident.encode().isalnum() or len(ident) > MAX_ID_LENGTH:
+        why = _id_problem(ident)
+        if why is not None:
+            raise _Refused("id", why)
+    parent = event.parent_id
+    if parent is not None and parent is not _passed_parent[0]:
+        if not parent.encode().isalnum() or len(parent) > MAX_ID_LENGTH:
+            why = _id_problem(parent)
+            if why is not None:
+                raise _Refused("parent_id", why)
+        _passed_parent[0] = parent  # threads may race here: any value stored has passed
     line = _encode_unchecked(event)
+    if len(line) > MAX_LINE_BYTES:
+        raise _Refused("the encoded event", _too_long(len(line)))
     metadata = event.metadata
     for key, value in metadata.items():  # flat metadata: a loop is the quickest check
         kind = type(value)
@@ -113,6 +163,13 @@ def _encode(event: Event) -> bytes:
     return line
 
 
+def _too_long(size: int) -> str:
+    return (
+        f"is {size} bytes long, over the {MAX_LINE_BYTES} bytes a log line may hold "
+        "(MAX_LINE_BYTES)"
+    )
+
+
 def encode_event(event: Event) -> bytes:
     """Return ``event`` as one line of compact JSON, without the trailing newline.
 
@@ -121,11 +178,14 @@ def encode_event(event: Event) -> bytes:
     checks are those of publishing (see :class:`EventEncodeError`).
 
     :raises EventEncodeError: naming the field, or the path in ``metadata``,
-        of a value of the wrong type or one JSON cannot hold.
+        of a value of the wrong type or one JSON cannot hold; an ``id`` or
+        ``parent_id`` with a control character or over :data:`MAX_ID_LENGTH`
+        characters; ``metadata`` nested deeper than :data:`MAX_METADATA_DEPTH`;
+        an encoding over :data:`MAX_LINE_BYTES`.
     """
     try:
         return _encode(event)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _explain_encode_error(event, exc) from exc
 
 
@@ -174,9 +234,9 @@ def _holds_json(metadata: dict[Any, Any]) -> bool:
     The quick walk, without paths: :func:`_find_refused` says where, once
     this has said no.
     """
-    stack: list[Any] = [metadata]
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         if isinstance(value, dict):
             for key in value:
                 if type(key) is not str and not isinstance(key, str):
@@ -192,7 +252,9 @@ def _holds_json(metadata: dict[Any, Any]) -> bool:
                 if not _isfinite(item):
                     return False
             elif kind is list or kind is dict or isinstance(item, dict | list | tuple):
-                stack.append(item)
+                if depth >= MAX_METADATA_DEPTH:
+                    return False
+                stack.append((item, depth + 1))
             elif _leaf_problem(item) is not None:
                 return False
     return True
@@ -214,20 +276,25 @@ def _leaf_problem(value: Any) -> str | None:
     return f"holds a value of type {kind!r}, which JSON cannot hold"
 
 
-def _find_refused(value: Any, path: str) -> tuple[str, str] | None:
+def _find_refused(value: Any, path: str, depth: int = 1) -> tuple[str, str] | None:
     """Return (path, reason) of the first value refused in metadata, or ``None``."""
+    if isinstance(value, dict | list | tuple) and depth > MAX_METADATA_DEPTH:
+        return path, (
+            f"is nested deeper than the {MAX_METADATA_DEPTH} levels of dicts and lists "
+            "metadata may hold (MAX_METADATA_DEPTH)"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 kind = type(key).__name__
                 return path, f"has the key {key!r} of type {kind!r}; JSON keys are str"
-            found = _find_refused(item, f"{path}[{key!r}]")
+            found = _find_refused(item, f"{path}[{key!r}]", depth + 1)
             if found:
                 return found
         return None
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = _find_refused(item, f"{path}[{index}]")
+            found = _find_refused(item, f"{path}[{index}]", depth + 1)
             if found:
                 return found
         return None
@@ -281,6 +348,23 @@ def _counting_in_context(decode: Callable[[Any], _T], data: Any, missing: list[i
     return decode(data)
 
 
+def _decode_reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep to decode"
+    return str(exc)
+
+
+def _check_ids(events: Iterable[Event]) -> None:
+    """Raise :class:`EventDecodeError` for the first id or parent id publishing refuses."""
+    for event in events:
+        for field in ("id", "parent_id"):
+            value = getattr(event, field)
+            if value is not None and value is not MISSING_ID:
+                problem = _id_problem(value)
+                if problem is not None:
+                    raise EventDecodeError(f"{field} {problem} - at `$.{field}`")
+
+
 def _complete(event: Event, line: bytes, offset: int) -> Event:
     """Refuse ``event`` if its line had no timestamp; derive its id if it had none."""
     if event.timestamp is MISSING_TIMESTAMP:
@@ -302,12 +386,19 @@ def decode_event(data: bytes | bytearray | memoryview | str, *, offset: int = 0)
 
     :param offset: the line's byte offset in its log.
     :raises EventDecodeError: saying where the line is invalid, also when it
-        has no ``timestamp`` (a line is never stamped with the time it is read).
+        has no ``timestamp`` (a line is never stamped with the time it is read),
+        when it is longer than :data:`MAX_LINE_BYTES`, nests too deep for
+        Python to decode, or has an ``id`` or ``parent_id`` publishing refuses.
     """
+    if len(data) > MAX_LINE_BYTES:
+        raise EventDecodeError(f"the line {_too_long(len(data))}")
     try:
         event, missing = _counting(_decode, data)
-    except msgspec.DecodeError as exc:
-        raise EventDecodeError(str(exc)) from exc
+    except _DECODE_ERRORS as exc:
+        raise EventDecodeError(_decode_reason(exc)) from exc
+    ident, parent = event.id, event.parent_id
+    if not ident.encode().isalnum() or (parent is not None and not parent.encode().isalnum()):
+        _check_ids((event,))
     if missing:
         line = data.encode() if isinstance(data, str) else bytes(data)
         event = _complete(event, line, offset)
@@ -326,8 +417,14 @@ def decode_events(data: bytes | bytearray | memoryview, *, offset: int = 0) -> l
     """
     try:
         events, missing = _counting(_decode_lines, data)
-    except msgspec.DecodeError as exc:
-        raise EventDecodeError(str(exc)) from exc
+    except _DECODE_ERRORS as exc:
+        raise EventDecodeError(_decode_reason(exc)) from exc
+    # ids: one look at them all joined (the common case: ASCII letters and digits)
+    if (
+        not "".join(map(_get_id, events)).encode().isalnum()
+        or not "".join(filter(None, map(_get_parent_id, events))).encode().isalnum()
+    ):
+        _check_ids(events)
     if not missing:
         return events
     events = []  # some line lacks a timestamp or an id: line by line, with offsets

@@ -54,6 +54,11 @@ class BusFullError(EventBusError):
 class EventEncodeError(EventBusError, TypeError):
     """Raised when a field of an event has the wrong type, or its metadata is not JSON.
 
+    Also when an ``id`` or ``parent_id`` holds a control character or is
+    longer than ``MAX_ID_LENGTH``, when ``metadata`` nests deeper than
+    ``MAX_METADATA_DEPTH``, or when the encoded event is longer than
+    ``MAX_LINE_BYTES`` (what readers would skip as corrupt).
+
     ``path`` names the field (``"task_id"``) or the value in metadata
     (``"metadata['a'][1]"``). Raised by ``publish`` before the event is
     accepted (nothing is published), never later in a sink.
@@ -63,7 +68,13 @@ class EventEncodeError(EventBusError, TypeError):
         self.event_id = event_id
         self.path = path
         self.reason = reason
-        if path.startswith("metadata"):
+        if "MAX_METADATA_DEPTH" in reason:
+            hint = "flatten it (or store it as an artifact) before publishing"
+        elif "MAX_LINE_BYTES" in reason:
+            hint = "store large content as an artifact and refer to it from the event"
+        elif path in ("id", "parent_id") and "MAX_ID_LENGTH" in reason:
+            hint = "use the ids eventbus makes, or short printable strings"
+        elif path.startswith("metadata"):
             hint = (
                 "metadata must hold JSON values only (str, int, finite float, bool, None, "
                 "lists and dicts with str keys; datetimes, UUIDs, Decimals and enums become "
@@ -71,7 +82,10 @@ class EventEncodeError(EventBusError, TypeError):
             )
         else:
             hint = "give each field a value of its declared type"
-        super().__init__(f"cannot publish event {event_id} ({event_type}): {path} {reason}; {hint}")
+        shown = str(event_id)
+        if not shown.isprintable() or len(shown) > 64:
+            shown = repr(shown[:64])
+        super().__init__(f"cannot publish event {shown} ({event_type}): {path} {reason}; {hint}")
 
 
 class EventDecodeError(EventBusError, ValueError):

@@ -8,17 +8,25 @@ import hashlib
 import itertools
 import operator
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from ._errors import EventDecodeError
 
-__all__ = ["Event", "EventType", "current_parent_id", "new_event_id", "parent_scope"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "Event",
+    "EventType",
+    "current_parent_id",
+    "new_event_id",
+    "parent_scope",
+]
 
 
 class EventType(enum.StrEnum):
@@ -163,6 +171,37 @@ def new_event_id() -> str:
     return prefix + next(_hex_counter)
 
 
+# --- What an id may hold ----------------------------------------------------------
+#
+# An id is written after ``id:`` in server-sent events and used as a key: one
+# holding a line break could forge SSE fields, a huge one bloats every index.
+# Publishing and decoding refuse both (see ``_codec``); the length is checked
+# by msgspec while decoding (the ``Meta`` below; a ``pattern`` there would
+# double the cost of decoding, so ``_codec`` looks for control characters).
+
+MAX_ID_LENGTH: Final = 256
+"""The most characters an event's ``id`` or ``parent_id`` may hold."""
+
+CONTROL_CHARACTERS: Final = "\x00-\x1f\x7f-\x9f"
+"""The characters no id may hold (a regex class): Unicode's control characters (Cc)."""
+
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+_control = re.compile(f"[{CONTROL_CHARACTERS}]").search
+
+
+def _id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an ``id`` or ``parent_id``, or ``None``."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long, over the {MAX_ID_LENGTH} (MAX_ID_LENGTH)"
+    found = _control(value)
+    if found is not None:
+        return (
+            f"holds the control character {found.group()!r} "
+            f"(ids hold no control characters and at most MAX_ID_LENGTH characters)"
+        )
+    return None
+
+
 # --- Causality --------------------------------------------------------------
 
 _parent_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -257,7 +296,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ``parent_id`` to the enclosing :func:`parent_scope`. A naive timestamp is
     taken as UTC; an aware one is converted to UTC. Field types and
     ``metadata`` (JSON values only) are checked when the event is published
-    or encoded (see :class:`EventEncodeError`). Decoding a stored line never
+    or encoded (see :class:`EventEncodeError`), and so are the limits that
+    decoding applies too: ``id`` and ``parent_id`` hold no control character
+    and at most :data:`MAX_ID_LENGTH` characters, ``metadata`` nests at most
+    ``MAX_METADATA_DEPTH`` deep, the encoded event is at most
+    ``MAX_LINE_BYTES`` long. Decoding a stored line never
     stamps it with the time it is read: a line without ``timestamp`` is
     invalid, and one without ``id`` gets an id derived from the line and its
     place in the log (see :func:`decode_events`). Events are immutable:
@@ -275,8 +318,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent_role: str | None = None
     model: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    id: str = msgspec.field(default_factory=_default_id)
-    parent_id: str | None = msgspec.field(default_factory=_parent_id.get)
+    id: _Id = msgspec.field(default_factory=_default_id)
+    parent_id: _Id | None = msgspec.field(default_factory=_parent_id.get)
 
     def __post_init__(self) -> None:
         timestamp = self.timestamp
@@ -333,7 +376,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         without ``parent_id`` has none.
 
         :raises EventDecodeError: naming the bad or missing field when the
-            dict does not describe an event.
+            dict does not describe an event (ids included: see :class:`Event`).
         """
         if "parent_id" not in data:
             data = {**data, "parent_id": None}  # never inherit a parent when loading
@@ -351,4 +394,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             if event.timestamp is MISSING_TIMESTAMP:
                 raise EventDecodeError("Object missing required field `timestamp`")
             msgspec.structs.force_setattr(event, "id", new_event_id())
+        for field in ("id", "parent_id"):
+            value = getattr(event, field)
+            problem = None if value is None else _id_problem(value)
+            if problem is not None:
+                raise EventDecodeError(f"{field} {problem} - at `$.{field}`")
         return event

@@ -53,12 +53,21 @@ from .memory import (
     UnknownEventIdError,
     UsageField,
 )
-from .workspace import USAGE_KEYS, InvalidTimeError, SessionNotFoundError, Workspace, parse_time
+from .workspace import (
+    USAGE_ALIASES,
+    USAGE_KEYS,
+    InvalidTimeError,
+    SessionNotFoundError,
+    UnknownEventTypeError,
+    Workspace,
+    parse_time,
+)
 
 __all__ = [
     "ARTIFACTS_DIR",
     "LOG_FILE_NAME",
     "RUN_SUMMARY_KEY",
+    "USAGE_ALIASES",
     "USAGE_KEYS",
     "ArtifactEncodeError",
     "ArtifactSink",
@@ -85,6 +94,7 @@ __all__ = [
     "StaleLogError",
     "TokenUsage",
     "UnknownEventIdError",
+    "UnknownEventTypeError",
     "UnsafeSymlinkError",
     "UsageField",
     "Workspace",

@@ -24,7 +24,7 @@ import stat
 from eventbus import is_valid_name, validate_name
 
 from ._jsonl_files import NotARegularFileError, UnsafeSymlinkError, describe_mode, open_regular
-from ._paths import check_link
+from ._paths import check_link, report_once
 
 logger = logging.getLogger("sinks.artifacts")
 
@@ -207,6 +207,6 @@ def stays_inside(root: str, link: str) -> bool:
     try:
         check_link(root, link)
     except UnsafeSymlinkError as exc:
-        logger.warning("skipped a symlink in a workspace listing: %s", exc)
+        report_once(logger, f"skipped a symlink in a workspace listing: {exc}")
         return False
     return True

@@ -31,7 +31,7 @@ from ._artifact_files import (
 from ._artifact_store import ArtifactStore, CorruptArtifactError, load_artifact_file
 from ._artifact_summary import RUN_SUMMARY_KEY, parse_iso_time
 from ._jsonl_files import NotARegularFileError, describe_mode
-from ._paths import resolve_inside
+from ._paths import report_once, resolve_inside
 
 # the public module's name: the one users configure logging for
 logger = logging.getLogger("sinks.artifacts")
@@ -80,7 +80,7 @@ def _first_event_time(log_path: str) -> float | None:
         return None
     try:
         return as_utc(_first_event_decoder.decode(head[:end]).timestamp).timestamp()
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
 
 
@@ -361,7 +361,7 @@ class SessionArtifactQuery:
         try:
             return self._scan(session_id)
         except OSError as exc:
-            logger.warning("session %r is left out of the listing: %s", session_id, exc)
+            report_once(logger, f"session {session_id!r} is left out of the listing: {exc}")
             return None
 
     def _scan(self, session_id: str) -> _Scan:

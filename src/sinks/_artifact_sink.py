@@ -283,7 +283,7 @@ class ArtifactSink:
             return Tally(session_id)
         try:
             summary = summary_decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             logger.warning(
                 "artifact sink cannot resume session %r from its run_summary (%s); "
                 "counting from scratch",

@@ -61,14 +61,15 @@ def _encode(key: str, data: Any) -> bytes:
     """
     try:
         return _encoder.encode(data) + b"\n"
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise ArtifactEncodeError(key, str(exc)) from exc
 
 
 def load_artifact_file(key: str, path: str) -> Any:
     """Return the artifact ``key`` stored at ``path``, decoded; ``None`` if there is no file.
 
-    :raises CorruptArtifactError: if the file does not hold valid JSON
+    :raises CorruptArtifactError: if the file does not hold valid JSON, or JSON
+        nested too deep for Python to decode
     :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
     """
     data = read_bytes(path)
@@ -78,6 +79,8 @@ def load_artifact_file(key: str, path: str) -> Any:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CorruptArtifactError(key, path, str(exc)) from exc
+    except RecursionError as exc:
+        raise CorruptArtifactError(key, path, "nested too deep to decode") from exc
 
 
 class ArtifactStore:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Self
 
 from eventbus import (
+    MAX_LINE_BYTES,
     Event,
     EventQuery,
     EventType,
@@ -24,7 +25,13 @@ from eventbus import (
 
 from ._jsonl_files import open_regular
 from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, LogScan, RecoveryReport
-from ._jsonl_write import Durability, LogWriter, check_durability
+from ._jsonl_write import (
+    DEFAULT_LOCK_TIMEOUT,
+    Durability,
+    LogWriter,
+    check_durability,
+    check_lock_timeout,
+)
 from .memory import EventIndex
 
 __all__ = ["LOG_FILE_NAME", "EventLog"]
@@ -33,6 +40,8 @@ logger = logging.getLogger("eventbus.sinks.jsonl")
 
 LOG_FILE_NAME = "events.jsonl"
 """The name of each session's log under ``{workspace_root}/{session_id}/``."""
+
+_LATEST_WINDOW_LIMIT = 2 * MAX_LINE_BYTES  # get_latest reads backwards at most this far
 
 
 class EventLog:
@@ -58,6 +67,12 @@ class EventLog:
         (nothing on a crash), ``"flush"`` (survives the process being killed)
         or ``"fsync"`` (survives power loss; one fsync per append, so prefer
         :class:`JsonlSink`'s batches for many events).
+    :param lock_timeout: how many seconds :meth:`append` and :meth:`clear`
+        wait (blocking this thread) for a lock another writer holds before
+        raising :class:`LogLockedError`; ``0`` refuses at once. The wait
+        covers a lock that outlives its writer by a moment, e.g. one kept by
+        a process forked while the log was open (a ``multiprocessing`` pool)
+        until the child has started.
 
     Not thread-safe: use one per thread, or a lock.
     """
@@ -69,9 +84,12 @@ class EventLog:
         cache: bool = True,
         strict: bool = False,
         durability: Durability = "flush",
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         check_durability(durability)
+        check_lock_timeout(lock_timeout)
         self.log_path = Path(log_path)
+        self.lock_timeout = lock_timeout
         self.cache = cache
         self.strict = strict
         self.durability: Durability = durability
@@ -91,7 +109,8 @@ class EventLog:
 
         When it returns, the event is as durable as ``durability`` says.
 
-        :raises LogLockedError: if another writer holds the file's lock.
+        :raises LogLockedError: if another writer held the file's lock for
+            ``lock_timeout`` seconds.
         :raises EventEncodeError: if the event's metadata cannot be encoded
             (nothing is written).
         """
@@ -113,12 +132,17 @@ class EventLog:
 
         Takes the writer lock like :meth:`append` (and keeps it).
 
-        :raises LogLockedError: if another writer holds the file's lock.
+        :raises LogLockedError: if another writer held the file's lock for
+            ``lock_timeout`` seconds.
         """
         writer = self._writer
         if writer is None or writer.closed:
             writer = LogWriter.open(
-                self.log_path, durability=self.durability, strict=False, recover=False
+                self.log_path,
+                durability=self.durability,
+                strict=False,
+                recover=False,
+                lock_timeout=self.lock_timeout,
             )
         try:
             new = writer.replace_with_empty()
@@ -221,7 +245,12 @@ class EventLog:
     # --- internals ------------------------------------------------------------------
 
     def _lock(self) -> LogWriter:
-        writer = LogWriter.open(self.log_path, durability=self.durability, strict=self.strict)
+        writer = LogWriter.open(
+            self.log_path,
+            durability=self.durability,
+            strict=self.strict,
+            lock_timeout=self.lock_timeout,
+        )
         try:
             self._refresh()  # what was appended since the last read, now that no one writes
         except BaseException:
@@ -317,6 +346,12 @@ class EventLog:
             return []
         try:
             while True:
+                if window > _LATEST_WINDOW_LIMIT:  # a line over MAX_LINE_BYTES: read forward
+                    scan = LogScan(self._scan.path, strict=False)
+                    latest: deque[Event] = deque(maxlen=n)
+                    for located in scan.read_positioned(fd, stop=end):
+                        latest.extend(event for event, _, _ in located)
+                    return list(latest)
                 start = max(0, end - window)
                 data = os.pread(fd, end - start, start)
                 skip = data.find(b"\n") + 1 if start else 0

@@ -5,17 +5,25 @@ counting corrupt lines and ignoring an incomplete last line (a live writer
 may be finishing it); :func:`iter_log` is its public face. What was skipped
 is described by a :class:`RecoveryReport`. The public names are re-exported
 by :mod:`sinks.jsonl`.
+
+Every reader of logs finds its lines with :func:`line_runs`: a line longer
+than :data:`~eventbus.MAX_LINE_BYTES` is corrupt, and is passed over in
+:data:`CHUNK`-sized reads, never held whole. So a reader holds at most one
+read of ``MAX_LINE_BYTES`` + 1 bytes (one read of :data:`CHUNK` bytes while
+no line is longer) and what it decodes from it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from itertools import accumulate
 
 import msgspec
 
 from eventbus import (
+    MAX_LINE_BYTES,
     Event,
     EventBusError,
     EventDecodeError,
@@ -28,11 +36,84 @@ from ._jsonl_files import check_regular_path, open_regular
 
 __all__ = ["CorruptLogError", "RecoveryReport", "iter_log"]
 
+_TOO_LONG = f"is longer than the {MAX_LINE_BYTES} bytes a line may hold (MAX_LINE_BYTES)"
+
 CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
 TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
 READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _MAX_LISTED = 1000  # corrupt line numbers kept in a report (all are counted)
 _BLANK = b" \t\r"  # a line made only of these is blank (skipped, as msgspec does)
+
+
+# --- runs of complete lines -------------------------------------------------------
+
+
+class LineRuns:
+    """The runs of complete lines of a file from ``start`` (up to ``stop``), read in chunks.
+
+    Iterating yields ``(data, cut, offset)``: ``data[:cut]`` is a run of
+    complete lines starting at byte ``offset``. A line longer than
+    ``MAX_LINE_BYTES`` comes as ``(None, size, offset)`` (``size`` with its
+    newline), found without reading it whole. Afterwards ``tail`` is the size
+    of the incomplete last line (a writer may be finishing it), 0 if none.
+    """
+
+    def __init__(self, fd: int, start: int, stop: int | None = None) -> None:
+        self.fd, self.start, self.stop = fd, start, stop
+        self.tail = 0
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, int, int]]:
+        fd, stop = self.fd, self.stop
+        position = self.start
+        size = CHUNK
+        self.tail = 0
+        while True:
+            want = size if stop is None else min(size, stop - position)
+            if want <= 0:
+                return
+            data = os.pread(fd, want, position)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data, cut, position
+                position += cut
+                size = CHUNK
+            elif len(data) < want or want < size:  # the end, inside an incomplete line
+                self.tail = len(data)
+                return
+            elif size > MAX_LINE_BYTES:  # no newline in MAX_LINE_BYTES + 1 bytes: too long
+                del data
+                end = self._line_end(position, position + size)
+                if end is None:
+                    return
+                yield None, end - position, position
+                position = end
+                size = CHUNK
+            else:  # one line longer than a chunk: read it again, whole
+                del data  # before the next read, not after
+                size = min(2 * size, MAX_LINE_BYTES + 1)
+
+    def _line_end(self, start: int, position: int) -> int | None:
+        """The end of the line at ``start``, searched from ``position`` on.
+
+        ``None`` if the file (or ``stop``) comes first; ``tail`` is then set.
+        """
+        while True:
+            want = CHUNK if self.stop is None else min(CHUNK, self.stop - position)
+            block = os.pread(self.fd, want, position) if want > 0 else b""
+            found = block.find(b"\n")
+            if found >= 0:
+                return position + found + 1
+            position += len(block)
+            if len(block) < CHUNK:
+                self.tail = position - start
+                return None
+
+
+def line_runs(
+    fd: int, start: int, stop: int | None = None
+) -> Iterator[tuple[bytes | None, int, int]]:
+    """Iterate :class:`LineRuns` (when its ``tail`` is not needed)."""
+    return iter(LineRuns(fd, start, stop))
 
 
 # --- errors -------------------------------------------------------------------
@@ -152,78 +233,88 @@ class LogScan:
         self._fd = fd
         try:
             for offset, view in self._regions(fd, stop):
+                if view is None:
+                    continue
                 try:
                     # decode_events is annotated ``bytes``; msgspec reads any buffer, and
                     # a view saves copying each 4 MiB chunk.
                     events = decode_events(view, offset=offset)
                 except EventDecodeError:
-                    events = [event for event, _, _ in self._decode_each(bytes(view), offset)]
+                    events = [event for event, _, _ in self._decode_each(view, offset)]
                 self.end = offset + len(view)
                 yield events
         finally:
             self._fd = None
 
-    def read_positioned(self, fd: int) -> Iterator[list[tuple[Event, int, int]]]:
+    def read_positioned(
+        self, fd: int, *, stop: int | None = None
+    ) -> Iterator[list[tuple[Event, int, int]]]:
         """Like :meth:`read`, with each event's line offset and length."""
         self._fd = fd
         try:
-            for offset, view in self._regions(fd, None):
-                decoded = self.decode_positioned(bytes(view), offset)
+            for offset, view in self._regions(fd, stop):
+                if view is None:
+                    continue
+                decoded = self.decode_positioned(view, offset)
                 self.end = offset + len(view)
                 yield decoded
         finally:
             self._fd = None
 
-    def decode_positioned(self, data: bytes, offset: int) -> list[tuple[Event, int, int]]:
+    def decode_positioned(
+        self, data: bytes | memoryview, offset: int
+    ) -> list[tuple[Event, int, int]]:
         """Decode complete lines starting at ``offset``, with positions."""
         try:
             events = decode_events(data, offset=offset)
         except EventDecodeError:
             return list(self._decode_each(data, offset))
-        sizes = [size + 1 for size in map(len, data.split(b"\n"))]
-        sizes.pop()  # what follows the last newline
+        sizes = _line_sizes(data)
         if len(sizes) != len(events):  # blank lines, which msgspec skipped: go slowly
             return list(self._decode_each(data, offset))
         # accumulate yields one more offset (the end), which strict=False leaves out
         return list(zip(events, accumulate(sizes, initial=offset), sizes, strict=False))
 
-    def _regions(self, fd: int, stop: int | None) -> Iterator[tuple[int, memoryview]]:
-        """Yield ``(offset, view)`` of consecutive runs of complete lines."""
-        position = self.end
-        size = CHUNK
-        self.tail = 0
-        while True:
-            want = size if stop is None else min(size, stop - position)
-            if want <= 0:
-                return
-            data = os.pread(fd, want, position)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield position, memoryview(data)[:cut]
-                position += cut
-                size = CHUNK
-            elif len(data) < want or want < size:  # the end, inside an incomplete line
-                self.tail = len(data)
-                return
-            else:  # one line longer than a chunk
-                size *= 2
+    def _regions(self, fd: int, stop: int | None) -> Iterator[tuple[int, memoryview | None]]:
+        """Yield ``(offset, view)`` of consecutive runs of complete lines.
 
-    def _decode_each(self, data: bytes, offset: int) -> Iterator[tuple[Event, int, int]]:
-        """Decode line by line (the slow path), skipping and counting corrupt lines."""
-        lines = data.split(b"\n")[:-1]
-        first = self._lines_before(offset) + 1
-        self._lines, self._counted = first - 1 + len(lines), offset + len(data)
-        position = offset
-        for number, raw in enumerate(lines, first):
-            size = len(raw) + 1
-            if raw.strip(_BLANK):
-                try:
-                    event = decode_event(raw, offset=position)
-                except EventDecodeError as exc:
-                    self._corrupt(number, position, exc.reason)
+        A line over ``MAX_LINE_BYTES`` is counted as corrupt, and yields
+        ``(offset, None)`` so that :attr:`end` moves past it.
+        """
+        runs = LineRuns(fd, self.end, stop)
+        try:
+            for data, cut, offset in runs:
+                if data is None:
+                    self._corrupt(self._lines_before(offset) + 1, offset, _TOO_LONG)
+                    self.end = offset + cut
+                    yield offset, None
                 else:
-                    yield event, position, size
-            position += size
+                    yield offset, memoryview(data)[:cut]
+        finally:
+            self.tail = runs.tail
+
+    def _decode_each(
+        self, data: bytes | memoryview, offset: int
+    ) -> Iterator[tuple[Event, int, int]]:
+        """Decode line by line (the slow path), skipping and counting corrupt lines.
+
+        ``data`` ends with a newline; its lines are decoded from views, not copies.
+        """
+        view = memoryview(data)
+        sizes = _line_sizes(data)
+        first = self._lines_before(offset) + 1
+        self._lines, self._counted = first - 1 + len(sizes), offset + len(view)
+        at = 0
+        for number, size in enumerate(sizes, first):
+            raw = view[at : at + size - 1]
+            if _NOT_BLANK(raw) is not None:
+                try:
+                    event = decode_event(raw, offset=offset + at)
+                except EventDecodeError as exc:
+                    self._corrupt(number, offset + at, exc.reason)
+                else:
+                    yield event, offset + at, size
+            at += size
 
     def _lines_before(self, offset: int) -> int:
         """Count the lines that end before ``offset`` (0 when not reading a file)."""
@@ -246,6 +337,27 @@ class LogScan:
         if len(self.corrupt_lines) < _MAX_LISTED:
             self.corrupt_lines.append(line)
             self.corrupt_offsets.append(offset)
+
+
+_NOT_BLANK = re.compile(b"[^" + re.escape(_BLANK) + b"]").search
+
+
+def _line_sizes(data: bytes | memoryview) -> list[int]:
+    """The size of each line of ``data`` (which ends with a newline), newline included.
+
+    A chunk of many lines is split (copies of at most ``CHUNK`` bytes); a
+    longer run (a few long lines) is searched in place, so that a long line
+    is not copied.
+    """
+    if len(data) <= CHUNK:
+        sizes = [len(line) + 1 for line in bytes(data).split(b"\n")]
+        sizes.pop()  # what follows the last newline
+        return sizes
+    ends = [match.end() for match in _NEWLINE(data)]
+    return [end - start for start, end in zip([0, *ends], ends, strict=False)]
+
+
+_NEWLINE = re.compile(b"\n").finditer
 
 
 def iter_log(

@@ -33,7 +33,13 @@ from eventbus import (
 
 from ._jsonl_log import LOG_FILE_NAME
 from ._jsonl_read import RecoveryReport
-from ._jsonl_write import Durability, LogWriter, check_durability
+from ._jsonl_write import (
+    DEFAULT_LOCK_TIMEOUT,
+    Durability,
+    LogWriter,
+    check_durability,
+    check_lock_timeout,
+)
 from ._paths import check_link
 
 __all__ = ["JsonlSink", "JsonlSinkStats", "WrittenCallback"]
@@ -116,8 +122,10 @@ class JsonlSink:
     before it raises, so the bus's retry never duplicates events.
 
     A file is opened (and locked: see :class:`LogLockedError`) at its first
-    event and kept open; beyond ``max_open_files`` the least recently used is
-    closed, releasing its lock. Opening cuts an incomplete last line left by
+    event and kept open; a lock another writer holds is waited for, up to
+    ``lock_timeout``, in the worker thread (the event loop never waits);
+    beyond ``max_open_files`` the least recently used is closed, releasing
+    its lock. Opening cuts an incomplete last line left by
     a crash; each cut is kept in :attr:`recoveries`, logged, and passed as a
     WARNING event to ``on_recovery``: use ``on_recovery=bus.publish_nowait``
     to put it on the bus (it is called on the event loop; an exception it
@@ -127,9 +135,9 @@ class JsonlSink:
 
     Faults, and what the sink does:
 
-    - **One session fails** (its directory cannot be made, its log is locked
-      by another writer, is not a regular file...): every other session of
-      the batch is written, then ``write`` raises
+    - **One session fails** (its directory cannot be made, its log stays
+      locked by another writer for ``lock_timeout``, is not a regular
+      file...): every other session of the batch is written, then ``write`` raises
       :class:`~eventbus.PartialWriteError` naming the failed sessions (they
       are in ``stats().failed_sessions`` until a write to them succeeds).
       When the bus retries the same batch, the sessions already written are
@@ -167,6 +175,11 @@ class JsonlSink:
     :param workspace_root: the directory holding one directory per session.
     :param durability: ``"none"``, ``"flush"`` (default) or ``"fsync"``.
     :param max_open_files: the most files kept open at once.
+    :param lock_timeout: how many seconds opening a log waits for a lock
+        another writer holds before that session fails with
+        :class:`LogLockedError` (``0``: at once). The wait covers a lock that
+        outlives its writer by a moment, e.g. one kept by a process forked
+        while the log was open until the child has started.
     :param strict: raise :class:`CorruptLogError` instead of cutting a torn line.
     :param on_recovery: called with a WARNING event per file whose torn line
         was cut, or that was recreated after being deleted or replaced.
@@ -186,6 +199,7 @@ class JsonlSink:
         *,
         durability: Durability = "flush",
         max_open_files: int = 64,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         strict: bool = False,
         on_recovery: Callable[[Event], object] | None = None,
         on_written: WrittenCallback | None = None,
@@ -194,6 +208,7 @@ class JsonlSink:
         check_durability(durability)
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
+        check_lock_timeout(lock_timeout)
         if on_written is not None and durability == "none":
             raise ValueError(
                 "on_written needs durability 'flush' or 'fsync': in 'none' mode written "
@@ -202,6 +217,7 @@ class JsonlSink:
         self.root = Path(workspace_root)
         self.durability: Durability = durability
         self.max_open_files = max_open_files
+        self.lock_timeout = lock_timeout
         self.strict = strict
         self.name = name
         self._on_recovery = on_recovery
@@ -279,7 +295,7 @@ class JsonlSink:
         try:
             if self._inline(todo) and self._lock.acquire(blocking=False):
                 try:  # small, to files already open, no fsync: on the loop
-                    failures = self._write_locked(todo, done)
+                    failures = self._write_locked(todo, done, lock_timeout=0)
                 finally:
                     self._lock.release()
             else:
@@ -421,10 +437,16 @@ class JsonlSink:
     def _write_groups(self, todo: list[tuple[str, _Group]], done: set[str]) -> dict[str, Exception]:
         """In a worker thread: :meth:`_write_locked` under the lock."""
         with self._lock:
-            return self._write_locked(todo, done)
+            return self._write_locked(todo, done, lock_timeout=self.lock_timeout)
 
-    def _write_locked(self, todo: list[tuple[str, _Group]], done: set[str]) -> dict[str, Exception]:
+    def _write_locked(
+        self, todo: list[tuple[str, _Group]], done: set[str], *, lock_timeout: float
+    ) -> dict[str, Exception]:
         """Append each session's lines; return the sessions that failed (``self._lock`` held).
+
+        ``lock_timeout`` is how long reopening a log that left its path may
+        wait for its lock: ``0`` on the event loop (the session fails, and the
+        bus's retry opens it in a worker thread, which waits).
 
         :raises EventsLostError: if buffered events were lost (the sink fails).
         """
@@ -433,7 +455,7 @@ class JsonlSink:
             if session_id in done:  # an abandoned attempt of this batch wrote it meanwhile
                 continue
             try:
-                writer = self._file(session_id)
+                writer = self._file(session_id, lock_timeout)
                 start = writer.end
                 writer.write(group.data, len(group.events))
             except EventsLostError:
@@ -457,7 +479,7 @@ class JsonlSink:
                 self._written.append((group.events, writer.path, offsets, group.lengths))
         return failures
 
-    def _file(self, session_id: str) -> LogWriter:
+    def _file(self, session_id: str, lock_timeout: float) -> LogWriter:
         """The open writer of ``session_id``'s log: checked, reopened or opened."""
         writer = self._files.get(session_id)
         if writer is not None:
@@ -467,13 +489,13 @@ class JsonlSink:
                     self._files.move_to_end(session_id)
                     return writer
                 del self._files[session_id]
-                return self._reopen(session_id, writer, problem)
+                return self._reopen(session_id, writer, problem, lock_timeout)
             del self._files[session_id]  # closed in a forked child: open it again
         while len(self._files) >= self.max_open_files:
             self._evict(1)
-        return self._open(session_id)
+        return self._open(session_id, lock_timeout)
 
-    def _open(self, session_id: str) -> LogWriter:
+    def _open(self, session_id: str, lock_timeout: float) -> LogWriter:
         """Open (create, lock, repair) a session's log; on ``EMFILE`` close files and retry."""
         path = self.path_for(session_id)
         if os.path.islink(path.parent):  # followed only if it stays inside the root
@@ -481,7 +503,11 @@ class JsonlSink:
         while True:
             try:
                 writer = LogWriter.open(
-                    path, durability=self.durability, strict=self.strict, follow_symlinks=False
+                    path,
+                    durability=self.durability,
+                    strict=self.strict,
+                    follow_symlinks=False,
+                    lock_timeout=lock_timeout,
                 )
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE) or not self._files:
@@ -511,7 +537,9 @@ class JsonlSink:
             self._unannounced.append((report.to_event(session_id), report.describe()))
         return writer
 
-    def _reopen(self, session_id: str, old: LogWriter, problem: str) -> LogWriter:
+    def _reopen(
+        self, session_id: str, old: LogWriter, problem: str, lock_timeout: float
+    ) -> LogWriter:
         """Create a log again that left its path while open; move its buffer over."""
         data, count = old.abandon()
         logger.warning(
@@ -521,7 +549,7 @@ class JsonlSink:
             problem,
         )
         try:
-            writer = self._open(session_id)
+            writer = self._open(session_id, lock_timeout)
             if data:
                 writer.write(data, count)
         except Exception as exc:
@@ -552,7 +580,7 @@ class JsonlSink:
         if writer.buffer and not writer.closed:
             problem = writer.moved()
             if problem is not None:
-                writer = self._reopen(session_id, writer, problem)
+                writer = self._reopen(session_id, writer, problem, self.lock_timeout)
                 del self._files[session_id]
         writer.close()
 

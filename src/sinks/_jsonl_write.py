@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import secrets
+import time
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,9 @@ Durability = Literal["none", "flush", "fsync"]
 _DURABILITIES: tuple[Durability, ...] = ("none", "flush", "fsync")
 _BUFFER_LIMIT = 64 * 1024  # bytes buffered per file in "none" mode
 _OPEN_ATTEMPTS = 10
+DEFAULT_LOCK_TIMEOUT = 2.0  # seconds a writer waits for a lock someone else holds
+_FIRST_LOCK_WAIT = 0.001  # seconds; doubled after each try, up to _MAX_LOCK_WAIT
+_MAX_LOCK_WAIT = 0.05
 APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
 
 
@@ -46,20 +50,58 @@ APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
 
 
 class LogLockedError(EventBusError):
-    """Raised when a log is opened for writing while another writer holds its lock.
+    """Raised when another writer kept a log's lock for the whole ``lock_timeout``.
 
     The other writer is an :class:`EventLog` that appended or a
     :class:`JsonlSink` that opened the file, in this process or another; it
-    holds the lock until it is closed.
+    holds the lock until it is closed. ``waited`` is how long this writer
+    waited for it, in seconds.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], waited: float = 0.0) -> None:
         self.path = os.fspath(path)
+        self.waited = waited
+        held = f"held its lock for {waited:g} s" if waited > 0 else "holds its lock"
         super().__init__(
             f"cannot write to {self.path}: another writer (in this process or another) "
-            "holds its lock; close that EventLog or JsonlSink first, or only read from "
+            f"{held}; close that EventLog or JsonlSink first, or only read from "
             "this one (reading never needs the lock)"
         )
+
+
+def check_lock_timeout(lock_timeout: float) -> None:
+    if not lock_timeout >= 0:  # NaN too
+        raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
+
+
+def _take_lock(fd: int, path: Path, timeout: float) -> None:
+    """Lock ``fd`` (``flock``), trying again with growing waits for up to ``timeout`` seconds.
+
+    A lock is often held a moment longer than its writer lives: a process
+    forked while the log was open shares the locked file until its fork
+    handler closes it, so a parent that closes a log and opens it again at
+    once would find it locked.
+
+    :raises LogLockedError: the lock was still held after ``timeout`` seconds.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        if timeout <= 0:
+            raise LogLockedError(path) from None
+    logger.debug("%s: another writer holds its lock; waiting up to %g s for it", path, timeout)
+    deadline = time.monotonic() + timeout
+    wait = _FIRST_LOCK_WAIT
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LogLockedError(path, waited=timeout) from None
+        time.sleep(min(wait, remaining))
+        wait = min(wait * 2, _MAX_LOCK_WAIT)
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
 
 
 def check_durability(durability: str) -> None:
@@ -186,11 +228,15 @@ class LogWriter:
         strict: bool,
         recover: bool = True,
         follow_symlinks: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> LogWriter:
         """Open ``path`` for appending, lock it, and cut an incomplete last line.
 
+        Blocks the calling thread while it waits for the lock.
+
         :param follow_symlinks: with ``False``, a symlink at ``path`` is refused.
-        :raises LogLockedError: if another writer holds the lock.
+        :param lock_timeout: how long to wait for a lock another writer holds.
+        :raises LogLockedError: if another writer held the lock for ``lock_timeout``.
         :raises CorruptLogError: in strict mode, if there is an incomplete last line.
         :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
         :raises UnsafeSymlinkError: if ``path`` is a dangling symlink, or any
@@ -217,10 +263,7 @@ class LogWriter:
                 if fsync:
                     fsync_dir(path.parent)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise LogLockedError(path) from None
+                _take_lock(fd, path, lock_timeout)
             except BaseException:
                 os.close(fd)
                 raise

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import quote, unquote
 
@@ -21,6 +24,7 @@ __all__ = [
     "DEFAULT_SERVERS",
     "AsyncioOnlyError",
     "JetStreamError",
+    "NatsUnavailableError",
     "StreamConfigError",
     "check_prefix",
     "connect",
@@ -54,6 +58,33 @@ class AsyncioOnlyError(JetStreamError):
             f"{what} cannot run on {backend}: nats-py runs on asyncio only; run this bus "
             "with anyio's asyncio backend (anyio.run(main, backend='asyncio'))"
         )
+
+
+class NatsUnavailableError(JetStreamError):
+    """Raised when no NATS server accepts a connection (see :meth:`JetStreamSink.connect`).
+
+    ``reason`` says what the last attempt met (``Connection refused``, a name
+    that does not resolve, no answer in time).
+    """
+
+    def __init__(self, servers: str | Sequence[str], reason: str) -> None:
+        self.servers = servers
+        self.reason = reason
+        where = servers if isinstance(servers, str) else ", ".join(servers)
+        super().__init__(
+            f"cannot connect to NATS at {where}: {reason}; start nats-server with "
+            "JetStream (nats-server -js) or pass the right URL"
+        )
+
+
+def describe_error(error: BaseException) -> str:
+    """A short reason for a failed connection: ``Connection refused`` rather than a repr."""
+    if isinstance(error, OSError):
+        if error.errno is not None and error.errno > 0:
+            return os.strerror(error.errno)
+        if error.strerror:
+            return error.strerror
+    return str(error) or type(error).__name__
 
 
 class StreamConfigError(JetStreamError):
@@ -130,18 +161,70 @@ async def connect(
     connect_timeout: float,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    give_up_after: float | None = None,
+    fail_fast: bool = False,
 ) -> nats.aio.client.Client:
-    """Connect to NATS, reconnecting for ever after a drop (callers bound their waits)."""
+    """Connect to NATS, reconnecting for ever after a drop (callers bound their waits).
+
+    :param give_up_after: seconds without a connection after which to raise
+        :class:`NatsUnavailableError` with the last attempt's error (``None``: the
+        caller bounds the wait).
+    :param fail_fast: give up as soon as each server failed once (refused, say),
+        instead of trying again until ``give_up_after``.
+    :raises NatsUnavailableError: gave up, saying what the last attempt met.
+    """
     kwargs: dict[str, object] = {}
     if on_disconnect is not None:
         kwargs["disconnected_cb"] = on_disconnect
     if on_reconnect is not None:
         kwargs["reconnected_cb"] = on_reconnect
 
+    server_list = [servers] if isinstance(servers, str) else list(servers)
+    failures: list[BaseException] = []  # while connecting for the first time
+    every_server_failed = asyncio.Event()
+    connecting: asyncio.Task[nats.aio.client.Client] | None = None
+
     async def log_error(error: Exception) -> None:  # nats-py's default logs a traceback
         _logger.info("nats (%s): %r", name, error)
+        if connecting is not None and not connecting.done():
+            failures.append(error)
+            if fail_fast and len(failures) >= len(server_list):
+                every_server_failed.set()
 
-    server_list = [servers] if isinstance(servers, str) else list(servers)
+    connecting = asyncio.ensure_future(
+        _connect(server_list, name, connect_timeout, log_error, kwargs)
+    )
+    gave_up = asyncio.ensure_future(every_server_failed.wait())
+    try:
+        async with asyncio.timeout(give_up_after):
+            await asyncio.wait({connecting, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        reason = f"no connection within {give_up_after:g} s"
+        if failures:
+            reason += f" ({describe_error(failures[-1])})"
+        raise NatsUnavailableError(servers, reason) from None
+    finally:
+        for task in (connecting, gave_up):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    if not connecting.cancelled() and connecting.exception() is None:
+        return connecting.result()
+    error = connecting.exception() if not connecting.cancelled() else None
+    last = error or (failures[-1] if failures else None)
+    raise NatsUnavailableError(
+        servers, describe_error(last) if last is not None else "no server answered"
+    ) from error
+
+
+async def _connect(
+    server_list: list[str],
+    name: str,
+    connect_timeout: float,
+    log_error: Callable[[Exception], Awaitable[None]],
+    kwargs: dict[str, object],
+) -> nats.aio.client.Client:
     return await nats.connect(
         server_list,
         name=name,

@@ -15,6 +15,7 @@ from eventbus import Event, encoded_lines
 from ._nats_common import (
     DEFAULT_SERVERS,
     JetStreamError,
+    NatsUnavailableError,
     check_prefix,
     connect,
     encode_token,
@@ -139,6 +140,27 @@ class JetStreamSink:
         self._prefixes: dict[str, str] = {}  # session id -> "{prefix}.{token}."
         self._types: dict[str, str] = {}  # event type -> token
 
+    async def connect(self) -> None:
+        """Connect and create (or check) the stream now, instead of at the first write.
+
+        Use it to refuse early, before anything is published, when no server
+        is there: it gives up as soon as every server refused the connection,
+        or after ``ack_timeout`` seconds without an answer. Once connected,
+        the sink reconnects by itself after a drop (see :meth:`write`).
+
+        :raises NatsUnavailableError: no server accepted the connection.
+        :raises StreamConfigError: the stream exists and does not fit.
+        :raises AsyncioOnlyError: not running on asyncio.
+        """
+        require_asyncio(type(self).__name__)
+        async with self._lock:
+            await self._connection(0, fail_fast=True)
+            if not self._stream_ready:
+                await ensure_stream(
+                    self._js, self.stream, self.subject_prefix, self.duplicate_window
+                )
+                self._stream_ready = True
+
     async def write(self, events: Sequence[Event]) -> None:
         """Publish the batch; return when JetStream acknowledged every event.
 
@@ -256,23 +278,26 @@ class JetStreamSink:
                 attempt.duplicates += 1
         attempt.progress.set()
 
-    async def _connection(self, total: int) -> nats.aio.client.Client:
+    async def _connection(self, total: int, *, fail_fast: bool = False) -> nats.aio.client.Client:
         if self._closed:
             raise JetStreamError(f"{self.name}: the sink is closed; create a new JetStreamSink")
         nc = self._nc
         if nc is None or nc.is_closed:
             try:
-                async with asyncio.timeout(self.ack_timeout):
-                    nc = await connect(
-                        self.servers,
-                        name=f"eventbus {self.name}",
-                        connect_timeout=self.ack_timeout,
-                        on_disconnect=self._on_disconnect,
-                        on_reconnect=self._on_reconnect,
-                    )
-            except Exception as exc:  # NoServersError, TimeoutError, OSError
+                nc = await connect(
+                    self.servers,
+                    name=f"eventbus {self.name}",
+                    connect_timeout=self.ack_timeout,
+                    on_disconnect=self._on_disconnect,
+                    on_reconnect=self._on_reconnect,
+                    give_up_after=self.ack_timeout,
+                    fail_fast=fail_fast,
+                )
+            except NatsUnavailableError as exc:
+                if fail_fast:
+                    raise
                 raise PublishNotAcknowledgedError(
-                    total, total, self.stream, f"cannot connect to {self.servers} ({exc!r})"
+                    total, total, self.stream, f"cannot connect to {self.servers} ({exc.reason})"
                 ) from exc
             self._nc = nc
             self._js = nc.jetstream()

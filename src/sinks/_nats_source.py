@@ -21,6 +21,7 @@ from eventbus import (
     Event,
     EventBus,
     EventDecodeError,
+    EventEncodeError,
     EventType,
     InvalidNameError,
     as_utc,
@@ -65,8 +66,9 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     ``received``: messages fetched (redeliveries included); ``published``:
     events put on the bus; ``duplicates``: messages dropped because their
     event id was seen already; ``filtered``: events not matching ``sessions``
-    or ``types``; ``invalid``: messages that are not events (logged, acked
-    and dropped).
+    or ``types``; ``invalid``: messages that are not events, or events
+    publishing refuses (ids with control characters, JSON nested too deep,
+    metadata over ``MAX_METADATA_DEPTH``...): logged, acked and dropped.
     """
 
     received: int
@@ -343,11 +345,20 @@ class JetStreamSource:
             else:
                 batch_ids.add(event.id)
                 fresh.append(event)
+        published: list[Event] = []
         for event in fresh:
-            await bus.publish(event)
+            try:
+                await bus.publish(event)
+            except EventEncodeError as exc:  # decodes, but publishing refuses it (too deep...)
+                _logger.warning(
+                    "dropping an event of %s that cannot be published: %s", self.stream, exc
+                )
+                self._invalid += 1
+            else:
+                published.append(event)
         await bus.flush()
-        self._published += len(fresh)
-        self.remember(event.id for event in fresh)
+        self._published += len(published)
+        self.remember(event.id for event in published)
         if self.durable is None:
             return
         try:

@@ -61,6 +61,7 @@ class _ReportingExporter(SpanExporter):
         self.events: dict[int, int] = {}  # span id -> how many events it holds
         self.failed = 0  # events in spans that failed to export
         self.failed_spans = 0
+        self.exported = 0  # events in spans the exporter accepted
         self.reason = ""
         self._lock = threading.Lock()
 
@@ -80,6 +81,9 @@ class _ReportingExporter(SpanExporter):
                 f"{type(self.exporter).__name__} reported a failed export "
                 "(the opentelemetry logger says why)",
             )
+        else:
+            with self._lock:
+                self.exported += events
         return result
 
     def _fail(self, spans: int, events: int, reason: str) -> None:
@@ -174,6 +178,11 @@ class OtelSink:
 
     def __repr__(self) -> str:
         return f"OtelSink({self.where!r})"
+
+    @property
+    def exported(self) -> int:
+        """How many events are in spans the exporter accepted (the backend has them)."""
+        return self._exporter.exported
 
     @property
     def open_spans(self) -> int:

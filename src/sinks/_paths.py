@@ -14,12 +14,33 @@ link made between the check and the open is followed).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import threading
+from typing import Final
 
 from ._jsonl_files import UnsafeSymlinkError
 
-__all__ = ["UnsafeSymlinkError", "check_link", "resolve_inside"]
+__all__ = ["UnsafeSymlinkError", "check_link", "report_once", "resolve_inside"]
+
+_REPORTED_MAX: Final = 4096  # messages remembered; past that, the oldest may be logged again
+_reported: dict[str, None] = {}
+_reported_lock = threading.Lock()
+
+
+def report_once(logger: logging.Logger, message: str) -> None:
+    """Log the warning ``message`` unless this process already logged it.
+
+    A server meets the same refused symlink on every request: its log says so once.
+    """
+    with _reported_lock:
+        if message in _reported:
+            return
+        if len(_reported) >= _REPORTED_MAX:
+            del _reported[next(iter(_reported))]
+        _reported[message] = None
+    logger.warning("%s", message)
 
 
 def resolve_inside(root: str, path: str) -> str:

@@ -107,7 +107,7 @@ class Tail:
         return sorted(paths)
 
     def _read(self, path: str) -> list[tuple[Event, bytes]]:
-        fd = open_log(path)
+        fd = open_log(path, self.root)
         if fd is None:
             return []
         found: list[tuple[Event, bytes]] = []

@@ -4,11 +4,13 @@ Used by :class:`sinks.workspace.Workspace` to follow logs that another process
 writes and to print events byte for byte. Only complete lines (ending in
 ``\\n``) are read: a line being written is left for the next read, so a line
 completed in two writes comes out once, whole. Corrupt lines are skipped and
-counted; blank lines are skipped.
+counted (a line over ``MAX_LINE_BYTES`` too, without reading it whole); blank
+lines are skipped.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -16,9 +18,12 @@ from itertools import accumulate
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
-from ._jsonl_read import CHUNK, READ_FLAGS, TAIL_BLOCK
+from ._jsonl_read import READ_FLAGS, TAIL_BLOCK, line_runs
+from ._paths import UnsafeSymlinkError, report_once, resolve_inside
 
 __all__: list[str] = []
+
+logger = logging.getLogger("sinks.workspace")
 
 _BLANK = b" \t\r"
 
@@ -40,35 +45,26 @@ class Growth:
 def iter_growth(fd: int, start: int) -> Iterator[Growth]:
     """Read the complete lines of ``fd`` from byte ``start`` on, a chunk at a time.
 
-    Each :class:`Growth` covers up to about 4 MiB; its ``end`` is where the
-    next read starts. Stops at the end of the file or inside an incomplete line.
+    Each :class:`Growth` covers up to about 4 MiB (or one long line); its
+    ``end`` is where the next read starts. Stops at the end of the file or
+    inside an incomplete line.
     """
-    position = start
-    size = CHUNK
-    while True:
-        want = size
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            growth = Growth(position + cut)
-            _decode_into(growth, data[: cut - 1], position)
-            position += cut
-            yield growth
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want:  # the end, inside an incomplete line (or none)
-            return
-        else:  # one line longer than a chunk
-            size *= 2
+    for data, cut, position in line_runs(fd, start):
+        growth = Growth(position + cut)
+        if data is None:  # a line over MAX_LINE_BYTES
+            growth.corrupt = 1
+        else:
+            _decode_into(growth, data, cut, position)
+        yield growth
 
 
-def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
-    """Decode ``block`` (complete lines joined by newlines, without the last one)."""
-    lines = block.split(b"\n")
+def _decode_into(growth: Growth, data: bytes, cut: int, offset: int) -> None:
+    """Decode the complete lines ``data[:cut]`` (``data`` is not copied whole)."""
+    lines = data.split(b"\n")
+    lines.pop()  # what follows the last newline
     lengths = [len(line) + 1 for line in lines]
     try:
-        events = decode_events(block, offset=offset)
+        events = decode_events(memoryview(data)[: cut - 1], offset=offset)
     except EventDecodeError:
         events = None
     if events is not None and len(events) == len(lines):
@@ -93,11 +89,19 @@ def _decode_into(growth: Growth, block: bytes, offset: int) -> None:
         position += length
 
 
-def open_log(path: str) -> int | None:
-    """Open a log for reading; ``None`` if it is missing or not a regular file.
+def open_log(path: str, root: str) -> int | None:
+    """Open a log of the workspace ``root`` for reading.
 
-    Opened without blocking, so a FIFO named like a log never hangs the reader.
+    ``None`` if it is missing, is not a regular file, or is reached through a
+    symlink that dangles or leads out of ``root`` (that one is logged once on
+    ``sinks.workspace``: nothing outside the root is read). Opened without
+    blocking, so a FIFO named like a log never hangs the reader.
     """
+    try:
+        path = resolve_inside(root, path)
+    except UnsafeSymlinkError as exc:
+        report_once(logger, f"skipped a log: {exc}")
+        return None
     try:
         fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -121,8 +125,10 @@ def complete_end(fd: int, size: int) -> int:
     return 0
 
 
-def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
+def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes]:
     """Read the line at each ``(path, offset, length)`` (newline included in ``length``).
+
+    ``root`` is the workspace's root: see :func:`open_log`.
 
     Returns each line without its newline. Neighbouring lines of one file are
     read in one call.
@@ -139,7 +145,7 @@ def read_places(places: Sequence[tuple[str, int, int]]) -> list[bytes]:
                 if fd is not None:
                     os.close(fd)
                     fd = None
-                fd = open_log(path)
+                fd = open_log(path, root)
                 if fd is None:
                     raise FileNotFoundError(f"the log {path} is gone or is not a file")
                 current = path

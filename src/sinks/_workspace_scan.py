@@ -22,7 +22,7 @@ import msgspec
 
 from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
 
-from ._jsonl_read import CHUNK
+from ._jsonl_read import line_runs
 from ._workspace_lines import open_log
 
 __all__: list[str] = []
@@ -50,6 +50,7 @@ _timed = msgspec.json.Decoder(_Timed)
 _EQUALS = ("session_id", "phase", "task_id", "agent_role", "model")
 _get_id = attrgetter("id")
 _BLANK = b" \t\r"
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
 
 def key_of(event: Event) -> Key:
@@ -57,24 +58,13 @@ def key_of(event: Event) -> Key:
 
 
 def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``."""
-    position, size = start, CHUNK
-    while True:
-        want = size if stop is None else min(size, stop - position)
-        if want <= 0:
-            return
-        data = os.pread(fd, want, position)
-        cut = data.rfind(b"\n") + 1
-        if cut:
+    """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``.
+
+    Lines over ``MAX_LINE_BYTES`` (corrupt) are passed over unread.
+    """
+    for data, cut, position in line_runs(fd, start, stop):
+        if data is not None:
             yield data, cut, position
-            position += cut
-            if len(data) < want:
-                return
-            size = CHUNK
-        elif len(data) < want or want < size:
-            return
-        else:
-            size *= 2
 
 
 class _Chunk:
@@ -93,7 +83,7 @@ class _Chunk:
         self.offsets: list[int] | None = None
         try:
             self.records: list[Any] = self._decoder.decode_lines(memoryview(data)[:cut])
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             self._one_by_one()
 
     @property
@@ -130,7 +120,7 @@ class _Chunk:
                 continue
             try:
                 records.append(decoder.decode(line))
-            except msgspec.DecodeError:
+            except _DECODE_ERRORS:  # RecursionError: nested too deep
                 continue
             kept.append(line)
             offsets.append(here)
@@ -179,15 +169,16 @@ _TIME = attrgetter("timestamp")
 
 
 def scan_log(
-    path: str, query: EventQuery, *, stop: int | None = None
+    path: str, root: str, query: EventQuery, *, stop: int | None = None
 ) -> Iterator[list[tuple[Event, bytes]]]:
     """Yield, per chunk, the events of the log at ``path`` matching ``query``, with their lines.
 
-    Reads complete lines only, up to byte ``stop`` if given. A missing log
-    yields nothing. A line without an id gets the one its offset derives (as
+    Reads complete lines only, up to byte ``stop`` if given. A missing log,
+    or one :func:`open_log` refuses (a symlink out of ``root``), yields
+    nothing. A line without an id gets the one its offset derives (as
     :class:`~sinks.jsonl.EventLog` gives it).
     """
-    fd = open_log(path)
+    fd = open_log(path, root)
     if fd is None:
         return
     timed = query.start_time is not None or query.end_time is not None
@@ -220,7 +211,23 @@ def scan_log(
         os.close(fd)
 
 
-def find_key(paths: list[str], event_id: str) -> Key | None:
+def types_in_logs(paths: list[str], root: str) -> set[str]:
+    """The event types of the lines of the logs at ``paths`` (decoding only the light fields)."""
+    found: set[str] = set()
+    for path in paths:
+        fd = open_log(path, root)
+        if fd is None:
+            continue
+        try:
+            for data, cut, start in _regions(fd, 0, None):
+                found.update(map(_TYPE, _Chunk(data, cut, start, False).records))
+        finally:
+            os.close(fd)
+    found.discard("")
+    return found
+
+
+def find_key(paths: list[str], root: str, event_id: str) -> Key | None:
     """The time-order key of the event with ``event_id`` in any of the logs, or ``None``.
 
     In each chunk an id a line stores is looked for first; if no line stores
@@ -229,7 +236,7 @@ def find_key(paths: list[str], event_id: str) -> Key | None:
     """
     window = _derived_window(event_id)
     for path in paths:
-        fd = open_log(path)
+        fd = open_log(path, root)
         if fd is None:
             continue
         try:

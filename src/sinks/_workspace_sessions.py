@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ._artifact_query import SessionArtifactQuery, SessionSummary
 from ._artifact_summary import Tally
+from ._paths import resolve_inside
 from ._workspace_lines import iter_growth, open_log
 
 __all__: list[str] = []
@@ -139,6 +140,11 @@ class SessionRows:
         return row, created
 
     def _tally(self, session_id: str, log: str) -> Tally | None:
+        """The session's tally brought up to date, ``None`` if it has no log.
+
+        :raises UnsafeSymlinkError: if the log leads out of the root (never read)
+        """
+        resolve_inside(self.root, log)
         try:
             status = os.stat(log)
         except (FileNotFoundError, NotADirectoryError):
@@ -151,7 +157,7 @@ class SessionRows:
         if tallied is None or tallied.ident != ident or status.st_size < tallied.end:
             tallied = self._tallies[session_id] = _Tallied(session_id, ident)
         if status.st_size > tallied.end:
-            fd = open_log(log)
+            fd = open_log(log, self.root)
             if fd is None:
                 return None
             try:

@@ -19,6 +19,7 @@ def usage_values(usage: TokenUsage) -> dict[str, Any]:
     return {
         "calls": usage.responses,
         "prompt_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "cost_usd": usage.cost_usd,
@@ -38,19 +39,21 @@ def usage_by(responses: list[Event], field: str) -> dict[str | None, TokenUsage]
         prompt = _tokens(metadata.get("prompt_tokens")) or 0
         completion = _tokens(metadata.get("completion_tokens")) or 0
         total = _tokens(metadata.get("total_tokens"))
-        row = sums.setdefault(get(event), [0, 0, 0, 0, 0])
+        row = sums.setdefault(get(event), [0, 0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += prompt
         row[2] += completion
         row[3] += prompt + completion if total is None else total
-        row[4] += _picodollars(metadata.get("cost_usd"))
+        row[4] += _tokens(metadata.get("cached_tokens")) or 0
+        row[5] += _picodollars(metadata.get("cost_usd"))
     return {
         value: TokenUsage(
             responses=row[0],
             prompt_tokens=row[1],
             completion_tokens=row[2],
             total_tokens=row[3],
-            cost_usd=row[4] / _PICO,
+            cached_tokens=row[4],
+            cost_usd=row[5] / _PICO,
         )
         for value, row in sums.items()
     }
@@ -63,5 +66,6 @@ def total_of(groups: dict[str | None, TokenUsage]) -> TokenUsage:
         prompt_tokens=sum(u.prompt_tokens for u in usages),
         completion_tokens=sum(u.completion_tokens for u in usages),
         total_tokens=sum(u.total_tokens for u in usages),
+        cached_tokens=sum(u.cached_tokens for u in usages),
         cost_usd=sum(round(u.cost_usd * _PICO) for u in usages) / _PICO,
     )

@@ -29,7 +29,15 @@ a returned ``await bus.flush()`` reports; for :class:`EventLog` it is
 
 **One writer per file.** Writing takes an OS lock (``flock``) on the file,
 held until the writer is closed. A second writer, in this process or
-another, gets :class:`LogLockedError`. Reading never locks.
+another, waits for the lock up to ``lock_timeout`` seconds (2 by default;
+``EventLog(path, lock_timeout=...)``, ``JsonlSink(root, lock_timeout=...)``),
+trying again with short growing waits, then gets :class:`LogLockedError`.
+The wait is for locks that outlive their writer by a moment: a process
+forked while a log was open (a ``multiprocessing`` pool) shares the locked
+file until its fork handler closes it, so without it a log closed and opened
+again at once would often be refused. ``EventLog`` waits in the calling
+thread; ``JsonlSink`` waits in a worker thread, never on the event loop.
+Reading never locks.
 
 **Recovery.** A crash can leave an incomplete last line. A reader ignores it
 (a live writer may be finishing it). A writer, when it opens the file, cuts

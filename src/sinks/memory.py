@@ -618,6 +618,15 @@ class EventIndex:
             return hi - lo
         return len(scan(sequence, lo, hi, checks, None, newest_first=False))
 
+    def event_types(self) -> list[str]:
+        """Return the types of the events held, each once, sorted (from the postings)."""
+        postings = self._postings
+        return sorted(
+            str(kind)
+            for kind, posting in list(postings.lists[_TYPE].items())
+            if len(posting) > postings.starts[_TYPE].get(kind, 0)
+        )
+
     def get_latest(self, n: int = 100, query: EventQuery | None = None) -> list[Event]:
         """Return the ``n`` most recent events (matching ``query``), oldest first.
 

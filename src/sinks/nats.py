@@ -30,6 +30,7 @@ Errors::
     └── JetStreamError
         ├── AsyncioOnlyError
         ├── ConsumerConfigError
+        ├── NatsUnavailableError
         ├── PublishNotAcknowledgedError
         └── StreamConfigError
 """
@@ -47,6 +48,7 @@ from ._nats_common import (
     DEFAULT_SERVERS,
     AsyncioOnlyError,
     JetStreamError,
+    NatsUnavailableError,
     StreamConfigError,
     decode_token,
     encode_token,
@@ -62,6 +64,7 @@ __all__ = [
     "JetStreamError",
     "JetStreamSink",
     "JetStreamSource",
+    "NatsUnavailableError",
     "PublishNotAcknowledgedError",
     "SourceStats",
     "Start",

@@ -39,8 +39,19 @@ Errors::
     EventBusError
     ├── SessionNotFoundError (LookupError)
     ├── InvalidTimeError (ValueError)
+    ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
-    └── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    ├── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    └── UnsafeSymlinkError (OSError, from sinks.jsonl: the session asked for, or its
+        log, is a symlink leading out of the root)
+
+**Symlinks.** Nothing outside the root is read: a session directory or an
+``events.jsonl`` that is a symlink is followed only if it resolves inside the
+root. One leading out (or dangling) is skipped by every query over all
+sessions, including following (a warning on the ``sinks.workspace`` logger,
+once per link), and refused with :class:`~sinks.jsonl.UnsafeSymlinkError` by
+a query given that session; :meth:`Workspace.sessions` lists such a session
+with ``error`` saying why.
 
 Layout: :class:`Workspace` is here; reading lines as stored is in
 ``sinks._workspace_lines``, the index-free scan in ``sinks._workspace_scan``,
@@ -51,11 +62,12 @@ Import every name from here.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,18 +86,21 @@ from eventbus import (
     validate_session_id,
 )
 
+from ._paths import UnsafeSymlinkError, report_once, resolve_inside
 from ._workspace_follow import ChangeHub, Tail, check_watchfiles
 from ._workspace_lines import complete_end, iter_growth, open_log, read_places
-from ._workspace_scan import Key, find_key, key_of, scan_log
+from ._workspace_scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._workspace_sessions import SessionRows
 from ._workspace_usage import none_last, total_of, usage_by, usage_values
 from .jsonl import LOG_FILE_NAME
 from .memory import EventIndex, UnknownEventIdError
 
 __all__ = [
+    "USAGE_ALIASES",
     "USAGE_KEYS",
     "InvalidTimeError",
     "SessionNotFoundError",
+    "UnknownEventTypeError",
     "Workspace",
     "parse_time",
 ]
@@ -93,9 +108,15 @@ __all__ = [
 USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase")
 """What :meth:`Workspace.usage` can group by."""
 
+USAGE_ALIASES: Final = {"role": "agent_role", "task": "task_id", "session": "session_id"}
+"""Short names :meth:`Workspace.usage` also takes for ``by`` (its answer names the field)."""
+
+logger = logging.getLogger("sinks.workspace")
+
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
+_BUILTIN_TYPES: Final = frozenset(kind.value for kind in EventType)
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -122,6 +143,24 @@ class InvalidTimeError(EventBusError, ValueError):
             f"cannot read the time {text!r}: give an ISO 8601 time such as "
             "2026-01-31T12:00:00 (no offset means UTC) or 2026-01-31, or a time "
             "ago such as 30s, 10m, 2h, 3d or 1w"
+        )
+
+
+class UnknownEventTypeError(EventBusError, ValueError):
+    """Raised when a query names an event type that neither this version nor any log knows.
+
+    ``types`` are the unknown types asked for; ``known`` lists every type the
+    workspace knows: this version's :class:`~eventbus.EventType` values and
+    the types its logs hold (written by a newer producer).
+    """
+
+    def __init__(self, types: Sequence[str], known: Sequence[str]) -> None:
+        self.types = tuple(types)
+        self.known = tuple(known)
+        names = ", ".join(repr(kind) for kind in self.types)
+        super().__init__(
+            f"no event type {names} in this version or in the workspace's logs; "
+            f"known types: {', '.join(self.known)}"
         )
 
 
@@ -265,6 +304,8 @@ class Workspace:
 
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
+        :raises UnsafeSymlinkError: if its directory or its ``artifacts`` directory
+            leads out of the root.
         """
         self._check_session(session_id)
         with self._lock:
@@ -296,6 +337,7 @@ class Workspace:
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         """
         if not self.indexed:
             found, next_id = self.event_lines(
@@ -379,7 +421,44 @@ class Workspace:
             return [answered[event.id] for event in events]
         with self._lock:
             places = self._places(self._current(refresh=False), events)
-        return read_places(places)
+        return read_places(places, self._root)
+
+    # --- event types ------------------------------------------------------------------
+
+    def event_types(self) -> list[str]:
+        """Return the event types the logs hold, sorted.
+
+        With the index this costs next to nothing; with ``index=False`` it
+        reads the logs once, decoding only each line's type.
+        """
+        if self.indexed:
+            with self._lock:
+                return self._current().event_types()
+        return sorted(types_in_logs(self._log_paths(None), self._root))
+
+    def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None:
+        """Refuse event types that neither this version nor any log of the workspace knows.
+
+        A value of :class:`~eventbus.EventType` always passes; another type
+        passes if a log holds an event of that type (written by a newer
+        producer). A query for a misspelt type would otherwise answer nothing,
+        successfully. Only types outside :class:`~eventbus.EventType` and
+        ``seen`` make the logs be read (see :meth:`event_types`).
+
+        :param types: the types asked for (``None``: every type, which passes).
+        :param seen: types known to be in the logs, e.g. those of an answer
+            just read: check after the query, and a type it found costs nothing.
+        :raises UnknownEventTypeError: naming the unknown types and listing the known ones.
+        """
+        if types is None:
+            return
+        rest = {str(kind) for kind in types} - _BUILTIN_TYPES - {str(kind) for kind in seen}
+        if not rest:
+            return
+        present = set(self.event_types())
+        unknown = rest - present
+        if unknown:
+            raise UnknownEventTypeError(sorted(unknown), sorted(_BUILTIN_TYPES | present))
 
     # --- usage --------------------------------------------------------------------------
 
@@ -391,21 +470,28 @@ class Workspace:
 
             {"by": "model",
              "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
-                       "completion_tokens": 300, "total_tokens": 1500, "cost_usd": 0.02}, ...],
-             "total": {"calls": ..., "prompt_tokens": ..., "completion_tokens": ...,
-                       "total_tokens": ..., "cost_usd": ...}}
+                       "cached_tokens": 800, "completion_tokens": 300,
+                       "total_tokens": 1500, "cost_usd": 0.02}, ...],
+             "total": {"calls": ..., "prompt_tokens": ..., "cached_tokens": ...,
+                       "completion_tokens": ..., "total_tokens": ..., "cost_usd": ...}}
+
+        ``cached_tokens`` is the part of ``prompt_tokens`` the provider served
+        from its prompt cache (0 when responses do not say).
 
         Rows come most expensive first (then most tokens, then by key);
         responses without a value of ``by`` are under the key ``None``.
 
         :param by: ``"model"``, ``"agent_role"``, ``"task_id"``, ``"session_id"``
-            or ``"phase"``.
+            or ``"phase"``, or a short name of :data:`USAGE_ALIASES` (``"role"``,
+            ``"task"``, ``"session"``); the answer's ``"by"`` is the field's name.
         :param session_id: count only this session's responses.
         :raises ValueError: if ``by`` is not one of those.
         :raises SessionNotFoundError: if the workspace has no such session.
         """
+        by = USAGE_ALIASES.get(by, by)
         if by not in USAGE_KEYS:
-            raise ValueError(f"cannot group usage by {by!r}: use one of {', '.join(USAGE_KEYS)}")
+            names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
+            raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
         if not self.indexed:
             responses = [event for event, _ in self._scan(query, None)]
@@ -458,6 +544,7 @@ class Workspace:
         after: str | None = None,
         from_start: bool = True,
         stop_event: anyio.Event | None = None,
+        wait_for_session: bool = False,
     ) -> AsyncGenerator[tuple[Event, bytes], None]:
         """Yield ``(event, line)`` for the stored events, then for each new one as it is written.
 
@@ -481,12 +568,16 @@ class Workspace:
         caller stops iterating (``async with contextlib.aclosing(...)``
         detaches it at once).
 
+        :param wait_for_session: if the session ``session_id`` does not exist
+            yet, wait for it and yield its events once it starts (instead of
+            raising :class:`SessionNotFoundError`).
         :raises InvalidNameError: if ``session_id`` cannot be a session id.
         :raises SessionNotFoundError: if the workspace has no such session.
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
+        :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
-        query = self._query(query, session_id)
+        query = self._query(query, session_id, must_exist=not wait_for_session)
         check_watchfiles()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
@@ -553,13 +644,13 @@ class Workspace:
         paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
         low: Key | None = None
         if after is not None:
-            low = find_key(paths, after)
+            low = find_key(paths, self._root, after)
             if low is None:
                 raise UnknownEventIdError(after)
         found: list[tuple[Event, bytes]] = []
         for path in paths:
             stop = None if ends is None else ends[path][1]
-            for chunk in scan_log(path, query, stop=stop):
+            for chunk in scan_log(path, self._root, query, stop=stop):
                 if low is None:
                     found += chunk
                 else:
@@ -570,13 +661,19 @@ class Workspace:
         found.sort(key=_item_key)
         return found
 
-    def _check_session(self, session_id: str) -> None:
+    def _check_session(self, session_id: str, *, log: bool = False) -> None:
+        """Refuse a bad id, a missing session, and one (or, with ``log``, a log) leading out."""
         validate_session_id(session_id)
-        if not os.path.isdir(os.path.join(self._root, session_id)):
+        directory = os.path.join(self._root, session_id)
+        resolve_inside(self._root, os.path.join(directory, LOG_FILE_NAME) if log else directory)
+        if not os.path.isdir(directory):
             raise SessionNotFoundError(session_id, os.fspath(self.root))
 
-    def _query(self, query: EventQuery | None, session_id: str | None) -> EventQuery:
-        """``query`` restricted to ``session_id``, which is checked."""
+    def _query(
+        self, query: EventQuery | None, session_id: str | None, *, must_exist: bool = True
+    ) -> EventQuery:
+        """``query`` restricted to ``session_id``, which is checked (a valid name of a
+        session that exists, or with ``must_exist=False`` only a valid name)."""
         if query is None:
             query = EventQuery()
         elif not isinstance(query, EventQuery):
@@ -590,7 +687,10 @@ class Workspace:
             )
         if session_id is None:
             return query
-        self._check_session(session_id)
+        if must_exist:
+            self._check_session(session_id, log=True)
+        else:
+            validate_session_id(session_id)
         return EventQuery(
             event_type=query.event_type,
             session_id=session_id,
@@ -614,6 +714,11 @@ class Workspace:
         found = []
         for session_id in self.session_ids():
             path = os.path.join(self._root, session_id, LOG_FILE_NAME)
+            try:
+                resolve_inside(self._root, path)
+            except UnsafeSymlinkError as exc:  # never read: said once
+                report_once(logger, f"skipped the log of session {session_id!r}: {exc}")
+                continue
             try:
                 status = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
@@ -650,7 +755,7 @@ class Workspace:
         return len(seen) == len(self._logs)
 
     def _read(self, index: EventIndex, log: _Log, *, bulk: bool) -> None:
-        fd = open_log(log.path)
+        fd = open_log(log.path, self._root)
         if fd is None:
             return
         try:
@@ -684,7 +789,7 @@ class Workspace:
             index = self._current(refresh=False)
             page = index.query(query, after=cursor, limit=_PAGE)
             places = self._places(index, page)
-        lines = read_places(places)
+        lines = read_places(places, self._root)
         kept = []
         for event, line, (path, offset, length) in zip(page, lines, places, strict=True):
             end = ends.get(path)
@@ -698,7 +803,7 @@ class Workspace:
         for found_id, path, status in self._log_files():
             if session_id is not None and found_id != session_id:
                 continue
-            fd = open_log(path)
+            fd = open_log(path, self._root)
             if fd is None:
                 continue
             try:

@@ -214,12 +214,16 @@ class OfflineModel:
     A system prompt counts as cached after its first use (as with prompt caching).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
         self._seen_systems: set[str] = set()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Answer with a short deterministic text."""
-        await anyio.lowlevel.checkpoint()
+        """Answer with a short deterministic text (after ``latency`` seconds)."""
+        if self.latency:
+            await anyio.sleep(self.latency)
+        else:
+            await anyio.lowlevel.checkpoint()
         digest = hashlib.sha256(f"{request.model}\n{request.prompt}".encode()).digest()
         words = ["ok", "done", "looks", "good", "plan", "diff", "test", "ship"]
         text = " ".join(words[byte % len(words)] for byte in digest[: 8 + digest[0] % 24])
@@ -438,11 +442,13 @@ def build_demo_coordinator(
     tasks: int = 8,
     max_concurrency: int = 4,
     run_commands: bool = True,
+    model_latency: float = 0.0,
 ) -> SessionCoordinator:
     """The demo's coordinator on ``bus``: offline agents, model, gates and verifiers.
 
     With ``run_commands=False`` no process is started (agents check code
     in-process and there are no verifiers): what is left is coordination.
+    ``model_latency`` is how long each model call takes, in seconds.
     """
     plan = demo_plan(tasks)
     verifiers: list[CommandVerifier] = []
@@ -464,7 +470,7 @@ def build_demo_coordinator(
             "tester": DemoTester(run_commands=run_commands),
             "reviewer": DemoReviewer(),
         },
-        model_client=OfflineModel(),
+        model_client=OfflineModel(model_latency),
         router=ROUTER,
         gates=[ScopeGate(), TestsPlannedGate(), DiffSizeGate()],
         verifiers=verifiers,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
@@ -31,6 +32,7 @@ __all__ = [
     "CommandError",
     "MissingExtraError",
     "Subparsers",
+    "captured_logs",
     "console",
     "count",
     "import_extra",
@@ -114,6 +116,39 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> 
 
     rule = "  " + "  ".join("-" * width for width in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
+class _Remember(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextmanager
+def captured_logs(*names: str) -> Iterator[list[str]]:
+    """Keep the log lines (WARNING and up) of the loggers ``names`` off stderr.
+
+    For libraries whose own logging would print several lines, or a
+    traceback, where the command reports the failure in one line (the
+    OpenTelemetry SDK's exporter, nats-py). Yields the messages, one line
+    each, for that line to say why.
+    """
+    messages: list[str] = []
+    handler = _Remember(messages)
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield messages
+    finally:
+        for logger, propagate in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
 
 
 @asynccontextmanager

@@ -8,20 +8,30 @@ summary and where the files are: ``DIR/{session_id}/events.jsonl``,
 ``DIR/{session_id}/project/``. Exit status: 0 the session completed, 1 it
 failed, 2 a user error, 130 interrupted, 141 stdout was closed (``| head``):
 the session is then aborted, as with Ctrl-C.
+
+With ``--nats URL`` or ``--otel URL`` the events are also exported. The NATS
+server is checked before the session starts (not reachable: one line, exit
+2, nothing written). An export that fails during the session (the receiver
+is down, the server stopped) does not stop it: the summary is printed, then
+one line per failed export on stderr (what was not exported, why, what to
+do), and the exit status is 1. The exporters' own log lines stay off the
+terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -29,13 +39,28 @@ from sinks.artifacts import ArtifactSink
 from sinks.jsonl import JsonlSink
 
 from .._bus import EventBus
+from .._errors import EventsLostError, SinkFailedError
 from .._event import Event, EventType
 from .._names import validate_session_id
 from .._query import EventQuery
 from .._session import Session
 from .._sink import MemorySink, Sink
 from ._agents import IDEA, build_demo_coordinator
-from ._common import CommandError, Subparsers, import_extra, interruptible, port, positive, table
+from ._common import (
+    CommandError,
+    Subparsers,
+    captured_logs,
+    import_extra,
+    interruptible,
+    port,
+    positive,
+    seconds,
+    table,
+)
+
+if TYPE_CHECKING:
+    from sinks.nats import JetStreamSink
+    from sinks.otel import OtelSink
 
 __all__ = [
     "DESCRIPTION",
@@ -75,6 +100,7 @@ _PROGRESS = EventQuery(
         EventType.TASK_SKIPPED,
     ]
 )
+_SESSION_ENDS = (EventType.SESSION_COMPLETED, EventType.SESSION_FAILED, EventType.SESSION_ABORTED)
 _LABELS = {
     EventType.TASK_COMPLETED: "ok",
     EventType.TASK_FAILED: "FAILED",
@@ -149,12 +175,17 @@ class ProgressPrinter:
 
 @dataclass
 class DemoRun:
-    """What :func:`run_demo` returns: the session, its events and where its files are."""
+    """What :func:`run_demo` returns: the session, its events and where its files are.
+
+    ``failed`` says which sinks failed (an export whose receiver was down):
+    the session ran on without them.
+    """
 
     session: Session
     events: list[Event]
     events_path: Path
     artifacts_path: Path
+    failed: SinkFailedError | None = None
 
 
 async def run_demo(
@@ -167,45 +198,66 @@ async def run_demo(
     sinks: Sequence[Sink] = (),
     attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None,
     after: Callable[[DemoRun], Awaitable[None]] | None = None,
+    model_latency: float = 0.0,
 ) -> DemoRun:
     """Run the demo session under ``workspace_root``; print progress to ``out``.
+
+    A sink that fails does not stop the session: it is named in
+    :attr:`DemoRun.failed`.
 
     :param sinks: more sinks to subscribe (a JetStream or OpenTelemetry export).
     :param attach: an async context manager made from the bus, entered before the
         session starts and left after ``after`` (a dashboard served live).
     :param after: awaited with the finished run while the bus is still open
         (print the summary, then serve on until Ctrl-C).
+    :param model_latency: seconds each offline model call takes.
     :raises BrokenPipeError: ``out`` was closed by its reader; the session was
         aborted (its log says so).
     """
     index = MemorySink("summary")
     jsonl = JsonlSink(workspace_root)
+    failed: SinkFailedError | None = None
+    result: DemoRun | None = None
     with anyio.CancelScope() as scope:
         printer = None if out is None else ProgressPrinter(out, tasks, on_closed=scope.cancel)
-        async with EventBus() as bus:
-            bus.subscribe(jsonl)
-            bus.subscribe(ArtifactSink(workspace_root))
-            bus.subscribe(index)
-            if printer is not None:
-                bus.subscribe(printer, query=_PROGRESS)
-            for sink in sinks:
-                bus.subscribe(sink)
-            async with attach(bus) if attach is not None else nullcontext():
-                coordinator = build_demo_coordinator(
-                    bus, workspace_root, tasks=tasks, max_concurrency=max_concurrency
-                )
-                session = await coordinator.run(IDEA, session_id=session_id)
-                await bus.flush()
-                result = DemoRun(
-                    session=session,
-                    events=list(index.events),
-                    events_path=jsonl.path_for(session.session_id),
-                    artifacts_path=session.directory / "artifacts",
-                )
-                if after is not None:
-                    await after(result)
+        try:
+            async with EventBus() as bus:
+                bus.subscribe(jsonl)
+                bus.subscribe(ArtifactSink(workspace_root))
+                bus.subscribe(index)
+                if printer is not None:
+                    bus.subscribe(printer, query=_PROGRESS)
+                for sink in sinks:
+                    bus.subscribe(sink)
+                async with attach(bus) if attach is not None else nullcontext():
+                    coordinator = build_demo_coordinator(
+                        bus,
+                        workspace_root,
+                        tasks=tasks,
+                        max_concurrency=max_concurrency,
+                        model_latency=model_latency,
+                    )
+                    session = await coordinator.run(IDEA, session_id=session_id)
+                    try:
+                        await bus.flush()
+                    except SinkFailedError as error:  # the others have every event
+                        failed = error
+                    result = DemoRun(
+                        session=session,
+                        events=list(index.events),
+                        events_path=jsonl.path_for(session.session_id),
+                        artifacts_path=session.directory / "artifacts",
+                        failed=failed,
+                    )
+                    if after is not None:
+                        await after(result)
+        except SinkFailedError as error:  # on closing: e.g. the export of the last spans
+            if result is None:
+                raise
+            result.failed = error  # names every failed sink, those flush named too
     if printer is not None and printer.closed:
         raise BrokenPipeError(errno.EPIPE, "the demo's output was closed by its reader")
+    assert result is not None  # the scope is cancelled only when the printer is closed
     return result
 
 
@@ -266,7 +318,13 @@ def print_summary(run: DemoRun, out: TextIO) -> None:
     print("\nTokens and cost by model", file=out)
     headers = ["model", "calls", "prompt", "cached", "completion", "total", "cost"]
     print(table(headers, _usage_rows(run.events), "lrrrrrr"), file=out)
-    print(f"\nDuration: {summary['duration_s']:.2f}s", file=out)
+    duration = summary["duration_s"]
+    for event in reversed(run.events):  # the session's own, not the time the exports took
+        ended = event.metadata.get("duration_s")
+        if event.event_type in _SESSION_ENDS and isinstance(ended, int | float):
+            duration = ended
+            break
+    print(f"\nDuration: {duration:.2f}s", file=out)
     files = sorted(
         path.relative_to(session.workspace).as_posix()
         for path in session.workspace.rglob("*")
@@ -336,7 +394,8 @@ def add_parser(subparsers: Subparsers) -> None:
         metavar="URL",
         default=None,
         help="also publish every event to NATS JetStream (stream EVENTS, subjects "
-        "events.{session}.{type}); needs the nats extra and the asyncio backend",
+        "events.{session}.{type}); the server is checked before the session starts; "
+        "needs the nats extra and the asyncio backend",
     )
     demo.add_argument(
         "--otel",
@@ -345,6 +404,8 @@ def add_parser(subparsers: Subparsers) -> None:
         help="also export the session live as an OpenTelemetry trace over OTLP/HTTP, e.g. "
         "http://localhost:6006 for Phoenix; needs the otel extra",
     )
+    # Seconds each offline model call takes: slows the session down (for tests).
+    demo.add_argument("--model-latency", type=seconds, default=0.0, help=argparse.SUPPRESS)
     demo.set_defaults(
         run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
     )
@@ -402,9 +463,108 @@ def run(args: argparse.Namespace) -> int:
         import_extra("nats", extra="nats", command="eventbus demo --nats")
     if args.otel:
         import_extra("opentelemetry.sdk", extra="otel", command="eventbus demo --otel")
-    check_workspace(args.workspace, args.session_id)
     status: int = anyio.run(_demo, args, sys.stdout, backend=args.backend)
     return status
+
+
+async def _connect_nats(url: str) -> JetStreamSink:
+    """A JetStream sink already connected to ``url``, or a one-line error (exit 2)."""
+    from sinks.nats import JetStreamSink, NatsUnavailableError
+
+    sink = JetStreamSink(url)
+    try:
+        await sink.connect()
+    except NatsUnavailableError as error:
+        raise CommandError(
+            f"cannot connect to NATS at {url}: {error.reason}; start nats-server with "
+            "JetStream (nats-server -js) or fix the --nats URL (no session was started)"
+        ) from None
+    return sink
+
+
+def _otel_sink(url: str) -> OtelSink:
+    from sinks.otel import OtelSink
+
+    try:
+        return OtelSink(url)
+    except ValueError as error:
+        raise CommandError(f"--otel: {error}") from None
+
+
+class _NoSinkLines(logging.Filter):
+    """Keeps the bus's log lines about its sinks (retries, failures) off stderr.
+
+    The demo reports a failed sink itself, after the summary, in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sink %r" not in str(record.msg)
+
+
+@contextmanager
+def _quiet_exports() -> Iterator[list[str]]:
+    """Keep the exporters' and the bus's log lines about sinks off stderr; yield the
+    OpenTelemetry SDK's messages (they say why an export failed)."""
+    bus_logger = logging.getLogger("eventbus")
+    quiet = _NoSinkLines()
+    bus_logger.addFilter(quiet)
+    try:
+        with captured_logs("nats"), captured_logs("opentelemetry") as messages:
+            yield messages
+    finally:
+        bus_logger.removeFilter(quiet)
+
+
+def _otel_reason(messages: Sequence[str], error: BaseException) -> str:
+    """Why an OTLP export failed, in a few words, from the SDK's log lines."""
+    for message in messages:
+        if found := re.search(r"\[Errno -?\d+\] ([^'\"()\]]+)", message):
+            return found[1].strip()
+        if found := re.search(r"code: (\d+), reason: ([^,]+)", message):
+            return f"HTTP {found[1]} {found[2].strip()}"
+    if any("timeout" in message for message in messages):
+        return "no answer in time"
+    return error.reason if isinstance(error, EventsLostError) else str(error)
+
+
+def _failure_lines(
+    run: DemoRun,
+    args: argparse.Namespace,
+    nats_sink: JetStreamSink | None,
+    otel_sink: OtelSink | None,
+    otel_messages: Sequence[str],
+) -> list[str]:
+    """One line per sink that failed: what it did not export, why, and what to do."""
+    if run.failed is None:
+        return []
+    total = len(run.events)
+    session_id = run.session.session_id
+    lines = []
+    for name, error in run.failed.failures:
+        reason = " ".join(str(error).split())
+        if nats_sink is not None and name == nats_sink.name:
+            reason = str(getattr(error, "reason", reason))  # PublishNotAcknowledgedError's
+            missing = max(0, total - nats_sink.acknowledged)
+            lines.append(
+                f"publishing to NATS at {args.nats} failed ({reason}): {missing} of the "
+                f"session's {total} events are not in JetStream stream {nats_sink.stream!r}; "
+                f"all are in {run.events_path}; check that nats-server is running"
+            )
+        elif otel_sink is not None and name == otel_sink.name:
+            missing = max(0, total - otel_sink.exported)
+            lines.append(
+                f"the OpenTelemetry export to {args.otel} failed "
+                f"({_otel_reason(otel_messages, error)}): {missing} of the session's {total} "
+                "events were not exported; once the receiver is up, send them with: "
+                f"eventbus export-otel {args.workspace} --session {session_id} "
+                f"--endpoint {args.otel}"
+            )
+        else:
+            lines.append(f"sink {name!r} failed and stopped receiving events: {reason}")
+    for name, failed_session, error in run.failed.sessions:
+        reason = " ".join(str(error).split())
+        lines.append(f"sink {name!r} could not write session {failed_session!r}: {reason}")
+    return lines
 
 
 def _header(args: argparse.Namespace, out: TextIO) -> None:
@@ -419,6 +579,15 @@ def _header(args: argparse.Namespace, out: TextIO) -> None:
 
 
 async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    # Before anything is written: no session starts without its NATS server.
+    nats_sink = await _connect_nats(args.nats) if args.nats else None
+    try:
+        otel_sink = _otel_sink(args.otel) if args.otel else None
+        check_workspace(args.workspace, args.session_id)
+    except BaseException:
+        if nats_sink is not None:
+            await nats_sink.aclose()
+        raise
     attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None
     after: Callable[[DemoRun], Awaitable[None]] | None = None
     if args.serve:  # the dashboard's URL comes first, then the session
@@ -439,25 +608,25 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
     else:
         _header(args, out)
-    sinks: list[Sink] = []
-    if args.nats:
-        from sinks.nats import JetStreamSink
-
-        sinks.append(JetStreamSink(args.nats))
-    if args.otel:
-        from sinks.otel import OtelSink
-
-        sinks.append(OtelSink(args.otel))
-    async with interruptible():
-        result = await run_demo(
-            args.workspace,
-            tasks=args.tasks,
-            max_concurrency=args.concurrency,
-            session_id=args.session_id,
-            out=out,
-            sinks=sinks,
-            attach=attach,
-            after=after,
-        )
+    sinks: list[Sink] = [sink for sink in (nats_sink, otel_sink) if sink is not None]
+    with _quiet_exports() as otel_messages:
+        async with interruptible():
+            result = await run_demo(
+                args.workspace,
+                tasks=args.tasks,
+                max_concurrency=args.concurrency,
+                session_id=args.session_id,
+                out=out,
+                sinks=sinks,
+                attach=attach,
+                after=after,
+                model_latency=args.model_latency,
+            )
     print_summary(result, out)
+    failures = _failure_lines(result, args, nats_sink, otel_sink, otel_messages)
+    if failures:
+        print(end="", file=out, flush=True)  # the summary first
+        for line in failures:
+            print(f"eventbus demo: {line}", file=sys.stderr)
+        return 1
     return 0 if result.session.phase.value == "COMPLETE" else 1

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import cast
 
-from .._errors import EventBusError
+from .._errors import EventBusError, SinkFailedError
 from ._common import Subparsers
 
 __all__ = ["BROKEN_PIPE", "COMMANDS", "main", "parser"]
@@ -60,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, SinkFailedError):  # its message speaks of the Python API
+        parts = [f"sink {name!r} failed: {_one_line(exc)}" for name, exc in error.failures]
+        parts += [
+            f"sink {name!r} could not write session {session_id!r}: {_one_line(exc)}"
+            for name, session_id, exc in error.sessions
+        ]
+        return "; ".join(parts)
     text = " ".join(str(error).split())
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         text = f"{error.filename}: {error.strerror}"

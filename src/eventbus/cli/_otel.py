@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -26,7 +24,14 @@ import anyio.to_thread
 from .._errors import EventsLostError
 from .._event import Event
 from .._names import validate_session_id
-from ._common import CommandError, Subparsers, import_extra, interruptible, seconds
+from ._common import (
+    CommandError,
+    Subparsers,
+    captured_logs,
+    import_extra,
+    interruptible,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from sinks.otel import OtelSink
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         sink = OtelSink(args.endpoint, project=args.project, timeout=args.timeout)
     except ValueError as error:
         raise CommandError(f"--endpoint: {error}") from None
-    with _export_errors() as errors:
+    with captured_logs("opentelemetry") as errors:
         try:
             anyio.run(_export, root, sessions, sink, sys.stdout)
         except EventsLostError as error:
@@ -163,28 +168,3 @@ async def _export(root: Path, sessions: Sequence[str], sink: OtelSink, out: Text
 
 def _clip(text: str, width: int = 300) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-class _Remember(logging.Handler):
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self.errors = errors
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.errors.append(" ".join(record.getMessage().split()))
-
-
-@contextmanager
-def _export_errors() -> Iterator[list[str]]:
-    """Keep the OpenTelemetry SDK's log lines off stderr; yield them for the error message."""
-    errors: list[str] = []
-    logger = logging.getLogger("opentelemetry")
-    handler = _Remember(errors)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield errors
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate

@@ -1,7 +1,12 @@
 """``eventbus tail``, ``query``, ``sessions`` and ``usage``: reading a workspace.
 
-Every command takes the workspace root ``DIR`` (``DIR/{session_id}/events.jsonl``)
-and reads it through :class:`sinks.workspace.Workspace`, never writing. With
+Every command takes the workspace root ``DIR`` (``DIR/{session_id}/events.jsonl``;
+default ``./workspaces``, where ``eventbus demo`` writes) and reads it through
+:class:`sinks.workspace.Workspace`, never writing. A missing ``./workspaces``
+has no sessions (empty answers); a missing ``DIR`` given is an error, except
+to ``tail -f``, which waits for it to appear, as for a ``--session`` that has
+not started yet. ``--type`` refuses a type that neither this version nor the
+workspace's logs know (a typo would otherwise answer nothing). With
 ``--json`` the output is what the HTTP API returns: ``tail`` and ``query``
 print each event's line exactly as its log stores it, ``sessions`` prints
 ``{"sessions": [...]}`` and ``usage`` the usage object. Without it, events
@@ -20,20 +25,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import aclosing
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import anyio
 import msgspec
 
-from sinks.workspace import USAGE_KEYS, Workspace, parse_time
+from sinks.memory import UnknownEventIdError
+from sinks.workspace import (
+    USAGE_ALIASES,
+    USAGE_KEYS,
+    UnknownEventTypeError,
+    Workspace,
+    parse_time,
+)
 
 from .._event import Event
+from .._names import validate_session_id
 from .._query import EventQuery
-from ._common import CommandError, Subparsers, console, count, positive, table
+from ._common import CommandError, Subparsers, console, count, import_extra, positive, table
 
-__all__ = ["add_parser", "event_line", "format_duration"]
+__all__ = ["DEFAULT_DIR", "add_parser", "event_line", "format_duration"]
+
+#: The workspace root when DIR is not given: where ``eventbus demo`` writes.
+DEFAULT_DIR = "workspaces"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -102,7 +120,12 @@ def add_parser(subparsers: Subparsers) -> None:
     _root(usage)
     _session(usage)
     usage.add_argument(
-        "--by", choices=USAGE_KEYS, default="model", help="group by this field (default: model)"
+        "--by",
+        choices=[*USAGE_KEYS, *USAGE_ALIASES],
+        default="model",
+        metavar="FIELD",
+        help=f"group by this field: {', '.join(USAGE_KEYS)}, or role, task, session for "
+        "short (default: model)",
     )
     _json(usage, "print the usage object the API returns")
     usage.set_defaults(run=run_usage)
@@ -112,9 +135,13 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def _root(parser: argparse.ArgumentParser) -> None:
-    # Optional to argparse only so that `--type a b DIR` works: see _dir.
+    # The default is set by _dir, so that `--type a b DIR` works.
     parser.add_argument(
-        "dir", metavar="DIR", nargs="?", help="the workspace root (DIR/{session_id}/...)"
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help=f"the workspace root (DIR/{{session_id}}/...; default: ./{DEFAULT_DIR}, "
+        "where 'eventbus demo' writes)",
     )
 
 
@@ -157,13 +184,17 @@ def _time(text: str | None) -> datetime | None:
 
 
 def _dir(args: argparse.Namespace) -> str:
-    """The workspace root; after ``--type a b`` argparse hands it over as the last type."""
+    """The workspace root; after ``--type a b`` argparse hands it over as the last type.
+
+    Without DIR, :data:`DEFAULT_DIR` (``args.default_dir`` is then true).
+    """
     if args.dir is None:
         groups = getattr(args, "types", None)
         if groups and len(groups[-1]) > 1 and os.path.isdir(groups[-1][-1][-1]):
             args.dir = groups[-1].pop()[-1]
         else:
-            raise CommandError("the workspace root DIR is required: eventbus COMMAND DIR ...")
+            args.dir = DEFAULT_DIR
+            args.default_dir = True
     directory: str = args.dir
     return directory
 
@@ -175,14 +206,42 @@ def _flat_types(args: argparse.Namespace) -> list[str] | None:
     return [kind for values in groups for value in values for kind in value]
 
 
-def _workspace(args: argparse.Namespace) -> Workspace:
+def _workspace(args: argparse.Namespace, *, missing_ok: bool = False) -> Workspace:
+    """The workspace of DIR; a missing DIR is an error unless it is the default (or
+    ``missing_ok``): it then has no sessions."""
     _dir(args)
-    if not os.path.isdir(args.dir):
+    if not (missing_ok or getattr(args, "default_dir", False) or os.path.isdir(args.dir)):
         raise CommandError(
             f"no workspace directory at {args.dir!r}: give the directory that holds "
             "one directory per session ({session_id}/events.jsonl)"
         )
     return Workspace(args.dir, index=False)  # one query: read the logs once, keep nothing
+
+
+def _check_types(workspace: Workspace, args: argparse.Namespace, seen: Iterable[str]) -> None:
+    """Refuse a --type neither this version nor the logs know (``seen``: types found)."""
+    try:
+        workspace.check_types(_flat_types(args), seen=seen)
+    except UnknownEventTypeError as error:
+        raise CommandError(
+            f"--type {','.join(error.types)}: no such event type in this version or in "
+            f"the workspace's logs; known types: {', '.join(error.known)}"
+        ) from error
+
+
+def _types_of(found: Iterable[tuple[Event, bytes]]) -> set[str]:
+    return {event.event_type.value for event, _ in found}
+
+
+def _unknown_after(after: str) -> CommandError:
+    return CommandError(
+        f"--after {after}: no event with that id in the workspace; take an id from "
+        "`eventbus query --json` (or the --after that the previous page printed)"
+    )
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    print(f"eventbus {args.command}: {text}", file=sys.stderr, flush=True)
 
 
 def _query(args: argparse.Namespace) -> EventQuery:
@@ -271,34 +330,83 @@ class _Printer:
 
 def run_tail(args: argparse.Namespace) -> int:
     """``eventbus tail``: the last ``-n`` events, then (``-f``) new ones as they come."""
-    workspace = _workspace(args)
+    workspace = _workspace(args, missing_ok=args.follow)
     query = _query(args)
     printer = _Printer(args.json, flush=args.follow)
-    n: int = args.lines
     if not args.follow:
-        printer.pairs(workspace.latest_lines(n, query, session_id=args.session))
+        found = workspace.latest_lines(args.lines, query, session_id=args.session)
+        _check_types(workspace, args, _types_of(found))
+        printer.pairs(found)
         return 0
-    # Follow from just before the last n: the follow replays them, then goes live,
-    # with nothing missed or printed twice in between.
-    before = workspace.latest(n + 1, query, session_id=args.session) if n else []
-    after = before[0].id if len(before) == n + 1 else None
+    anyio.run(_follow, args, workspace, query, printer)
+    return 0
 
-    async def follow() -> None:
-        async for event, line in workspace.follow_lines(
-            query, session_id=args.session, after=after, from_start=n > 0
-        ):
+
+async def _follow(
+    args: argparse.Namespace, workspace: Workspace, query: EventQuery, printer: _Printer
+) -> None:
+    """``tail -f``: wait for DIR and the session if they do not exist yet, then follow."""
+    if not workspace.root.is_dir():
+        _note(args, f"waiting for the workspace directory {str(workspace.root)!r} to appear")
+        await _wait_for_directory(workspace.root)
+    session: str | None = args.session
+    if session is not None:
+        validate_session_id(session)
+    started = session is None or session in workspace.session_ids()
+    if not started:
+        _note(args, f"waiting for the session {session!r} to start")
+    # Follow from just before the last n: the follow replays them, then goes live,
+    # with nothing missed or printed twice in between. Every event of a session
+    # that had not started is new.
+    n: int = args.lines
+    before = workspace.latest(n + 1, query, session_id=session) if n and started else []
+    _check_types(workspace, args, {event.event_type.value for event in before})
+    after = before[0].id if len(before) == n + 1 else None
+    lines = workspace.follow_lines(
+        query,
+        session_id=session,
+        after=after,
+        from_start=n > 0 or not started,
+        wait_for_session=True,
+    )
+    async with aclosing(lines):
+        async for event, line in lines:
             printer.pair(event, line)
 
-    anyio.run(follow)
-    return 0
+
+async def _wait_for_directory(path: Path) -> None:
+    """Return once ``path`` is a directory (watching its parent for its creation)."""
+    watchfiles = import_extra("watchfiles", extra="web", command="eventbus tail -f")
+    target = await anyio.Path(path).absolute()
+    if not await target.parent.is_dir():
+        raise CommandError(
+            f"no workspace directory at {str(path)!r}, nor its parent {str(target.parent)!r}"
+        )
+    watcher = watchfiles.awatch(
+        target.parent,
+        watch_filter=lambda _change, changed: changed == str(target),
+        recursive=False,
+        rust_timeout=1000,  # and look again every second: made before the watcher started?
+        yield_on_timeout=True,
+    )
+    async with aclosing(watcher):
+        if await target.is_dir():
+            return
+        async for _ in watcher:
+            if await target.is_dir():
+                return
 
 
 def run_query(args: argparse.Namespace) -> int:
     """``eventbus query``: the matching events in time order."""
     workspace = _workspace(args)
-    found, next_id = workspace.event_lines(
-        _query(args), session_id=args.session, after=args.after, limit=args.limit
-    )
+    try:
+        found, next_id = workspace.event_lines(
+            _query(args), session_id=args.session, after=args.after, limit=args.limit
+        )
+    except UnknownEventIdError as error:
+        raise _unknown_after(error.event_id) from error
+    _check_types(workspace, args, _types_of(found))
     _Printer(args.json, flush=False).pairs(found)
     if next_id is not None:
         print(
@@ -391,12 +499,14 @@ def run_usage(args: argparse.Namespace) -> int:
         _dump(usage)
         return 0
     total = usage["total"]
+    by: str = usage["by"]  # the field's name, for --by role too
 
     def cells(key: str, values: dict[str, Any]) -> list[Any]:
         return [
             key,
             values["calls"],
             values["prompt_tokens"],
+            values["cached_tokens"],
             values["completion_tokens"],
             values["total_tokens"],
             f"${values['cost_usd']:.4f}",
@@ -404,6 +514,6 @@ def run_usage(args: argparse.Namespace) -> int:
 
     rows = [cells(_cell(row["key"]), row) for row in usage["rows"]]
     rows.append(cells("total", total))
-    headers = [args.by, "calls", "prompt", "completion", "total tokens", "cost"]
-    _print_table(f"LLM usage by {args.by}", headers, rows, "lrrrrr", "eventbus usage")
+    headers = [by, "calls", "prompt", "cached", "completion", "total tokens", "cost"]
+    _print_table(f"LLM usage by {by}", headers, rows, "lrrrrrr", "eventbus usage")
     return 0

@@ -1,4 +1,4 @@
-"""``eventbus serve DIR``: the HTTP/SSE API and the dashboard over a workspace, with uvicorn.
+"""``eventbus serve [DIR]``: the HTTP/SSE API and the dashboard over a workspace, with uvicorn.
 
 Binds 127.0.0.1 by default; any other address needs a token (``--token`` or
 ``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. The port
@@ -109,7 +109,14 @@ def add_parser(subparsers: Subparsers) -> None:
         "dashboard at /. Binds 127.0.0.1 unless told otherwise; any other address "
         f"needs a token (--token or ${TOKEN_VARIABLE}).",
     )
-    serve.add_argument("workspace", type=Path, metavar="DIR", help="the workspace root")
+    serve.add_argument(
+        "workspace",
+        type=Path,
+        nargs="?",
+        default=Path("workspaces"),
+        metavar="DIR",
+        help="the workspace root (default: ./workspaces, where 'eventbus demo' writes)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="the address (default: 127.0.0.1)")
     serve.add_argument("--port", type=port, default=8000, help="the port (default: 8000)")
     serve.add_argument(
@@ -123,7 +130,10 @@ def add_parser(subparsers: Subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     token = check_token(args.host, args.token)
     if not args.workspace.is_dir():
-        raise CommandError(f"no workspace directory at {str(args.workspace)!r}")
+        raise CommandError(
+            f"no workspace directory at {str(args.workspace)!r}: give DIR, or run "
+            "'eventbus demo' first (it writes ./workspaces)"
+        )
     uvicorn = import_extra("uvicorn", extra="web", command="eventbus serve")
     web = import_extra("eventbus.web", extra="web", command="eventbus serve")
     sock = bind(args.host, args.port)

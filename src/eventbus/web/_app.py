@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
+import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -26,11 +30,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._bus import EventBus
 from .._errors import EventBusError, SinkFailedError
+from .._event import Event
 from .._names import InvalidNameError, validate_session_id
+from .._query import EventQuery
 from ._openapi import openapi_schema
 from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
 from ._stream import LineCache, bus_stream, file_stream
-from ._workspace import Workspace, open_workspace, status_of
+from ._workspace import Workspace, message_of, open_workspace, status_of
 
 __all__ = ["create_app"]
 
@@ -38,6 +44,10 @@ _STATIC = Path(str(files("eventbus.web") / "static"))
 _EVENT_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 #: Most events one ``/events`` page holds.
 MAX_LIMIT = 10_000
+_REPORTED_MAX = 4096  # refusals remembered so as to log each once
+
+logger = logging.getLogger("eventbus.web")
+_encode = msgspec.json.Encoder().encode
 
 
 class ApiError(EventBusError):
@@ -67,16 +77,44 @@ class _Api:
         self.listener_buffer = listener_buffer
         self.send_timeout = send_timeout
         self.lines = LineCache()
+        self.reported: set[str] = set()
 
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a (blocking) data-layer call in a worker thread; map its errors to statuses."""
+    async def _call(
+        self, method: Callable[..., Any], *args: Any, position: str = "after", **kwargs: Any
+    ) -> Any:
+        """Run a (blocking) data-layer call in a worker thread; map its errors to statuses.
+
+        ``position`` names the parameter that carried ``after``, for its error message.
+        """
         try:
             return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
         except Exception as error:
             status = status_of(error)
             if status is None:
                 raise
-            raise ApiError(status, " ".join(str(error).split())) from error
+            message = message_of(error, position)
+            if status == 403:  # a symlink leading out: its paths stay in the server's log
+                self._report(message)
+                message = (
+                    "this session is not served: a symlink in it leads outside the "
+                    "workspace (the server's log names it); nothing outside the workspace "
+                    "is read: replace the link by what it points to"
+                )
+            raise ApiError(status, message) from error
+
+    def _report(self, message: str) -> None:
+        """Log ``message`` the first time (a refused link is met on every request)."""
+        if message not in self.reported:
+            if len(self.reported) >= _REPORTED_MAX:
+                self.reported.clear()
+            self.reported.add(message)
+            logger.warning("refused a request: %s", message)
+
+    async def _check_types(self, query: EventQuery, seen: Sequence[Event] = ()) -> None:
+        """Refuse a ``type`` that neither this version nor the workspace's logs know (400)."""
+        if query.event_type is not None:
+            types = {event.event_type.value for event in seen}
+            await self._call(self.workspace.check_types, query.event_type, seen=types)
 
     async def sessions(self, request: Request) -> Response:
         """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
@@ -94,7 +132,12 @@ class _Api:
         return JSONResponse(summary)
 
     async def events(self, request: Request) -> Response:
-        """A page of a session's events: ``{"events": [...], "next": id | null}``."""
+        """A page of a session's events: ``{"events": [...], "ids": [...], "next": id | null}``.
+
+        Each event is its line as the log stores it (what ``eventbus query --json``
+        prints), not re-encoded; ``ids`` holds each one's id, the derived one for a
+        line stored without (the seed's format), as SSE's ``id:`` does.
+        """
         session_id = _session_id(request)
         params = request.query_params
         query = event_query(params, session_id=session_id)
@@ -102,10 +145,16 @@ class _Api:
             positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
         )
         after = _event_id("after", params.get("after"))
-        page, next_id = await self._call(
-            self.workspace.events, query, session_id=session_id, after=after, limit=limit
+        lines, ids, next_id = await self._call(
+            _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
         )
-        return JSONResponse({"events": [event.to_dict() for event in page], "next": next_id})
+        await self._check_types(query)
+        body = b'{"events":[%b],"ids":%b,"next":%b}' % (
+            b",".join(lines),
+            _encode(ids),
+            _encode(next_id),
+        )
+        return Response(body, media_type="application/json")
 
     async def usage(self, request: Request) -> Response:
         """LLM calls, tokens and cost grouped by ``by``, over all sessions or one."""
@@ -132,15 +181,22 @@ class _Api:
     async def _stream(self, request: Request, session_id: str | None) -> Response:
         query = event_query(request.query_params, session_id=session_id)
         after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        after = _event_id("Last-Event-ID", after)
+        position = "Last-Event-ID" if request.headers.get("last-event-id") else "last_event_id"
+        after = _event_id(position, after)
         # Refuse an unknown position or session now, while a status can still say so.
         if after is not None and self.bus is not None:
             with suppress(SinkFailedError):
                 await self.bus.flush()  # the position may be an event not yet in the log
         if after is not None or (self.bus is None and session_id is not None):
             await self._call(
-                self.workspace.events, query, session_id=session_id, after=after, limit=1
+                self.workspace.events,
+                query,
+                session_id=session_id,
+                after=after,
+                limit=1,
+                position=position,
             )
+        await self._check_types(query)
         content: AsyncIterator[bytes]
         if self.bus is not None:
             content = bus_stream(
@@ -160,6 +216,23 @@ class _Api:
             send_timeout=self.send_timeout,
             headers={"Cache-Control": "no-store"},
         )
+
+
+def _stored_page(
+    workspace: Workspace, query: EventQuery, *, session_id: str, after: str | None, limit: int
+) -> tuple[list[bytes], list[str], str | None]:
+    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``)."""
+    events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    lines = workspace.read_lines(events) if events else []
+    return lines, [event.id for event in events], next_id
+
+
+def _document(schema: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    async def openapi(request: Request) -> Response:
+        """This API's OpenAPI 3.1 description."""
+        return JSONResponse(schema)
+
+    return openapi
 
 
 def _session_id(request: Request) -> str:
@@ -198,6 +271,64 @@ async def _on_api_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: ``localhost``, an address
+    of ``127.0.0.0/8`` or ``[::1]``, with or without ``:port``."""
+    name, port = host, ""
+    if host.startswith("["):  # [::1] or [::1]:8000
+        name, _, rest = host[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:]
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return False
+    name = name.lower().removesuffix(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _HostGuard:
+    """Refuses requests whose ``Host`` is not loopback (or allowed): no DNS rebinding.
+
+    A page of another site that rebinds its name to 127.0.0.1 makes the browser
+    send that name as ``Host``; answering only loopback names keeps it from
+    reading the API (it is what protects a server without a token).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    def _accepts(self, host: str | None) -> bool:
+        if host is None:
+            return False
+        if is_loopback_host(host):
+            return True
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        return name.lower() in self.allowed or host.lower() in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # the app has no websocket route
+            host = Headers(scope=scope).get("host")
+            if not self._accepts(host):
+                given = "no Host header" if host is None else f"Host: {host}"
+                response = _error(
+                    403,
+                    f"this server answers only requests for localhost or a loopback "
+                    f"address ({given}): open it as http://127.0.0.1:PORT/ or "
+                    "http://localhost:PORT/, or start it with --token to accept other names",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _TokenGuard:
     """Refuses ``/api`` requests without the token (``Authorization: Bearer`` or ``?token=``)."""
 
@@ -230,13 +361,17 @@ def create_app(
     bus: EventBus | None = None,
     token: str | None = None,
     cors_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] = (),
     heartbeat: float = 15.0,
     listener_buffer: int = 1000,
     send_timeout: float | None = 30.0,
 ) -> Starlette:
     """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
 
-    Serve it with uvicorn (``eventbus serve DIR`` does).
+    Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
+    their logs store them. A session, log or ``artifacts`` directory that is a
+    symlink leading out of the workspace is answered 403 (and logged once on
+    ``eventbus.web``); streams of every session skip such a log.
 
     :param workspace: the workspace root, or a data layer object like
         :class:`sinks.workspace.Workspace`.
@@ -248,6 +383,12 @@ def create_app(
         (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
         otherwise it is answered 401.
     :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param allowed_hosts: without a token, every request (pages included) whose
+        ``Host`` is not ``localhost`` or a loopback address (``127.0.0.1``,
+        ``[::1]``, with or without ``:port``) is answered 403, so that a site
+        rebinding its DNS name to this machine cannot read it; these host names
+        are accepted too (``"*"``: any). With a token no ``Host`` is refused:
+        the token is the protection.
     :param heartbeat: seconds between SSE comment lines that keep idle streams open.
     :param listener_buffer: events a stream's listener holds before it drops the
         oldest (and the client gets a gap).
@@ -270,10 +411,13 @@ def create_app(
         Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
         Route("/api/stream", api.stream, name="stream"),
         Route("/api/usage", api.usage, name="usage"),
-        Route("/openapi.json", _openapi, name="openapi"),
+        Route("/openapi.json", _document(openapi_schema(token=token is not None)), name="openapi"),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
     ]
     middleware = []
+    if token is None and "*" not in allowed_hosts:
+        allowed = frozenset(host.lower() for host in allowed_hosts)
+        middleware.append(Middleware(_HostGuard, allowed=allowed))
     if cors_origins:
         middleware.append(
             Middleware(
@@ -294,8 +438,3 @@ def create_app(
         InvalidNameError: _on_api_error,
     }
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
-
-
-async def _openapi(request: Request) -> Response:
-    """This API's OpenAPI 3.1 description."""
-    return JSONResponse(openapi_schema())

@@ -1,10 +1,181 @@
-"""The API's OpenAPI 3.1 description, kept by hand beside the routes (a test checks they agree)."""
+"""The API's OpenAPI 3.1 description, kept by hand beside the routes (tests check they agree).
+
+Every operation lists each status it can answer, each with a schema: the
+pages' and the JSON bodies' shapes under ``components/schemas``, every error
+as ``{"error": message}``. Clients and checkers such as schemathesis can
+validate responses against it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 __all__ = ["openapi_schema"]
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STRING: dict[str, Any] = {"type": "string"}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_USAGE_KEYS = ["model", "agent_role", "task_id", "session_id", "phase"]
+_USAGE_BY = [*_USAGE_KEYS, "role", "task", "session"]
+_TIME_TEXT = (
+    "An ISO 8601 time (RFC 3339 date-time such as 2026-01-31T12:00:00Z; without an "
+    "offset it means UTC), a date (2026-01-31: its midnight UTC), or a time ago: a "
+    "number and a unit s, m, h, d or w (30s, 10m, 2h, 1.5d, 1w)."
+)
+_TIME: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdwSMHDW]\s*$"},
+    ]
+}
+_EVENT_ID: dict[str, Any] = {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "What happened and what to do.",
+        "properties": {"error": _STRING},
+        "required": ["error"],
+    },
+    "SessionSummary": {
+        "type": "object",
+        "description": "One session, from its run_summary artifact or its log.",
+        "properties": {
+            "session_id": _STRING,
+            "status": _nullable(
+                {"type": "string", "description": "running, completed, failed or aborted"}
+            ),
+            "phase": _nullable(_STRING),
+            "tasks_completed": _COUNT,
+            "tasks_failed": _COUNT,
+            "llm_calls": _COUNT,
+            "prompt_tokens": _COUNT,
+            "completion_tokens": _COUNT,
+            "total_tokens": _COUNT,
+            "cost_usd": {"type": "number"},
+            "started_at": _nullable({"type": "string", "description": "ISO 8601"}),
+            "ended_at": _nullable({"type": "string", "description": "ISO 8601"}),
+            "duration_s": _nullable({"type": "number"}),
+            "event_count": _COUNT,
+            "error": _nullable(
+                {"type": "string", "description": "why part of the session cannot be read"}
+            ),
+        },
+        "required": [
+            "session_id",
+            "status",
+            "phase",
+            "tasks_completed",
+            "tasks_failed",
+            "llm_calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cost_usd",
+            "started_at",
+            "ended_at",
+            "duration_s",
+            "event_count",
+            "error",
+        ],
+    },
+    "Session": {
+        "allOf": [
+            _ref("SessionSummary"),
+            {
+                "type": "object",
+                "properties": {"artifacts": {"type": "array", "items": _STRING}},
+                "required": ["artifacts"],
+            },
+        ]
+    },
+    "Sessions": {
+        "type": "object",
+        "properties": {"sessions": {"type": "array", "items": _ref("SessionSummary")}},
+        "required": ["sessions"],
+    },
+    "Event": {
+        "type": "object",
+        "description": (
+            "An event exactly as its log line stores it (the line parsed as JSON: "
+            "what 'eventbus query --json' prints), fields of newer versions included. "
+            "A line stored without an id (the seed's format) has none here: 'ids' "
+            "has its derived id, the one 'after', 'next' and the stream's 'id:' use."
+        ),
+        "properties": {
+            "event_type": _STRING,
+            "timestamp": {"type": "string", "format": "date-time"},
+            "session_id": _STRING,
+            "message": _STRING,
+            "phase": _nullable(_STRING),
+            "task_id": _nullable(_STRING),
+            "agent_role": _nullable(_STRING),
+            "model": _nullable(_STRING),
+            "metadata": {"type": "object"},
+            "id": _STRING,
+            "parent_id": _nullable(_STRING),
+        },
+        "required": ["event_type", "timestamp", "session_id"],
+    },
+    "EventsPage": {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "ids": {
+                "type": "array",
+                "items": _STRING,
+                "description": "each event's id, stored or (seed format) derived",
+            },
+            "next": _nullable(
+                {"type": "string", "description": "the 'after' of the next page; null: the last"}
+            ),
+        },
+        "required": ["events", "ids", "next"],
+    },
+    "UsageValues": {
+        "type": "object",
+        "properties": {
+            "calls": _COUNT,
+            "prompt_tokens": _COUNT,
+            "completion_tokens": _COUNT,
+            "total_tokens": _COUNT,
+            "cost_usd": {"type": "number"},
+        },
+        "required": ["calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],
+    },
+    "UsageRow": {
+        "allOf": [
+            {
+                "type": "object",
+                "properties": {"key": _nullable(_STRING)},
+                "required": ["key"],
+            },
+            _ref("UsageValues"),
+        ]
+    },
+    "Usage": {
+        "type": "object",
+        "properties": {
+            "by": {"type": "string", "enum": _USAGE_KEYS},
+            "rows": {"type": "array", "items": _ref("UsageRow")},
+            "total": _ref("UsageValues"),
+        },
+        "required": ["by", "rows", "total"],
+    },
+    "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
+}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -13,7 +184,7 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
         "in": "query",
         "required": False,
         "description": description,
-        "schema": schema or {"type": "string"},
+        "schema": schema or _STRING,
     }
 
 
@@ -22,33 +193,45 @@ _SESSION_ID = {
     "in": "path",
     "required": True,
     "description": "A session id (a directory name under the workspace root).",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1},
 }
-_TIME = "ISO 8601 (naive means UTC) or an age: 30s, 10m, 2h, 1d."
 _FILTERS = [
     _query("type", "Event types: repeat the parameter or separate with commas."),
     _query("phase", "Only events of this phase."),
     _query("task_id", "Only events of this task."),
     _query("agent_role", "Only events of this agent role."),
     _query("model", "Only events of this model."),
-    _query("since", "Only events at or after this time. " + _TIME),
-    _query("until", "Only events at or before this time. " + _TIME),
+    _query("since", "Only events at or after this time. " + _TIME_TEXT, _TIME),
+    _query("until", "Only events at or before this time. " + _TIME_TEXT, _TIME),
 ]
 _STREAM = [
     *_FILTERS,
-    _query("last_event_id", "Resume after this event id (as the Last-Event-ID header does)."),
+    _query(
+        "last_event_id",
+        "Resume after this event id (as the Last-Event-ID header does).",
+        _EVENT_ID,
+    ),
     {
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,
         "description": "Resume after this event id: every later event, from the log, then live.",
-        "schema": {"type": "string"},
+        "schema": _EVENT_ID,
     },
 ]
-_ERRORS = {
-    "400": {"description": 'A parameter is not valid: {"error": message}.'},
-    "401": {"description": 'A token is required: {"error": message}.'},
-}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description + ': {"error": message}.',
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
 _SSE = {
     "description": (
         "text/event-stream: one message per event (id: event id, data: its JSON line); "
@@ -57,79 +240,144 @@ _SSE = {
     ),
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
+_HOST = _error(
+    "Without a token, a Host other than localhost or a loopback address (DNS rebinding); "
+    "or a session, log or artifacts directory that is a symlink leading out of the workspace"
+)
+_BAD = _error("A parameter is not valid")
+_NO_TOKEN = _error("The server has a token and the request does not carry it")
+_NO_SESSION = _error("No such session")
 
 
-def _json(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {}}}}
+def _get(
+    operation_id: str,
+    summary: str,
+    parameters: list[dict[str, Any]],
+    ok: dict[str, Any],
+    errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    responses = {"200": ok, "403": _HOST, **(errors or {})}
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "parameters": parameters,
+            "responses": dict(sorted(responses.items())),
+        }
+    }
 
 
-def _get(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any], **extra: Any) -> Any:
-    responses = {"200": ok, **_ERRORS, **extra}
-    return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
+def _api(
+    operation_id: str,
+    summary: str,
+    parameters: list[dict[str, Any]],
+    ok: dict[str, Any],
+    *,
+    missing: bool = True,
+) -> dict[str, Any]:
+    """An ``/api`` route: 400 for bad parameters, 401 without the token, 404 if ``missing``."""
+    errors = {"400": _BAD, "401": _NO_TOKEN, **({"404": _NO_SESSION} if missing else {})}
+    return _get(operation_id, summary, parameters, ok, errors)
 
 
 _PATHS: dict[str, Any] = {
     "/": _get(
+        "dashboard",
         "The dashboard (HTML).",
         [],
         {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
     ),
-    "/api/sessions": _get(
+    "/api/sessions": _api(
+        "sessions",
         'Every session, newest first: {"sessions": [summary, ...]}.',
         [
-            _query("since", "Sessions started at or after this time. " + _TIME),
-            _query("until", "Sessions started at or before this time. " + _TIME),
+            _query("since", "Sessions started at or after this time. " + _TIME_TEXT, _TIME),
+            _query("until", "Sessions started at or before this time. " + _TIME_TEXT, _TIME),
         ],
-        _json("The sessions."),
+        _json("The sessions.", "Sessions"),
+        missing=False,
     ),
-    "/api/sessions/{session_id}": _get(
+    "/api/sessions/{session_id}": _api(
+        "session",
         "One session's summary and its artifact keys.",
         [_SESSION_ID],
-        _json("The summary."),
-        **{"404": {"description": 'No such session: {"error": message}.'}},
+        _json("The summary.", "Session"),
     ),
-    "/api/sessions/{session_id}/events": _get(
-        'A page of a session\'s events: {"events": [event, ...], "next": id or null}.',
+    "/api/sessions/{session_id}/events": _api(
+        "events",
+        'A page of a session\'s events: {"events": [event, ...], "ids": [id, ...], '
+        '"next": id or null}.',
         [
             _SESSION_ID,
             *_FILTERS,
-            _query("after", "Start after this event id (the previous page's next)."),
-            _query("limit", "Events per page, 1 to 10000 (default 100).", {"type": "integer"}),
+            _query("after", "Start after this event id (the previous page's next).", _EVENT_ID),
+            _query(
+                "limit",
+                "Events per page, 1 to 10000 (default 100).",
+                {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+            ),
         ],
-        _json("The page."),
-        **{"404": {"description": 'No such session: {"error": message}.'}},
+        _json("The page.", "EventsPage"),
     ),
-    "/api/sessions/{session_id}/stream": _get(
-        "Server-Sent Events of one session.", [_SESSION_ID, *_STREAM], _SSE
+    "/api/sessions/{session_id}/stream": _api(
+        "session_stream", "Server-Sent Events of one session.", [_SESSION_ID, *_STREAM], _SSE
     ),
-    "/api/stream": _get(
+    "/api/stream": _api(
+        "stream",
         "Server-Sent Events of every session.",
         [_query("session_id", "Only this session."), *_STREAM],
         _SSE,
     ),
-    "/api/usage": _get(
+    "/api/usage": _api(
+        "usage",
         'LLM calls, tokens and cost: {"by", "rows": [...], "total": {...}}.',
         [
             _query(
                 "by",
-                "Group by this field (default model).",
-                {
-                    "type": "string",
-                    "enum": ["model", "agent_role", "task_id", "session_id", "phase"],
-                },
+                "Group by this field (default model); role, task and session are short "
+                "for agent_role, task_id and session_id (the answer's by names the field).",
+                {"type": "string", "enum": _USAGE_BY, "default": "model"},
             ),
             _query("session_id", "Only this session."),
         ],
-        _json("The usage object."),
+        _json("The usage object.", "Usage"),
     ),
-    "/openapi.json": _get("This description.", [], _json("OpenAPI 3.1.")),
+    "/openapi.json": _get("openapi", "This description.", [], _json("OpenAPI 3.1.", "OpenAPI")),
+}
+
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's token: 'Authorization: Bearer <token>'.",
+    },
+    "token": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "The server's token as ?token=<token> (for EventSource, which "
+        "cannot send headers).",
+    },
 }
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route."""
+def openapi_schema(*, token: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route.
+
+    :param token: whether the server wants a token: every ``/api`` operation then
+        requires one of the security schemes (without one, none does).
+    """
     from .. import __version__
 
+    paths = _PATHS
+    if token:
+        security: list[dict[str, list[str]]] = [{"bearer": []}, {"token": []}]
+        paths = {
+            path: {"get": {**item["get"], "security": security}}
+            if path.startswith("/api")
+            else item
+            for path, item in _PATHS.items()
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -138,8 +386,10 @@ def openapi_schema() -> dict[str, Any]:
             "description": (
                 "Sessions, events, token usage and live streams of an eventbus workspace. "
                 "When the server has a token, send 'Authorization: Bearer <token>' "
-                "(or ?token=<token>) on every /api route."
+                "(or ?token=<token>) on every /api route. Without a token the server "
+                "answers only requests whose Host is localhost or a loopback address."
             ),
         },
-        "paths": _PATHS,
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},
     }

@@ -13,8 +13,8 @@ from .._query import EventQuery
 
 __all__ = ["USAGE_KEYS", "BadRequest", "event_query", "parse_time", "positive_int"]
 
-#: The values ``by`` takes in ``/api/usage``.
-USAGE_KEYS = workspace.USAGE_KEYS
+#: The values ``by`` takes in ``/api/usage``: the fields, and their short names.
+USAGE_KEYS = (*workspace.USAGE_KEYS, *workspace.USAGE_ALIASES)
 
 
 class BadRequest(EventBusError, ValueError):

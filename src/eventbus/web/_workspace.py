@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from sinks.jsonl import UnsafeSymlinkError
 from sinks.memory import UnknownEventIdError
-from sinks.workspace import InvalidTimeError, SessionNotFoundError
+from sinks.workspace import InvalidTimeError, SessionNotFoundError, UnknownEventTypeError
 from sinks.workspace import Workspace as FilesWorkspace
 
 from .._event import Event
 from .._names import InvalidNameError
 from .._query import EventQuery
 
-__all__ = ["Workspace", "open_workspace", "status_of"]
+__all__ = ["Workspace", "message_of", "open_workspace", "status_of"]
 
 
 class Workspace(Protocol):
@@ -32,6 +33,8 @@ class Workspace(Protocol):
     ) -> tuple[list[Event], str | None]: ...
 
     def read_lines(self, events: Sequence[Event]) -> list[bytes]: ...
+
+    def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None: ...
 
     def usage(self, by: str, *, session_id: str | None) -> dict[str, Any]: ...
 
@@ -55,6 +58,34 @@ def status_of(error: BaseException) -> int | None:
     """The HTTP status for an error of the data layer, or ``None`` if it is a server fault."""
     if isinstance(error, SessionNotFoundError):
         return 404
-    if isinstance(error, InvalidNameError | InvalidTimeError | UnknownEventIdError):
+    if isinstance(error, UnsafeSymlinkError):
+        return 403
+    if isinstance(
+        error, InvalidNameError | InvalidTimeError | UnknownEventIdError | UnknownEventTypeError
+    ):
         return 400
     return None
+
+
+def message_of(error: BaseException, position: str = "after") -> str:
+    """The message of a data-layer error in the API's terms: parameters, not arguments.
+
+    :param position: the parameter that carried ``after`` (``after``,
+        ``last_event_id`` or ``Last-Event-ID``), for an unknown event id.
+    """
+    if isinstance(error, UnknownEventIdError):
+        if position == "Last-Event-ID":
+            return (
+                f"Last-Event-ID {error.event_id!r}: no event with that id in the workspace; "
+                "reconnect without it, or with the id of an event a stream sent"
+            )
+        return (
+            f"parameter {position}={error.event_id!r}: no event with that id in the workspace; "
+            "take an id from GET /api/sessions/{session_id}/events (an event's id, or next)"
+        )
+    if isinstance(error, UnknownEventTypeError):
+        return (
+            f"parameter type={','.join(error.types)!r}: no such event type in this version or "
+            f"in the workspace's logs; known types: {', '.join(error.known)}"
+        )
+    return " ".join(str(error).split())

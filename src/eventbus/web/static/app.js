@@ -5,6 +5,8 @@
 // stored events (/api/sessions/{id}/events, page by page) and then its live
 // stream, resumed after the last stored event (last_event_id), so that no
 // event is missed or shown twice. The URL's ?token= is sent to the API.
+// Times are UTC, as in the logs and the CLI, to the millisecond: the feed
+// shows the date on its top row and wherever the date changes.
 
 const token = new URLSearchParams(location.search).get("token");
 const $ = (id) => document.getElementById(id);
@@ -32,7 +34,9 @@ function openStream(path, query, handlers) {
   const source = new EventSource(apiUrl(path, query, true));
   source.onopen = () => setConnection("live");
   source.onerror = () => setConnection(source.readyState === 2 ? "closed" : "reconnecting…");
-  source.onmessage = (message) => handlers.event(JSON.parse(message.data));
+  // A line stored without an id (the seed's format): its id is the message's.
+  source.onmessage = (message) =>
+    handlers.event({ id: message.lastEventId, ...JSON.parse(message.data) });
   source.addEventListener("gap", (message) => handlers.gap(JSON.parse(message.data).missed));
   return source;
 }
@@ -44,7 +48,11 @@ function setConnection(text) {
 // --- formatting ----------------------------------------------------------
 
 const pick = (object, ...keys) => keys.map((key) => object?.[key]).find((v) => v != null);
-const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "");
+// UTC, from the ISO form: "YYYY-MM-DDTHH:MM:SS.mmmZ".
+const utc = (iso) => (iso ? new Date(iso).toISOString() : "");
+const day = (iso) => utc(iso).slice(0, 10);
+const clock = (iso) => utc(iso).slice(11, 23); // HH:MM:SS.mmm
+const stamp = (iso) => utc(iso).slice(0, 23).replace("T", " "); // YYYY-MM-DD HH:MM:SS.mmm
 const seconds = (s) => (s == null ? "" : s < 10 ? `${s.toFixed(2)} s` : `${s.toFixed(0)} s`);
 const usd = (x) => (x ?? 0).toFixed(6);
 const tokensOf = (meta) =>
@@ -81,7 +89,7 @@ async function loadSessions() {
     cell(row, pick(s, "tasks_failed"), "num");
     cell(row, pick(s, "total_tokens", "tokens"), "num");
     cell(row, usd(pick(s, "cost_usd", "cost")), "num");
-    cell(row, time(pick(s, "started_at", "started")));
+    cell(row, stamp(pick(s, "started_at", "started")).slice(0, 19), "time");
     cell(row, seconds(pick(s, "duration_s", "duration")), "num");
   }
   $("no-sessions").hidden = sessions.length > 0;
@@ -162,7 +170,8 @@ class SessionView {
         after,
         limit: PAGE,
       });
-      for (const event of page.events) this.apply(event);
+      // A line stored without an id (the seed's format) has its derived one in ids.
+      page.events.forEach((event, i) => this.apply({ id: page.ids[i], ...event }));
       after = page.next;
     } while (after && !this.closed);
   }
@@ -248,7 +257,7 @@ class SessionView {
     const details = document.createElement("details");
     details.className = "llm-call";
     const summary = document.createElement("summary");
-    summary.textContent = `${time(event.timestamp)} ${event.model ?? ""} · ${event.agent_role ?? ""}`
+    summary.textContent = `${clock(event.timestamp)} ${event.model ?? ""} · ${event.agent_role ?? ""}`
       + `${event.task_id ? " · " + event.task_id : ""} · waiting for the response…`;
     details.append(summary);
     for (const message of meta.messages ?? []) {
@@ -299,15 +308,22 @@ class SessionView {
   }
 
   renderFeed() {
+    // Newest first. A row shows the date when it is the top row or its date
+    // differs from the row above it; other rows show the time only.
     const body = $("events");
+    const oldTop = body.rows[0] ?? null;
     const rows = document.createDocumentFragment();
+    let above = null; // the date of the row above
     for (const event of this.pendingRows.reverse()) {
       const row = document.createElement("tr");
       row.dataset.testid = "event-row";
       row.dataset.eventId = event.id;
       row.dataset.type = event.event_type;
+      row.dataset.timestamp = event.timestamp;
       row.hidden = this.hiddenTypes.has(event.event_type);
-      cell(row, time(event.timestamp));
+      cell(row, "", "time").title = `${stamp(event.timestamp)} UTC`;
+      showTime(row, above);
+      above = day(event.timestamp);
       cell(row, event.event_type, `type ${event.event_type}`);
       cell(row, event.phase);
       cell(row, event.task_id);
@@ -318,6 +334,7 @@ class SessionView {
     }
     this.pendingRows = [];
     body.prepend(rows);
+    if (oldTop && above !== null) showTime(oldTop, above);
     while (body.rows.length > MAX_FEED_ROWS) body.deleteRow(-1);
   }
 
@@ -428,6 +445,7 @@ class SessionView {
         height: 240,
         series,
         scales: { x: { time: true } },
+        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
         axes: [
           {},
           { scale: "tokens", label: "tokens" },
@@ -438,6 +456,12 @@ class SessionView {
       box,
     );
   }
+}
+
+function showTime(row, dateAbove) {
+  // The time of a feed row, with its date unless the row above has the same date.
+  const iso = row.dataset.timestamp;
+  row.cells[0].textContent = day(iso) === dateAbove ? clock(iso) : stamp(iso);
 }
 
 function timelineRow(label) {
