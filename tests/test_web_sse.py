@@ -322,11 +322,10 @@ class OneShotWorkspace:
     def read_lines(self, events: Sequence[Event]) -> list[bytes]:
         return [encode_event(item) for item in events]
 
-    async def follow_lines(
+    async def follow_batches(
         self, query: EventQuery, **_: object
-    ) -> AsyncGenerator[tuple[Event, bytes], None]:
-        for item in self.found:
-            yield item
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]:
+        yield self.found
         await anyio.sleep_forever()
 
 

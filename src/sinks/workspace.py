@@ -577,6 +577,35 @@ class Workspace:
         :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
+        batches = self.follow_batches(
+            query,
+            session_id=session_id,
+            after=after,
+            from_start=from_start,
+            stop_event=stop_event,
+            wait_for_session=wait_for_session,
+        )
+        async with aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def follow_batches(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        from_start: bool = True,
+        stop_event: anyio.Event | None = None,
+        wait_for_session: bool = False,
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]:
+        """Like :meth:`follow_lines`, a list at a time (never empty).
+
+        A page of stored events (up to 1000), or the new events one change
+        of the logs brought: what a caller can write at once (a stream
+        sends each list as one chunk). Raises as :meth:`follow_lines`.
+        """
         query = self._query(query, session_id, must_exist=not wait_for_session)
         check_watchfiles()
         if not await anyio.Path(self._root).is_dir():
@@ -584,16 +613,16 @@ class Workspace:
         if not self.indexed and (from_start or after is not None):
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
             stored = await anyio.to_thread.run_sync(self._scan, query, after, ends)
-            for item in stored:
-                yield item
+            for start in range(0, len(stored), _PAGE):
+                yield stored[start : start + _PAGE]
             del stored
         elif from_start or after is not None:
             ends = await anyio.to_thread.run_sync(self._snapshot)
             cursor: str | Event | None = after
             while True:
                 page, last = await anyio.to_thread.run_sync(self._replay_page, query, cursor, ends)
-                for item in page:
-                    yield item
+                if page:
+                    yield page
                 if last is None:
                     break
                 cursor = last
@@ -602,11 +631,11 @@ class Workspace:
         tail = Tail(self._root, ends, query)
         async with self._change_hub().bell() as bell:
             # What was written between the snapshot and the watcher's start.
-            for item in await anyio.to_thread.run_sync(tail.read, None):
-                yield item
+            if found := await anyio.to_thread.run_sync(tail.read, None):
+                yield found
             while (changed := await bell.changes(stop_event)) is not None:
-                for item in await anyio.to_thread.run_sync(tail.read, changed):
-                    yield item
+                if found := await anyio.to_thread.run_sync(tail.read, changed):
+                    yield found
 
     # --- internals ----------------------------------------------------------------------
 

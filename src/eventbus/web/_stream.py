@@ -14,7 +14,7 @@ are skipped (the replay's last ids are remembered for that: enough to cover
 every event published while it ran, unless the listener overflowed, in
 which case the log is read again from where the replay stopped). From
 files (no bus, or a closed one) the live part is the data layer's
-``follow_lines``, which joins the log and its growth itself.
+``follow_batches``, which joins the log and its growth itself.
 
 No field value written holds a line break, which would end the field early
 and let the rest be read as other fields: an event whose id holds ``\r``,
@@ -219,8 +219,10 @@ async def file_stream(
         async for events, chunk in _replay(workspace, query, session_id, after):
             position = events[-1].id
             yield chunk
-    follow = workspace.follow_lines(query, session_id=session_id, after=position, from_start=False)
-    async with aclosing(follow) as lines:
-        async for event, line in lines:
-            if message := _message(event, line):
-                yield message
+    follow = workspace.follow_batches(
+        query, session_id=session_id, after=position, from_start=False
+    )
+    async with aclosing(follow) as batches:
+        async for batch in batches:  # one chunk per change of the logs
+            if chunk := b"".join([_message(event, line) for event, line in batch]):
+                yield chunk

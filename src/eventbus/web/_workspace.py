@@ -47,6 +47,15 @@ class Workspace(Protocol):
         from_start: bool,
     ) -> AsyncGenerator[tuple[Event, bytes], None]: ...
 
+    def follow_batches(
+        self,
+        query: EventQuery,
+        *,
+        session_id: str | None,
+        after: str | None,
+        from_start: bool,
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]: ...
+
 
 def open_workspace(root: str | os.PathLike[str]) -> Workspace:
     """The data layer over ``root``: :class:`sinks.workspace.Workspace`."""
