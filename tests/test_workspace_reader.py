@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameEr
 from eventbus.web import create_app
 from sinks._workspace_follow import Watcher, WatchfilesWatcher
 from sinks._workspace_inotify import InotifyWatcher
+from sinks._workspace_lines import Growth, iter_growth
 from sinks._workspace_scan import key_of
 from sinks.artifacts import ArtifactSink
 from sinks.jsonl import EventLog
@@ -567,6 +568,42 @@ async def test_every_follower_of_a_workspace_shares_one_watcher(root: Path) -> N
     assert got == ["for everyone"] * 200
     with anyio.fail_after(5):  # the watcher stops with the last follower
         await until(lambda: inotify_instances() == before)
+
+
+@pytest.mark.anyio
+async def test_a_change_is_decoded_once_however_many_follow(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 followers of a session woken by one write: its new lines are read and decoded once."""
+    reads: list[int] = []
+
+    def counting(fd: int, start: int) -> Iterator[Growth]:
+        reads.append(start)
+        return iter_growth(fd, start)
+
+    monkeypatch.setattr(sinks._workspace_follow, "iter_growth", counting)
+    workspace = Workspace(root)
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(
+                aclosing(workspace.follow_lines(session_id="a", from_start=False))
+            )
+            for _ in range(50)
+        ]
+        got: list[str] = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+
+                async def take_one(stream: AsyncGenerator[tuple[Event, bytes], None]) -> None:
+                    got.append((await anext(stream))[0].message)
+
+                for stream in streams:
+                    group.start_soon(take_one, stream)
+                await attached(workspace, 50)
+                reads.clear()
+                append(root, info("a", "once", 75))
+    assert got == ["once"] * 50
+    assert len(reads) == 1
 
 
 @pytest.mark.anyio

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from typing import Final, Protocol
 
@@ -37,7 +37,7 @@ import anyio.to_thread
 
 from eventbus import Event, EventQuery, is_valid_name
 
-from ._workspace_lines import iter_growth, open_log
+from ._workspace_lines import Growth, iter_growth, open_log
 from .jsonl import LOG_FILE_NAME
 
 __all__: list[str] = []
@@ -45,6 +45,8 @@ __all__: list[str] = []
 logger = logging.getLogger("sinks.workspace")
 
 _RECENT_IDS: Final = 65536  # ids remembered to drop an event seen twice
+_READS_EVENTS: Final = 65536  # events the shared reads hold at most
+_READS_KEPT: Final = 1024  # reads kept at most
 
 DEBOUNCE_MS: Final = 30
 """The longest the hub gathers file changes before it rings the followers."""
@@ -65,13 +67,18 @@ class Tail:
     """Reads what every log gained since the last read."""
 
     def __init__(
-        self, root: str, ends: dict[str, tuple[tuple[int, int], int]], query: EventQuery
+        self,
+        root: str,
+        ends: dict[str, tuple[tuple[int, int], int]],
+        query: EventQuery,
+        reads: Reads | None = None,
     ) -> None:
         self.root = root
         self.ends = dict(ends)
         self.query = query
         self.only = query.session_id
         self.recent: OrderedDict[str, None] = OrderedDict()
+        self.reads = reads if reads is not None else Reads()
 
     def read(self, changed: set[str] | None) -> list[tuple[Event, bytes]]:
         """Read the changed logs (``None``: every log); return the new matching events."""
@@ -115,6 +122,8 @@ class Tail:
             status = os.fstat(fd)
             ident = (status.st_dev, status.st_ino)
             known = self.ends.get(path)
+            if known is not None and known[0] == ident and status.st_size < known[1]:
+                self.reads.forget(path)  # truncated: what was read of it is stale
             start = (
                 0 if known is None or known[0] != ident or status.st_size < known[1] else known[1]
             )
@@ -122,7 +131,7 @@ class Tail:
                 self.ends[path] = (ident, start)
                 return []
             matches, recent = self.query.matches, self.recent
-            for growth in iter_growth(fd, start):
+            for growth in self.reads.growth(fd, path, ident, start, status.st_size):
                 for event, line in zip(growth.events, growth.lines, strict=True):
                     if event.id in recent:
                         continue
@@ -136,6 +145,82 @@ class Tail:
         finally:
             os.close(fd)
         return found
+
+
+class Reads:
+    """The growth of the logs read lately, shared by the followers of one workspace.
+
+    Followers of one session are woken together and read the same new
+    lines: the first to ask reads and decodes them, the others wait for it
+    and take its :class:`Growth` (events are immutable), so a change costs
+    one decode however many follow. Holds at most :data:`_READS_EVENTS` events.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: OrderedDict[tuple[str, tuple[int, int], int], Growth] = OrderedDict()
+        self._held = 0  # events in _found
+        self._reading: dict[tuple[str, tuple[int, int], int], threading.Event] = {}
+
+    def growth(
+        self, fd: int, path: str, ident: tuple[int, int], start: int, size: int
+    ) -> Iterator[Growth]:
+        """What ``iter_growth(fd, start)`` yields (``size``: the file's), read once for all."""
+        while start < size:
+            key = (path, ident, start)
+            with self._lock:
+                found = self._found.get(key)
+                if found is not None and found.end > size:  # truncated and rewritten
+                    self._held -= len(self._found.pop(key).events)
+                    found = None
+                reading = None if found is not None else self._reading.get(key)
+                if found is None and reading is None:
+                    self._reading[key] = threading.Event()  # this thread reads it
+            if found is not None:
+                yield found
+                start = found.end
+            elif reading is not None:
+                reading.wait()  # another follower reads it: then take what it found
+            else:
+                yield from self._lead(fd, key)
+                return
+
+    def forget(self, path: str) -> None:
+        """Drop what was read of ``path`` (truncated in place)."""
+        with self._lock:
+            for key in [key for key in self._found if key[0] == path]:
+                self._held -= len(self._found.pop(key).events)
+
+    def _lead(self, fd: int, key: tuple[str, tuple[int, int], int]) -> Iterator[Growth]:
+        """Read from ``key``'s start to the end, sharing what is read."""
+        path, ident, start = key
+        growths = iter_growth(fd, start)
+        try:  # the first run of lines is what the other followers wait for
+            first = next(growths, None)
+            if first is not None and first.end > start:
+                self._keep(key, first)
+        finally:
+            with self._lock:
+                self._reading.pop(key).set()
+        if first is None:
+            return
+        yield first
+        start = first.end
+        for growth in growths:
+            if growth.end > start:
+                self._keep((path, ident, start), growth)
+            start = growth.end
+            yield growth
+
+    def _keep(self, key: tuple[str, tuple[int, int], int], growth: Growth) -> None:
+        if len(growth.events) > _READS_EVENTS // 4:
+            return  # a large read (a follower far behind): not shared
+        with self._lock:
+            if key not in self._found:
+                self._found[key] = growth
+                self._held += len(growth.events)
+            while self._held > _READS_EVENTS or len(self._found) > _READS_KEPT:
+                self._held -= len(self._found.popitem(last=False)[1].events)
 
 
 class Watcher(Protocol):
@@ -296,6 +381,8 @@ class ChangeHub:
         self._stop: threading.Event | None = None  # the running thread's
         self._ready = threading.Event()
         self._watcher: Watcher | None = None  # the running thread's, to wake it
+        self.reads = Reads()
+        """The logs' growth read lately, shared by the followers' :class:`Tail`."""
         self.polling = False
         """Whether the hub polls (no watcher could be made)."""
 

@@ -628,8 +628,9 @@ class Workspace:
                 cursor = last
         else:
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
-        tail = Tail(self._root, ends, query)
-        async with self._change_hub().bell() as bell:
+        hub = self._change_hub()
+        tail = Tail(self._root, ends, query, hub.reads)
+        async with hub.bell() as bell:
             # What was written between the snapshot and the watcher's start.
             if found := await anyio.to_thread.run_sync(tail.read, None):
                 yield found
