@@ -657,3 +657,20 @@ def test_the_bound_socket_is_tcp_so_responses_are_not_delayed() -> None:
 
     with bind("127.0.0.1", 0) as sock:
         assert (sock.family, sock.proto) == (socket.AF_INET, socket.IPPROTO_TCP)
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_serves_from_its_own_thread_while_the_callers_loop_is_blocked(
+    tmp_path: Path,
+) -> None:
+    """demo/relay --serve: clients are served by another event loop, never the coordinator's."""
+    import httpx
+
+    from eventbus.cli._serve import dashboard
+
+    out = io.StringIO()
+    async with dashboard(tmp_path, port=0, out=out) as url:
+        # A blocking call on this loop: only a server on another loop can answer it.
+        response = httpx.get(f"{url}api/sessions", timeout=10)  # noqa: ASYNC210
+    assert response.json() == {"sessions": []}
+    assert out.getvalue() == f"dashboard: {url}\n"
