@@ -383,7 +383,7 @@ def add_parser(subparsers: Subparsers) -> None:
     demo.add_argument(
         "--serve",
         action="store_true",
-        help="serve the dashboard live on the demo's bus (http://127.0.0.1:PORT/), "
+        help="serve the dashboard live over the demo's workspace (http://127.0.0.1:PORT/), "
         "and keep serving after the session ends until Ctrl-C (needs the web extra)",
     )
     demo.add_argument(
@@ -453,9 +453,10 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "trio":
         import_extra("trio", extra="trio", command="--backend trio")
     if args.serve:
-        if args.backend != "asyncio":
-            raise CommandError("--serve runs on asyncio only (uvicorn): drop --backend trio")
         import_extra("uvicorn", extra="web", command="eventbus demo --serve")
+        from ._serve import bind
+
+        args.socket = bind("127.0.0.1", args.port)  # a port in use: refused before the session
     if args.nats:
         if args.backend != "asyncio":
             raise CommandError("--nats runs on asyncio only (nats-py): drop --backend trio")
@@ -594,7 +595,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
         @asynccontextmanager
         async def attach(bus: EventBus) -> AsyncIterator[None]:
-            async with dashboard(bus, args.workspace, port=args.port, out=out):
+            async with dashboard(args.workspace, sock=args.socket, out=out):
                 _header(args, out)
                 yield
 
