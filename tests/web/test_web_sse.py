@@ -15,6 +15,7 @@ import pytest
 from _web_server import serving
 from eventbus import Event, EventBus, EventType
 from eventbus.web import create_app
+from factories import event
 from sinks.jsonl import EventLog, JsonlSink
 
 SESSION = "s1"
@@ -54,10 +55,6 @@ async def messages(response: httpx.Response) -> AsyncIterator[Message]:
             continue
         field, _, value = line.partition(":")
         message[field or ":"] = value.removeprefix(" ")
-
-
-def event(n: int, session_id: str = SESSION, event_type: EventType = EventType.INFO) -> Event:
-    return Event(event_type=event_type, session_id=session_id, message=f"event {n}")
 
 
 @pytest.mark.anyio
