@@ -1,7 +1,7 @@
 """``eventbus demo``: an offline agent session, with its progress and a summary.
 
 ``eventbus demo [--workspace DIR] [--tasks N]`` runs the session of
-:mod:`eventbus.cli._agents` with the JSONL log and the artifact store as
+:mod:`eventbus.coordinator._demo_agents` with the JSONL log and the artifact store as
 sinks, prints a line per phase and per finished (or retried) task, then a
 summary and where the files are: ``DIR/{session_id}/events.jsonl``,
 ``DIR/{session_id}/artifacts/`` and the project the agents wrote in

@@ -115,8 +115,8 @@ def _recent_ids(root: Path, per_log: int) -> list[str]:
 async def relay(args: argparse.Namespace, out: TextIO) -> int:
     """Consume the stream into the workspace until interrupted (or idle with ``--until-idle``)."""
     from sinks.artifacts import ArtifactSink
+    from sinks.index import EventIndex
     from sinks.jsonl import JsonlSink
-    from sinks.memory import EventIndex
     from sinks.nats import JetStreamSource
 
     root: Path = args.workspace

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sinks.memory import UnknownEventIdError
+from sinks.index import UnknownEventIdError
 from sinks.workspace import InvalidTimeError, SessionNotFoundError
 from sinks.workspace import Workspace as FilesWorkspace
 
