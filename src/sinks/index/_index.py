@@ -241,10 +241,7 @@ class EventIndex:
                     "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
                 )
             located = (self._rows.file_id(path), list(offsets), list(lengths))
-        added = self._add(events, located, bulk=bulk)
-        if bulk and self._max_events is not None and self._live >= 2 * self._max_events:
-            self._settle()
-        return added
+        return self._add_batch(events, located, bulk=bulk)
 
     def add_log(
         self, path: str | os.PathLike[str], start: int = 0, *, bulk: bool = False
@@ -268,12 +265,22 @@ class EventIndex:
         end = start
         try:
             for growth in iter_growth(fd, start):
-                if growth.events:
-                    self.add_located(growth.events, path, growth.offsets, growth.lengths, bulk=bulk)
+                if growth.events:  # read here, so placed right: add_located's checks are moot
+                    located: Locations | None = None
+                    if self._low_memory:
+                        located = (self._rows.file_id(path), growth.offsets, growth.lengths)
+                    self._add_batch(growth.events, located, bulk=bulk)
                 end = growth.end
         finally:
             os.close(fd)
         return end
+
+    def _add_batch(self, events: list[Event], located: Locations | None, *, bulk: bool) -> int:
+        """:meth:`_add`, then (in bulk) settle once twice ``max_events`` are held."""
+        added = self._add(events, located, bulk=bulk)
+        if bulk and self._max_events is not None and self._live >= 2 * self._max_events:
+            self._settle()
+        return added
 
     def settle(self) -> None:
         """Put the events of bulk batches in order and evict down to ``max_events``.
