@@ -25,8 +25,8 @@ from typing import Any, TextIO
 
 import anyio
 
-from sinks.artifacts import ArtifactSink
-from sinks.jsonl import JsonlSink
+from sinks.artifacts import ARTIFACTS_DIR, ArtifactSink
+from sinks.jsonl import LOG_FILE_NAME, JsonlSink
 
 from .._bus import EventBus
 from .._event import Event, EventType
@@ -200,7 +200,7 @@ async def run_demo(
                     session=session,
                     events=list(index.events),
                     events_path=jsonl.path_for(session.session_id),
-                    artifacts_path=session.directory / "artifacts",
+                    artifacts_path=session.directory / ARTIFACTS_DIR,
                 )
                 if after is not None:
                     await after(result)
@@ -379,7 +379,7 @@ def check_workspace(root: Path, session_id: str | None) -> None:
         return
     directory = root / session_id
     if directory.is_symlink() or directory.exists():
-        log = directory / "events.jsonl"
+        log = directory / LOG_FILE_NAME
         holds = f"its log {log} exists" if log.exists() else f"{directory} exists"
         raise CommandError(
             f"session {session_id!r} already exists in workspace {root} ({holds}); "
