@@ -17,6 +17,7 @@ import pytest
 from _web_server import serving
 from eventbus import Event, EventBus, EventQuery, EventType, encode_event
 from eventbus.web import create_app
+from factories import event
 from sinks.jsonl import EventLog, JsonlSink
 
 SESSION = "s1"
@@ -56,10 +57,6 @@ async def messages(response: httpx.Response) -> AsyncIterator[Message]:
             continue
         field, _, value = line.partition(":")
         message[field or ":"] = value.removeprefix(" ")
-
-
-def event(n: int, session_id: str = SESSION, event_type: EventType = EventType.INFO) -> Event:
-    return Event(event_type=event_type, session_id=session_id, message=f"event {n}")
 
 
 @pytest.mark.anyio

@@ -21,13 +21,13 @@ appended since the last call are read (only the growth of each log), new
 sessions are found, a log that was replaced is read again.
 
 **Cost.** ``Workspace(root)`` builds, at its first query of events, an
-in-memory index of every log (a low-memory :class:`~sinks.memory.EventIndex`,
-about 100 bytes per event, holding where each line is rather than the event)
+in-memory index of every log (a low-memory :class:`~sinks.index.EventIndex`,
+holding where each line is rather than the event)
 and keeps it current: later queries cost in proportion to their answer plus
 what was appended since. That suits a server. ``Workspace(root,
 index=False)`` holds nothing and answers each query by reading the logs once,
 decoding only the fields queries filter on and then only the matching events:
-a selective query over 1M events costs about one ``EventLog`` load. That
+a selective query costs less than loading the logs with ``EventLog``. That
 suits a one-off command (the CLI).
 
 **Threads.** The methods block on the disk: from async code, call them in a
@@ -41,7 +41,7 @@ Errors::
     ├── InvalidTimeError (ValueError)
     ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
-    ├── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    ├── UnknownEventIdError (LookupError, from sinks.index: an ``after`` id no log holds)
     └── UnsafeSymlinkError (OSError, from sinks.jsonl: the session asked for, or its
         log, is a symlink leading out of the root)
 
@@ -52,12 +52,6 @@ sessions, including following (a warning on the ``sinks.workspace`` logger,
 once per link), and refused with :class:`~sinks.jsonl.UnsafeSymlinkError` by
 a query given that session; :meth:`Workspace.sessions` lists such a session
 with ``error`` saying why.
-
-Layout: :class:`Workspace` is here; reading lines as stored is in
-``sinks._workspace_lines``, the index-free scan in ``sinks._workspace_scan``,
-following growing logs in ``sinks._workspace_follow``, session rows in
-``sinks._workspace_sessions`` and usage rows in ``sinks._workspace_usage``.
-Import every name from here.
 """
 
 from __future__ import annotations
@@ -465,7 +459,7 @@ class Workspace:
         """Return LLM calls, tokens and cost per value of ``by``, and in total.
 
         Only ``llm_response_received`` events count (see
-        :class:`~sinks.memory.TokenUsage`). The result is::
+        :class:`~sinks.index.TokenUsage`). The result is::
 
             {"by": "model",
              "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
