@@ -15,16 +15,20 @@ This package imports the core (:mod:`eventbus`); the core never imports it.
 
 from .._factories import GateDecision
 from .._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
+from ._commands import Command, CommandKind, submit_command
 from ._context import Agent, AgentContext
 from ._coordinator import SessionCoordinator, estimate_tokens
 from ._errors import (
     ClarificationUnavailableError,
     CommandFailedError,
     GateBlockedError,
+    HumanTimeoutError,
+    InvalidCommandError,
     PatchError,
     PhaseError,
     PlanError,
     SessionError,
+    SessionLogNotFoundError,
     TasksFailedError,
     UsageNotReportedError,
     VerificationFailedError,
@@ -66,7 +70,9 @@ __all__ = [
     "ClarificationRequest",
     "ClarificationUnavailableError",
     "Clarifier",
+    "Command",
     "CommandFailedError",
+    "CommandKind",
     "CommandResult",
     "CommandVerifier",
     "Emitter",
@@ -75,6 +81,8 @@ __all__ = [
     "GateCheck",
     "GateDecision",
     "GateResult",
+    "HumanTimeoutError",
+    "InvalidCommandError",
     "LLMCall",
     "ModelClient",
     "ModelPrice",
@@ -93,6 +101,7 @@ __all__ = [
     "Session",
     "SessionCoordinator",
     "SessionError",
+    "SessionLogNotFoundError",
     "SessionPhase",
     "StaticRouter",
     "TaskSpan",
@@ -108,6 +117,7 @@ __all__ = [
     "estimate_tokens",
     "make_unified_diff",
     "redact_secrets",
+    "submit_command",
 ]
 
 for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)
