@@ -20,6 +20,7 @@ import pytest
 
 from eventbus import Event, EventBus, EventType
 from eventbus.coordinator import (
+    Agent,
     AgentContext,
     AgentResult,
     Command,
@@ -182,7 +183,7 @@ async def running(
     *,
     model: Model | None = None,
     planner: Planner | None = None,
-    worker: Worker | None = None,
+    worker: Agent | None = None,
     gates: Sequence[Gate] = (),
     clarifier: HumanClarifier | None = None,
     start: bool = True,
