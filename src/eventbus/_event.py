@@ -83,6 +83,13 @@ class EventType(enum.StrEnum):
     CLARIFICATION_REQUESTED = "clarification_requested"
     CLARIFICATION_ANSWERED = "clarification_answered"
 
+    # Control: commands from a person, and what they did
+    CONTROL_APPLIED = "control_applied"
+    CONTROL_REJECTED = "control_rejected"
+    SESSION_PAUSED = "session_paused"
+    SESSION_RESUMED = "session_resumed"
+    APPROVAL_REQUESTED = "approval_requested"
+
     # Generic
     INFO = "info"
     WARNING = "warning"

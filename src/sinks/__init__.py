@@ -59,10 +59,12 @@ from .jsonl import (
     iter_log,
 )
 from .workspace import (
+    CONTROL_FILE_NAME,
     USAGE_ALIASES,
     USAGE_KEYS,
     InvalidTimeError,
     SessionNotFoundError,
+    UnknownCommandError,
     UnknownEventTypeError,
     Workspace,
     parse_time,
@@ -70,6 +72,7 @@ from .workspace import (
 
 __all__ = [
     "ARTIFACTS_DIR",
+    "CONTROL_FILE_NAME",
     "LOG_FILE_NAME",
     "RUN_SUMMARY_KEY",
     "USAGE_ALIASES",
@@ -98,6 +101,7 @@ __all__ = [
     "SessionSummary",
     "StaleLogError",
     "TokenUsage",
+    "UnknownCommandError",
     "UnknownEventIdError",
     "UnknownEventTypeError",
     "UnsafeSymlinkError",

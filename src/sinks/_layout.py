@@ -4,6 +4,7 @@ A workspace holds one directory per session::
 
     {root}/{session_id}/events.jsonl                 LOG_FILE_NAME: the JSONL log
     {root}/{session_id}/artifacts/{key}.json         ARTIFACTS_DIR: the artifacts
+    {root}/{session_id}/control.jsonl                CONTROL_FILE_NAME: the commands' inbox
 
 Every part of :mod:`sinks` names these files through this module.
 
@@ -31,6 +32,7 @@ from ._files import UnsafeSymlinkError
 
 __all__ = [
     "ARTIFACTS_DIR",
+    "CONTROL_FILE_NAME",
     "LOG_FILE_NAME",
     "UnsafeSymlinkError",
     "check_link",
@@ -40,6 +42,9 @@ __all__ = [
 
 LOG_FILE_NAME = "events.jsonl"
 """The name of a session's JSONL log in its directory."""
+
+CONTROL_FILE_NAME = "control.jsonl"
+"""The name of a session's inbox of control commands (written by ``submit_command``)."""
 
 ARTIFACTS_DIR = "artifacts"
 """The name of the directory of a session's artifacts."""

@@ -37,6 +37,14 @@ from eventbus import (
     parent_scope,
 )
 
+CONTROL_TYPES = [
+    "control_applied",
+    "control_rejected",
+    "session_paused",
+    "session_resumed",
+    "approval_requested",
+]
+
 SEED_TYPES = [
     "phase_transition",
     "session_started",
@@ -75,8 +83,8 @@ SEED_TYPES = [
 
 class TestEventType:
     def test_holds_every_seed_type(self) -> None:
-        """Every type the seed lists exists, with the seed's value."""
-        assert {t.value for t in EventType} == set(SEED_TYPES)
+        """Every type the seed lists exists, with the seed's value, and the control types."""
+        assert {t.value for t in EventType} == set(SEED_TYPES) | set(CONTROL_TYPES)
         assert len(EventType) >= 30
 
     def test_members_hash_and_compare_like_their_strings(self) -> None:

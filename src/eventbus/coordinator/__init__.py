@@ -7,24 +7,33 @@ small protocols for what it drives (:class:`Agent`, :class:`ModelClient`,
 :class:`ModelRouter`); :class:`AgentContext` is what an agent gets to work
 with. :class:`Emitter` and its spans make correct emission the easy path;
 the redact hook (:func:`redact_secrets`) keeps secrets out of captured
-prompts. The errors derive from :class:`~eventbus.EventBusError`; their hierarchy
-is drawn in ``eventbus.coordinator._errors``.
+prompts. A person controls a running session with a :class:`Command` (pause,
+resume, abort, answer, approve, reject), in process or from another process
+through the session's inbox (:func:`submit_command`); :class:`HumanClarifier`
+and :class:`HumanGate` make questions and approvals wait for one. The errors
+derive from :class:`~eventbus.EventBusError`; their hierarchy is drawn in
+``eventbus.coordinator._errors``.
 
 This package imports the core (:mod:`eventbus`); the core never imports it.
 """
 
 from .._factories import GateDecision
 from .._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
+from ._commands import Command, CommandKind, submit_command
 from ._context import Agent, AgentContext
+from ._control import CommandOutcome, HumanClarifier, HumanGate
 from ._coordinator import SessionCoordinator, estimate_tokens
 from ._errors import (
     ClarificationUnavailableError,
     CommandFailedError,
     GateBlockedError,
+    HumanTimeoutError,
+    InvalidCommandError,
     PatchError,
     PhaseError,
     PlanError,
     SessionError,
+    SessionLogNotFoundError,
     TasksFailedError,
     UsageNotReportedError,
     VerificationFailedError,
@@ -66,7 +75,10 @@ __all__ = [
     "ClarificationRequest",
     "ClarificationUnavailableError",
     "Clarifier",
+    "Command",
     "CommandFailedError",
+    "CommandKind",
+    "CommandOutcome",
     "CommandResult",
     "CommandVerifier",
     "Emitter",
@@ -75,6 +87,10 @@ __all__ = [
     "GateCheck",
     "GateDecision",
     "GateResult",
+    "HumanClarifier",
+    "HumanGate",
+    "HumanTimeoutError",
+    "InvalidCommandError",
     "LLMCall",
     "ModelClient",
     "ModelPrice",
@@ -93,6 +109,7 @@ __all__ = [
     "Session",
     "SessionCoordinator",
     "SessionError",
+    "SessionLogNotFoundError",
     "SessionPhase",
     "StaticRouter",
     "TaskSpan",
@@ -108,6 +125,7 @@ __all__ = [
     "estimate_tokens",
     "make_unified_diff",
     "redact_secrets",
+    "submit_command",
 ]
 
 for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)

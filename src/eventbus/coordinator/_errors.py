@@ -9,12 +9,15 @@ them fail the attempt::
     EventBusError
     ├── PhaseError (RuntimeError)            a step was called in the wrong phase
     ├── UsageNotReportedError (RuntimeError) an ``llm_call`` block ended without usage
+    ├── InvalidCommandError (ValueError)     a control command's fields do not make one
+    ├── SessionLogNotFoundError (LookupError) a command to a session that has no log
     └── SessionError                         ends the session FAILED
         ├── PlanError (ValueError)           the plan's task graph is invalid
         ├── GateBlockedError                 a gate blocked the plan or a diff
         ├── PatchError (ValueError)          a diff does not apply to the workspace
         ├── CommandFailedError               a command exited non-zero
         ├── ClarificationUnavailableError    a question was asked with no clarifier
+        ├── HumanTimeoutError                nobody answered a question or approval in time
         ├── TasksFailedError                 tasks of the graph failed (others skipped)
         └── VerificationFailedError          a verifier's command failed
 """
@@ -29,10 +32,13 @@ __all__ = [
     "ClarificationUnavailableError",
     "CommandFailedError",
     "GateBlockedError",
+    "HumanTimeoutError",
+    "InvalidCommandError",
     "PatchError",
     "PhaseError",
     "PlanError",
     "SessionError",
+    "SessionLogNotFoundError",
     "TasksFailedError",
     "UsageNotReportedError",
     "VerificationFailedError",
@@ -145,4 +151,36 @@ class UsageNotReportedError(EventBusError, RuntimeError):
         super().__init__(
             f"the llm_call to {model!r} ended without call.set_usage(...): report the "
             "response's token usage before leaving the block"
+        )
+
+
+class InvalidCommandError(EventBusError, ValueError):
+    """Raised when a control command's fields do not make a command (see ``Command``)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"invalid command: {problem}")
+
+
+class SessionLogNotFoundError(EventBusError, LookupError):
+    """Raised when a command is sent to a session that has no log (yet) in the workspace."""
+
+    def __init__(self, session_id: str, root: str) -> None:
+        self.session_id = session_id
+        self.root = root
+        super().__init__(
+            f"no session {session_id!r} in the workspace {root!r} (it has no events.jsonl); "
+            "check the session id and the workspace directory"
+        )
+
+
+class HumanTimeoutError(SessionError):
+    """Raised when nobody answered a question or decided an approval in time (no default)."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        self.what = what
+        self.timeout = timeout
+        super().__init__(
+            f"nobody answered {what} within {timeout:g}s; give the HumanClarifier or "
+            "HumanGate a longer timeout or a default"
         )

@@ -5,21 +5,25 @@ API; what it reads, what it costs and its errors are described in its
 module, ``sinks.workspace._workspace``.
 """
 
+from .._layout import CONTROL_FILE_NAME
 from ._workspace import (
     USAGE_ALIASES,
     USAGE_KEYS,
     InvalidTimeError,
     SessionNotFoundError,
+    UnknownCommandError,
     UnknownEventTypeError,
     Workspace,
     parse_time,
 )
 
 __all__ = [
+    "CONTROL_FILE_NAME",
     "USAGE_ALIASES",
     "USAGE_KEYS",
     "InvalidTimeError",
     "SessionNotFoundError",
+    "UnknownCommandError",
     "UnknownEventTypeError",
     "Workspace",
     "parse_time",

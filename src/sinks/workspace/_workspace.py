@@ -38,6 +38,7 @@ Errors::
 
     EventBusError
     ├── SessionNotFoundError (LookupError)
+    ├── UnknownCommandError (LookupError: a command id neither the inbox nor the log holds)
     ├── InvalidTimeError (ValueError)
     ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
@@ -70,6 +71,7 @@ from typing import Any, Final, Self
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from eventbus import (
     Event,
@@ -80,7 +82,13 @@ from eventbus import (
     validate_session_id,
 )
 
-from .._layout import LOG_FILE_NAME, UnsafeSymlinkError, report_once, resolve_inside
+from .._layout import (
+    CONTROL_FILE_NAME,
+    LOG_FILE_NAME,
+    UnsafeSymlinkError,
+    report_once,
+    resolve_inside,
+)
 from .._lines import complete_end, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
@@ -93,6 +101,7 @@ __all__ = [
     "USAGE_KEYS",
     "InvalidTimeError",
     "SessionNotFoundError",
+    "UnknownCommandError",
     "UnknownEventTypeError",
     "Workspace",
     "parse_time",
@@ -110,6 +119,19 @@ _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_li
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
 _BUILTIN_TYPES: Final = frozenset(kind.value for kind in EventType)
+_ENDS: Final = (EventType.SESSION_COMPLETED, EventType.SESSION_FAILED, EventType.SESSION_ABORTED)
+_GATES: Final = (EventType.GATE_EVALUATED, EventType.GATE_WARNED, EventType.GATE_BLOCKED)
+_OUTCOMES: Final = (EventType.CONTROL_APPLIED, EventType.CONTROL_REJECTED)
+_PENDING_QUERY: Final = EventQuery(
+    event_type=[
+        EventType.CLARIFICATION_REQUESTED,
+        EventType.CLARIFICATION_ANSWERED,
+        EventType.APPROVAL_REQUESTED,
+        *_GATES,
+        *_ENDS,
+    ]
+)
+_inbox_line: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -124,6 +146,18 @@ class SessionNotFoundError(EventBusError, LookupError):
         super().__init__(
             f"no session {session_id!r} in the workspace {root!r}; "
             "list its sessions with 'eventbus sessions' or GET /api/sessions"
+        )
+
+
+class UnknownCommandError(EventBusError, LookupError):
+    """Raised when neither a session's inbox nor its log holds a command with the id asked for."""
+
+    def __init__(self, session_id: str, command_id: str) -> None:
+        self.session_id = session_id
+        self.command_id = command_id
+        super().__init__(
+            f"no command {command_id!r} in session {session_id!r}: it was never sent "
+            "to this session's inbox; check the command id and the session id"
         )
 
 
@@ -501,6 +535,115 @@ class Workspace:
         rows = [{"key": key, **usage_values(usage)} for key, usage in groups.items()]
         rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], none_last(row["key"])))
         return {"by": by, "rows": rows, "total": usage_values(total)}
+
+    # --- control ------------------------------------------------------------------------
+
+    def pending(self, session_id: str) -> list[dict[str, Any]]:
+        """Return what session ``session_id`` waits for from a person, oldest first.
+
+        Each item is ``{"kind": "clarification" | "approval", "id", "task_id",
+        "role", "text"}``: a ``clarification_requested`` without its
+        ``clarification_answered`` (``id`` is its ``metadata.question_id``,
+        ``text`` the question), or an ``approval_requested`` without the gate
+        event deciding it (``id`` is its ``metadata.request_id``, ``text``
+        what is to be approved). A session that has ended waits for nothing: ``[]``.
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session (or it
+            has no log yet).
+        """
+        events = self._session_events(session_id, _PENDING_QUERY)
+        waiting: dict[tuple[str, object], dict[str, Any]] = {}
+        for event in events:
+            kind = event.event_type
+            metadata = event.metadata
+            if kind in _ENDS:
+                return []
+            if kind is EventType.CLARIFICATION_ANSWERED:
+                waiting.pop(("clarification", metadata.get("question_id")), None)
+            elif kind in _GATES:
+                waiting.pop(("approval", metadata.get("request_id")), None)
+            else:
+                asked = kind is EventType.CLARIFICATION_REQUESTED
+                item_kind = "clarification" if asked else "approval"
+                key = metadata.get("question_id" if asked else "request_id")
+                if isinstance(key, str):
+                    waiting[item_kind, key] = {
+                        "kind": item_kind,
+                        "id": key,
+                        "task_id": event.task_id,
+                        "role": event.agent_role,
+                        "text": str(
+                            metadata.get("question" if asked else "subject", event.message)
+                        ),
+                    }
+        return list(waiting.values())
+
+    def session_ended(self, session_id: str) -> bool:
+        """Whether session ``session_id`` has ended (its log holds ``session_completed``,
+        ``session_failed`` or ``session_aborted``): it takes no more commands.
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session (or no log yet).
+        """
+        return bool(self._session_events(session_id, EventQuery(event_type=list(_ENDS))))
+
+    def command_status(self, session_id: str, command_id: str) -> dict[str, Any]:
+        """Return what became of command ``command_id`` sent to session ``session_id``.
+
+        The answer is ``{"command_id", "kind", "status", "reason"}``: ``status``
+        is ``"applied"`` or ``"rejected"`` (with the ``reason``) once the log
+        holds the coordinator's ``control_applied`` or ``control_rejected`` for
+        it (the first, if the command was sent more than once), else
+        ``"queued"`` while it waits in the session's inbox (``reason`` ``None``).
+
+        :raises InvalidNameError: if ``session_id`` cannot be a session id.
+        :raises SessionNotFoundError: if the workspace has no such session (or no log yet).
+        :raises UnknownCommandError: if neither the inbox nor the log holds the command.
+        """
+        for event in self._session_events(session_id, EventQuery(event_type=list(_OUTCOMES))):
+            metadata = event.metadata
+            if metadata.get("command_id") == command_id:
+                applied = event.event_type is EventType.CONTROL_APPLIED
+                return {
+                    "command_id": command_id,
+                    "kind": metadata.get("kind"),
+                    "status": "applied" if applied else "rejected",
+                    "reason": metadata.get("reason"),
+                }
+        for command in self._inbox(session_id):
+            if command.get("command_id") == command_id:
+                return {
+                    "command_id": command_id,
+                    "kind": command.get("kind"),
+                    "status": "queued",
+                    "reason": None,
+                }
+        raise UnknownCommandError(session_id, command_id)
+
+    def _session_events(self, session_id: str, query: EventQuery) -> list[Event]:
+        """The events of one session (which must have a log) matching ``query``, in time order."""
+        self._check_session(session_id, log=True)
+        if not os.path.isfile(os.path.join(self._root, session_id, LOG_FILE_NAME)):
+            raise SessionNotFoundError(session_id, os.fspath(self.root))
+        events, _ = self.events(query, session_id=session_id)
+        return events
+
+    def _inbox(self, session_id: str) -> list[dict[str, Any]]:
+        """The commands of a session's inbox (complete lines that decode to an object)."""
+        path = resolve_inside(self._root, os.path.join(self._root, session_id, CONTROL_FILE_NAME))
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in data.split(b"\n")[:-1]:
+            try:
+                found.append(_inbox_line.decode(line))
+            except msgspec.DecodeError:  # a torn or foreign line: the coordinator skips it too
+                continue
+        return found
 
     # --- following ----------------------------------------------------------------------
 
