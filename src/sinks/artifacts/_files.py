@@ -20,6 +20,8 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from eventbus import is_valid_name, validate_name
 
@@ -33,6 +35,7 @@ SUFFIX = ".json"
 _TEMP_SUFFIX = ".tmp"
 _NONCE = secrets.token_hex(4)
 _SEQUENCE = itertools.count()
+_MAX_SYNC_THREADS = 16
 
 
 def check_key(key: str) -> str:
@@ -135,6 +138,54 @@ def replace_atomic(directory: str, target: str, data: bytes, durable: bool) -> N
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def replace_all_atomic(directory: str, files: Sequence[tuple[str, bytes]], durable: bool) -> None:
+    """Replace each ``(target, data)`` of ``files`` (in ``directory``) as :func:`replace_atomic`.
+
+    Every temporary file is written first, then (when ``durable``) all are
+    fsynced at once from a few threads, so that the file system commits them
+    together (one journal commit rather than one per file), then each is
+    renamed over its target, in order. A failure before the renames replaces
+    nothing; the caller checks the targets first and fsyncs the directory after.
+    """
+    if len(files) < 2:
+        for target, data in files:
+            replace_atomic(directory, target, data, durable)
+        return
+    staged: list[tuple[str, str]] = []  # (temporary file, target)
+    try:
+        for target, data in files:
+            try:
+                fd, temp = _open_temp(directory)
+            except FileNotFoundError:
+                _make_directory(directory, durable)
+                fd, temp = _open_temp(directory)
+            staged.append((temp, target))
+            with open(fd, "wb", buffering=0) as file:
+                view = memoryview(data)
+                while view:
+                    view = view[file.write(view) :]
+        if durable:
+            with ThreadPoolExecutor(min(_MAX_SYNC_THREADS, len(staged))) as pool:
+                list(pool.map(_fsync_path, [temp for temp, _ in staged]))
+        while staged:
+            temp, target = staged[0]
+            os.replace(temp, target)
+            del staged[0]
+    except BaseException:
+        for temp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        raise
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:

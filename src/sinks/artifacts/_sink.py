@@ -6,6 +6,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from ._summary import RUN_SUMMARY_KEY, Tally, summary_decoder
 logger = logging.getLogger("sinks.artifacts")
 
 _ARTIFACT_TYPES = frozenset({EventType.ARTIFACT_CREATED, EventType.ARTIFACT_UPDATED})
+_MAX_SESSION_THREADS = 8
 
 
 @dataclass
@@ -253,15 +255,12 @@ class ArtifactSink:
                     continue
                 assert isinstance(key, str)
                 session.artifacts[key] = event.metadata["content"]
-        for session_id, session in sessions.items():
-            try:
-                session.store._save_all(
-                    {**session.artifacts, RUN_SUMMARY_KEY: session.tally.summary()}
-                )
-            except (OSError, EventBusError) as exc:
-                result.failed[session_id] = exc
+        saved = _save_sessions(list(sessions.values()))
+        for (session_id, session), error in zip(sessions.items(), saved, strict=True):
+            if error is not None:
+                result.failed[session_id] = error
                 result.before_failed[session_id] = session.before
-                logger.warning("artifact sink could not save session %r: %s", session_id, exc)
+                logger.warning("artifact sink could not save session %r: %s", session_id, error)
                 continue
             result.saved_tallies[session_id] = session.tally
             result.counted_ids.update(session.ids)
@@ -296,6 +295,26 @@ class ArtifactSink:
 
     def __repr__(self) -> str:
         return f"ArtifactSink({os.fspath(self.workspace_root)!r})"
+
+
+def _save_one(session: _Session) -> OSError | EventBusError | None:
+    try:
+        session.store._save_all({**session.artifacts, RUN_SUMMARY_KEY: session.tally.summary()})
+    except (OSError, EventBusError) as exc:
+        return exc
+    return None
+
+
+def _save_sessions(sessions: list[_Session]) -> list[OSError | EventBusError | None]:
+    """Save each session's artifacts and summary; each one's error, or None, in order.
+
+    The sessions are saved at once from a few threads (each in its own
+    directory), so that their fsyncs go to the file system together.
+    """
+    if len(sessions) < 2:
+        return [_save_one(session) for session in sessions]
+    with ThreadPoolExecutor(min(_MAX_SESSION_THREADS, len(sessions))) as pool:
+        return list(pool.map(_save_one, sessions))
 
 
 def _artifact_key_problem(key: object) -> str | None:

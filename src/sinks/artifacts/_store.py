@@ -20,7 +20,7 @@ from ._files import (
     fsync_directory,
     list_keys,
     read_bytes,
-    replace_atomic,
+    replace_all_atomic,
     target_is_link,
     write_atomic,
 )
@@ -156,21 +156,22 @@ class ArtifactStore:
 
         For :class:`ArtifactSink`'s batches: everything is encoded first (an
         :class:`ArtifactEncodeError` writes nothing), the directory is checked
-        once, each file costs one ``lstat``, and the directory is fsynced once,
-        after the last rename. An artifact file that is a symlink is checked
-        and saved on its own, as :meth:`save_artifact` saves it.
+        once, each file costs one ``lstat``, the files are fsynced together
+        (:func:`replace_all_atomic`) and the directory once, after the last
+        rename. An artifact file that is a symlink is checked and saved on its
+        own, as :meth:`save_artifact` saves it.
         """
         files = [(check_key(key) + SUFFIX, _encode(key, data)) for key, data in artifacts.items()]
         directory = self._checked(self._dir)
-        renamed = False
+        plain: list[tuple[str, bytes]] = []
         for filename, encoded in files:
             target = os.path.join(directory, filename)
             if target_is_link(target):
                 self._write(self._checked(os.path.join(self._dir, filename)), encoded)
                 continue
-            replace_atomic(directory, target, encoded, self.durable)
-            renamed = True
-        if renamed and self.durable:
+            plain.append((target, encoded))
+        replace_all_atomic(directory, plain, self.durable)  # fsynced together
+        if plain and self.durable:
             fsync_directory(directory)
 
     def load_artifact(self, key: str) -> Any:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
+import anyio
 import msgspec
 import nats.aio.client
 import nats.aio.msg
 import nats.errors
 import nats.js.errors
+from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventbus import (
@@ -78,6 +83,13 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     invalid: int
 
 
+class _Published(NamedTuple):
+    """A batch published on the bus, waiting for its flush and its ack."""
+
+    messages: list[nats.aio.msg.Msg]
+    events: list[Event]
+
+
 class JetStreamSource:
     """Consumes a JetStream stream into a local bus (extra ``nats``).
 
@@ -87,9 +99,15 @@ class JetStreamSource:
             await source.run(bus)
 
     Each message is decoded into an :class:`~eventbus.Event` (unknown types
-    kept) and published on ``bus``; after each fetched batch ``run`` awaits
-    ``bus.flush()`` and only then acks the batch's messages, so a message is
-    acknowledged once every lossless sink of the bus holds it.
+    kept) and published on ``bus``; after each batch ``run`` awaits
+    ``bus.flush()`` and only then acks the batch, so a message is
+    acknowledged once every lossless sink of the bus holds it. A durable
+    consumer keeps up to two pull requests of ``batch`` messages open, so
+    the next batch arrives while this one is written; a batch is what
+    arrived meanwhile (up to ``batch``), so a trickle is not held back to
+    fill one. A consumer this class creates acks with ``AckPolicy.ALL``: one
+    ack per batch, for its last message (one made with explicit acks gets
+    one ack per message).
 
     **Durable** (``durable="name"``): the server remembers the position;
     a restarted source resumes after the last acked message. Messages
@@ -168,6 +186,17 @@ class JetStreamSource:
         self._received = self._published = self._duplicates = 0
         self._filtered = self._invalid = 0
         self._last_sequence = 0  # consumer sequence of the last message handled (ordered)
+        # Durable: the messages pushed for our pull requests, and those requests.
+        self._js: Any = None
+        self._arrived: deque[nats.aio.msg.Msg] = deque()
+        self._wakeup = asyncio.Event()
+        self._requests: deque[list[float]] = deque()  # [messages still due, deadline], oldest first
+        self._next_subject = ""
+        self._inbox = ""
+        self._ack_all = False
+        self._in_flight: set[str] = set()  # ids published, not flushed yet
+        self._unsettled = 0  # batches published, not flushed and acked yet
+        self._settled: anyio.Event | None = None  # set while nothing waits to be settled
 
     @property
     def filter_subject(self) -> str:
@@ -205,7 +234,7 @@ class JetStreamSource:
         if self.durable is None:  # ordered: nats-py sets the rest
             config = ConsumerConfig()
         else:
-            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait)
+            config = ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=self.ack_wait)
             config.max_ack_pending = 4 * self.batch
         start = self.start
         if start == "new":
@@ -246,14 +275,18 @@ class JetStreamSource:
                 try:
                     info = await js.consumer_info(self.stream, self.durable)
                 except nats.js.errors.NotFoundError:
-                    pass
+                    config.durable_name = self.durable
+                    config.filter_subject = subject
+                    info = await js.add_consumer(self.stream, config=config)
                 else:
                     has = info.config.filter_subject or ">"
                     if has != subject:
                         raise ConsumerConfigError(self.stream, self.durable, has, subject)
-                self._sub = await js.pull_subscribe(
-                    subject, durable=self.durable, stream=self.stream, config=config
-                )
+                self._ack_all = info.config.ack_policy == AckPolicy.ALL
+                self._js = js
+                self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+                self._inbox = nc.new_inbox()
+                self._sub = await nc.subscribe(self._inbox, cb=self._arrive)
         except BaseException:
             await self._close()
             raise
@@ -284,26 +317,100 @@ class JetStreamSource:
         require_asyncio(type(self).__name__)
         if self._nc is None:
             raise JetStreamError("use the source as 'async with JetStreamSource(...) as source'")
-        while True:
-            messages = await self._next_batch()
-            if messages:
-                await self._handle(bus, messages)
-            if until_idle and len(messages) < self.batch and await self._idle():
-                return
+        # Two stages: this task fetches and publishes a batch while the previous one
+        # is flushed and acked by the other (one batch may wait between them).
+        send, receive = anyio.create_memory_object_stream[_Published](1)
+        self._settled = anyio.Event()
+        self._settled.set()
+        try:
+            async with anyio.create_task_group() as group, send:
+                group.start_soon(self._settle_all, bus, receive)
+                while True:
+                    messages = await self._next_batch()
+                    if messages:
+                        self._unsettled += 1
+                        self._settled = anyio.Event()
+                        await send.send(await self._publish(bus, messages))
+                    if until_idle and len(messages) < self.batch:
+                        await self._settled.wait()  # acked: else the server counts it pending
+                        if await self._idle():
+                            group.cancel_scope.cancel()
+                            return
+        except BaseExceptionGroup as group:  # one stage failed: its error, as it is
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _settle_all(
+        self, bus: EventBus, receive: MemoryObjectReceiveStream[_Published]
+    ) -> None:
+        async with receive:
+            async for published in receive:
+                await self._settle(bus, published)
+                self._unsettled -= 1
+                if not self._unsettled and self._settled is not None:
+                    self._settled.set()
+
+    async def _arrive(self, msg: nats.aio.msg.Msg) -> None:
+        """Take a message pushed for a pull request (nats-py calls this in order)."""
+        self._arrived.append(msg)
+        self._wakeup.set()
+
+    async def _request_more(self) -> None:
+        """Keep a batch or more asked for: up to two pull requests open at once."""
+        requests, now = self._requests, time.monotonic()
+        while requests and requests[0][1] < now:  # lost with a connection: nothing comes
+            requests.popleft()
+        if len(requests) >= 2 or sum(r[0] for r in requests) >= self.batch:
+            return
+        expires = self.fetch_timeout
+        request = {"batch": self.batch, "expires": int(expires * 1e9)}
+        assert self._nc is not None
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._inbox)
+        requests.append([self.batch, now + expires + 1.0])
+
+    def _take_arrived(self) -> list[nats.aio.msg.Msg]:
+        """The messages that arrived (up to a batch), minus the servers' status messages."""
+        arrived, requests = self._arrived, self._requests
+        messages: list[nats.aio.msg.Msg] = []
+        while arrived and len(messages) < self.batch:
+            msg = arrived.popleft()
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None:
+                messages.append(msg)
+                if requests:
+                    requests[0][0] -= 1
+                    if requests[0][0] <= 0:
+                        requests.popleft()
+            elif status != "100" and requests:  # 408 expired, 409 ...: the oldest is done
+                requests.popleft()
+        if not arrived:
+            self._wakeup.clear()
+        return messages
+
+    async def _pull(self) -> list[nats.aio.msg.Msg]:
+        await self._request_more()
+        if not self._arrived:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.fetch_timeout):
+                    await self._wakeup.wait()
+        messages = self._take_arrived()
+        await self._request_more()  # the next batch comes while this one is written
+        return messages
 
     async def _next_batch(self) -> list[nats.aio.msg.Msg]:
         sub = self._sub
         try:
             if self.durable is not None:
-                result: list[nats.aio.msg.Msg] = await sub.fetch(
-                    self.batch, timeout=self.fetch_timeout
-                )
-                return result
+                return await self._pull()
             messages = [await sub.next_msg(timeout=self.fetch_timeout)]
             while len(messages) < self.batch and sub.pending_msgs > 0:
                 messages.append(await sub.next_msg(timeout=self.fetch_timeout))
             return messages
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
+            return []
+        except nats.errors.Error as exc:  # e.g. a pull request while reconnecting
+            _logger.info("pull from %s failed, retrying: %r", self.stream, exc)
             return []
         except nats.js.errors.APIError as exc:  # e.g. the server restarting: try again
             _logger.info("fetch from %s failed, retrying: %r", self.stream, exc)
@@ -311,7 +418,12 @@ class JetStreamSource:
 
     async def _idle(self) -> bool:
         try:
-            info = await self._sub.consumer_info()
+            if self.durable is not None:
+                if self._arrived:
+                    return False
+                info = await self._js.consumer_info(self.stream, self.durable)
+            else:
+                info = await self._sub.consumer_info()
         except (nats.errors.Error, TimeoutError):
             return False
         if self.durable is None:  # pushed messages may still be on their way
@@ -319,7 +431,8 @@ class JetStreamSource:
             return bool(info.num_pending == 0 and self._last_sequence >= delivered)
         return bool(info.num_pending == 0 and (info.num_ack_pending or 0) == 0)
 
-    async def _handle(self, bus: EventBus, messages: list[nats.aio.msg.Msg]) -> None:
+    async def _publish(self, bus: EventBus, messages: list[nats.aio.msg.Msg]) -> _Published:
+        """Publish the batch's new events on ``bus`` (not flushed yet)."""
         self._received += len(messages)
         fresh: list[Event] = []
         batch_ids: set[str] = set()
@@ -336,7 +449,7 @@ class JetStreamSource:
                 )
                 self._invalid += 1
                 continue
-            if event.id in seen or event.id in batch_ids:
+            if event.id in seen or event.id in batch_ids or event.id in self._in_flight:
                 self._duplicates += 1
             elif (self.sessions is not None and event.session_id not in self.sessions) or (
                 self.types is not None and event.event_type not in self.types
@@ -356,13 +469,24 @@ class JetStreamSource:
                 self._invalid += 1
             else:
                 published.append(event)
-        await bus.flush()
+        self._in_flight.update(event.id for event in published)
+        return _Published(messages, published)
+
+    async def _settle(self, bus: EventBus, batch: _Published) -> None:
+        """Flush the batch's events, then ack its messages."""
+        messages, published = batch.messages, batch.events
+        try:
+            await bus.flush()
+        except BaseException:
+            self._in_flight.clear()  # not written: taken again if delivered again
+            raise
+        self._in_flight.difference_update(event.id for event in published)
         self._published += len(published)
         self.remember(event.id for event in published)
         if self.durable is None:
             return
         try:
-            for msg in messages:
+            for msg in messages[-1:] if self._ack_all else messages:
                 await msg.ack()
             assert self._nc is not None
             await self._nc.flush(timeout=max(1, round(self.ack_wait)))

@@ -7,7 +7,7 @@ its artifacts directory should be, so every save of it fails with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -29,6 +29,18 @@ from sinks.artifacts import ArtifactSink, RunSummary, SessionArtifactQuery
 pytestmark = pytest.mark.anyio
 
 FAST_RETRY = RetryPolicy(retries=2, initial_delay=0.0)
+
+
+def one_by_one(
+    replace: Callable[[str, str, bytes, bool], None],
+) -> Callable[[str, Sequence[tuple[str, bytes]], bool], None]:
+    """A ``replace_all_atomic`` that saves each file with ``replace`` (to watch or fail one)."""
+
+    def replace_all(directory: str, files: Sequence[tuple[str, bytes]], durable: bool) -> None:
+        for target, data in files:
+            replace(directory, target, data, durable)
+
+    return replace_all
 
 
 def llm(session_id: str) -> Event:
@@ -68,7 +80,7 @@ def unblock_after_first_failure(
                 blocker.unlink()
             raise
 
-    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", replace_atomic)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_all_atomic", one_by_one(replace_atomic))
     return lambda: failures
 
 

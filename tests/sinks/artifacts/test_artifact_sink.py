@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,18 @@ from sinks.artifacts import (
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2025, 1, 1, 12, tzinfo=UTC)
+
+
+def one_by_one(
+    replace: Callable[[str, str, bytes, bool], None],
+) -> Callable[[str, Sequence[tuple[str, bytes]], bool], None]:
+    """A ``replace_all_atomic`` that saves each file with ``replace`` (to watch or fail one)."""
+
+    def replace_all(directory: str, files: Sequence[tuple[str, bytes]], durable: bool) -> None:
+        for target, data in files:
+            replace(directory, target, data, durable)
+
+    return replace_all
 
 
 @pytest.fixture
@@ -205,7 +217,7 @@ async def test_run_summary_is_written_once_per_batch_per_session(
         written.append(os.path.relpath(target, root).replace(os.sep + "artifacts", ""))
         real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", counting)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_all_atomic", one_by_one(counting))
     events = [llm(f"s{i % 2}", 10, 5, 0.0) for i in range(100)]
     await ArtifactSink(root).write(EventBatch(events))
     assert sorted(written) == ["s0/run_summary.json", "s1/run_summary.json"]
@@ -327,7 +339,7 @@ async def test_failed_write_is_retried_without_counting_twice(
             raise failures.pop()
         real(directory, target, data, durable)
 
-    monkeypatch.setattr(sinks.artifacts._store, "replace_atomic", flaky)
+    monkeypatch.setattr(sinks.artifacts._store, "replace_all_atomic", one_by_one(flaky))
     sink = ArtifactSink(root)
     async with EventBus(retry=RetryPolicy(retries=2, initial_delay=0.0)) as bus:
         bus.subscribe(sink)

@@ -8,6 +8,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from _nats_servers import machine_nats, machine_stream, stream_name
 from eventbus import (
@@ -94,6 +95,52 @@ async def test_remembered_ids_are_dropped_as_redeliveries(machine_stream: tuple[
             await source.run(bus, until_idle=True)
     assert sink.events == events[120:]
     assert source.stats().duplicates == 120
+
+
+@pytest.mark.anyio
+async def test_a_new_durable_consumer_acks_each_batch_once_for_all(
+    machine_stream: tuple[str, str],
+) -> None:
+    """The consumer the source creates acks all (one ack per batch); nothing stays pending."""
+    url, stream = machine_stream
+    await _publish(url, stream, _events(700))
+    await _consume(url, stream, MemorySink(), batch=64)
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(stream, "aggregator")
+    finally:
+        await nc.close()
+    assert info.config.ack_policy == AckPolicy.ALL
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert info.ack_floor.stream_seq == 700
+
+
+@pytest.mark.anyio
+async def test_an_existing_consumer_with_explicit_acks_gets_every_message_acked(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A durable consumer made with explicit acks (by an older version) gets one per message."""
+    url, stream = machine_stream
+    events = _events(300)
+    await _publish(url, stream, events)
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name="aggregator",
+                ack_policy=AckPolicy.EXPLICIT,
+                filter_subject=f"{stream.lower()}.>",
+            ),
+        )
+        sink = MemorySink()
+        await _consume(url, stream, sink, batch=64)
+        info = await nc.jetstream().consumer_info(stream, "aggregator")
+    finally:
+        await nc.close()
+    assert sink.events == events
+    assert info.config.ack_policy == AckPolicy.EXPLICIT
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
 
 
 class _FailingSink(MemorySink):
