@@ -231,8 +231,11 @@ SNAPSHOT: dict[str, list[str]] = {
         "UsageField",
     ],
     "sinks.nats": [
+        "CONTROL_STREAM",
         "DEFAULT_SERVERS",
         "AsyncioOnlyError",
+        "CommandForwarder",
+        "CommandReceiver",
         "ConsumerConfigError",
         "JetStreamError",
         "JetStreamSink",

@@ -9,6 +9,13 @@ summary and where the files are: ``DIR/{session_id}/events.jsonl``,
 failed, 2 a user error, 130 interrupted, 141 stdout was closed (``| head``):
 the session is then aborted, as with Ctrl-C.
 
+With ``--nats URL`` the session also takes commands given on the aggregator
+(``eventbus relay``'s workspace) over JetStream: a durable consumer of
+``control.{session_id}`` appends them to the local inbox. ``--resume`` with
+``--session-id`` runs a session again in its directory after its process
+died: the commands of its inbox, and those published for it meanwhile, are
+applied then, each at most once.
+
 With ``--nats URL`` or ``--otel URL`` the events are also exported. The NATS
 server is checked before the session starts (not reachable: one line, exit
 2, nothing written). An export that fails during the session (the receiver
@@ -46,7 +53,7 @@ from .._names import validate_session_id
 from .._query import EventQuery
 from .._sink import MemorySink, Sink
 from ..coordinator._demo_agents import IDEA, build_demo_coordinator
-from ..coordinator._session import Session
+from ..coordinator._session import Session, new_session_id
 from ._common import (
     CommandError,
     Subparsers,
@@ -59,7 +66,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from sinks.nats import JetStreamSink
+    from sinks.nats import CommandReceiver, JetStreamSink
     from sinks.otel import OtelSink
 
 __all__ = [
@@ -422,6 +429,12 @@ def add_parser(subparsers: Subparsers) -> None:
         help="the session id, which must be new in the workspace (default: time-based)",
     )
     demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --session-id: run that existing session again in its directory (after "
+        "its process died); commands already decided stay decided, pending ones apply",
+    )
+    demo.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
@@ -499,14 +512,15 @@ def command_line(text: str) -> list[str]:
     return argv
 
 
-def check_workspace(root: Path, session_id: str | None) -> None:
+def check_workspace(root: Path, session_id: str | None, *, resume: bool = False) -> None:
     """Refuse, before anything is written, a workspace or session id the demo cannot use.
 
     Creates ``root`` if it is missing.
 
     :raises InvalidNameError: ``session_id`` cannot name a session directory.
+    :param resume: the session must exist there (``--resume``), not be new.
     :raises CommandError: ``root`` is not a writable directory, or ``session_id``
-        names a session that already exists there.
+        names a session that already exists there (or, with ``resume``, does not).
     """
     if session_id is not None:
         validate_session_id(session_id)
@@ -525,8 +539,17 @@ def check_workspace(root: Path, session_id: str | None) -> None:
             "pass --workspace a directory you can write to"
         ) from None
     if session_id is None:
+        if resume:
+            raise CommandError("--resume needs the --session-id of the session to run again")
         return
     directory = root / session_id
+    if resume:
+        if not (directory / LOG_FILE_NAME).is_file():
+            raise CommandError(
+                f"session {session_id!r} has no log in workspace {root}: nothing to resume; "
+                "drop --resume to start it"
+            )
+        return
     if directory.is_symlink() or directory.exists():
         log = directory / LOG_FILE_NAME
         holds = f"its log {log} exists" if log.exists() else f"{directory} exists"
@@ -666,16 +689,61 @@ def _header(args: argparse.Namespace, out: TextIO) -> None:
     print(end="", file=out, flush=True)  # out may be None: stdout closed at start
 
 
+async def _receiver(args: argparse.Namespace) -> CommandReceiver:
+    """The receiver of the session's commands over JetStream, connected (or exit 2)."""
+    from sinks.nats import CommandReceiver, NatsUnavailableError
+
+    receiver = CommandReceiver(args.workspace, args.session_id, args.nats)
+    try:
+        await receiver.__aenter__()
+    except NatsUnavailableError as error:
+        raise CommandError(
+            f"cannot connect to NATS at {args.nats}: {error.reason}; start nats-server with "
+            "JetStream (nats-server -js) or fix the --nats URL (no session was started)"
+        ) from None
+    return receiver
+
+
+@asynccontextmanager
+async def _receiving(receiver: CommandReceiver | None) -> AsyncIterator[None]:
+    """Append the session's commands from JetStream to its inbox while the block runs."""
+    if receiver is None:
+        yield
+        return
+    async with anyio.create_task_group() as group:
+        group.start_soon(receiver.run)
+        yield
+        group.cancel_scope.cancel()
+
+
 async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     # Before anything is written: no session starts without its NATS server.
     nats_sink = await _connect_nats(args.nats) if args.nats else None
+    receiver: CommandReceiver | None = None
     try:
         otel_sink = _otel_sink(args.otel) if args.otel else None
-        check_workspace(args.workspace, args.session_id)
+        check_workspace(args.workspace, args.session_id, resume=args.resume)
+        if nats_sink is not None:
+            args.session_id = args.session_id or new_session_id()  # its commands' subject
+            receiver = await _receiver(args)
     except BaseException:
         if nats_sink is not None:
             await nats_sink.aclose()
         raise
+    try:
+        return await _run(args, out, nats_sink, otel_sink, receiver)
+    finally:
+        if receiver is not None:
+            await receiver.__aexit__(None, None, None)
+
+
+async def _run(
+    args: argparse.Namespace,
+    out: TextIO,
+    nats_sink: JetStreamSink | None,
+    otel_sink: OtelSink | None,
+    receiver: CommandReceiver | None,
+) -> int:
     attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None
     after: Callable[[DemoRun], Awaitable[None]] | None = None
     if args.serve:  # the dashboard's URL comes first, then the session
@@ -683,7 +751,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
         @asynccontextmanager
         async def attach(bus: EventBus) -> AsyncIterator[None]:
-            async with dashboard(args.workspace, sock=args.socket, out=out):
+            async with dashboard(args.workspace, sock=args.socket, out=out), _receiving(receiver):
                 _header(args, out)
                 yield
 
@@ -696,6 +764,11 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
     else:
         _header(args, out)
+        if receiver is not None:
+
+            def attach(bus: EventBus) -> AbstractAsyncContextManager[object]:
+                return _receiving(receiver)
+
     sinks: list[Sink] = [sink for sink in (nats_sink, otel_sink) if sink is not None]
     with _quiet_exports() as otel_messages:
         async with interruptible():

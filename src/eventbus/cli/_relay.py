@@ -10,6 +10,13 @@ crash is not written twice. It runs until interrupted, or with
 ``--until-idle`` until nothing is left to consume. ``--serve [--port P]``
 serves the dashboard over the relay's workspace meanwhile (as ``eventbus
 serve``, from a thread of its own: clients never slow the consumer).
+
+Commands given on the aggregator (``eventbus control DIR SESSION ...``, the
+dashboard, the API) land in the sessions' inboxes under DIR; the relay
+forwards each to the machine running the session over JetStream
+(:class:`sinks.nats.CommandForwarder`, stream ``EVENTBUS_CONTROL``), whose
+``eventbus demo --nats`` appends it to its own inbox; the outcome comes back
+as events in the session's log.
 """
 
 from __future__ import annotations
@@ -119,7 +126,7 @@ async def relay(args: argparse.Namespace, out: TextIO) -> int:
     from sinks.artifacts import ArtifactSink
     from sinks.index import EventIndex
     from sinks.jsonl import JsonlSink
-    from sinks.nats import JetStreamSource
+    from sinks.nats import CommandForwarder, JetStreamSource
 
     root: Path = args.workspace
     index = EventIndex.from_workspace(root)
@@ -152,11 +159,15 @@ async def relay(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
             flush=True,
         )
-        await source.run(bus, until_idle=args.until_idle)
+        forwarder = await stack.enter_async_context(CommandForwarder(root, args.nats))
+        async with anyio.create_task_group() as group:  # commands out, events in
+            group.start_soon(forwarder.run)
+            await source.run(bus, until_idle=args.until_idle)
+            group.cancel_scope.cancel()
     stats = source.stats()
     print(
         f"{_COMMAND}: {stats.published} events written, {stats.duplicates} duplicates dropped, "
-        f"{stats.invalid} invalid messages",
+        f"{stats.invalid} invalid messages, {forwarder.forwarded} commands forwarded",
         file=out,
         flush=True,
     )

@@ -20,6 +20,14 @@ retried publish is stored once (within the stream's duplicate window); the
 source acks a message only after the local bus's lossless sinks flushed it,
 and drops an event id it has seen (see :meth:`JetStreamSource.remember`).
 
+**Commands.** :class:`CommandForwarder` (run by ``eventbus relay``) publishes
+each command appended to an inbox of the aggregator's workspace to
+``control.{session}`` of the stream :data:`CONTROL_STREAM` (``Nats-Msg-Id`` =
+the command id); :class:`CommandReceiver` (run by ``eventbus demo --nats``)
+consumes its session's commands with a durable consumer into the local
+inbox, where the coordinator applies each at most once. The outcomes come
+back as events.
+
 **asyncio only.** nats-py runs on asyncio; on trio both classes raise
 :class:`AsyncioOnlyError`. Run the bus with ``anyio.run(main,
 backend="asyncio")``.
@@ -54,12 +62,16 @@ from ._common import (
     encode_token,
     subject_for,
 )
+from ._control import CONTROL_STREAM, CommandForwarder, CommandReceiver
 from ._sink import JetStreamSink, PublishNotAcknowledgedError
 from ._source import ConsumerConfigError, JetStreamSource, SourceStats, Start
 
 __all__ = [
+    "CONTROL_STREAM",
     "DEFAULT_SERVERS",
     "AsyncioOnlyError",
+    "CommandForwarder",
+    "CommandReceiver",
     "ConsumerConfigError",
     "JetStreamError",
     "JetStreamSink",
