@@ -137,7 +137,7 @@ class JetStreamSource:
     :param batch: the most messages fetched (and flushed, then acked) at once.
     :param ack_wait: seconds before the server redelivers an unacked message.
     :param remember: how many recent event ids are kept to drop redeliveries.
-    :param fetch_timeout: seconds one fetch waits for messages.
+    :param fetch_timeout: seconds a pull request (or an ordered fetch) waits for messages.
     :param duplicate_window: as :class:`JetStreamSink`'s, when creating the stream.
     """
 
