@@ -454,7 +454,8 @@ def add_parser(subparsers: Subparsers) -> None:
         metavar="URL",
         default=None,
         help="also publish every event to NATS JetStream (stream EVENTS, subjects "
-        "events.{session}.{type}); the server is checked before the session starts; "
+        "events.{session}.{type}) and take the commands given on the aggregator (eventbus "
+        "relay's workspace); the server is checked before the session starts; "
         "needs the nats extra and the asyncio backend",
     )
     demo.add_argument(

@@ -46,7 +46,9 @@ def add_parser(subparsers: Subparsers) -> None:
         description=(
             "Consume the events that coordinators publish to NATS JetStream (JetStreamSink) "
             "into DIR/{session_id}/events.jsonl, an index and the artifact store, acking each "
-            "batch once it is written. Needs the nats extra: pip install 'eventbus[nats]'."
+            "batch once it is written; forward the commands given on DIR (eventbus control, the "
+            "API) to the machines running the sessions (stream EVENTBUS_CONTROL). Needs the nats "
+            "extra: pip install 'eventbus[nats]'."
         ),
     )
     relay_parser.add_argument(
