@@ -1,7 +1,8 @@
 """``eventbus serve [DIR]``: the HTTP/SSE API and the dashboard over a workspace, with uvicorn.
 
 Binds 127.0.0.1 by default; any other address needs a token (``--token`` or
-``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. The demo's
+``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. ``--read-only``
+refuses commands (the control routes' POST answers 403). The demo's
 ``--serve`` uses :func:`dashboard` to serve its own bus while the session runs.
 """
 
@@ -75,8 +76,9 @@ def add_parser(subparsers: Subparsers) -> None:
         help="serve the HTTP/SSE API and the live dashboard over a workspace",
         description="Serve DIR/{session_id}/events.jsonl as a JSON API (/api/..., "
         "described at /openapi.json), Server-Sent Events that follow the logs, and a "
-        "dashboard at /. Binds 127.0.0.1 unless told otherwise; any other address "
-        f"needs a token (--token or ${TOKEN_VARIABLE}).",
+        "dashboard at /, from which a person can pause, resume, abort, answer and "
+        "approve running sessions (unless --read-only). Binds 127.0.0.1 unless told "
+        f"otherwise; any other address needs a token (--token or ${TOKEN_VARIABLE}).",
     )
     serve.add_argument(
         "workspace",
@@ -92,6 +94,12 @@ def add_parser(subparsers: Subparsers) -> None:
         "--token",
         default=None,
         help=f"require this token on /api (default: ${TOKEN_VARIABLE}, if set)",
+    )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="take no commands: POST /api/sessions/ID/commands answers 403 and the "
+        "dashboard shows no control panel (pending questions stay readable)",
     )
     serve.set_defaults(run=_run)
 
@@ -111,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     threading.Thread(
         target=_warm, args=(workspace,), name="eventbus index warm-up", daemon=True
     ).start()
-    app = web.create_app(workspace, token=token)
+    app = web.create_app(workspace, token=token, read_only=args.read_only)
     print(f"eventbus serve: {url_for(args.host, args.port, token)}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
     return 0
