@@ -1,0 +1,212 @@
+"""The dashboard's control panel in headless Chromium.
+
+The first test plays the coordinator's part itself (it reads the inbox and
+publishes the outcomes), so that each step of the page is checked against a
+known answer; the others drive real ``eventbus demo --human`` sessions in
+another process, as a person would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _web_server import serving
+from eventbus import Event, EventBus, EventType, create_session_event
+from eventbus.web import create_app
+from sinks.jsonl import JsonlSink
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SESSION = "control-session"
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """uvicorn and Playwright's async API run on asyncio."""
+    return "asyncio"
+
+
+def keep_screenshot(png: bytes, tmp_path: Path, name: str) -> None:
+    """Keep the screenshot under tmp_path, and in $EVENTBUS_ARTIFACTS_DIR when it is set."""
+    (tmp_path / name).write_bytes(png)
+    artifacts = os.environ.get("EVENTBUS_ARTIFACTS_DIR")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        (Path(artifacts) / name).write_bytes(png)
+
+
+@asynccontextmanager
+async def chromium_page(errors: list[str]) -> AsyncIterator[Any]:
+    """A page of headless Chromium; page errors are appended to ``errors``."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (.ci/run installs it)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = await browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            yield page
+        finally:
+            await browser.close()
+
+
+async def open_session(page: Any, url: str, session_id: str) -> None:
+    """Open the session's page from its row in the sessions list."""
+    await page.goto(f"{url}/")
+    row = page.locator(f'[data-testid="session-row"][data-session-id="{session_id}"]')
+    await row.get_by_role("link").click()
+    await page.get_by_test_id("control-panel").wait_for()
+
+
+def inbox(root: Path, session_id: str) -> list[dict[str, Any]]:
+    import json
+
+    lines = (root / session_id / "control.jsonl").read_bytes().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def outcome(command: dict[str, Any], *, applied: bool, reason: str | None = None) -> Event:
+    """The event a coordinator logs for ``command``."""
+    return Event(
+        event_type=EventType.CONTROL_APPLIED if applied else EventType.CONTROL_REJECTED,
+        session_id=SESSION,
+        message=f"{command['kind']} {'applied' if applied else 'rejected'}",
+        metadata={
+            "command_id": command["command_id"],
+            "kind": command["kind"],
+            "target": command.get("target"),
+            "actor": command["actor"],
+            "reason": reason,
+        },
+    )
+
+
+@pytest.mark.anyio
+async def test_the_panel_sends_each_command_and_shows_its_outcome(tmp_path: Path) -> None:
+    """Answer, reject, pause: each click queues one command in the inbox (actor
+    ``dashboard``), the panel shows applied or rejected with the reason as the log says,
+    the pending rows follow the log, and an ended session has no buttons."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    async with EventBus() as bus:
+        bus.subscribe(JsonlSink(tmp_path))
+
+        async def publish(*events: Event) -> None:
+            for event in events:
+                await bus.publish(event)
+            await bus.flush()
+
+        await publish(
+            create_session_event(SESSION, EventType.SESSION_STARTED, phase="PLAN_REVIEW"),
+            Event(
+                event_type=EventType.CLARIFICATION_REQUESTED,
+                session_id=SESSION,
+                message="Which licence?",
+                task_id="plan",
+                agent_role="planner",
+                metadata={"question_id": "q1", "question": "Which licence?"},
+            ),
+            Event(
+                event_type=EventType.APPROVAL_REQUESTED,
+                session_id=SESSION,
+                message="approve the plan",
+                metadata={"request_id": "r1", "subject": "the plan (3 tasks)"},
+            ),
+        )
+        async with serving(create_app(tmp_path, bus=bus)) as url, chromium_page(errors) as page:
+            await open_session(page, url, SESSION)
+            rows = page.get_by_test_id("pending-row")
+            await expect(rows).to_have_count(2)
+            status = page.get_by_test_id("control-status")
+
+            # Answer the question: one command in the inbox; applied once the log says so.
+            await page.get_by_test_id("answer-input").fill("MIT")
+            async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+                await page.get_by_test_id("answer-submit").click()
+            assert (await posted.value).status == 202
+            (answer,) = inbox(tmp_path, SESSION)
+            assert {k: answer[k] for k in ("kind", "target", "text", "actor")} == {
+                "kind": "answer",
+                "target": "q1",
+                "text": "MIT",
+                "actor": "dashboard",
+            }
+            await expect(status).to_contain_text("answer: queued")
+            await publish(
+                outcome(answer, applied=True),
+                Event(
+                    event_type=EventType.CLARIFICATION_ANSWERED,
+                    session_id=SESSION,
+                    message="MIT",
+                    metadata={"question_id": "q1", "answer": "MIT"},
+                ),
+            )
+            await expect(status).to_have_text("answer: applied")
+            await expect(rows).to_have_count(1)
+
+            # Reject the approval with a reason.
+            await page.get_by_test_id("reason-input").fill("too broad")
+            async with page.expect_response(lambda r: r.request.method == "POST"):
+                await page.get_by_test_id("reject-button").click()
+            reject = inbox(tmp_path, SESSION)[-1]
+            assert (reject["kind"], reject["target"], reject["reason"]) == (
+                "reject",
+                "r1",
+                "too broad",
+            )
+            await publish(
+                outcome(reject, applied=True),
+                Event(
+                    event_type=EventType.GATE_BLOCKED,
+                    session_id=SESSION,
+                    message="rejected by dashboard",
+                    metadata={"request_id": "r1"},
+                ),
+            )
+            await expect(status).to_have_text("reject: applied")
+            await expect(rows).to_have_count(0)
+
+            # Resume while running: the coordinator rejects it, the panel says why.
+            async with page.expect_response(lambda r: r.request.method == "POST"):
+                await page.get_by_test_id("resume-button").click()
+            resume = inbox(tmp_path, SESSION)[-1]
+            await publish(outcome(resume, applied=False, reason="the session is not paused"))
+            await expect(status).to_have_text("resume: rejected: the session is not paused")
+            await expect(status).to_have_attribute("data-status", "rejected")
+
+            # Pause: applied, and the state shows it.
+            async with page.expect_response(lambda r: r.request.method == "POST"):
+                await page.get_by_test_id("pause-button").click()
+            pause = inbox(tmp_path, SESSION)[-1]
+            await publish(
+                outcome(pause, applied=True),
+                Event(event_type=EventType.SESSION_PAUSED, session_id=SESSION, message="paused"),
+            )
+            await expect(status).to_have_text("pause: applied")
+            await expect(page.get_by_test_id("control-state")).to_have_text("paused")
+            await expect(page.get_by_test_id("command-row")).to_have_count(4)
+            keep_screenshot(await page.screenshot(full_page=True), tmp_path, "control-panel.png")
+
+            # Ended: no buttons.
+            await publish(create_session_event(SESSION, EventType.SESSION_ABORTED, phase="ABORTED"))
+            await expect(page.get_by_test_id("control-state")).to_have_text("ended (aborted)")
+            for name in ("pause-button", "resume-button", "abort-button"):
+                await expect(page.get_by_test_id(name)).to_be_hidden()
+                await expect(page.get_by_test_id(name)).to_be_disabled()
+    assert errors == []
