@@ -261,6 +261,25 @@ async def test_a_body_over_64_kib_is_413(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: httpx's unread body warns
+async def test_a_streamed_body_over_64_kib_is_413(client: httpx.AsyncClient) -> None:
+    """Without Content-Length (chunked), reading stops at the bound."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"kind": "answer", "target": "q1", "text": "'
+        for _ in range(70):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await client.post(
+        f"/api/sessions/{LIVE}/commands",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.anyio
 async def test_a_command_to_an_unknown_session_is_404(client: httpx.AsyncClient) -> None:
     """No session, no inbox: nothing is created."""
     response = await client.post("/api/sessions/missing/commands", json=PAUSE)
@@ -408,6 +427,26 @@ async def test_a_command_from_a_page_of_another_origin_is_403(
     own = await client.post(url, json=PAUSE, headers={"Origin": "http://127.0.0.1"})
     assert (foreign.status_code, own.status_code) == (403, 202)
     assert "Origin: http://attacker.com" in foreign.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_a_cors_origin_may_send_commands(workspace: Path) -> None:
+    """An origin given in ``cors_origins`` passes the preflight and the Origin check."""
+    origin = "http://dashboards.example"
+    url = f"/api/sessions/{LIVE}/commands"
+    async with _client(create_app(workspace, cors_origins=[origin])) as client:
+        preflight = await client.options(
+            url,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-eventbus-actor",
+            },
+        )
+        response = await client.post(url, json=PAUSE, headers={"Origin": origin})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert response.status_code == 202
 
 
 @pytest.mark.anyio

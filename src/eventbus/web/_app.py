@@ -34,6 +34,7 @@ from .._event import Event
 from .._names import InvalidNameError, validate_session_id
 from .._query import EventQuery
 from ._control import (
+    ACTOR_HEADER,
     READ_ONLY_HEADER,
     actor_of,
     check_origin,
@@ -413,6 +414,12 @@ def create_app(
 ) -> Starlette:
     """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
 
+    Commands (``POST /api/sessions/{session_id}/commands``) are appended to the
+    session's inbox (``DIR/{session_id}/control.jsonl``); the coordinator running
+    the session applies or rejects them and logs the outcome, whether or not it
+    runs in this process. Without a token, commands are taken only as
+    ``Content-Type: application/json`` and from no other site's ``Origin``.
+
     Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
     their logs store them. A session, log or ``artifacts`` directory that is a
     symlink leading out of the workspace is answered 403 (and logged once on
@@ -427,7 +434,8 @@ def create_app(
     :param token: when set, every ``/api`` request must carry it
         (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
         otherwise it is answered 401.
-    :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param cors_origins: origins allowed to call the API from other pages, commands
+        included (none by default).
     :param allowed_hosts: without a token, every request (pages included) whose
         ``Host`` is not ``localhost`` or a loopback address (``127.0.0.1``,
         ``[::1]``, with or without ``:port``) is answered 403, so that a site
@@ -476,8 +484,8 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(cors_origins),
-                allow_methods=["GET"],
-                allow_headers=["Authorization", "Last-Event-ID"],
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Last-Event-ID", "Content-Type", ACTOR_HEADER],
             )
         )
     if token is not None:
