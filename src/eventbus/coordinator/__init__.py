@@ -17,6 +17,7 @@ from .._factories import GateDecision
 from .._redact import DEFAULT_MAX_TEXT_CHARS, REDACTED, Redactor, redact_secrets
 from ._commands import Command, CommandKind, submit_command
 from ._context import Agent, AgentContext
+from ._control import CommandOutcome, HumanClarifier, HumanGate
 from ._coordinator import SessionCoordinator, estimate_tokens
 from ._errors import (
     ClarificationUnavailableError,
@@ -73,6 +74,7 @@ __all__ = [
     "Command",
     "CommandFailedError",
     "CommandKind",
+    "CommandOutcome",
     "CommandResult",
     "CommandVerifier",
     "Emitter",
@@ -81,6 +83,8 @@ __all__ = [
     "GateCheck",
     "GateDecision",
     "GateResult",
+    "HumanClarifier",
+    "HumanGate",
     "HumanTimeoutError",
     "InvalidCommandError",
     "LLMCall",

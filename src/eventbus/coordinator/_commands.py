@@ -130,7 +130,7 @@ def decode_command(line: bytes | str) -> Command:
     try:
         return _decoder.decode(line)
     except msgspec.ValidationError as exc:
-        raise InvalidCommandError(str(exc)) from None
+        raise InvalidCommandError(str(exc).removeprefix("invalid command: ")) from None
     except msgspec.DecodeError as exc:
         raise InvalidCommandError(f"not a JSON command: {exc}") from None
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import time
@@ -32,12 +33,24 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.to_thread
+import msgspec
 
 from .._bus import EventBus, RetryPolicy
-from .._event import EventType, parent_scope
+from .._event import Event, EventType, parent_scope
 from .._names import InvalidNameError, validate_name, validate_session_id
 from .._redact import DEFAULT_MAX_TEXT_CHARS, Redactor, redact_secrets
+from ._commands import CONTROL_FILE_NAME, LOG_FILE_NAME, Command
 from ._context import Agent, AgentContext
+from ._control import (
+    CommandOutcome,
+    HumanClarifier,
+    HumanGate,
+    _InboxReader,
+    _SessionControl,
+    read_outcomes,
+)
 from ._errors import (
     ClarificationUnavailableError,
     GateBlockedError,
@@ -56,6 +69,7 @@ from ._session import (
     CommandResult,
     Gate,
     GateCheck,
+    GateResult,
     ModelClient,
     ModelRequest,
     ModelRouter,
@@ -75,6 +89,7 @@ __all__ = ["SessionCoordinator", "estimate_tokens"]
 logger = logging.getLogger("eventbus")
 
 _OUTPUT_LIMIT = 4000
+_OUTPUT_KEEP = 64 * 1024  # bytes of a command's output held while it runs
 _RUN_SUMMARY = "run_summary"
 _DIFF_TARGET = re.compile(r"^\+\+\+ (?:b/)?([^\t\n]+)", re.MULTILINE)
 _NOT_RETRIED = (GateBlockedError, ClarificationUnavailableError)
@@ -114,6 +129,24 @@ class SessionCoordinator:
     :param max_text_chars: how many characters of each captured string an
         LLM event keeps (``None``: all); the full redacted text is saved as
         an artifact (see :class:`Emitter`).
+    :param control: a workspace root: while :meth:`run` runs a session, it reads
+        the session's inbox, ``{control}/{session_id}/control.jsonl``, where
+        :func:`submit_command` (the CLI, the web API) appends commands from any
+        process, and applies each (see :meth:`apply_command`). Give it the root
+        the session's :class:`~sinks.jsonl.JsonlSink` writes to: the outcomes
+        already in the log are never applied twice, also after a restart.
+    :param control_poll: how often, in seconds, the inbox is checked (one ``fstat``).
+
+    **Control.** A session run by :meth:`run` takes commands (:meth:`pause`,
+    :meth:`resume`, :meth:`abort`, :meth:`answer`, :meth:`approve`,
+    :meth:`reject`, or any :class:`Command` through :meth:`apply_command`),
+    each applied at most once per ``command_id``. Pause: model calls and
+    commands already running finish, nothing new starts (a task waits at its
+    next model call or command, a new task before it starts); answers and
+    approvals are still taken. Abort: in-flight model calls and commands are
+    cancelled (each command runs in its own process group, which is killed),
+    and the session ends ``session_aborted`` with the reason. Questions and
+    approvals wait for a person with :class:`HumanClarifier` and :class:`HumanGate`.
     """
 
     def __init__(
@@ -136,9 +169,16 @@ class SessionCoordinator:
         abort_timeout: float = 5.0,
         redact: Redactor = redact_secrets,
         max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+        control: str | PathLike[str] | None = None,
+        control_poll: float = 0.02,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if control_poll <= 0:
+            raise ValueError(f"control_poll must be > 0, got {control_poll}")
+        self._control_root = None if control is None else os.fspath(control)
+        self._control_poll = control_poll
+        self._controls: dict[str, _SessionControl] = {}
         self.bus = bus
         self.workspace_root = Path(workspace_root)
         self._agents = dict(agents)
@@ -218,11 +258,29 @@ class SessionCoordinator:
         ``session_failed`` / ``session_aborted`` is published.
         """
         session = await self.start_session(idea, session_id=session_id)
-        await self.plan(session, plan)
-        if session.phase is SessionPhase.PLAN_REVIEW:
-            await self.execute(session)
-        if session.phase is SessionPhase.EXECUTION:
-            await self.verify(session)
+        control = self._controls[session.session_id]
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                if self._control_root is not None:
+                    await group.start(self._watch_inbox, session, control)
+                try:
+                    with anyio.CancelScope() as control.work:
+                        await self.plan(session, plan)
+                        if session.phase is SessionPhase.PLAN_REVIEW:
+                            await self.execute(session)
+                        if session.phase is SessionPhase.EXECUTION:
+                            await self.verify(session)
+                except Exception as exc:  # raised as itself below, not in an exception group
+                    error = exc
+                control.work = None
+                if control.abort is not None:
+                    await self._decide(session, control, _fields(control.abort), None, shield=True)
+                group.cancel_scope.cancel()
+        finally:
+            control.ended.set()
+        if error is not None:
+            raise error
         return session
 
     async def start_session(self, idea: str, *, session_id: str | None = None) -> Session:
@@ -231,6 +289,7 @@ class SessionCoordinator:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} already exists in this coordinator")
         session = Session(session_id, idea, self.workspace_root / session_id)
+        self._controls[session_id] = _SessionControl()
         await anyio.Path(session.workspace).mkdir(parents=True, exist_ok=True)
         emitter = self.emitter(session)
         started = await emitter.session_event(
@@ -294,6 +353,12 @@ class SessionCoordinator:
 
     async def _end_aborted(self, session: Session, emitter: Emitter, exc: BaseException) -> None:
         session.error = "aborted" if isinstance(exc, anyio.get_cancelled_exc_class()) else repr(exc)
+        control = self._controls.get(session.session_id)
+        by: dict[str, Any] = {}
+        if control is not None and control.abort is not None:
+            command = control.abort
+            session.error = command.reason or f"aborted by {command.actor}"
+            by = {"actor": command.actor, "command_id": command.command_id}
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self._abort_timeout
             roles = {task.id: task.role for task in session.plan.tasks} if session.plan else {}
@@ -309,8 +374,9 @@ class SessionCoordinator:
             await self._transition(session, emitter, SessionPhase.ABORTED)
             await emitter.session_event(
                 EventType.SESSION_ABORTED,
-                message=f"Session aborted: {session.session_id}",
+                message=f"Session aborted: {session.session_id}: {session.error}",
                 reason=session.error,
+                **by,
                 **session.summary(),
             )
         if scope.cancelled_caught:
@@ -330,6 +396,7 @@ class SessionCoordinator:
         await self._save_artifact(session, emitter, "task_graph", _graph(session, tasks))
         await self._transition(session, emitter, SessionPhase.PLAN_REVIEW)
         await self._run_gates(
+            session,
             emitter,
             GateCheck(stage="plan", session_id=session.session_id, plan=plan),
             "the plan",
@@ -355,15 +422,75 @@ class SessionCoordinator:
             raise PlanError(f"the {self._planner_role!r} agent returned no plan")
         return result.plan
 
-    async def _run_gates(self, emitter: Emitter, check: GateCheck, subject: str) -> None:
+    async def _run_gates(
+        self, session: Session, emitter: Emitter, check: GateCheck, subject: str
+    ) -> None:
         blocked: GateBlockedError | None = None
+        control = self._controls.get(session.session_id)
         for gate in self._gates:
-            result = await gate.evaluate(check)
-            await emitter.gate(gate.name, result.decision, reason=result.reason, stage=check.stage)
+            if isinstance(gate, HumanGate) and gate.asks(check) and control is not None:
+                result = await self._ask_approval(session, emitter, control, gate, check, subject)
+            else:
+                result = await gate.evaluate(check)
+                await emitter.gate(
+                    gate.name, result.decision, reason=result.reason, stage=check.stage
+                )
             if result.decision == "block" and blocked is None:
                 blocked = GateBlockedError(gate.name, subject, result.reason)
         if blocked is not None:
             raise blocked
+
+    async def _ask_approval(
+        self,
+        session: Session,
+        emitter: Emitter,
+        control: _SessionControl,
+        gate: HumanGate,
+        check: GateCheck,
+        subject: str,
+    ) -> GateResult:
+        """Log ``approval_requested``, wait for a person's decision, log the gate's event."""
+        control.approvals += 1
+        request_id = f"r{control.approvals}"
+        task_id = check.task.id if check.task is not None else None
+        what = _approval_subject(check, subject)
+        await emitter.emit(
+            Event(
+                event_type=EventType.APPROVAL_REQUESTED,
+                session_id=session.session_id,
+                message=f"Approval requested ({gate.name}): {what}",
+                task_id=task_id,
+                metadata={
+                    "request_id": request_id,
+                    "subject": what,
+                    "stage": check.stage,
+                    "gate": gate.name,
+                    "task": task_id,
+                },
+            )
+        )
+
+        def deliver(command: Command) -> bool:
+            return gate.deliver(
+                session.session_id,
+                request_id,
+                approved=command.kind == "approve",
+                actor=command.actor,
+                reason=command.reason,
+            )
+
+        with control.request("approval", request_id) as waiting:
+            waiting.deliver = deliver
+            result = await gate.evaluate(msgspec.structs.replace(check, request_id=request_id))
+            await emitter.gate(
+                gate.name,
+                result.decision,
+                reason=result.reason,
+                stage=check.stage,
+                request_id=request_id,
+                **waiting.answered_by(),
+            )
+        return result
 
     # --- EXECUTION -----------------------------------------------------------------
 
@@ -422,6 +549,7 @@ class SessionCoordinator:
                 )
                 return
             async with limiter:
+                await self._until_resumed(session.session_id)  # paused: no task starts
                 await self._run_task(session, emitter, task)
         finally:
             done[task.id].set()
@@ -508,6 +636,230 @@ class SessionCoordinator:
         await self._transition(session, emitter, SessionPhase.COMPLETE)
         await emitter.session_event(EventType.SESSION_COMPLETED, **session.summary())
 
+    # --- control -------------------------------------------------------------------------
+
+    async def apply_command(self, session_id: str, command: Command) -> CommandOutcome:
+        """Apply ``command`` to session ``session_id`` now; return what became of it.
+
+        A command is applied at most once per ``command_id``: sent again, it
+        returns the first outcome and logs nothing. One that does not apply now
+        (an unknown or settled target, ``resume`` when not paused, a session
+        that has ended) is rejected with a reason and changes nothing. The
+        effect's event (``session_paused``, ``clarification_answered``, a gate's
+        event, ``session_aborted``) is published before ``control_applied``.
+        An ``abort`` returns once the session has ended.
+
+        :raises KeyError: this coordinator has no session ``session_id``.
+        """
+        session = self.get_session(session_id)
+        control = self._controls[session_id]
+        outcome = await self._take(session, control, command)
+        if outcome is None:  # an abort: its outcome is logged once the session has ended
+            await control.ended.wait()
+            outcome = control.decided[command.command_id]
+        return outcome
+
+    async def pause(
+        self, session_id: str, *, reason: str | None = None, actor: str = "api"
+    ) -> CommandOutcome:
+        """Pause the session: what runs finishes, nothing new starts (see the class)."""
+        return await self.apply_command(
+            session_id, Command(kind="pause", reason=reason, actor=actor)
+        )
+
+    async def resume(
+        self, session_id: str, *, reason: str | None = None, actor: str = "api"
+    ) -> CommandOutcome:
+        """Resume a paused session."""
+        return await self.apply_command(
+            session_id, Command(kind="resume", reason=reason, actor=actor)
+        )
+
+    async def abort(
+        self, session_id: str, *, reason: str | None = None, actor: str = "api"
+    ) -> CommandOutcome:
+        """Abort the session now; return once it has ended ``session_aborted``."""
+        return await self.apply_command(
+            session_id, Command(kind="abort", reason=reason, actor=actor)
+        )
+
+    async def answer(
+        self, session_id: str, question_id: str, text: str, *, actor: str = "api"
+    ) -> CommandOutcome:
+        """Answer the question ``question_id`` waiting for a person (a :class:`HumanClarifier`)."""
+        return await self.apply_command(
+            session_id, Command(kind="answer", target=question_id, text=text, actor=actor)
+        )
+
+    async def approve(
+        self, session_id: str, request_id: str, *, reason: str | None = None, actor: str = "api"
+    ) -> CommandOutcome:
+        """Approve the request ``request_id`` waiting for a person (a :class:`HumanGate`)."""
+        return await self.apply_command(
+            session_id, Command(kind="approve", target=request_id, reason=reason, actor=actor)
+        )
+
+    async def reject(
+        self, session_id: str, request_id: str, *, reason: str | None = None, actor: str = "api"
+    ) -> CommandOutcome:
+        """Reject the request ``request_id``: the gate blocks, with ``reason`` in its event."""
+        return await self.apply_command(
+            session_id, Command(kind="reject", target=request_id, reason=reason, actor=actor)
+        )
+
+    async def _take(
+        self, session: Session, control: _SessionControl, command: Command
+    ) -> CommandOutcome | None:
+        """Apply ``command`` once; ``None`` for an abort under way (logged when it is done)."""
+        async with control.lock:
+            known = control.decided.get(command.command_id)
+            if known is not None:
+                return known
+            if control.abort is not None and control.abort.command_id == command.command_id:
+                return None
+            running = control.work is not None and not session.phase.is_terminal
+            if command.kind == "abort" and running:
+                assert control.work is not None
+                control.abort = command
+                control.work.cancel()
+                return None
+            reason = await self._apply(session, control, command)
+            return await self._decide(session, control, _fields(command), reason)
+
+    async def _apply(
+        self, session: Session, control: _SessionControl, command: Command
+    ) -> str | None:
+        """Carry ``command`` out; ``None`` if it applied, else why not (nothing changed)."""
+        if session.phase.is_terminal:
+            return f"the session has ended ({session.phase.value})"
+        kind = command.kind
+        by = {"actor": command.actor, "command_id": command.command_id}
+        if kind == "abort":
+            return "the session is not run by SessionCoordinator.run(): cancel the step instead"
+        if kind in ("pause", "resume"):
+            if control.paused is (kind == "pause"):
+                return "the session is already paused" if control.paused else "it is not paused"
+            control.paused = kind == "pause"
+            if control.paused:
+                control.resumed = anyio.Event()
+            else:
+                control.resumed.set()
+            verb = "paused" if control.paused else "resumed"
+            await self.emitter(session).emit(
+                Event(
+                    event_type=EventType.SESSION_PAUSED
+                    if control.paused
+                    else EventType.SESSION_RESUMED,
+                    session_id=session.session_id,
+                    message=f"Session {verb} by {command.actor}"
+                    + (f": {command.reason}" if command.reason else ""),
+                    metadata={"reason": command.reason, **by},
+                )
+            )
+            return None
+        assert command.target is not None
+        answer = kind == "answer"
+        noun = "question" if answer else "approval request"
+        request = control.waiting.get(command.target)
+        if request is None or request.kind != ("clarification" if answer else "approval"):
+            if command.target in control.settled:
+                return f"{noun} {command.target!r} is already {'answered' if answer else 'decided'}"
+            return f"no {noun} {command.target!r} is waiting for a person"
+        request.command = command
+        if not request.deliver(command):
+            request.command = None
+            return f"{noun} {command.target!r} is no longer waiting (its time ran out)"
+        await request.recorded.wait()  # the answer's event comes first
+        return None
+
+    async def _decide(
+        self,
+        session: Session,
+        control: _SessionControl,
+        fields: dict[str, Any],
+        rejected: str | None,
+        *,
+        shield: bool = False,
+    ) -> CommandOutcome:
+        """Record and publish a command's outcome: ``control_applied``, or
+        ``control_rejected`` with the reason it was ``rejected``."""
+        metadata = {**fields, "reason": fields["reason"] if rejected is None else rejected}
+        outcome = CommandOutcome(
+            command_id=metadata["command_id"],
+            kind=metadata["kind"],
+            status="applied" if rejected is None else "rejected",
+            reason=metadata["reason"],
+        )
+        control.decided[outcome.command_id] = outcome
+        target = f" {metadata['target']}" if metadata["target"] else ""
+        await self.emitter(session).emit(
+            Event(
+                event_type=EventType.CONTROL_APPLIED
+                if rejected is None
+                else EventType.CONTROL_REJECTED,
+                session_id=session.session_id,
+                message=f"Command {outcome.kind}{target} from {metadata['actor']} "
+                + ("applied" if rejected is None else f"rejected: {rejected}"),
+                metadata=metadata,
+            ),
+            shield=shield,
+        )
+        return outcome
+
+    async def _watch_inbox(
+        self,
+        session: Session,
+        control: _SessionControl,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Apply the commands of the session's inbox: those there now, then each new one."""
+        assert self._control_root is not None
+        directory = os.path.join(self._control_root, session.session_id)
+        logged = await anyio.to_thread.run_sync(
+            read_outcomes, os.path.join(directory, LOG_FILE_NAME)
+        )
+        for command_id, outcome in logged.items():
+            control.decided.setdefault(command_id, outcome)
+        reader = _InboxReader(os.path.join(directory, CONTROL_FILE_NAME))
+        try:
+            with parent_scope(session.started_event_id):
+                await self._take_lines(session, control, reader)
+                task_status.started()
+                while True:
+                    await anyio.sleep(self._control_poll)
+                    await self._take_lines(session, control, reader)
+        finally:
+            reader.close()
+
+    async def _take_lines(
+        self, session: Session, control: _SessionControl, reader: _InboxReader
+    ) -> None:
+        for item in reader.read():
+            if isinstance(item, Command):
+                await self._take(session, control, item)
+                continue
+            fields, problem = item  # no command: rejected if it has an id to answer to
+            command_id = fields.get("command_id")
+            if not isinstance(command_id, str) or not command_id or command_id in control.decided:
+                logger.warning("session %s: skipped a command: %s", session.session_id, problem)
+                continue
+            target, actor = fields.get("target"), fields.get("actor")
+            seen = {
+                "command_id": command_id,
+                "kind": str(fields.get("kind")),
+                "target": target if isinstance(target, str) else None,
+                "actor": actor if isinstance(actor, str) else "unknown",
+                "reason": None,
+            }
+            async with control.lock:
+                await self._decide(session, control, seen, f"invalid command: {problem}")
+
+    async def _until_resumed(self, session_id: str) -> None:
+        control = self._controls.get(session_id)
+        if control is not None:
+            await control.until_resumed()
+
     # --- what agents do (through AgentContext) ----------------------------------------
 
     async def _complete(
@@ -518,6 +870,7 @@ class SessionCoordinator:
         prompt: str,
         system: str | None,
     ) -> str:
+        await self._until_resumed(session.session_id)  # paused: the call waits
         task_id, _ = emitter.current_task()
         route = self._router.route(context.role, context.task if task_id is not None else None)
         await emitter.model_routed(route.model, role=context.role, reason=route.reason or None)
@@ -564,16 +917,37 @@ class SessionCoordinator:
         question_id = f"q{session.questions}"
         await emitter.clarification(question, question_id=question_id, role=context.role)
         task_id, _ = emitter.current_task()
-        answer = await self._clarifier.answer(
-            ClarificationRequest(
-                question=question,
-                question_id=question_id,
-                session_id=session.session_id,
-                role=context.role,
-                task_id=task_id,
-            )
+        request = ClarificationRequest(
+            question=question,
+            question_id=question_id,
+            session_id=session.session_id,
+            role=context.role,
+            task_id=task_id,
         )
-        await emitter.clarification(question, answer, question_id=question_id, role=context.role)
+        clarifier = self._clarifier
+        control = self._controls.get(session.session_id)
+        if control is None or not isinstance(clarifier, HumanClarifier):
+            answer = await clarifier.answer(request)
+            await emitter.clarification(
+                question, answer, question_id=question_id, role=context.role
+            )
+            if control is not None:
+                control.settled.add(question_id)
+            return answer
+
+        def deliver(command: Command) -> bool:
+            return clarifier.deliver(session.session_id, question_id, command.text or "")
+
+        with control.request("clarification", question_id) as waiting:
+            waiting.deliver = deliver
+            answer = await clarifier.answer(request)
+            await emitter.clarification(
+                question,
+                answer,
+                question_id=question_id,
+                role=context.role,
+                **waiting.answered_by(),
+            )
         return answer
 
     async def _apply_diff(
@@ -581,6 +955,7 @@ class SessionCoordinator:
     ) -> PatchResult:
         try:
             await self._run_gates(
+                session,
                 emitter,
                 GateCheck(
                     stage="diff", session_id=session.session_id, task=context.task, diff=diff
@@ -605,16 +980,12 @@ class SessionCoordinator:
         self, emitter: Emitter, command: Sequence[str], directory: Path, cwd: str
     ) -> CommandResult:
         argv = tuple(str(part) for part in command)
+        await self._until_resumed(emitter.session_id)  # paused: the command waits
         started = time.perf_counter()
         try:
-            process = await anyio.run_process(
-                argv, cwd=directory, check=False, stderr=subprocess.STDOUT
-            )
+            exit_code, output = await _run_process(argv, directory)
         except OSError as exc:
             exit_code, output = 127, f"{type(exc).__name__}: {exc}"
-        else:
-            exit_code = process.returncode
-            output = process.stdout.decode("utf-8", "replace")[-_OUTPUT_LIMIT:]
         result = CommandResult(
             command=argv,
             exit_code=exit_code,
@@ -635,6 +1006,72 @@ class SessionCoordinator:
         updated = key in session.artifacts
         session.artifacts.add(key)
         await emitter.artifact(key, content, updated=updated)
+
+
+async def _run_process(argv: tuple[str, ...], directory: Path) -> tuple[int, str]:
+    """Run ``argv`` in ``directory``, in a process group of its own; return its exit code
+    and the end of its output (stdout and stderr).
+
+    If the caller is cancelled (an abort), the whole group is killed: the
+    command and every process it started.
+    """
+    process = await anyio.open_process(
+        argv,
+        cwd=directory,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output = bytearray()
+    try:
+        assert process.stdout is not None
+        async for chunk in process.stdout:
+            output += chunk
+            if len(output) > 2 * _OUTPUT_KEEP:
+                del output[:-_OUTPUT_KEEP]
+        exit_code = await process.wait()
+    except BaseException:
+        _kill_group(process)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+    return exit_code, output.decode("utf-8", "replace")[-_OUTPUT_LIMIT:]
+
+
+def _kill_group(process: anyio.abc.Process) -> None:
+    """Kill ``process`` and the process group it leads (every process it started)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows has no process groups to kill
+            process.kill()
+    except ProcessLookupError:  # already gone
+        pass
+
+
+def _approval_subject(check: GateCheck, subject: str) -> str:
+    """What a person is asked to approve, in a line."""
+    if check.plan is not None:
+        ids = [task.id for task in check.plan.tasks]
+        shown = ", ".join(ids[:12]) + (f", ... ({len(ids) - 12} more)" if len(ids) > 12 else "")
+        return f"{subject}: {len(ids)} task{'s' if len(ids) != 1 else ''} ({shown})"
+    if check.diff is not None:
+        files = _DIFF_TARGET.findall(check.diff)
+        return f"{subject}: {', '.join(files) or 'no files'}"
+    return subject
+
+
+def _fields(command: Command) -> dict[str, Any]:
+    """A command's fields as its outcome event's metadata holds them."""
+    return {
+        "command_id": command.command_id,
+        "kind": command.kind,
+        "target": command.target,
+        "actor": command.actor,
+        "reason": command.reason,
+    }
 
 
 def _plain_join(root: str, relative: str) -> str | None:

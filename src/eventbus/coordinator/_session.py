@@ -133,13 +133,18 @@ GateStage = Literal["plan", "diff"]
 
 
 class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
-    """What a gate evaluates: the plan (stage ``plan``) or a task's diff (``diff``)."""
+    """What a gate evaluates: the plan (stage ``plan``) or a task's diff (``diff``).
+
+    ``request_id`` names the approval request when the gate asks a person
+    (a :class:`HumanGate`); the coordinator sets it, ``None`` otherwise.
+    """
 
     stage: GateStage
     session_id: str
     plan: Plan | None = None
     task: TaskSpec | None = None
     diff: str | None = None
+    request_id: str | None = None
 
 
 class GateResult(msgspec.Struct, frozen=True, kw_only=True):
