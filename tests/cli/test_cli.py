@@ -494,7 +494,7 @@ def test_nats_server_stopped_mid_session_prints_the_summary_then_one_line_and_ex
     event; the summary is printed, then one line says what JetStream lacks; exit 1."""
     workspace = tmp_path / "ws"
     args = ["--tasks", "3", "--workspace", str(workspace), "--session-id", "d1"]
-    slow = ["--model-latency", "0.2"]  # so that the session outlasts the server
+    slow = ["--pace", "0.2"]  # so that the session outlasts the server
     with subprocess.Popen(
         [*CLI, "demo", *args, *slow, "--nats", private_nats.url],
         stdout=subprocess.PIPE,

@@ -276,7 +276,7 @@ class TestPause:
             with anyio.fail_after(WAIT):
                 await model.entered.wait()
             resumed = await run.coordinator.resume("s1")
-            assert (resumed.status, resumed.reason) == ("rejected", "it is not paused")
+            assert (resumed.status, resumed.reason) == ("rejected", "the session is not paused")
             await run.coordinator.pause("s1")
             again = await run.coordinator.pause("s1")
             assert (again.status, again.reason) == ("rejected", "the session is already paused")

@@ -24,6 +24,7 @@ import argparse
 import errno
 import logging
 import re
+import shlex
 import sys
 import tempfile
 from collections import Counter
@@ -54,7 +55,6 @@ from ._common import (
     interruptible,
     port,
     positive,
-    seconds,
     table,
 )
 
@@ -98,6 +98,10 @@ _PROGRESS = EventQuery(
         EventType.TASK_FAILED,
         EventType.TASK_RETRYING,
         EventType.TASK_SKIPPED,
+        EventType.CLARIFICATION_REQUESTED,
+        EventType.APPROVAL_REQUESTED,
+        EventType.SESSION_PAUSED,
+        EventType.SESSION_RESUMED,
     ]
 )
 _SESSION_ENDS = (EventType.SESSION_COMPLETED, EventType.SESSION_FAILED, EventType.SESSION_ABORTED)
@@ -124,10 +128,18 @@ class ProgressPrinter:
     name = "progress"
 
     def __init__(
-        self, out: TextIO, total: int, on_closed: Callable[[], object] | None = None
+        self,
+        out: TextIO,
+        total: int,
+        on_closed: Callable[[], object] | None = None,
+        *,
+        workspace: Path | None = None,
+        human: bool = False,
     ) -> None:
         self.out = out
         self.total = total
+        self.workspace = workspace
+        self.human = human
         self.finished = 0
         self.closed = False
         self._on_closed = on_closed
@@ -154,6 +166,10 @@ class ProgressPrinter:
             return f"-- {event.phase}  (session {event.session_id})"
         if event.event_type is EventType.PHASE_TRANSITION:
             return f"-- {event.metadata.get('new_phase', event.phase)}"
+        if event.event_type in (EventType.SESSION_PAUSED, EventType.SESSION_RESUMED):
+            return f"-- {_clip(event.message)}"
+        if event.event_type in (EventType.CLARIFICATION_REQUESTED, EventType.APPROVAL_REQUESTED):
+            return self._waiting(event)
         label = _LABELS[event.event_type]
         metadata = event.metadata
         if event.event_type is EventType.TASK_RETRYING:
@@ -171,6 +187,22 @@ class ProgressPrinter:
         task = f"{event.task_id or '':<20} {event.agent_role or '':<9}"
         detail = detail.replace(sys.executable, "python")
         return f"  {counter} {label:<7} {task} {_clip(detail, 64)}"
+
+    def _waiting(self, event: Event) -> str:
+        """What a person is asked, and the command that answers it (``--human`` only)."""
+        if not self.human:
+            return ""
+        control = f"eventbus control {self.workspace or 'DIR'} {event.session_id}"
+        if event.event_type is EventType.CLARIFICATION_REQUESTED:
+            asked = event.metadata.get("question_id", "?")
+            question = event.metadata.get("question", "")
+            return f"  ?? {_clip(str(question), 64)}\n     answer: {control} answer {asked} TEXT"
+        request = event.metadata.get("request_id", "?")
+        subject = event.metadata.get("subject", "")
+        return (
+            f"  ?? approve {_clip(str(subject), 64)}\n"
+            f"     decide: {control} approve {request}   (or: reject {request} --reason TEXT)"
+        )
 
 
 @dataclass
@@ -198,7 +230,9 @@ async def run_demo(
     sinks: Sequence[Sink] = (),
     attach: Callable[[EventBus], AbstractAsyncContextManager[object]] | None = None,
     after: Callable[[DemoRun], Awaitable[None]] | None = None,
-    model_latency: float = 0.0,
+    pace: float = 0.0,
+    human: bool = False,
+    verify_command: Sequence[str] | None = None,
 ) -> DemoRun:
     """Run the demo session under ``workspace_root``; print progress to ``out``.
 
@@ -210,7 +244,11 @@ async def run_demo(
         session starts and left after ``after`` (a dashboard served live).
     :param after: awaited with the finished run while the bus is still open
         (print the summary, then serve on until Ctrl-C).
-    :param model_latency: seconds each offline model call takes.
+    :param pace: seconds each offline model call takes.
+    :param human: the planner's question and the plan's approval wait for a person
+        (``eventbus control``, the dashboard, the API); the session reads its inbox
+        (``control.jsonl``) in any case.
+    :param verify_command: the verification command instead of the default ones.
     :raises BrokenPipeError: ``out`` was closed by its reader; the session was
         aborted (its log says so).
     """
@@ -219,7 +257,13 @@ async def run_demo(
     failed: SinkFailedError | None = None
     result: DemoRun | None = None
     with anyio.CancelScope() as scope:
-        printer = None if out is None else ProgressPrinter(out, tasks, on_closed=scope.cancel)
+        printer = (
+            None
+            if out is None
+            else ProgressPrinter(
+                out, tasks, on_closed=scope.cancel, workspace=workspace_root, human=human
+            )
+        )
         try:
             async with EventBus() as bus:
                 bus.subscribe(jsonl)
@@ -235,7 +279,10 @@ async def run_demo(
                         workspace_root,
                         tasks=tasks,
                         max_concurrency=max_concurrency,
-                        model_latency=model_latency,
+                        pace=pace,
+                        human=human,
+                        verify_command=verify_command,
+                        control=workspace_root,
                     )
                     session = await coordinator.run(IDEA, session_id=session_id)
                     try:
@@ -404,11 +451,52 @@ def add_parser(subparsers: Subparsers) -> None:
         help="also export the session live as an OpenTelemetry trace over OTLP/HTTP, e.g. "
         "http://localhost:6006 for Phoenix; needs the otel extra",
     )
-    # Seconds each offline model call takes: slows the session down (for tests).
-    demo.add_argument("--model-latency", type=seconds, default=0.0, help=argparse.SUPPRESS)
+    demo.add_argument(
+        "--human",
+        action="store_true",
+        help="the planner's question and the plan's approval wait for a person: answer and "
+        "approve with 'eventbus control', the dashboard or the API",
+    )
+    demo.add_argument(
+        "--pace",
+        type=seconds_or_zero,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long each model call takes, so that a person can watch (default: 0)",
+    )
+    demo.add_argument(
+        "--verify-command",
+        type=command_line,
+        default=None,
+        metavar="CMD",
+        help="the verification command (a shell-style command line) instead of the default "
+        "ones, e.g. a slow one to try abort",
+    )
     demo.set_defaults(
         run=run, interrupted="the session was aborted (its events.jsonl ends with session_aborted)"
     )
+
+
+def seconds_or_zero(text: str) -> float:
+    """A number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+def command_line(text: str) -> list[str]:
+    """A command line, split like a POSIX shell does (``shlex.split``)."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r}: {error}") from None
+    if not argv:
+        raise argparse.ArgumentTypeError("expected a command, got an empty line")
+    return argv
 
 
 def check_workspace(root: Path, session_id: str | None) -> None:
@@ -619,7 +707,9 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
                 sinks=sinks,
                 attach=attach,
                 after=after,
-                model_latency=args.model_latency,
+                pace=args.pace,
+                human=args.human,
+                verify_command=args.verify_command,
             )
     print_summary(result, out)
     failures = _failure_lines(result, args, nats_sink, otel_sink, otel_messages)

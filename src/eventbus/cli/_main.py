@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "eventbus.cli._serve",
     "eventbus.cli._relay",
     "eventbus.cli._otel",
+    "eventbus.cli._control",
 )
 
 

@@ -738,7 +738,11 @@ class SessionCoordinator:
             return "the session is not run by SessionCoordinator.run(): cancel the step instead"
         if kind in ("pause", "resume"):
             if control.paused is (kind == "pause"):
-                return "the session is already paused" if control.paused else "it is not paused"
+                return (
+                    "the session is already paused"
+                    if control.paused
+                    else "the session is not paused"
+                )
             control.paused = kind == "pause"
             if control.paused:
                 control.resumed = anyio.Event()

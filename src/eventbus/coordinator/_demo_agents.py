@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 
@@ -24,6 +24,7 @@ import anyio.lowlevel
 
 from .._bus import EventBus
 from ._context import AgentContext
+from ._control import HumanClarifier, HumanGate
 from ._coordinator import SessionCoordinator, estimate_tokens
 from ._instrument import ModelPrice
 from ._patch import make_unified_diff
@@ -443,17 +444,26 @@ def build_demo_coordinator(
     tasks: int = 8,
     max_concurrency: int = 4,
     run_commands: bool = True,
-    model_latency: float = 0.0,
+    pace: float = 0.0,
+    human: bool = False,
+    verify_command: Sequence[str] | None = None,
+    control: str | PathLike[str] | None = None,
 ) -> SessionCoordinator:
     """The demo's coordinator on ``bus``: offline agents, model, gates and verifiers.
 
     With ``run_commands=False`` no process is started (agents check code
     in-process and there are no verifiers): what is left is coordination.
-    ``model_latency`` is how long each model call takes, in seconds.
+    ``pace`` is how long each model call takes, in seconds. With ``human``,
+    the planner's question and the plan's approval wait for a person (a
+    :class:`HumanClarifier` and a :class:`HumanGate`). ``verify_command``
+    replaces the verification commands. ``control``: the workspace root whose
+    inbox the coordinator reads (see :class:`SessionCoordinator`).
     """
     plan = demo_plan(tasks)
     verifiers: list[CommandVerifier] = []
-    if run_commands:
+    if verify_command is not None:
+        verifiers = [CommandVerifier("verify", verify_command)]
+    elif run_commands:
         verifiers = [CommandVerifier("compile", [sys.executable, "-m", "compileall", "-q", "."])]
         if any(task.role == "tester" for task in plan.tasks):
             verifiers.append(
@@ -471,11 +481,12 @@ def build_demo_coordinator(
             "tester": DemoTester(run_commands=run_commands),
             "reviewer": DemoReviewer(),
         },
-        model_client=OfflineModel(model_latency),
+        model_client=OfflineModel(pace),
         router=ROUTER,
-        gates=[ScopeGate(), TestsPlannedGate(), DiffSizeGate()],
+        gates=[ScopeGate(), TestsPlannedGate(), DiffSizeGate(), *([HumanGate()] if human else [])],
         verifiers=verifiers,
-        clarifier=DemoClarifier(),
+        clarifier=HumanClarifier() if human else DemoClarifier(),
         prices=PRICES,
         max_concurrency=max_concurrency,
+        control=control,
     )
