@@ -8,19 +8,23 @@ another process, as a person would.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from _web_server import serving
 from eventbus import Event, EventBus, EventType, create_session_event
 from eventbus.web import create_app
-from sinks.jsonl import JsonlSink
+from sinks.jsonl import EventLog, JsonlSink
 
 pytestmark = pytest.mark.browser
 
@@ -74,8 +78,6 @@ async def open_session(page: Any, url: str, session_id: str) -> None:
 
 
 def inbox(root: Path, session_id: str) -> list[dict[str, Any]]:
-    import json
-
     lines = (root / session_id / "control.jsonl").read_bytes().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -209,4 +211,151 @@ async def test_the_panel_sends_each_command_and_shows_its_outcome(tmp_path: Path
             for name in ("pause-button", "resume-button", "abort-button"):
                 await expect(page.get_by_test_id(name)).to_be_hidden()
                 await expect(page.get_by_test_id(name)).to_be_disabled()
+    assert errors == []
+
+
+# --- real sessions: `eventbus demo --human` in another process -----------------------------
+
+
+@asynccontextmanager
+async def demo(root: Path, session_id: str, *args: str) -> AsyncIterator[Path]:
+    """``eventbus demo --human`` writing session ``session_id`` under ``root`` during the
+    block (its output in ``root/../{session_id}.out``); stopped at the end if still running."""
+    output = root.parent / f"{session_id}.out"
+    command = [
+        sys.executable, "-m", "eventbus", "demo", "--human", "--workspace", str(root),
+        "--session-id", session_id, "--tasks", "3", *args,
+    ]  # fmt: skip
+    with output.open("wb") as out:
+        process = await anyio.open_process(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield output
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            with anyio.fail_after(30, shield=True):
+                await process.wait()
+
+
+def ended_with(page: Any, event_type: str) -> Any:
+    """The feed row of the session's last event, once it has it."""
+    return page.locator(f'[data-testid="event-row"][data-type="{event_type}"]')
+
+
+@pytest.mark.anyio
+async def test_a_human_demo_is_answered_and_approved_to_completion_from_the_page(
+    tmp_path: Path,
+) -> None:
+    """The clarification is answered in its box, each approval approved; the session
+    completes, and every command shows applied."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    async with (
+        serving(create_app(root)) as url,
+        chromium_page(errors) as page,
+        demo(root, "human", "--pace", "0.05") as output,
+    ):
+        await open_session(page, url, "human")
+        status = page.get_by_test_id("control-status")
+        await page.get_by_test_id("answer-input").fill("Use the MIT licence")
+        await page.get_by_test_id("answer-submit").click()
+        await expect(status).to_have_text("answer: applied")
+        completed = ended_with(page, "session_completed")
+        approve = page.get_by_test_id("approve-button")
+        for _ in range(10):  # one approval per gate the demo asks
+            await expect(approve.or_(completed).first).to_be_visible()
+            if await completed.count():
+                break
+            await approve.first.click()
+            await expect(status).to_have_text("approve: applied")
+        await expect(completed).to_have_count(1)
+        await expect(page.get_by_test_id("control-state")).to_have_text("ended (completed)")
+        await expect(page.get_by_test_id("pause-button")).to_be_hidden()
+        keep_screenshot(await page.screenshot(full_page=True), tmp_path, "control-demo.png")
+    assert errors == [], output.read_text()
+
+
+@pytest.mark.anyio
+async def test_pause_resume_and_reject_on_a_paced_demo(tmp_path: Path) -> None:
+    """Pause, then resume, each applied; the question answered; the approval rejected
+    (applied: it leaves the pending list)."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    async with (
+        serving(create_app(root)) as url,
+        chromium_page(errors) as page,
+        demo(root, "paced", "--pace", "0.2") as output,
+    ):
+        await open_session(page, url, "paced")
+        status = page.get_by_test_id("control-status")
+        state = page.get_by_test_id("control-state")
+        await page.get_by_test_id("pause-button").click()
+        await expect(status).to_have_text("pause: applied")
+        await expect(state).to_have_text("paused")
+        await page.get_by_test_id("resume-button").click()
+        await expect(status).to_have_text("resume: applied")
+        await expect(state).to_have_text("running")
+        await page.get_by_test_id("answer-input").fill("MIT")
+        await page.get_by_test_id("answer-submit").click()
+        await expect(status).to_have_text("answer: applied")
+        rows = page.locator('[data-testid="pending-row"][data-kind="approval"]')
+        await rows.first.get_by_test_id("reason-input").fill("not this plan")
+        await rows.first.get_by_test_id("reject-button").click()
+        await expect(status).to_have_text("reject: applied")
+        await expect(state).to_contain_text("ended")
+    assert errors == [], output.read_text()
+
+
+@pytest.mark.anyio
+async def test_abort_ends_a_running_demo_aborted(tmp_path: Path) -> None:
+    """Abort from the page: applied, the session ends aborted, the buttons go."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    async with (
+        serving(create_app(root)) as url,
+        chromium_page(errors) as page,
+        demo(root, "doomed", "--pace", "0.2") as output,
+    ):
+        await open_session(page, url, "doomed")
+        await page.get_by_test_id("abort-button").click()
+        await expect(ended_with(page, "session_aborted")).to_have_count(1)
+        await expect(page.locator("#session-status")).to_have_text("aborted")
+        await expect(page.get_by_test_id("control-state")).to_have_text("ended (aborted)")
+        await expect(page.get_by_test_id("control-status")).to_have_text("abort: applied")
+        await expect(page.get_by_test_id("abort-button")).to_be_hidden()
+    assert errors == [], output.read_text()
+
+
+@pytest.mark.anyio
+async def test_a_read_only_server_shows_what_is_pending_without_buttons(tmp_path: Path) -> None:
+    """``serve --read-only``: the question is listed, nothing on the page can send a command."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    with EventLog(tmp_path / SESSION / "events.jsonl") as log:
+        log.append(create_session_event(SESSION, EventType.SESSION_STARTED, phase="IDEA"))
+        log.append(
+            Event(
+                event_type=EventType.CLARIFICATION_REQUESTED,
+                session_id=SESSION,
+                message="Which licence?",
+                metadata={"question_id": "q1", "question": "Which licence?"},
+            )
+        )
+    app = create_app(tmp_path, read_only=True)
+    async with serving(app) as url, chromium_page(errors) as page:
+        await open_session(page, url, SESSION)
+        await expect(page.get_by_test_id("pending-row")).to_have_count(1)
+        await expect(page.get_by_test_id("control-panel")).to_contain_text("read-only")
+        for name in ("pause-button", "resume-button", "abort-button", "answer-input"):
+            await expect(page.get_by_test_id(name)).to_be_hidden()
     assert errors == []
