@@ -66,14 +66,17 @@ def check_origin(request: Request, allowed: Collection[str]) -> None:
     """Refuse a request a page of another site sent (its ``Origin`` is not this server's).
 
     Browsers send ``Origin`` with every POST; tools usually send none, and are let through.
+    Its host and port must be the request's ``Host`` (the scheme is not compared, so that
+    a proxy terminating HTTPS in front of the server does not refuse its own page).
 
     :raises ApiError: 403.
     """
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin in allowed:
         return
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
-    if origin.lower() != own and origin not in allowed:
+    scheme, _, host = origin.partition("://")
+    own = request.headers.get("host", "")
+    if not (scheme in ("http", "https") and host and host.lower() == own.lower()):
         raise ApiError(
             403,
             f"commands from a page of another site are refused (Origin: {origin}): "
