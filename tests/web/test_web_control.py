@@ -240,6 +240,20 @@ async def test_a_body_that_is_no_command_is_400_saying_why(
 
 
 @pytest.mark.anyio
+async def test_an_actor_in_the_body_wins_over_the_header(
+    client: httpx.AsyncClient, workspace: Path
+) -> None:
+    """``{"actor": ...}`` names the sender too (for clients that cannot set headers)."""
+    response = await client.post(
+        f"/api/sessions/{LIVE}/commands",
+        json={**PAUSE, "actor": "bob"},
+        headers={"X-Eventbus-Actor": "alice"},
+    )
+    assert response.status_code == 202
+    assert _inbox(workspace)[-1]["actor"] == "bob"
+
+
+@pytest.mark.anyio
 async def test_an_actor_header_with_control_characters_is_400(client: httpx.AsyncClient) -> None:
     """The actor goes into the log: it must be printable."""
     response = await client.post(

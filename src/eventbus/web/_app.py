@@ -200,7 +200,7 @@ class _Api:
             )
         check_origin(request, self.origins)
         body = await read_command(request)
-        actor = actor_of(request)
+        actor = actor_of(request, body)
         status, answer = await self._call(
             submit, self.workspace, session_id, fields_of(body), actor
         )

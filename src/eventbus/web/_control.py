@@ -38,7 +38,8 @@ __all__ = [
 
 #: The kinds of command a session takes.
 KINDS: tuple[str, ...] = get_args(CommandKind)
-#: The header naming who sends a command (a person, a tool); without it the actor is ``api``.
+#: The header naming who sends a command (a person, a tool), unless the body has an
+#: ``actor``; without either the actor is ``api``.
 ACTOR_HEADER = "X-Eventbus-Actor"
 DEFAULT_ACTOR = "api"
 #: Set to ``true`` on ``/pending`` answers of a read-only server (the dashboard then
@@ -57,6 +58,7 @@ class CommandBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str | None = None
     reason: str | None = None
     command_id: str | None = None
+    actor: str | None = None
 
 
 _decode = msgspec.json.Decoder(CommandBody).decode
@@ -137,23 +139,23 @@ def command_id_of(parameter: str, value: str) -> str:
     return value
 
 
-def actor_of(request: Request) -> str:
-    """Who sends the command: the ``X-Eventbus-Actor`` header, else ``api``.
+def actor_of(request: Request, body: CommandBody) -> str:
+    """Who sends the command: the body's ``actor``, else the ``X-Eventbus-Actor`` header,
+    else ``api``.
 
-    :raises ApiError: 400 if the header is empty, longer than 64 characters or
-        holds control characters.
+    :raises ApiError: 400 if it is empty, longer than 64 characters or holds
+        control characters.
     """
-    actor = request.headers.get(ACTOR_HEADER)
-    if actor is None:
+    given = body.actor if body.actor is not None else request.headers.get(ACTOR_HEADER)
+    if given is None:
         return DEFAULT_ACTOR
-    actor = actor.strip()
+    actor = given.strip()
     if not _ACTOR.match(actor):
-        raise ApiError(
-            400, f"header {ACTOR_HEADER} must be 1 to 64 printable characters, got {actor!r}"
-        )
+        where = "actor" if body.actor is not None else f"header {ACTOR_HEADER}"
+        raise ApiError(400, f"{where} must be 1 to 64 printable characters, got {given!r}")
     return actor
 
 
 def fields_of(body: CommandBody) -> dict[str, Any]:
-    """The body's fields, ``None`` for those it did not carry."""
-    return {field: getattr(body, field) for field in body.__struct_fields__}
+    """The command's fields of the body (not its actor), ``None`` for those it did not carry."""
+    return {field: getattr(body, field) for field in body.__struct_fields__ if field != "actor"}

@@ -217,6 +217,15 @@ _SCHEMAS: dict[str, Any] = {
             "text": _nullable(_STRING),
             "reason": _nullable(_STRING),
             "command_id": _nullable(_COMMAND_ID),
+            "actor": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "description": f"who sends it (default: the {ACTOR_HEADER} header, "
+                    f"else '{DEFAULT_ACTOR}')",
+                }
+            ),
         },
         "required": ["kind"],
         "additionalProperties": False,
@@ -434,9 +443,10 @@ _PATHS: dict[str, Any] = {
             ),
             "description": (
                 "The body must be sent as Content-Type: application/json. The actor "
-                f"recorded with the command is the {ACTOR_HEADER} header, else "
-                f"'{DEFAULT_ACTOR}'. Without a token, a request whose Origin is another "
-                "site's is refused, as is any Host but localhost or a loopback address."
+                f"recorded with the command is the body's actor, else the {ACTOR_HEADER} "
+                f"header, else '{DEFAULT_ACTOR}'. A request whose Origin is another site's "
+                "is refused; without a token, so is any Host but localhost or a loopback "
+                "address."
             ),
             "parameters": [
                 _SESSION_ID,
