@@ -264,13 +264,16 @@ async def test_a_human_demo_is_answered_and_approved_to_completion_from_the_page
         await page.get_by_test_id("answer-submit").click()
         await expect(status).to_have_text("answer: applied")
         completed = ended_with(page, "session_completed")
-        approve = page.get_by_test_id("approve-button")
+        approvals = page.locator('[data-testid="pending-row"][data-kind="approval"]')
         for _ in range(10):  # one approval per gate the demo asks
-            await expect(approve.or_(completed).first).to_be_visible()
+            await expect(approvals.or_(completed).first).to_be_visible()
             if await completed.count():
                 break
-            await approve.first.click()
+            request_id = await approvals.first.get_attribute("data-pending-id")
+            await approvals.first.get_by_test_id("approve-button").click()
             await expect(status).to_have_text("approve: applied")
+            decided = page.locator(f'[data-testid="pending-row"][data-pending-id="{request_id}"]')
+            await expect(decided).to_have_count(0)
         await expect(completed).to_have_count(1)
         await expect(page.get_by_test_id("control-state")).to_have_text("ended (completed)")
         await expect(page.get_by_test_id("pause-button")).to_be_hidden()

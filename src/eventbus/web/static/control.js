@@ -16,6 +16,7 @@ const ENDED = new Set(["session_completed", "session_failed", "session_aborted"]
 const REFRESH_TYPES = /^(clarification_|approval_|control_|session_(paused|resumed))/;
 const POLL_FIRST_MS = 250;
 const POLL_MAX_MS = 2000;
+const UNREAD_MS = 10000; // a command still queued after this long gets a hint
 
 function headers(extra = {}) {
   return token ? { Authorization: `Bearer ${token}`, ...extra } : extra;
@@ -217,7 +218,7 @@ export class ControlPanel {
       const item = element("li", { testid: "command-row" });
       item.dataset.commandId = id;
       this.log.prepend(item);
-      this.commands.set(id, { label, row, item, delay: POLL_FIRST_MS, timer: null });
+      this.commands.set(id, { label, row, item, delay: POLL_FIRST_MS, timer: null, at: Date.now() });
       this.show(id, answer);
       if (answer.status === "queued") this.poll(id, POLL_FIRST_MS);
     } catch (error) {
@@ -248,14 +249,28 @@ export class ControlPanel {
     // Shows one command's state: on the status line, in the log, and on its pending row.
     const command = this.commands.get(id);
     const reason = outcome.status === "rejected" && outcome.reason ? `: ${outcome.reason}` : "";
-    const text = `${command.label}: ${outcome.status}${reason}`;
+    const queued = outcome.status === "queued";
+    const late = queued && Date.now() - command.at > UNREAD_MS;
+    const hint = queued && this.ended
+      ? " (the session ended before it was applied)"
+      : late
+        ? " (not read yet: is a coordinator running this session?)"
+        : "";
+    const text = `${command.label}: ${outcome.status}${reason}${hint}`;
     command.item.textContent = text;
     command.item.dataset.status = outcome.status;
     this.setStatus(text, outcome.status, command.row);
     if (outcome.status === "applied" || outcome.status === "rejected") {
       command.done = true;
       clearTimeout(command.timer);
-      if (command.row) this.setDisabled(command.row, false);
+      if (command.row && outcome.status === "applied") {
+        // Answered or decided: it waits no more (the next /pending agrees).
+        command.row.remove();
+        this.rows.delete(command.row.dataset.pendingId);
+        this.empty.hidden = this.rows.size > 0;
+      } else if (command.row) {
+        this.setDisabled(command.row, false);
+      }
       this.scheduleRefresh();
     }
   }
