@@ -20,6 +20,7 @@ import pytest
 
 from eventbus import Event, EventBus, EventType
 from eventbus.coordinator import (
+    Agent,
     AgentContext,
     AgentResult,
     Command,
@@ -36,6 +37,7 @@ from eventbus.coordinator import (
     SessionPhase,
     StaticRouter,
     TaskSpec,
+    make_unified_diff,
     submit_command,
 )
 from sinks.jsonl import EventLog, JsonlSink
@@ -81,6 +83,11 @@ class Recorder:
                 await self._changed.wait()
         return self.of(event_type, **metadata)[0]
 
+    async def wait_count(self, event_type: EventType, count: int) -> None:
+        with anyio.fail_after(WAIT):
+            while len(self.of(event_type)) < count:
+                await self._changed.wait()
+
     def index(self, event_type: EventType, **metadata: Any) -> int:
         (found,) = self.of(event_type, **metadata)
         return self.events.index(found)
@@ -90,16 +97,20 @@ class Recorder:
 
 
 class Model:
-    """A model whose calls can be held: ``hold`` makes the next calls wait for ``release``."""
+    """A model whose calls can be held: with ``release`` set, calls wait for it (only the
+    calls of the role ``hold``, if given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: str | None = None) -> None:
         self.calls = 0
         self.entered = anyio.Event()
         self.release: anyio.Event | None = None
         self.cancelled = False
+        self.hold = hold
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.calls += 1
+        if self.hold is not None and request.role != self.hold:
+            return ModelResponse(text="ok", prompt_tokens=10, completion_tokens=2)
         self.entered.set()
         if self.release is not None:
             try:
@@ -172,7 +183,7 @@ async def running(
     *,
     model: Model | None = None,
     planner: Planner | None = None,
-    worker: Worker | None = None,
+    worker: Agent | None = None,
     gates: Sequence[Gate] = (),
     clarifier: HumanClarifier | None = None,
     start: bool = True,
@@ -265,6 +276,25 @@ class TestPause:
         assert pause_at < recorder.index(ET.CONTROL_APPLIED, command_id=paused.command_id)
         requests = [i for i, kind in enumerate(recorder.types()) if kind is ET.LLM_REQUEST_SENT]
         assert requests[1] > recorder.index(ET.SESSION_RESUMED)
+
+    async def test_a_task_waits_at_its_next_command_while_paused(self, tmp_path: Path) -> None:
+        """The model call under way ends; the command after it starts only once resumed."""
+        model = Model(hold="worker")
+        model.release = anyio.Event()
+        marker = tmp_path / "ran"
+        worker = Worker([sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"])
+        async with running(tmp_path, model=model, worker=worker) as run:
+            with anyio.fail_after(WAIT):
+                await model.entered.wait()  # the worker's call is under way
+            await run.coordinator.pause("s1")
+            model.release.set()
+            await run.recorder.wait_count(ET.LLM_RESPONSE_RECEIVED, 3)  # the call ended
+            await anyio.wait_all_tasks_blocked()
+            assert not marker.exists()
+            assert not run.recorder.of(ET.COMMAND_EXECUTED)
+            await run.coordinator.resume("s1")
+        assert marker.exists()
+        assert run.recorder.index(ET.SESSION_RESUMED) < run.recorder.index(ET.COMMAND_EXECUTED)
 
     async def test_a_pause_while_paused_and_a_resume_while_running_are_rejected(
         self, tmp_path: Path
@@ -366,6 +396,22 @@ class TestApproval:
         assert run.recorder.index(ET.GATE_EVALUATED) < run.recorder.index(
             ET.CONTROL_APPLIED, command_id=approved.command_id
         )
+
+    async def test_a_diff_can_need_an_approval_too(self, tmp_path: Path) -> None:
+        """HumanGate(stages=("diff",)): the plan passes; the task's diff waits for a person."""
+
+        class Writer:
+            async def run(self, task: TaskSpec, context: AgentContext) -> AgentResult:
+                await context.apply_diff(make_unified_diff("a.txt", None, "a\n"))
+                return AgentResult(summary="wrote")
+
+        async with running(tmp_path, worker=Writer(), gates=[HumanGate(stages=("diff",))]) as run:
+            requested = await run.recorder.wait_for(ET.APPROVAL_REQUESTED)
+            assert (requested.task_id, requested.metadata["stage"]) == ("t1", "diff")
+            assert requested.metadata["subject"] == "the diff of t1: a.txt"
+            await run.coordinator.approve("s1", "r1")
+        assert (await run.finished()).phase is SessionPhase.COMPLETE
+        assert (tmp_path / "s1" / "project" / "a.txt").read_text() == "a\n"
 
     async def test_a_rejected_plan_is_not_executed(self, tmp_path: Path) -> None:
         """The gate blocks with the reason; the session fails; no task starts."""

@@ -99,7 +99,9 @@ def add_parser(subparsers: Subparsers) -> None:
         elif action in ("approve", "reject"):
             parser.add_argument("target", metavar="REQUEST_ID", help="the request's id")
         if action in ("pause", "resume", "abort", "approve", "reject"):
-            parser.add_argument("--reason", default=None, help="why (logged with the outcome)")
+            parser.add_argument(
+                "--reason", default=None, metavar="TEXT", help="why (logged with the outcome)"
+            )
         if action != "pending":
             parser.add_argument(
                 "--id",

@@ -4,7 +4,8 @@ Each command lives in its own module of this package (named in
 :data:`COMMANDS`), which exposes ``add_parser(subparsers)``; see
 :mod:`eventbus.cli._common`. Exit statuses: 0 success, 1 the command ran
 and reports a failure (e.g. the demo session failed), 2 a user error (one
-line on stderr, never a traceback), 130 interrupted (Ctrl-C, one line on
+line on stderr, never a traceback), 3 ``eventbus control``: a command no
+coordinator applied in time, 130 interrupted (Ctrl-C, one line on
 stderr), 141 stdout closed by its reader (``| head``: quietly, nothing on
 stderr). A command may set ``interrupted`` (a hint for the Ctrl-C line) with
 ``set_defaults``.

@@ -7,8 +7,12 @@ small protocols for what it drives (:class:`Agent`, :class:`ModelClient`,
 :class:`ModelRouter`); :class:`AgentContext` is what an agent gets to work
 with. :class:`Emitter` and its spans make correct emission the easy path;
 the redact hook (:func:`redact_secrets`) keeps secrets out of captured
-prompts. The errors derive from :class:`~eventbus.EventBusError`; their hierarchy
-is drawn in ``eventbus.coordinator._errors``.
+prompts. A person controls a running session with a :class:`Command` (pause,
+resume, abort, answer, approve, reject), in process or from another process
+through the session's inbox (:func:`submit_command`); :class:`HumanClarifier`
+and :class:`HumanGate` make questions and approvals wait for one. The errors
+derive from :class:`~eventbus.EventBusError`; their hierarchy is drawn in
+``eventbus.coordinator._errors``.
 
 This package imports the core (:mod:`eventbus`); the core never imports it.
 """

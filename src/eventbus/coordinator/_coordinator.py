@@ -13,7 +13,13 @@ and agent role inside a task). Events outside tasks point (``parent_id``) to
 response to its request. A session's last event is ``session_completed``,
 ``session_failed`` (a :class:`SessionError`: failed tasks, a blocking gate,
 failed verification, an invalid plan; or any other exception, which then
-propagates) or ``session_aborted`` (cancellation, which then propagates).
+propagates) or ``session_aborted`` (cancellation, which then propagates; or
+an ``abort`` command, whose ``control_applied`` follows it).
+
+Control (``pause``, ``resume``, ``abort``, ``answer``, ``approve``,
+``reject``) is described on :class:`SessionCoordinator`; the commands, the
+inbox and the people-facing clarifier and gate are in ``_commands`` and
+``_control``.
 """
 
 from __future__ import annotations
@@ -656,7 +662,12 @@ class SessionCoordinator:
         outcome = await self._take(session, control, command)
         if outcome is None:  # an abort: its outcome is logged once the session has ended
             await control.ended.wait()
-            outcome = control.decided[command.command_id]
+            outcome = control.decided.get(command.command_id) or CommandOutcome(
+                command_id=command.command_id,
+                kind=command.kind,
+                status="rejected",
+                reason="the session was cancelled before the abort was applied",
+            )
         return outcome
 
     async def pause(
