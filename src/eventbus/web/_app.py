@@ -417,8 +417,8 @@ def create_app(
     Commands (``POST /api/sessions/{session_id}/commands``) are appended to the
     session's inbox (``DIR/{session_id}/control.jsonl``); the coordinator running
     the session applies or rejects them and logs the outcome, whether or not it
-    runs in this process. Without a token, commands are taken only as
-    ``Content-Type: application/json`` and from no other site's ``Origin``.
+    runs in this process. Commands are taken only as ``Content-Type:
+    application/json`` and from no other site's ``Origin`` (``cors_origins`` aside).
 
     Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
     their logs store them. A session, log or ``artifacts`` directory that is a

@@ -1,4 +1,9 @@
-"""The data layer the app reads: :class:`sinks.workspace.Workspace`, as a Protocol."""
+"""The data layer the app reads: :class:`sinks.workspace.Workspace`, as a Protocol.
+
+The one write is :func:`submit`: a command appended to a session's inbox with
+:func:`eventbus.coordinator.submit_command`, which the coordinator running the
+session reads.
+"""
 
 from __future__ import annotations
 
