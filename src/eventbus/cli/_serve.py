@@ -98,8 +98,8 @@ def add_parser(subparsers: Subparsers) -> None:
     serve.add_argument(
         "--read-only",
         action="store_true",
-        help="take no commands: POST /api/sessions/ID/commands answers 403 and the "
-        "dashboard shows no control panel (pending questions stay readable)",
+        help="take no commands: POST /api/sessions/ID/commands answers 403; the "
+        "dashboard lists what sessions wait for, without buttons",
     )
     serve.set_defaults(run=_run)
 
