@@ -362,3 +362,24 @@ async def test_a_read_only_server_shows_what_is_pending_without_buttons(tmp_path
         for name in ("pause-button", "resume-button", "abort-button", "answer-input"):
             await expect(page.get_by_test_id(name)).to_be_hidden()
     assert errors == []
+
+
+@pytest.mark.anyio
+async def test_with_a_token_the_panel_sends_it(tmp_path: Path) -> None:
+    """Opened as ``/?token=...``, the page's reads and commands carry the token."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    expect = playwright_api.expect
+    errors: list[str] = []
+    with EventLog(tmp_path / SESSION / "events.jsonl") as log:
+        log.append(create_session_event(SESSION, EventType.SESSION_STARTED, phase="IDEA"))
+    app = create_app(tmp_path, token="s3cret")
+    async with serving(app) as url, chromium_page(errors) as page:
+        await page.goto(f"{url}/?token=s3cret#/sessions/{SESSION}")
+        await expect(page.get_by_test_id("control-state")).to_have_text("running")
+        async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            await page.get_by_test_id("pause-button").click()
+        assert (await posted.value).status == 202
+        await expect(page.get_by_test_id("control-status")).to_contain_text("pause: queued")
+    (command,) = inbox(tmp_path, SESSION)
+    assert (command["kind"], command["actor"]) == ("pause", "dashboard")
+    assert errors == []
