@@ -3,18 +3,22 @@
 The first test plays the coordinator's part itself (it reads the inbox and
 publishes the outcomes), so that each step of the page is checked against a
 known answer; the others drive real ``eventbus demo --human`` sessions in
-another process, as a person would.
+another process, as a person would: served by the API's app in this process
+(as ``eventbus serve DIR`` would, following the files), or by the demo itself
+(``--serve``, on its own bus).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +241,51 @@ async def demo(root: Path, session_id: str, *args: str) -> AsyncIterator[Path]:
                 await process.wait()
 
 
+@asynccontextmanager
+async def served_demo(root: Path, session_id: str, *args: str) -> AsyncIterator[str]:
+    """``eventbus demo --human --serve`` (the dashboard on the demo's own bus) during the
+    block; yields the dashboard's URL once the session asks its first question (by then
+    the server listens: it started before the session)."""
+    with socket.socket() as probe:  # a free port (uvicorn binds it with SO_REUSEADDR)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "eventbus", "demo", "--human", "--workspace", str(root),
+        "--session-id", session_id, "--tasks", "3", "--serve", "--port", str(port), *args,
+    ]  # fmt: skip
+    output = bytearray()
+    process = await anyio.open_process(command, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    async def drain() -> None:  # read on, so that the demo never blocks on a full pipe
+        with suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+            while True:
+                output.extend(await stdout.receive())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(60):
+                while b"  ?? " not in output:
+                    try:
+                        output.extend(await stdout.receive())
+                    except anyio.EndOfStream:
+                        pytest.fail(f"the demo ended early:\n{output.decode()}")
+            url = re.search(rb"dashboard: (http://\S+)/", output)
+            assert url is not None, output.decode()
+            tg.start_soon(drain)
+            try:
+                yield url.group(1).decode()
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        with anyio.fail_after(30, shield=True):
+            await process.wait()
+        await process.aclose()
+
+
 def ended_with(page: Any, event_type: str) -> Any:
     """The feed row of the session's last event, once it has it."""
     return page.locator(f'[data-testid="event-row"][data-type="{event_type}"]')
@@ -317,16 +366,16 @@ async def test_pause_resume_and_reject_on_a_paced_demo(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_abort_ends_a_running_demo_aborted(tmp_path: Path) -> None:
-    """Abort from the page: applied, the session ends aborted, the buttons go."""
+    """Abort from the dashboard ``demo --serve`` serves on its own bus: applied, the
+    session ends aborted, the buttons go."""
     playwright_api = pytest.importorskip("playwright.async_api")
     expect = playwright_api.expect
     errors: list[str] = []
     root = tmp_path / "workspaces"
     root.mkdir()
     async with (
-        serving(create_app(root)) as url,
+        served_demo(root, "doomed", "--pace", "0.05") as url,
         chromium_page(errors) as page,
-        demo(root, "doomed", "--pace", "0.2") as output,
     ):
         await open_session(page, url, "doomed")
         await page.get_by_test_id("abort-button").click()
@@ -335,7 +384,7 @@ async def test_abort_ends_a_running_demo_aborted(tmp_path: Path) -> None:
         await expect(page.get_by_test_id("control-state")).to_have_text("ended (aborted)")
         await expect(page.get_by_test_id("control-status")).to_have_text("abort: applied")
         await expect(page.get_by_test_id("abort-button")).to_be_hidden()
-    assert errors == [], output.read_text()
+    assert errors == []
 
 
 @pytest.mark.anyio
