@@ -71,7 +71,11 @@ export class ControlPanel {
       button.addEventListener("click", () => this.send({ kind }, kind));
       return button;
     });
-    this.status = element("span", { testid: "control-status", className: "control-status" });
+    this.status = element("span", {
+      testid: "control-status",
+      className: "control-status",
+      role: "status", // announced by screen readers as outcomes arrive
+    });
     this.note = element("span", { className: "muted" });
     const bar = element("div", { className: "control-bar" });
     bar.append(this.state, ...this.buttons, this.status, this.note);
