@@ -496,9 +496,15 @@ async def test_serve_read_only_builds_a_read_only_app(
     from eventbus.cli import main
 
     served: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+
+    def run(server: uvicorn.Server, sockets: list[Any]) -> None:  # instead of serving
+        served.append(server.config.app)
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.delenv("EVENTBUS_TOKEN", raising=False)
-    assert main(["serve", str(workspace), "--read-only"]) == 0
+    assert main(["serve", str(workspace), "--read-only", "--port", "0"]) == 0
     async with _client(served[0]) as client:
         response = await client.post(f"/api/sessions/{LIVE}/commands", json=PAUSE)
     assert response.status_code == 403
