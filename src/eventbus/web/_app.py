@@ -29,14 +29,30 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._bus import EventBus
-from .._errors import EventBusError, SinkFailedError
+from .._errors import SinkFailedError
 from .._event import Event
 from .._names import InvalidNameError, validate_session_id
 from .._query import EventQuery
+from ._control import (
+    ACTOR_HEADER,
+    READ_ONLY_HEADER,
+    actor_of,
+    check_origin,
+    command_id_of,
+    fields_of,
+    read_command,
+)
 from ._openapi import openapi_schema
-from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
+from ._params import (
+    USAGE_KEYS,
+    ApiError,
+    BadRequest,
+    event_query,
+    parse_time,
+    positive_int,
+)
 from ._stream import LineCache, bus_stream, file_stream
-from ._workspace import Workspace, message_of, open_workspace, status_of
+from ._workspace import Workspace, message_of, open_workspace, status_of, submit
 
 __all__ = ["create_app"]
 
@@ -50,15 +66,6 @@ logger = logging.getLogger("eventbus.web")
 _encode = msgspec.json.Encoder().encode
 
 
-class ApiError(EventBusError):
-    """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-        super().__init__(message)
-
-
 class _Api:
     """The handlers, bound to one workspace and (optionally) a live bus."""
 
@@ -70,8 +77,12 @@ class _Api:
         heartbeat: float,
         listener_buffer: int,
         send_timeout: float | None,
+        read_only: bool,
+        origins: Sequence[str],
     ) -> None:
         self.workspace = workspace
+        self.read_only = read_only
+        self.origins = frozenset(origins)
         self.bus = bus
         self.heartbeat = heartbeat
         self.listener_buffer = listener_buffer
@@ -166,6 +177,40 @@ class _Api:
         if session_id is not None:
             validate_session_id(session_id)
         return JSONResponse(await self._call(self.workspace.usage, by, session_id=session_id))
+
+    async def pending(self, request: Request) -> Response:
+        """What the session waits for: ``{"pending": [{"kind", "id", "task_id", "role", ...}]}``."""
+        rows = await self._call(self.workspace.pending, _session_id(request))
+        headers = {READ_ONLY_HEADER: "true"} if self.read_only else None
+        return JSONResponse({"pending": rows}, headers=headers)
+
+    async def submit(self, request: Request) -> Response:
+        """Queue a command in the session's inbox: 202 ``{"command_id", "status": "queued"}``.
+
+        A ``command_id`` already decided answers 200 with its outcome (as
+        :meth:`command`), so that a client may repeat a command it is unsure was sent.
+        """
+        session_id = _session_id(request)
+        if self.read_only:
+            raise ApiError(
+                403,
+                "this server is read-only (serve --read-only): it takes no commands; "
+                "use 'eventbus control' on the workspace's machine, or a server "
+                "started without --read-only",
+            )
+        check_origin(request, self.origins)
+        body = await read_command(request)
+        actor = actor_of(request, body)
+        status, answer = await self._call(
+            submit, self.workspace, session_id, fields_of(body), actor
+        )
+        return JSONResponse(answer, status_code=status)
+
+    async def command(self, request: Request) -> Response:
+        """One command's state: ``{"command_id", "kind", "status", "reason"}``."""
+        session_id = _session_id(request)
+        command_id = command_id_of("command id", request.path_params["command_id"])
+        return JSONResponse(await self._call(self.workspace.command_status, session_id, command_id))
 
     async def session_stream(self, request: Request) -> Response:
         """Server-Sent Events of one session (resumes after ``Last-Event-ID``)."""
@@ -365,8 +410,15 @@ def create_app(
     heartbeat: float = 15.0,
     listener_buffer: int = 1000,
     send_timeout: float | None = 30.0,
+    read_only: bool = False,
 ) -> Starlette:
     """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
+
+    Commands (``POST /api/sessions/{session_id}/commands``) are appended to the
+    session's inbox (``DIR/{session_id}/control.jsonl``); the coordinator running
+    the session applies or rejects them and logs the outcome, whether or not it
+    runs in this process. Commands are taken only as ``Content-Type:
+    application/json`` and from no other site's ``Origin`` (``cors_origins`` aside).
 
     Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
     their logs store them. A session, log or ``artifacts`` directory that is a
@@ -382,7 +434,8 @@ def create_app(
     :param token: when set, every ``/api`` request must carry it
         (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
         otherwise it is answered 401.
-    :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param cors_origins: origins allowed to call the API from other pages, commands
+        included (none by default).
     :param allowed_hosts: without a token, every request (pages included) whose
         ``Host`` is not ``localhost`` or a loopback address (``127.0.0.1``,
         ``[::1]``, with or without ``:port``) is answered 403, so that a site
@@ -394,6 +447,8 @@ def create_app(
         oldest (and the client gets a gap).
     :param send_timeout: seconds a stalled client may block one send before it is
         disconnected (``None``: never).
+    :param read_only: refuse commands (``POST .../commands`` answers 403); the
+        pending list and command states stay readable.
     """
     data = open_workspace(workspace) if isinstance(workspace, str | os.PathLike) else workspace
     api = _Api(
@@ -402,13 +457,19 @@ def create_app(
         heartbeat=heartbeat,
         listener_buffer=listener_buffer,
         send_timeout=send_timeout,
+        read_only=read_only,
+        origins=cors_origins,
     )
+    session = "/api/sessions/{session_id}"
     routes = [
         Route("/", _index, name="dashboard"),
         Route("/api/sessions", api.sessions, name="sessions"),
         Route("/api/sessions/{session_id}", api.session, name="session"),
         Route("/api/sessions/{session_id}/events", api.events, name="events"),
         Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
+        Route(f"{session}/pending", api.pending, name="pending"),
+        Route(f"{session}/commands", api.submit, methods=["POST"], name="commands"),
+        Route(f"{session}/commands/{{command_id}}", api.command, name="command"),
         Route("/api/stream", api.stream, name="stream"),
         Route("/api/usage", api.usage, name="usage"),
         Route("/openapi.json", _document(openapi_schema(token=token is not None)), name="openapi"),
@@ -423,8 +484,8 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(cors_origins),
-                allow_methods=["GET"],
-                allow_headers=["Authorization", "Last-Event-ID"],
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Last-Event-ID", "Content-Type", ACTOR_HEADER],
             )
         )
     if token is not None:

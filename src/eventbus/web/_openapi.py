@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._event import MAX_ID_LENGTH
+from ._control import (
+    ACTOR_HEADER,
+    DEFAULT_ACTOR,
+    KINDS,
+    MAX_BODY_BYTES,
+    READ_ONLY_HEADER,
+)
+
 __all__ = ["openapi_schema"]
 
 _REF = "#/components/schemas/"
@@ -41,6 +50,7 @@ _TIME: dict[str, Any] = {
     ]
 }
 _EVENT_ID: dict[str, Any] = {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,64}$"}
+_COMMAND_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -174,6 +184,72 @@ _SCHEMAS: dict[str, Any] = {
         },
         "required": ["by", "rows", "total"],
     },
+    "PendingItem": {
+        "type": "object",
+        "description": "A question (clarification) or a request (approval) the session waits for.",
+        "properties": {
+            "kind": {"type": "string", "enum": ["clarification", "approval"]},
+            "id": {"type": "string", "description": "the target of an answer, approve or reject"},
+            "task_id": _nullable(_STRING),
+            "role": _nullable(_STRING),
+            "text": _STRING,
+        },
+        "required": ["kind", "id", "task_id", "role", "text"],
+    },
+    "Pending": {
+        "type": "object",
+        "description": "What the session waits for; empty once it has ended.",
+        "properties": {"pending": {"type": "array", "items": _ref("PendingItem")}},
+        "required": ["pending"],
+    },
+    "Command": {
+        "type": "object",
+        "description": (
+            "A command for a running session. pause, resume and abort take no target; "
+            "answer takes the clarification's id as target and the answer as text; "
+            "approve and reject take the approval's id as target (reason: why). "
+            "command_id (made when not given) makes repeating a command safe: it is "
+            "applied at most once."
+        ),
+        "properties": {
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "target": _nullable(_STRING),
+            "text": _nullable(_STRING),
+            "reason": _nullable(_STRING),
+            "command_id": _nullable(_COMMAND_ID),
+            "actor": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "description": f"who sends it (default: the {ACTOR_HEADER} header, "
+                    f"else '{DEFAULT_ACTOR}')",
+                }
+            ),
+        },
+        "required": ["kind"],
+        "additionalProperties": False,
+    },
+    "CommandQueued": {
+        "type": "object",
+        "description": "The command is in the session's inbox; GET its id for the outcome.",
+        "properties": {"command_id": _STRING, "status": {"const": "queued"}},
+        "required": ["command_id", "status"],
+    },
+    "CommandStatus": {
+        "type": "object",
+        "description": (
+            "A command's state: queued (not yet read by the session), applied, or "
+            "rejected (reason says why; a rejected command changed nothing)."
+        ),
+        "properties": {
+            "command_id": _STRING,
+            "kind": _STRING,
+            "status": {"type": "string", "enum": ["queued", "applied", "rejected"]},
+            "reason": _nullable(_STRING),
+        },
+        "required": ["command_id", "kind", "status", "reason"],
+    },
     "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
 }
 
@@ -274,9 +350,11 @@ def _api(
     ok: dict[str, Any],
     *,
     missing: bool = True,
+    missing_text: str | None = None,
 ) -> dict[str, Any]:
     """An ``/api`` route: 400 for bad parameters, 401 without the token, 404 if ``missing``."""
-    errors = {"400": _BAD, "401": _NO_TOKEN, **({"404": _NO_SESSION} if missing else {})}
+    not_found = _error(missing_text) if missing_text else _NO_SESSION
+    errors = {"400": _BAD, "401": _NO_TOKEN, **({"404": not_found} if missing else {})}
     return _get(operation_id, summary, parameters, ok, errors)
 
 
@@ -342,6 +420,80 @@ _PATHS: dict[str, Any] = {
         ],
         _json("The usage object.", "Usage"),
     ),
+    "/api/sessions/{session_id}/pending": _api(
+        "pending",
+        'What a session waits for: {"pending": [{"kind", "id", "task_id", "role", "text"}]}.',
+        [_SESSION_ID],
+        {
+            **_json("The questions and approval requests not yet decided.", "Pending"),
+            "headers": {
+                READ_ONLY_HEADER: {
+                    "description": "'true' when the server takes no commands (serve --read-only).",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        },
+    ),
+    "/api/sessions/{session_id}/commands": {
+        "post": {
+            "operationId": "submit_command",
+            "summary": (
+                "Queue a command (pause, resume, abort, answer, approve, reject) in the "
+                "session's inbox; the session applies or rejects it and logs the outcome."
+            ),
+            "description": (
+                "The body must be sent as Content-Type: application/json. The actor "
+                f"recorded with the command is the body's actor, else the {ACTOR_HEADER} "
+                f"header, else '{DEFAULT_ACTOR}'. A request whose Origin is another site's "
+                "is refused; without a token, so is any Host but localhost or a loopback "
+                "address."
+            ),
+            "parameters": [
+                _SESSION_ID,
+                {
+                    "name": ACTOR_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "Who sends the command (1 to 64 printable characters).",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("Command")}},
+            },
+            "responses": {
+                "200": _json("That command_id was already decided: its outcome.", "CommandStatus"),
+                "202": _json("Queued: the session will apply or reject it.", "CommandQueued"),
+                "400": _error("The body is not a command (or the actor header is not valid)"),
+                "401": _NO_TOKEN,
+                "403": _error(
+                    "A foreign Host without a token, an Origin of another site, or a "
+                    "read-only server (serve --read-only)"
+                ),
+                "404": _NO_SESSION,
+                "409": _error("The session has ended: it takes no more commands"),
+                "413": _error(f"The body is larger than {MAX_BODY_BYTES} bytes"),
+                "415": _error("The body is not sent as Content-Type: application/json"),
+            },
+        }
+    },
+    "/api/sessions/{session_id}/commands/{command_id}": _api(
+        "command",
+        'One command\'s state: {"command_id", "kind", "status", "reason"}.',
+        [
+            _SESSION_ID,
+            {
+                "name": "command_id",
+                "in": "path",
+                "required": True,
+                "description": "The id POST .../commands answered (or the one it was sent).",
+                "schema": _COMMAND_ID,
+            },
+        ],
+        _json("queued, applied or rejected (with the reason).", "CommandStatus"),
+        missing_text="No such session, or no command with that id in it",
+    ),
     "/openapi.json": _get("openapi", "This description.", [], _json("OpenAPI 3.1.", "OpenAPI")),
 }
 
@@ -373,7 +525,9 @@ def openapi_schema(*, token: bool = False) -> dict[str, Any]:
     if token:
         security: list[dict[str, list[str]]] = [{"bearer": []}, {"token": []}]
         paths = {
-            path: {"get": {**item["get"], "security": security}}
+            path: {
+                method: {**operation, "security": security} for method, operation in item.items()
+            }
             if path.startswith("/api")
             else item
             for path, item in _PATHS.items()
@@ -384,7 +538,8 @@ def openapi_schema(*, token: bool = False) -> dict[str, Any]:
             "title": "eventbus",
             "version": __version__,
             "description": (
-                "Sessions, events, token usage and live streams of an eventbus workspace. "
+                "Sessions, events, token usage and live streams of an eventbus workspace, "
+                "and commands for its running sessions. "
                 "When the server has a token, send 'Authorization: Bearer <token>' "
                 "(or ?token=<token>) on every /api route. Without a token the server "
                 "answers only requests whose Host is localhost or a loopback address."

@@ -8,6 +8,8 @@
 // Times are UTC, as in the logs and the CLI, to the millisecond: the feed
 // shows the date on its top row and wherever the date changes.
 
+import { ControlPanel } from "./control.js";
+
 const token = new URLSearchParams(location.search).get("token");
 const $ = (id) => document.getElementById(id);
 
@@ -158,6 +160,7 @@ class SessionView {
 
   async start() {
     $("session-id").textContent = this.id;
+    this.control = new ControlPanel(this.id, $("control")); // control.js
     await this.catchUp();
     this.listen();
   }
@@ -200,6 +203,7 @@ class SessionView {
 
   stop() {
     this.closed = true;
+    this.control?.stop();
     this.source?.close();
     if (this.frame) cancelAnimationFrame(this.frame);
     this.plot?.destroy();
@@ -209,6 +213,7 @@ class SessionView {
     if (this.seen.has(event.id)) return;
     this.seen.add(event.id);
     this.lastId = event.id;
+    this.control?.event(event);
     const at = Date.parse(event.timestamp);
     this.first ??= at;
     this.firstPhase ??= event.phase;
