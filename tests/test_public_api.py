@@ -199,8 +199,11 @@ SNAPSHOT: dict[str, list[str]] = {
         "UnsafeSymlinkError",
     ],
     "sinks.workspace": [
+        "MAX_ARTIFACT_BYTES",
         "USAGE_ALIASES",
         "USAGE_KEYS",
+        "ArtifactNotFoundError",
+        "ArtifactTooLargeError",
         "InvalidTimeError",
         "SessionNotFoundError",
         "UnknownEventTypeError",

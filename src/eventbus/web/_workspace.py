@@ -9,7 +9,13 @@ from typing import Any, Protocol
 
 from sinks.index import UnknownEventIdError
 from sinks.jsonl import UnsafeSymlinkError
-from sinks.workspace import InvalidTimeError, SessionNotFoundError, UnknownEventTypeError
+from sinks.workspace import (
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
+    InvalidTimeError,
+    SessionNotFoundError,
+    UnknownEventTypeError,
+)
 from sinks.workspace import Workspace as FilesWorkspace
 
 from .._event import Event
@@ -34,6 +40,8 @@ class Workspace(Protocol):
 
     def read_lines(self, events: Sequence[Event]) -> list[bytes]: ...
 
+    def artifact(self, session_id: str, key: str) -> bytes: ...
+
     def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None: ...
 
     def usage(self, by: str, *, session_id: str | None) -> dict[str, Any]: ...
@@ -56,8 +64,10 @@ def open_workspace(root: str | os.PathLike[str]) -> Workspace:
 
 def status_of(error: BaseException) -> int | None:
     """The HTTP status for an error of the data layer, or ``None`` if it is a server fault."""
-    if isinstance(error, SessionNotFoundError):
+    if isinstance(error, SessionNotFoundError | ArtifactNotFoundError):
         return 404
+    if isinstance(error, ArtifactTooLargeError):
+        return 413
     if isinstance(error, UnsafeSymlinkError):
         return 403
     if isinstance(

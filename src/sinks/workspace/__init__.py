@@ -6,8 +6,11 @@ module, ``sinks.workspace._workspace``.
 """
 
 from ._workspace import (
+    MAX_ARTIFACT_BYTES,
     USAGE_ALIASES,
     USAGE_KEYS,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
     InvalidTimeError,
     SessionNotFoundError,
     UnknownEventTypeError,
@@ -16,8 +19,11 @@ from ._workspace import (
 )
 
 __all__ = [
+    "MAX_ARTIFACT_BYTES",
     "USAGE_ALIASES",
     "USAGE_KEYS",
+    "ArtifactNotFoundError",
+    "ArtifactTooLargeError",
     "InvalidTimeError",
     "SessionNotFoundError",
     "UnknownEventTypeError",
