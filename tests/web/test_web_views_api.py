@@ -283,3 +283,15 @@ def test_stored_json_lines_are_json(workspace: Path) -> None:
     """(The fixture's log is valid JSON lines: the tests above read it as the API serves it.)"""
     for line in (workspace / "s" / "events.jsonl").read_bytes().splitlines():
         json.loads(line)
+
+
+@pytest.mark.anyio
+async def test_events_tail_gives_the_last_events_oldest_first(client: httpx.AsyncClient) -> None:
+    """``tail=n``: the last n matching events in time order, ``next`` null."""
+    every = (await client.get("/api/sessions/s/events")).json()
+    last = (await client.get("/api/sessions/s/events", params={"tail": "2"})).json()
+    assert last["ids"] == every["ids"][-2:]
+    assert last["next"] is None
+    refused = await client.get("/api/sessions/s/events", params={"tail": "2", "q": "x"})
+    assert refused.status_code == 400
+    assert "tail" in refused.json()["error"]

@@ -171,6 +171,16 @@ class _Api:
         )
         after = _event_id("after", params.get("after"))
         text = params.get("q") or None
+        if "tail" in params:  # the last n events (a page to start live from), no next
+            if after is not None or text is not None:
+                raise BadRequest("tail", params["tail"], "no after or q beside it")
+            tail = positive_int("tail", params["tail"], maximum=MAX_LIMIT)
+            lines, ids = await self._call(
+                _last_lines, self.workspace, query, session_id=session_id, n=tail
+            )
+            await self._check_types(query)
+            body = b'{"events":[%b],"ids":%b,"next":null}' % (b",".join(lines), _encode(ids))
+            return Response(body, media_type="application/json")
         lines, ids, next_id = await self._call(
             _stored_page,
             self.workspace,
@@ -289,6 +299,15 @@ def _stored_page(
             next_id = more
     lines = workspace.read_lines(events) if events else []
     return lines, [event.id for event in events], next_id
+
+
+def _last_lines(
+    workspace: Workspace, query: EventQuery, *, session_id: str, n: int
+) -> tuple[list[bytes], list[str]]:
+    """The last ``n`` events matching ``query`` (oldest first): their lines and ids."""
+    events = workspace.latest(n, query, session_id=session_id)
+    lines = workspace.read_lines(events) if events else []
+    return lines, [event.id for event in events]
 
 
 def _sessions_page(

@@ -349,6 +349,12 @@ _PATHS: dict[str, Any] = {
             _SESSION_ID,
             *_FILTERS,
             _query("q", "Only events whose message holds this text (ignoring case)."),
+            _query(
+                "tail",
+                "Only the last n matching events, oldest first (next null; not with "
+                "after or q): where to start following a long session.",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
             _query("after", "Start after this event id (the previous page's next).", _EVENT_ID),
             _query(
                 "limit",
