@@ -339,6 +339,7 @@ class Trace {
       }
       this.byEvent.set(event.id, task);
       this.nodes.set(event.id, task); // later events name a task_started as their parent
+      if (!task.events.includes(event.id)) task.events.push(event.id);
       if (meta.attempts) task.attempts = Math.max(task.attempts ?? 0, meta.attempts);
       if (type === "task_started") {
         task.attempts = Math.max(task.attempts ?? 0, (task.started = (task.started ?? 0) + 1));
@@ -519,6 +520,12 @@ class SessionView {
     $("session-id").textContent = this.id;
     const view = $("session-view");
     view.dataset.state = "loading";
+    // Asked at once: the summary, the last event (where the stream starts) and
+    // the feed's first page; then, by the summary's count, the rest.
+    const last = getJson(`${this.api}/events`, { tail: 1 }).catch(() => null);
+    const feed = this.loadFeed(true).catch((error) => error);
+    const types = [...Object.keys(SESSION_STATUS), "phase_transition", ...TASK_TYPES];
+    const parts = this.readPart({ type: types.join(",") }).catch((error) => error);
     let summary;
     try {
       summary = await getJson(this.api);
@@ -533,16 +540,16 @@ class SessionView {
     this.count = summary.event_count ?? 0;
     for (const key of summary.artifacts ?? []) this.addArtifact(key);
     this.full = this.count <= FULL_LOAD;
-    const feed = this.loadFeed(true);
+    const read = await parts;
+    if (read instanceof Error) throw read;
     if (this.full) {
       await this.readAll();
     } else {
-      const types = [...Object.keys(SESSION_STATUS), "phase_transition", ...TASK_TYPES];
-      await this.readPart({ type: types.join(",") });
-      const last = await getJson(`${this.api}/events`, { tail: 1 });
-      if (last.ids.length) this.lastId = last.ids[0];
+      const tail = await last;
+      if (tail?.ids.length) this.lastId = tail.ids[0];
     }
-    await feed;
+    const failed = await feed;
+    if (failed instanceof Error) throw failed;
     this.renderNow();
     this.refreshUsage();
     view.dataset.state = "loaded";
@@ -934,9 +941,8 @@ class SessionView {
     const box = $("trace");
     const root = this.trace.root;
     if (!root) return;
-    const { start, span } = this.span();
+    const { start, end, span } = this.span();
     const scroll = box.scrollTop;
-    const fragment = document.createDocumentFragment();
     const failing = new Set();
     const mark = (node) => {
       let bad = node.status === "failed";
@@ -945,57 +951,53 @@ class SessionView {
       return bad;
     };
     mark(root);
-    const draw = (node, depth, into) => {
-      const row = element("div", "trace-row");
-      row.dataset.testid = "trace-node";
-      row.dataset.eventId = node.id;
-      row.dataset.kind = node.kind;
-      row.dataset.status = node.status;
-      if (node.taskId) row.dataset.task = node.taskId;
-      if (failing.has(node) && node.status !== "failed") row.classList.add("has-failure");
-      if (this.selected === node.id) row.classList.add("selected");
+    // Built as one string (a long session's trace has thousands of rows).
+    const html = [];
+    const draw = (node, depth) => {
       const lazy = node.kind === "task" && !this.full && !this.loadedTasks.has(node.label);
       const open = this.expanded.has(node.id) || node === root;
-      const name = element("span", "trace-name");
-      name.style.paddingLeft = `${depth * 0.9}rem`;
-      const twisty = element("span", "twisty", node.children.length || lazy ? (open ? "▾" : "▸") : "");
-      const kind = { llm: "llm", command: "cmd", agent: "agent", task: "task", session: "session", gate: "gate", diff: "diff", error: "error", retry: "retry", verification: "verify" }[node.kind];
-      const label = element("span", "label", node.label);
-      label.title = node.label;
-      name.append(twisty, element("span", `kind ${node.kind}`, kind), label);
-      const bars = element("span", "waterfall");
+      const classes = ["trace-row"];
+      if (failing.has(node) && node.status !== "failed") classes.push("has-failure");
+      if (this.selected === node.id) classes.push("selected");
+      const twisty = node.children.length || lazy ? (open ? "▾" : "▸") : "";
+      let waterfall = "";
       if (node.start !== null) {
         const left = ((node.start - start) / span) * 100;
-        const ms = node.duration != null ? node.duration * 1000 : (node.end ?? this.span().end) - node.start;
-        const b = bar("", `${left.toFixed(3)}%`, `${Math.max((ms / span) * 100, 0.3).toFixed(3)}%`, node.status, false);
-        b.title = `${node.label}: ${seconds(ms / 1000)}`;
-        bars.append(b);
+        const ms = node.duration != null ? node.duration * 1000 : (node.end ?? end) - node.start;
+        const width = Math.max((ms / span) * 100, 0.3);
+        waterfall = `<div class="bar ${esc(node.status)}" style="left:${left.toFixed(3)}%;width:${width.toFixed(3)}%" title="${esc(`${node.label}: ${seconds(ms / 1000)}`)}"></div>`;
       }
-      row.append(
-        name,
-        element("span", "time", node.start !== null ? clock(new Date(node.start).toISOString()) : ""),
-        element("span", "num", seconds(node.duration)),
-        element("span", "num", node.tokens == null ? "" : int(node.tokens)),
-        element("span", "num", node.cost == null ? "" : `$${node.cost.toFixed(5)}`),
-        bars,
+      html.push(
+        `<div class="${classes.join(" ")}" data-testid="trace-node" data-event-id="${esc(node.id)}"`,
+        ` data-kind="${node.kind}" data-status="${esc(node.status)}"`,
+        node.taskId ? ` data-task="${esc(node.taskId)}"` : "",
+        ` title="${esc(`${node.label} · ${node.status}`)}">`,
+        `<span class="trace-name" style="padding-left:${depth * 0.9}rem"><span class="twisty">${twisty}</span>`,
+        `<span class="kind ${node.kind}">${KIND_LABEL[node.kind] ?? node.kind}</span>`,
+        `<span class="label">${esc(node.label)}</span></span>`,
+        `<span class="time">${node.start !== null ? clock(new Date(node.start).toISOString()) : ""}</span>`,
+        `<span class="num">${seconds(node.duration)}</span>`,
+        `<span class="num">${node.tokens == null ? "" : int(node.tokens)}</span>`,
+        `<span class="num">${node.cost == null ? "" : `$${node.cost.toFixed(5)}`}</span>`,
+        `<span class="waterfall">${waterfall}</span></div>`,
       );
-      row.title = `${node.label} · ${node.status}`;
-      twisty.addEventListener("click", (e) => {
-        e.stopPropagation();
-        this.toggle(node);
-      });
-      row.addEventListener("click", () => this.showNode(node));
-      into.append(row);
       if (node.children.length) {
-        const children = element("div", "children");
-        children.hidden = !open;
-        for (const child of node.children) draw(child, depth + 1, children);
-        into.append(children);
+        html.push(`<div class="children"${open ? "" : " hidden"}>`);
+        for (const child of node.children) draw(child, depth + 1);
+        html.push("</div>");
       }
     };
-    draw(root, 0, fragment);
-    box.replaceChildren(fragment);
+    draw(root, 0);
+    box.innerHTML = html.join("");
     box.scrollTop = scroll;
+  }
+
+  traceClick(e) {
+    const row = e.target.closest(".trace-row");
+    const node = row && this.trace.nodes.get(row.dataset.eventId);
+    if (!node) return;
+    if (e.target.closest(".twisty")) this.toggle(node);
+    else this.showNode(node);
   }
 
   async toggle(node) {
@@ -1161,6 +1163,13 @@ function bar(text, left, width, className, withText = true) {
   return node;
 }
 
+const KIND_LABEL = {
+  llm: "llm", command: "cmd", agent: "agent", task: "task", session: "session", gate: "gate",
+  diff: "diff", error: "error", retry: "retry", verification: "verify",
+};
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => ESCAPES[c]);
+
 function preOf(text, className = "") {
   const pre = element("pre", className);
   if (className.includes("diff")) {
@@ -1311,6 +1320,7 @@ $("events").addEventListener("click", (e) => {
   if (row && current) current.showEvent(row.dataset.eventId, row);
 });
 $("next-failure").addEventListener("click", () => current?.nextFailure());
+$("trace").addEventListener("click", (e) => current?.traceClick(e));
 
 window.addEventListener("hashchange", route);
 route();
