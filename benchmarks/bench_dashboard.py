@@ -32,10 +32,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+from starlette.testclient import TestClient
 
 from eventbus import Event, EventType, encode_jsonl
+from eventbus.web import create_app
 from sinks.workspace import Workspace
 
 CHROMIUM = "/usr/bin/chromium"
@@ -66,27 +69,65 @@ def session_events(session_id: str, count: int, *, tasks: int = 400, days: int =
         common = {"task_id": task, "agent_role": role, "phase": "EXECUTION"}
         add(event_type=EventType.TASK_SCHEDULED, message=f"scheduled {task}", **common)
         started = add(event_type=EventType.TASK_STARTED, message=f"started {task}", **common)
-        add(event_type=EventType.AGENT_INVOKED, message=f"agent {role}", parent_id=started.id,
-            metadata={"attempt": 1}, **common)  # fmt: skip
+        add(
+            event_type=EventType.AGENT_INVOKED,
+            message=f"agent {role}",
+            parent_id=started.id,
+            metadata={"attempt": 1},
+            **common,
+        )
         for r in range(rounds):
             model = MODELS[(t + r) % len(MODELS)]
-            request = add(event_type=EventType.LLM_REQUEST_SENT, message="request", model=model,
-                          parent_id=started.id, metadata={"prompt_tokens": 300}, **common)  # fmt: skip
-            add(event_type=EventType.LLM_RESPONSE_RECEIVED, message="response", model=model,
-                parent_id=request.id,
-                metadata={"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420,
-                          "cached_tokens": 100, "duration_s": 0.8}, **common)  # fmt: skip
-            add(event_type=EventType.COMMAND_EXECUTED, message="Command exited 0: pytest",
+            request = add(
+                event_type=EventType.LLM_REQUEST_SENT,
+                message="request",
+                model=model,
                 parent_id=started.id,
-                metadata={"command": "pytest -q", "exit_code": 0, "duration_s": 0.2,
-                          "output": "1 passed"}, **common)  # fmt: skip
+                metadata={"prompt_tokens": 300},
+                **common,
+            )
+            add(
+                event_type=EventType.LLM_RESPONSE_RECEIVED,
+                message="response",
+                model=model,
+                parent_id=request.id,
+                metadata={
+                    "prompt_tokens": 300,
+                    "completion_tokens": 120,
+                    "total_tokens": 420,
+                    "cached_tokens": 100,
+                    "duration_s": 0.8,
+                },
+                **common,
+            )
+            add(
+                event_type=EventType.COMMAND_EXECUTED,
+                message="Command exited 0: pytest",
+                parent_id=started.id,
+                metadata={
+                    "command": "pytest -q",
+                    "exit_code": 0,
+                    "duration_s": 0.2,
+                    "output": "1 passed",
+                },
+                **common,
+            )
             for gate in ("scope", "diff-size"):
-                add(event_type=EventType.GATE_EVALUATED, message=f"Gate {gate}: pass",
+                add(
+                    event_type=EventType.GATE_EVALUATED,
+                    message=f"Gate {gate}: pass",
                     parent_id=started.id,
-                    metadata={"gate": gate, "decision": "pass", "reason": "ok"}, **common)  # fmt: skip
+                    metadata={"gate": gate, "decision": "pass", "reason": "ok"},
+                    **common,
+                )
             add(event_type=EventType.INFO, message=f"round {r} of {task}", **common)
-        add(event_type=EventType.TASK_COMPLETED, message=f"completed {task}",
-            parent_id=started.id, metadata={"duration_s": 1.0}, **common)  # fmt: skip
+        add(
+            event_type=EventType.TASK_COMPLETED,
+            message=f"completed {task}",
+            parent_id=started.id,
+            metadata={"duration_s": 1.0},
+            **common,
+        )
     add(event_type=EventType.SESSION_COMPLETED, message="completed", phase="COMPLETE")
     return events
 
@@ -127,6 +168,11 @@ def server(root: Path) -> Iterator[str]:
         process.wait(10)
 
 
+def heap(cdp: Any) -> dict[str, float]:
+    """The page's metrics (``JSHeapUsedSize``, ...) from CDP ``Performance.getMetrics``."""
+    return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+
+
 def page_figures(events: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -137,16 +183,21 @@ def page_figures(events: int) -> None:
         write_session(root, small)
         write_session(root, large)
         size = (root / "large" / "events.jsonl").stat().st_size
-        print(f"page: a session of {len(large):,} events ({size / 2**20:.0f} MiB), "
-              f"baseline {len(small)} events")  # fmt: skip
+        print(
+            f"page: a session of {len(large):,} events ({size / 2**20:.0f} MiB), "
+            f"baseline {len(small)} events"
+        )
         with server(root) as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
             figures: dict[str, float] = {}
-            for label, session in (("large, cold", "large"), ("small", "small"),
-                                   ("large, warm", "large")):  # fmt: skip
+            for label, session in (
+                ("large, cold", "large"),
+                ("small", "small"),
+                ("large, warm", "large"),
+            ):
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 started = time.perf_counter()
                 page.goto(f"{url}/#/sessions/{session}")
@@ -155,29 +206,45 @@ def page_figures(events: int) -> None:
                 if label == "large, warm":
                     cdp = page.context.new_cdp_session(page)
                     cdp.send("Performance.enable")
-                    metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+                    metrics = {
+                        m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]
+                    }
                     nodes = page.evaluate("document.getElementsByTagName('*').length")
                     height = page.evaluate("document.documentElement.scrollHeight")
-                    print(f"  JS heap used {metrics['JSHeapUsedSize'] / 2**20:.1f} MiB "
-                          f"(total {metrics['JSHeapTotalSize'] / 2**20:.1f} MiB), "
-                          f"{nodes:,} DOM nodes, page {height} px tall")  # fmt: skip
+                    print(
+                        f"  JS heap used {metrics['JSHeapUsedSize'] / 2**20:.1f} MiB "
+                        f"(total {metrics['JSHeapTotalSize'] / 2**20:.1f} MiB), "
+                        f"{nodes:,} DOM nodes, page {height} px tall"
+                    )
+                    page.wait_for_selector('#session-view[data-responses="read"]', timeout=60_000)
+                    t = time.perf_counter() - started
+                    metrics = {
+                        m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]
+                    }
+                    print(
+                        f"  with every response read for the charts ({t:.1f} s after navigation):"
+                        f" JS heap used {metrics['JSHeapUsedSize'] / 2**20:.1f} MiB"
+                    )
                     # Scrolling the feed reads its next pages: 10 more pages.
                     t = time.perf_counter()
                     for _ in range(10):
                         before = page.locator('[data-testid="event-row"]').count()
-                        page.evaluate("f => { f.scrollTop = f.scrollHeight; }",
-                                      page.get_by_test_id("feed").element_handle())  # fmt: skip
-                        page.wait_for_function(
-                            f"document.querySelectorAll('[data-testid=event-row]').length > {before}"
+                        page.evaluate(
+                            "f => { f.scrollTop = f.scrollHeight; }",
+                            page.get_by_test_id("feed").element_handle(),
                         )
+                        rows_now = "document.querySelectorAll('[data-testid=event-row]').length"
+                        page.wait_for_function(f"{rows_now} > {before}")
                     rows = page.locator('[data-testid="event-row"]').count()
                     print(f"  feed scrolled to {rows:,} rows in {time.perf_counter() - t:.2f} s")
                 page.close()
             browser.close()
         base = figures["small"]
         for label, seconds in figures.items():
-            print(f"  navigation to usable, {label:12s} {seconds * 1000:7.0f} ms"
-                  f"  ({seconds / base:.1f}x the {len(small)}-event session)")  # fmt: skip
+            print(
+                f"  navigation to usable, {label:12s} {seconds * 1000:7.0f} ms"
+                f"  ({seconds / base:.1f}x the {len(small)}-event session)"
+            )
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -198,29 +265,32 @@ def usage_figures(count: int) -> None:
             sum(1 for _ in open(path, "rb"))  # noqa: SIM115
             for path in root.glob("*/events.jsonl")
         )
-        print(f"usage: {total:,} events in {sessions} sessions over 30 days "
-              f"(written in {time.perf_counter() - made:.1f} s)")  # fmt: skip
+        print(
+            f"usage: {total:,} events in {sessions} sessions over 30 days "
+            f"(written in {time.perf_counter() - made:.1f} s)"
+        )
         with Workspace(root) as workspace:
             build = timed(lambda: workspace.events(limit=1))
             by_day = timed(lambda: workspace.usage("day"))
             by_model = timed(lambda: workspace.usage("model"))
             rows = len(workspace.usage("day")["rows"])
         print(f"  index built in {build:.2f} s (the server's first query)")
-        print(f"  usage by day, indexed:   {by_day:.2f} s ({rows} rows); by model {by_model:.2f} s "
-              f"(day/model {by_day / by_model:.2f}x)")  # fmt: skip
+        print(
+            f"  usage by day, indexed:   {by_day:.2f} s ({rows} rows); by model {by_model:.2f} s "
+            f"(day/model {by_day / by_model:.2f}x)"
+        )
         with Workspace(root, index=False) as scanning:
             scan = timed(lambda: scanning.usage("day"))
         print(f"  usage by day, scanning (the CLI): {scan:.2f} s")
-        from eventbus.web import create_app
-
-        from starlette.testclient import TestClient
-
         with TestClient(create_app(root), base_url="http://127.0.0.1") as client:
             client.get("/api/sessions/s00/events", params={"limit": 1})
             t = time.perf_counter()
             response = client.get("/api/usage", params={"by": "day"})
-            print(f"  GET /api/usage?by=day: {time.perf_counter() - t:.2f} s, "
-                  f"{response.status_code}, total cost_source {response.json()['total']['cost_source']}")  # fmt: skip
+            source = response.json()["total"]["cost_source"]
+            print(
+                f"  GET /api/usage?by=day: {time.perf_counter() - t:.2f} s, "
+                f"{response.status_code}, total cost_source {source}"
+            )
 
 
 def main() -> None:

@@ -252,6 +252,7 @@ const TASK_TYPES = Object.keys(TASK_STATUS);
 const FULL_LOAD = 5000; // a session of up to this many events is read whole
 const PAGE = 10000;
 const FEED_PAGE = 500;
+const MAX_CALLS = 200; // LLM calls in their panel: the latest
 
 // A node of the trace: one span (session, task, agent, model call, command,
 // verification) or one point (gate, diff, error, retry).
@@ -491,6 +492,7 @@ class SessionView {
     this.taskRows = new Map();
     this.phases = []; // [{phase, at}]
     this.usage = []; // [{t, model, tokens, cost}]
+    this.counted = new Set(); // ids of the responses in usage
     this.calls = new Map(); // request id -> element
     this.totals = { tokens: 0, cost: 0, calls: 0 };
     this.apiTotals = null; // /api/usage's totals, once read
@@ -577,9 +579,31 @@ class SessionView {
     } while (after && !this.closed);
   }
 
+  // A long session's responses, for the charts only (the trace reads a task's
+  // events when its node is opened).
   async readResponses() {
-    await this.readPart({ type: "llm_response_received" });
-    this.schedule("chart");
+    let after = null;
+    do {
+      const page = await getJson(`${this.api}/events`, { type: "llm_response_received", after, limit: PAGE });
+      page.events.forEach((event, i) => this.countResponse({ id: page.ids[i], ...event }));
+      this.schedule("chart");
+      after = page.next;
+    } while (after && !this.closed);
+    $("session-view").dataset.responses = "read";
+  }
+
+  // Count a response once in the live totals and the charts.
+  countResponse(event) {
+    if (this.counted.has(event.id)) return;
+    this.counted.add(event.id);
+    const meta = event.metadata ?? {};
+    const tokens = tokensOf(meta);
+    const cost = costOf(meta);
+    this.totals.tokens += tokens;
+    this.totals.cost += cost ?? 0;
+    this.totals.calls += 1;
+    this.usage.push({ t: Date.parse(event.timestamp) / 1000, model: event.model ?? "?", tokens, cost });
+    this.dirty.add("chart");
   }
 
   listen() {
@@ -630,14 +654,8 @@ class SessionView {
     if (type in TASK_STATUS && event.task_id) this.dirty.add("tasks");
     if (type === "llm_request_sent") this.addCall(event, meta);
     if (type === "llm_response_received") {
-      const tokens = tokensOf(meta);
-      const cost = costOf(meta);
-      this.totals.tokens += tokens;
-      this.totals.cost += cost ?? 0;
-      this.totals.calls += 1;
-      this.usage.push({ t: at / 1000, model: event.model ?? "?", tokens, cost });
+      this.countResponse(event);
       this.addResponse(event, meta);
-      this.dirty.add("chart");
       if (live) this.refreshUsageSoon();
     }
     this.addOptions(event);
@@ -710,7 +728,14 @@ class SessionView {
     }
     if (!meta.messages) details.append(note("no prompt recorded"));
     this.calls.set(event.id, { details, summary });
-    $("llm-calls").prepend(details);
+    const box = $("llm-calls");
+    box.prepend(details);
+    // The panel keeps the latest calls (every call is in the trace and the feed).
+    while (box.children.length > MAX_CALLS) {
+      const old = box.lastElementChild;
+      old.remove();
+      for (const [id, call] of this.calls) if (call.details === old) this.calls.delete(id);
+    }
   }
 
   addResponse(event, meta) {
