@@ -128,6 +128,11 @@ async def test_trace_has_every_task_agent_and_model_call_and_marks_failures(
         selected = page.locator('[data-testid="trace-node"].selected')
         await expect(selected).to_have_attribute("data-status", "failed")
         await expect(selected).to_be_visible()
+        # The search keeps the matching nodes (and their parents) in view.
+        await page.get_by_test_id("trace-search").fill("py_compile")
+        await expect(command).to_be_visible()
+        await expect(nodes.and_(page.locator('[data-kind="gate"]')).first).to_be_hidden()
+        await page.get_by_test_id("trace-search").fill("")
         _keep_screenshot(await page.screenshot(full_page=True), "dashboard-trace.png", tmp_path)
     assert errors == []
 

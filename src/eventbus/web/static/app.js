@@ -976,12 +976,25 @@ class SessionView {
       return bad;
     };
     mark(root);
+    // A search keeps the nodes whose label holds the text, and their ancestors.
+    const query = $("trace-search").value.trim().toLowerCase();
+    const keep = new Set();
+    if (query) {
+      const find = (node) => {
+        let hit = node.label.toLowerCase().includes(query);
+        for (const child of node.children) hit = find(child) || hit;
+        if (hit) keep.add(node);
+        return hit;
+      };
+      find(root);
+    }
     // Built as one string (a long session's trace has thousands of rows).
     const html = [];
     const draw = (node, depth) => {
       const lazy = node.kind === "task" && !this.full && !this.loadedTasks.has(node.label);
-      const open = this.expanded.has(node.id) || node === root;
+      const open = this.expanded.has(node.id) || node === root || (query && keep.has(node));
       const classes = ["trace-row"];
+      if (query && node.label.toLowerCase().includes(query)) classes.push("match");
       if (failing.has(node) && node.status !== "failed") classes.push("has-failure");
       if (this.selected === node.id) classes.push("selected");
       const twisty = node.children.length || lazy ? (open ? "▾" : "▸") : "";
@@ -995,8 +1008,9 @@ class SessionView {
       html.push(
         `<div class="${classes.join(" ")}" data-testid="trace-node" data-event-id="${esc(node.id)}"`,
         ` data-kind="${node.kind}" data-status="${esc(node.status)}"`,
+        ` data-event-ids="${esc(node.events.join(" "))}"`,
         node.taskId ? ` data-task="${esc(node.taskId)}"` : "",
-        ` title="${esc(`${node.label} · ${node.status}`)}">`,
+        ` title="${esc(`${node.label} · ${node.status}`)}"${query && !keep.has(node) ? " hidden" : ""}>`,
         `<span class="trace-name" style="padding-left:${depth * 0.9}rem"><span class="twisty">${twisty}</span>`,
         `<span class="kind ${node.kind}">${KIND_LABEL[node.kind] ?? node.kind}</span>`,
         `<span class="label">${esc(node.label)}</span></span>`,
@@ -1316,6 +1330,7 @@ function route() {
     while (select.options.length > 1) select.remove(1);
   }
   $("filter-text").value = "";
+  $("trace-search").value = "";
   $("event-detail").replaceChildren(note("Select an event in the trace, the timeline or the feed."));
   $("gap-notice").hidden = true;
   $("no-artifacts").hidden = false;
@@ -1346,6 +1361,7 @@ $("events").addEventListener("click", (e) => {
 });
 $("next-failure").addEventListener("click", () => current?.nextFailure());
 $("trace").addEventListener("click", (e) => current?.traceClick(e));
+$("trace-search").addEventListener("input", () => current?.renderTrace());
 
 window.addEventListener("hashchange", route);
 route();
