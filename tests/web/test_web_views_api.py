@@ -295,3 +295,17 @@ async def test_events_tail_gives_the_last_events_oldest_first(client: httpx.Asyn
     refused = await client.get("/api/sessions/s/events", params={"tail": "2", "q": "x"})
     assert refused.status_code == 400
     assert "tail" in refused.json()["error"]
+
+
+def test_usage_answers_again_after_a_log_grows(workspace: Path) -> None:
+    """An answer is reused only while the logs are unchanged: a new response counts."""
+    with Workspace(workspace) as reader:
+        first = reader.usage("day")
+        assert reader.usage("day") == first
+        first["rows"].clear()  # the caller's copy: the next answer is whole
+        assert reader.usage("day")["rows"]
+        late = create_llm_response_event("s", "sim-large", "coder", 1, 1, "t3", cost_usd=1.0)
+        _write(workspace, "s", [_at(late, 10)])
+        again = reader.usage("day")
+    assert again["total"]["calls"] == 5
+    assert again["total"]["cost_usd"] == pytest.approx(first["total"]["cost_usd"] + 1.0)

@@ -30,7 +30,8 @@ class _Group:
         # (model, UTC date) -> [responses, prompt, completion, cached, latest timestamp]
         self.unpriced: dict[tuple[str, str], list[Any]] = {}
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Event, day: str | None = None) -> None:
+        """Count one response; ``day``: its UTC date when the caller has it already."""
         metadata = event.metadata
         prompt, completion, total, cached, _ = response_amounts(metadata)
         sums = self.sums
@@ -44,7 +45,7 @@ class _Group:
             sums[5] += cost
             self.given += 1
         elif event.model:
-            slot = (event.model, day_of(event))
+            slot = (event.model, day or day_of(event))
             tokens = self.unpriced.get(slot)
             if tokens is None:
                 tokens = self.unpriced[slot] = [0, 0, 0, 0, event.timestamp]
@@ -94,7 +95,7 @@ def day_of(event: Event) -> str:
     moment: datetime = event.timestamp
     if moment.utcoffset():
         moment = moment.astimezone(UTC)
-    return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+    return moment.date().isoformat()
 
 
 def none_last(key: str | None) -> tuple[bool, str]:
@@ -110,12 +111,13 @@ def usage_table(responses: Sequence[Event], by: str) -> dict[str, Any]:
     """
     key_of: Callable[[Event], Any] = day_of if by == "day" else attrgetter(by)
     groups: dict[str | None, _Group] = {}
+    by_day = by == "day"
     for event in responses:
         key = key_of(event)
         group = groups.get(key)
         if group is None:
             group = groups[key] = _Group()
-        group.add(event)
+        group.add(event, key if by_day else None)
     total = _Group()
     for group in groups.values():
         group.price()

@@ -64,6 +64,7 @@ Import every name from here.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -137,6 +138,7 @@ _RESCAN_EVERY: Final = 10
 
 logger = logging.getLogger("sinks.workspace")
 
+_USAGE_ANSWERS: Final = 64  # usage answers kept while the logs do not change
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
@@ -279,6 +281,7 @@ class Workspace:
         self._index: EventIndex | None = None
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
+        self._usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"Workspace({os.fspath(self.root)!r})"
@@ -290,6 +293,7 @@ class Workspace:
                 self._index.close()
             self._index = None
             self._logs = {}
+            self._usage = {}
 
     def __enter__(self) -> Self:
         return self
@@ -579,11 +583,20 @@ class Workspace:
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
         if not self.indexed:
-            responses = [event for event, _ in self._scan(query, None)]
-        else:
-            with self._lock:
-                responses = self._current().query(query)
-        return usage_table(responses, by)
+            return usage_table([event for event, _ in self._scan(query, None)], by)
+        with self._lock:
+            index = self._current()
+            # An answer holds while no log changed: asked again (a page reloaded), it is
+            # not summed again.
+            state = tuple(sorted((log.path, log.ident, log.end) for log in self._logs.values()))
+            cached = self._usage.get((by, session_id))
+            if cached is not None and cached[0] == state:
+                return copy.deepcopy(cached[1])
+            answer = usage_table(index.query(query), by)
+            if len(self._usage) >= _USAGE_ANSWERS:
+                self._usage.clear()
+            self._usage[by, session_id] = (state, answer)
+        return copy.deepcopy(answer)
 
     # --- following ----------------------------------------------------------------------
 
@@ -814,6 +827,7 @@ class Workspace:
             self._index.close()
         index = self._index = EventIndex(low_memory=True)
         self._logs = {}
+        self._usage = {}
         for session_id, path, status in self._log_files():
             log = self._logs[session_id] = _Log(path, (status.st_dev, status.st_ino))
             self._read(index, log, bulk=True)
