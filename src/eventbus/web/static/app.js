@@ -746,7 +746,7 @@ class SessionView {
     }
     call.summary.textContent = call.summary.textContent.replace(
       "waiting for the response…",
-      `${tokensOf(meta)} tokens · $${usd(costOf(meta))}`,
+      `${tokensOf(meta)} tokens · ${costOf(meta) == null ? "no cost given" : `$${usd(costOf(meta))}`}`,
     );
     call.details.append(
       element("pre", "message response", meta.response ?? "(no response text recorded)"),
