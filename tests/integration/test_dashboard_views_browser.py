@@ -315,3 +315,35 @@ async def test_an_unknown_session_is_a_not_found_page(tmp_path: Path, browser: A
         icon = await page.request.get(f"{url}/favicon.ico")
         assert icon.status == 200
         assert icon.headers["content-type"].startswith("image/svg")
+
+
+@pytest.mark.anyio
+async def test_a_long_session_s_feed_has_no_cap_and_its_trace_reads_a_task_when_opened(
+    tmp_path: Path, browser: Any
+) -> None:
+    """A 6,002-event session: scrolling the feed's region reads page after page up to the
+    last event (no 5,000 cap); opening a task's node reads that task's events."""
+    expect = _expect()
+    _big_session(tmp_path, tasks=1200)
+    count = len((tmp_path / BIG / "events.jsonl").read_bytes().splitlines())
+    assert count > 5000
+    async with serving(create_app(tmp_path)) as url:
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        await page.goto(f"{url}/#/sessions/{BIG}")
+        await expect(page.locator('#session-view[data-state="loaded"]')).to_have_count(1)
+        rows = page.locator('[data-testid="event-row"]')
+        feed = page.get_by_test_id("feed")
+        for _ in range(100):
+            shown = await rows.count()
+            if shown >= count:
+                break
+            await feed.evaluate("f => { f.scrollTop = f.scrollHeight; }")
+            await expect(rows).not_to_have_count(shown)
+        await expect(rows).to_have_count(count)
+        await expect(page.locator("#feed-end")).to_contain_text("end of the log")
+
+        task = page.locator('[data-testid="trace-node"][data-kind="task"][data-task="t0500"]')
+        await task.locator(".twisty").click()
+        call = page.locator('[data-testid="trace-node"][data-kind="llm"][data-task="t0500"]')
+        await expect(call).to_have_count(1)
+        await expect(call).to_be_visible()
