@@ -196,7 +196,8 @@ async function showUsage() {
       {
         width: Math.max(box.clientWidth, 320),
         height: 180,
-        scales: { x: { time: true } },
+        // A day either side, so that one day is a bar, not the whole width.
+        scales: { x: { time: true, auto: false, range: [xs[0] - 86400, xs[xs.length - 1] + 86400] } },
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
         series: [
           {},
@@ -208,7 +209,7 @@ async function showUsage() {
             value: (_, v) => (v == null ? "" : `$${v.toFixed(4)}`),
           },
         ],
-        axes: [{}, { label: "USD", values: (_, ticks) => ticks.map((t) => `$${t}`) }],
+        axes: [{}, { label: "USD", size: 70, values: (_, ticks) => ticks.map((t) => `$${t}`) }],
       },
       [xs, usage.rows.map((row) => row.cost_usd)],
       box,
