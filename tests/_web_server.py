@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 @asynccontextmanager
 async def serving(app: Starlette) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port for the block; yield its URL."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # clients may connect before uvicorn accepts: the kernel queues them
     port = sock.getsockname()[1]

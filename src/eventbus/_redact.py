@@ -4,7 +4,7 @@
 ``llm_response_received`` the answer (``metadata["response"]``). Before that
 text is put in an event it goes through a *redact* hook (by default
 :func:`redact_secrets`), so a secret in a prompt never reaches a sink, a
-log file or a dashboard. The :class:`~eventbus.Emitter` then caps each
+log file or a dashboard. The :class:`~eventbus.coordinator.Emitter` then caps each
 string; the full (redacted) text is saved as an artifact.
 """
 

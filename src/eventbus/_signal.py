@@ -3,10 +3,11 @@
 The bus makes one each time a task goes to sleep (an idle sink task, a
 listener's reader, a publisher waiting for space), so what it costs is paid
 per event on the live path. ``anyio.Event()`` looks up the running backend
-on every creation (about 3 us) and wraps the backend's event; a bare
-``asyncio`` future is made in under 0.5 us and wakes its waiter with one
-callback. Cancellation is the backend's own: anyio's cancel scopes cancel an
-asyncio task waiting on a future like any other await.
+on every creation and wraps the backend's event; a bare ``asyncio`` future
+is several times cheaper to make and wakes its waiter with one callback
+(``benchmarks/bench_bus.py`` measures the live path). Cancellation is the
+backend's own: anyio's cancel scopes cancel an asyncio task waiting on a
+future like any other await.
 """
 
 from __future__ import annotations

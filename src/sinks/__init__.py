@@ -1,20 +1,25 @@
-"""sinks: where the bus's events go.
+"""sinks: where the bus's events go; one subpackage per part.
 
 - :mod:`sinks.jsonl`: ``EventLog`` (one session's append-only JSONL file, the
   seed's API) and ``JsonlSink`` (routes every session to
   ``{workspace}/{session_id}/events.jsonl``).
+- :mod:`sinks.index`: ``EventIndex``, an in-memory query index over every
+  session it receives, with token and cost aggregates (``sinks.memory`` is
+  its former name, kept as an alias).
 - :mod:`sinks.artifacts`: ``ArtifactStore``, ``SessionArtifactQuery`` and
   ``ArtifactSink`` (artifacts and a live ``run_summary`` per session).
-- :mod:`sinks.memory`: ``EventIndex``, an in-memory query index over every
-  session it receives, with token and cost aggregates.
 - :mod:`sinks.workspace`: ``Workspace``, read-only queries over a workspace
   that another process writes (sessions, events, usage, live follow): the
   data layer of the CLI and the web API.
 - :mod:`sinks.nats` (extra ``nats``) and :mod:`sinks.otel` (extra ``otel``):
   import them by their module; they need their extra.
 
-Every sink follows :class:`eventbus.Sink`; this package imports ``eventbus``,
-never the reverse.
+Shared by the parts: ``sinks._layout`` (a workspace's file names, paths that
+stay inside it), ``sinks._lines`` (the one complete-line reader of the logs)
+and ``sinks._usage`` (the one rule set for token and cost totals).
+
+Every sink follows :class:`eventbus.Sink`; this package imports the core of
+``eventbus``, never its coordinator, and ``eventbus`` never imports it.
 """
 
 from .artifacts import (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from _nats_servers import PrivateServer, private_nats
-from eventbus import EventType, SinkFailedError
+from eventbus import Event, EventType, SinkFailedError
 from eventbus.cli import main
 from eventbus.cli._common import MissingExtraError, console
 from sinks.artifacts import SessionArtifactQuery
@@ -549,3 +550,127 @@ def test_a_failed_sink_reaching_main_is_one_line_without_python_advice(
         "eventbus demo: sink 'jsonl' failed: [Errno 28] No space left on device; "
         "sink 'nats' could not write session 's1': no PubAck"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "arguments"),
+    [
+        pytest.param("serve", lambda ws: [str(ws)], id="serve"),
+        pytest.param("demo", lambda ws: ["--workspace", str(ws), "--serve"], id="demo-serve"),
+        pytest.param(
+            "relay",
+            lambda ws: ["--nats", "nats://127.0.0.1:9", "--workspace", str(ws), "--serve"],
+            id="relay-serve",
+        ),
+    ],
+)
+def test_a_port_in_use_is_one_line_naming_it_exit_2_and_no_url(
+    tmp_path: Path, command: str, arguments: Callable[[Path], list[str]]
+) -> None:
+    """The port is bound before any URL is printed, a session started or a stream consumed."""
+    import socket
+
+    workspace = tmp_path / "ws"
+    if command == "serve":
+        workspace.mkdir()
+    with socket.socket() as holder:  # another server holds the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [*CLI, command, *arguments(workspace), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"eventbus {command}: port {port} on 127.0.0.1 is in use: "
+        "pass --port with a free port (0: any)"
+    ]
+    if command != "serve":
+        assert not workspace.exists()  # no session started, nothing consumed
+
+
+def _refusing_inotify() -> list[str]:
+    """A command prefix running in a user namespace where the kernel refuses every inotify."""
+    prefix = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"',
+        "sh",
+    ]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=False)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot limit inotify in a user namespace: {probe.stderr.decode().strip()}")
+    return prefix
+
+
+def test_serve_polls_the_logs_when_the_kernel_refuses_a_watcher(tmp_path: Path) -> None:
+    """No inotify instance to be had: one warning line, and streams still get new events."""
+    import httpx
+
+    log = EventLog(tmp_path / "s1" / "events.jsonl")
+    log.append(Event(event_type=EventType.INFO, session_id="s1", message="stored"))
+    command = [*_refusing_inotify(), *CLI, "serve", str(tmp_path), "--port", "0"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        url = process.stdout.readline().split()[-1]
+        with httpx.stream("GET", f"{url}api/sessions/s1/stream", timeout=10) as reply:
+            ready, _, _ = select.select([process.stderr], [], [], 10)  # the follower is on
+            assert ready, "no warning within 10 s"
+            warning = process.stderr.readline()
+            written = [
+                Event(event_type=EventType.INFO, session_id="s1", message=f"new {n}")
+                for n in range(2)
+            ]
+            for event in written:
+                log.append(event)
+            ids = (line for line in reply.iter_lines() if line.startswith("id: "))
+            received = [next(ids) for _ in written]
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    log.close()
+    assert received == [f"id: {event.id}" for event in written]
+    assert warning.startswith(f"cannot watch {tmp_path} for changes (")
+    assert "Too many open files" in warning
+    assert warning.rstrip().endswith("polling its logs every 100 ms instead")
+    assert err.splitlines() == ["eventbus serve: interrupted"]
+
+
+def test_the_bound_socket_is_tcp_so_responses_are_not_delayed() -> None:
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets made with IPPROTO_TCP."""
+    import socket
+
+    from eventbus.cli._serve import bind
+
+    with bind("127.0.0.1", 0) as sock:
+        assert (sock.family, sock.proto) == (socket.AF_INET, socket.IPPROTO_TCP)
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_serves_from_its_own_thread_while_the_callers_loop_is_blocked(
+    tmp_path: Path,
+) -> None:
+    """demo/relay --serve: clients are served by another event loop, never the coordinator's."""
+    import httpx
+
+    from eventbus.cli._serve import dashboard
+
+    out = io.StringIO()
+    async with dashboard(tmp_path, port=0, out=out) as url:
+        # A blocking call on this loop: only a server on another loop can answer it.
+        response = httpx.get(f"{url}api/sessions", timeout=10)  # noqa: ASYNC210
+    assert response.json() == {"sessions": []}
+    assert out.getvalue() == f"dashboard: {url}\n"

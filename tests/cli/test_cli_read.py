@@ -18,6 +18,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import eventbus
+import factories
 from eventbus import Event, EventType, encode_event
 from eventbus.cli import main
 from sinks.jsonl import EventLog
@@ -35,13 +36,8 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def event(session: str, message: str, seconds: float, **fields: Any) -> Event:
-    return Event(
-        event_type=fields.pop("event_type", EventType.INFO),
-        session_id=session,
-        message=message,
-        timestamp=T0 + timedelta(seconds=seconds),
-        **fields,
-    )
+    timestamp = T0 + timedelta(seconds=seconds)
+    return factories.event(0, session, **{"message": message, "timestamp": timestamp, **fields})
 
 
 def write(root: Path, *events: Event) -> None:

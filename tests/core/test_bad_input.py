@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import factories
 from eventbus import (
     MAX_ID_LENGTH,
     MAX_LINE_BYTES,
@@ -43,15 +44,9 @@ T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def make(i: int = 0, **fields: Any) -> Event:
-    values: dict[str, Any] = {
-        "event_type": EventType.INFO,
-        "session_id": "s1",
-        "message": f"event {i}",
-        "timestamp": T0 + timedelta(seconds=i),
-        "parent_id": None,
-    }
-    values.update(fields)
-    return Event(**values)
+    return factories.event(
+        i, **{"message": f"event {i}", "timestamp": T0 + timedelta(seconds=i), **fields}
+    )
 
 
 def bad_field(name: str, value: Any) -> Event:

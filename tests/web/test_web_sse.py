@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from _web_server import serving
-from eventbus import Event, EventBus, EventType
+from eventbus import Event, EventBus, EventQuery, EventType, encode_event
 from eventbus.web import create_app
+from factories import event
 from sinks.jsonl import EventLog, JsonlSink
 
 SESSION = "s1"
@@ -54,10 +57,6 @@ async def messages(response: httpx.Response) -> AsyncIterator[Message]:
             continue
         field, _, value = line.partition(":")
         message[field or ":"] = value.removeprefix(" ")
-
-
-def event(n: int, session_id: str = SESSION, event_type: EventType = EventType.INFO) -> Event:
-    return Event(event_type=event_type, session_id=session_id, message=f"event {n}")
 
 
 @pytest.mark.anyio
@@ -256,3 +255,128 @@ async def test_without_a_bus_the_stream_follows_the_files(tmp_path: Path) -> Non
                         if len(received) == 2:
                             break
     assert received == [missed.id, written.id]
+
+
+@pytest.mark.anyio
+async def test_500_file_clients_of_one_session_each_get_every_event_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """Past inotify's 128 instances: every stream of ``serve DIR`` shares one watcher."""
+    clients, total = 500, 20
+    first = event(-1)
+    written = [event(n) for n in range(total)]
+    with EventLog(tmp_path / SESSION / "events.jsonl") as log:
+        log.append(first)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with (
+            serving(create_app(tmp_path)) as url,
+            httpx.AsyncClient(timeout=30, limits=limits) as client,
+        ):
+            path = f"{url}/api/sessions/{SESSION}/stream"
+            connected = 0
+            all_connected = anyio.Event()
+            received: list[list[str]] = []
+
+            async def follow() -> None:
+                nonlocal connected
+                ids: list[str] = []
+                received.append(ids)
+                headers = {"Last-Event-ID": first.id}  # resume: none missed while connecting
+                async with client.stream("GET", path, headers=headers) as response:
+                    assert response.status_code == 200
+                    connected += 1
+                    if connected == clients:
+                        all_connected.set()
+                    async for message in messages(response):
+                        if "id" in message:
+                            ids.append(message["id"])
+                        if len(ids) == total:
+                            break
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    for _ in range(clients):
+                        group.start_soon(follow)
+                    for item in written[: total // 2]:  # while the clients connect
+                        log.append(item)
+                    await all_connected.wait()
+                    for item in written[total // 2 :]:
+                        log.append(item)
+    expected = [item.id for item in written]
+    assert len(received) == clients
+    assert all(ids == expected for ids in received)
+
+
+class OneShotWorkspace:
+    """A data layer whose stream of one session yields ``found`` once, then waits forever."""
+
+    def __init__(self, found: list[tuple[Event, bytes]]) -> None:
+        self.found = found
+
+    def events(self, query: EventQuery, **_: object) -> tuple[list[Event], str | None]:
+        return [], None
+
+    def read_lines(self, events: Sequence[Event]) -> list[bytes]:
+        return [encode_event(item) for item in events]
+
+    async def follow_batches(
+        self, query: EventQuery, **_: object
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]:
+        yield self.found
+        await anyio.sleep_forever()
+
+
+def with_id(item: Event, event_id: str) -> Event:
+    """``item`` with an id the codec may refuse (set past the constructor's checks)."""
+    msgspec.structs.force_setattr(item, "id", event_id)
+    return item
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("breaks", ["\n", "\r", "\r\n", "\x00"], ids=["lf", "cr", "crlf", "nul"])
+async def test_an_id_holding_a_line_break_is_never_written(
+    tmp_path: Path, breaks: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Such an event is left out (a warning names it): no forged field reaches the client."""
+    bad = with_id(event(0), f"bad{breaks}event: forged{breaks}data: x")
+    good = event(1)
+    stored = msgspec.json.encode(bad)  # as a writer that checks nothing would store it
+    workspace = OneShotWorkspace([(bad, stored), (good, encode_event(good))])
+    app = create_app(workspace)  # type: ignore[arg-type]  # a stand-in data layer
+    raw = b""
+    async with (
+        serving(app) as url,
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", f"{url}/api/sessions/{SESSION}/stream") as response,
+    ):
+        with anyio.fail_after(5):
+            async for chunk in response.aiter_raw():
+                raw += chunk
+                if good.id.encode() in raw:
+                    break
+    assert b"forged" not in raw
+    assert b"bad" not in raw
+    assert raw.count(b"id: ") == 1
+    (warning,) = [r for r in caplog.records if r.name == "eventbus.web"]
+    assert warning.levelno == logging.WARNING
+    assert repr(bad.id) in warning.getMessage()
+
+
+@pytest.mark.anyio
+async def test_a_stored_line_holding_a_carriage_return_is_sent_on_one_line(
+    tmp_path: Path,
+) -> None:
+    """JSON whitespace another writer left (``\\r``) would split the data field: re-encoded."""
+    item = event(0)
+    stored = encode_event(item).replace(b'","', b'",\r"')
+    assert json.loads(stored) == json.loads(encode_event(item))
+    workspace = OneShotWorkspace([(item, stored)])
+    app = create_app(workspace)  # type: ignore[arg-type]  # a stand-in data layer
+    async with (
+        serving(app) as url,
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", f"{url}/api/sessions/{SESSION}/stream") as response,
+    ):
+        with anyio.fail_after(5):
+            received = await anext(aiter(messages(response)))
+    assert received == {"id": item.id, "data": encode_event(item).decode()}

@@ -1,7 +1,7 @@
 """``eventbus demo``: an offline agent session, with its progress and a summary.
 
 ``eventbus demo [--workspace DIR] [--tasks N]`` runs the session of
-:mod:`eventbus.cli._agents` with the JSONL log and the artifact store as
+:mod:`eventbus.coordinator._demo_agents` with the JSONL log and the artifact store as
 sinks, prints a line per phase and per finished (or retried) task, then a
 summary and where the files are: ``DIR/{session_id}/events.jsonl``,
 ``DIR/{session_id}/artifacts/`` and the project the agents wrote in
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from sinks.artifacts import ArtifactSink
-from sinks.jsonl import JsonlSink
+from sinks.artifacts import ARTIFACTS_DIR, ArtifactSink
+from sinks.jsonl import LOG_FILE_NAME, JsonlSink
 
 from .._bus import EventBus
 from .._errors import EventsLostError, SinkFailedError
@@ -246,7 +246,7 @@ async def run_demo(
                         session=session,
                         events=list(index.events),
                         events_path=jsonl.path_for(session.session_id),
-                        artifacts_path=session.directory / "artifacts",
+                        artifacts_path=session.directory / ARTIFACTS_DIR,
                         failed=failed,
                     )
                     if after is not None:
@@ -383,7 +383,7 @@ def add_parser(subparsers: Subparsers) -> None:
     demo.add_argument(
         "--serve",
         action="store_true",
-        help="serve the dashboard live on the demo's bus (http://127.0.0.1:PORT/), "
+        help="serve the dashboard live over the demo's workspace (http://127.0.0.1:PORT/), "
         "and keep serving after the session ends until Ctrl-C (needs the web extra)",
     )
     demo.add_argument(
@@ -440,7 +440,7 @@ def check_workspace(root: Path, session_id: str | None) -> None:
         return
     directory = root / session_id
     if directory.is_symlink() or directory.exists():
-        log = directory / "events.jsonl"
+        log = directory / LOG_FILE_NAME
         holds = f"its log {log} exists" if log.exists() else f"{directory} exists"
         raise CommandError(
             f"session {session_id!r} already exists in workspace {root} ({holds}); "
@@ -453,9 +453,10 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "trio":
         import_extra("trio", extra="trio", command="--backend trio")
     if args.serve:
-        if args.backend != "asyncio":
-            raise CommandError("--serve runs on asyncio only (uvicorn): drop --backend trio")
         import_extra("uvicorn", extra="web", command="eventbus demo --serve")
+        from ._serve import bind
+
+        args.socket = bind("127.0.0.1", args.port)  # a port in use: refused before the session
     if args.nats:
         if args.backend != "asyncio":
             raise CommandError("--nats runs on asyncio only (nats-py): drop --backend trio")
@@ -594,7 +595,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
         @asynccontextmanager
         async def attach(bus: EventBus) -> AsyncIterator[None]:
-            async with dashboard(bus, args.workspace, port=args.port, out=out):
+            async with dashboard(args.workspace, sock=args.socket, out=out):
                 _header(args, out)
                 yield
 

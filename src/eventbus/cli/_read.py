@@ -34,7 +34,7 @@ from typing import IO, Any
 import anyio
 import msgspec
 
-from sinks.memory import UnknownEventIdError
+from sinks.index import UnknownEventIdError
 from sinks.workspace import (
     USAGE_ALIASES,
     USAGE_KEYS,

@@ -8,7 +8,8 @@ batch is acked once those sinks flushed it; on start, the last events of
 every log are remembered so that a batch written but not acked before a
 crash is not written twice. It runs until interrupted, or with
 ``--until-idle`` until nothing is left to consume. ``--serve [--port P]``
-serves the dashboard over the relay's bus meanwhile (as ``eventbus serve``).
+serves the dashboard over the relay's workspace meanwhile (as ``eventbus
+serve``, from a thread of its own: clients never slow the consumer).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import anyio
 
 from .._bus import EventBus
 from ._common import CommandError, Subparsers, import_extra, port, seconds
-from ._serve import check_token, dashboard
+from ._serve import bind, check_token, dashboard
 
 __all__ = ["add_parser", "relay", "run"]
 
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.serve:
         import_extra("uvicorn", extra="web", command=f"{_COMMAND} --serve")
         check_token(args.host, args.token)
+        args.socket = bind(args.host, args.port)  # a port in use: refused before consuming
     root: Path = args.workspace
     if root.exists() and not root.is_dir():
         raise CommandError(f"workspace {root} is not a directory: pass --workspace a directory")
@@ -115,8 +117,8 @@ def _recent_ids(root: Path, per_log: int) -> list[str]:
 async def relay(args: argparse.Namespace, out: TextIO) -> int:
     """Consume the stream into the workspace until interrupted (or idle with ``--until-idle``)."""
     from sinks.artifacts import ArtifactSink
+    from sinks.index import EventIndex
     from sinks.jsonl import JsonlSink
-    from sinks.memory import EventIndex
     from sinks.nats import JetStreamSource
 
     root: Path = args.workspace
@@ -135,7 +137,14 @@ async def relay(args: argparse.Namespace, out: TextIO) -> int:
         bus.subscribe(ArtifactSink(root))
         if args.serve:
             await stack.enter_async_context(
-                dashboard(bus, root, host=args.host, port=args.port, token=args.token, out=out)
+                dashboard(
+                    root,
+                    host=args.host,
+                    port=args.port,
+                    sock=getattr(args, "socket", None),
+                    token=args.token,
+                    out=out,
+                )
             )
         print(
             f"{_COMMAND}: stream {args.stream} at {args.nats} -> {root} "

@@ -1,25 +1,31 @@
 """``eventbus serve [DIR]``: the HTTP/SSE API and the dashboard over a workspace, with uvicorn.
 
 Binds 127.0.0.1 by default; any other address needs a token (``--token`` or
-``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. The demo's
-``--serve`` uses :func:`dashboard` to serve its own bus while the session runs.
+``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. The port
+is bound before anything is printed: a port in use is one line on stderr
+(exit status 2), and the URL printed is always this server's. ``demo
+--serve`` and ``relay --serve`` use :func:`dashboard`, which serves from a
+thread of its own, so that clients never slow the coordinator's event loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import anyio
+import anyio.to_thread
 
 from sinks.workspace import Workspace
 
@@ -28,12 +34,11 @@ from ._common import CommandError, Subparsers, import_extra, port
 
 logger = logging.getLogger("eventbus.cli")
 
-if TYPE_CHECKING:
-    from .._bus import EventBus
-
-__all__ = ["add_parser", "check_token", "dashboard", "url_for"]
+__all__ = ["add_parser", "bind", "check_token", "dashboard", "url_for"]
 
 TOKEN_VARIABLE = "EVENTBUS_TOKEN"
+#: The longest :func:`dashboard` waits for its server's thread to stop.
+_STOP_SECONDS = 5.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -57,6 +62,32 @@ def check_token(host: str, token: str | None) -> str | None:
             f"pass --token TOKEN or set {TOKEN_VARIABLE} (or bind 127.0.0.1)"
         )
     return token
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds one), for the server to listen on.
+
+    :raises CommandError: the port is in use, or the address cannot be bound.
+    """
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so,
+    # and without it a response written in two parts waits ~40 ms (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise CommandError(
+                f"port {port} on {host} is in use: pass --port with a free port (0: any)"
+            ) from None
+        raise CommandError(
+            f"cannot listen on {host} port {port}: {error.strerror or error}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def url_for(host: str, port: int, token: str | None) -> str:
@@ -105,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     uvicorn = import_extra("uvicorn", extra="web", command="eventbus serve")
     web = import_extra("eventbus.web", extra="web", command="eventbus serve")
+    sock = bind(args.host, args.port)
     workspace = Workspace(args.workspace)
     # Build the query index while the server starts: on a large workspace the
     # first request would otherwise wait for it (about 5 EventLog loads).
@@ -112,49 +144,64 @@ def _run(args: argparse.Namespace) -> int:
         target=_warm, args=(workspace,), name="eventbus index warm-up", daemon=True
     ).start()
     app = web.create_app(workspace, token=token)
-    print(f"eventbus serve: {url_for(args.host, args.port, token)}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+    print(f"eventbus serve: {url_for(args.host, sock.getsockname()[1], token)}", flush=True)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
 @asynccontextmanager
 async def dashboard(
-    bus: EventBus,
     workspace: Path,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
+    sock: socket.socket | None = None,
     token: str | None = None,
     out: TextIO = sys.stdout,
 ) -> AsyncIterator[str]:
-    """Serve the API and dashboard for ``bus`` (in-process) during the block; yield the URL.
+    """Serve the API and dashboard over ``workspace`` during the block; yield the URL.
 
-    The URL is printed to ``out`` before the block starts. Runs on asyncio
-    only (uvicorn's loop). On leaving the block the server stops; to serve
-    on until Ctrl-C, ``await anyio.sleep_forever()`` inside the block.
+    The server runs in a thread with an event loop of its own, and its
+    streams follow the workspace's files (as ``eventbus serve`` does): its
+    clients never run on the caller's event loop, so however many there are
+    they do not delay the coordinator publishing there. A stream is joined
+    to the log on event ids (no gap, no duplicate); an event reaches it once
+    a sink wrote it to the log (within a few tens of milliseconds).
 
-    :raises CommandError: as :func:`check_token`.
+    The URL is printed to ``out`` once the port is bound, before the block
+    starts. On leaving the block the server stops; to serve on until Ctrl-C,
+    ``await anyio.sleep_forever()`` inside the block.
+
+    :param sock: a socket :func:`bind` made for ``host``, to listen on instead
+        of binding ``port`` (the caller then knows early that the port is free).
+    :raises CommandError: as :func:`check_token` and :func:`bind`.
     """
     token = check_token(host, token)
-    uvicorn: Any = import_extra("uvicorn", extra="web", command="eventbus demo --serve")
-    web: Any = import_extra("eventbus.web", extra="web", command="eventbus demo --serve")
+    uvicorn: Any = import_extra("uvicorn", extra="web", command="eventbus --serve")
+    web: Any = import_extra("eventbus.web", extra="web", command="eventbus --serve")
+    if sock is None:
+        sock = bind(host, port)
     config = uvicorn.Config(
-        web.create_app(workspace, bus=bus, token=token),
-        host=host,
-        port=port,
+        web.create_app(workspace, token=token),
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    url = url_for(host, port, token)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="eventbus dashboard", daemon=True
+    )
+    url = url_for(host, sock.getsockname()[1], token)
+    thread.start()
     print(f"dashboard: {url}", file=out, flush=True)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        try:
-            yield url
-        finally:
-            server.should_exit = True
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        with anyio.CancelScope(shield=True):  # streams get 1 s to end, then are cancelled
+            await anyio.to_thread.run_sync(thread.join, _STOP_SECONDS)
+        sock.close()
 
 
 def _warm(workspace: Workspace) -> None:

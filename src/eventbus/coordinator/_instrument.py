@@ -37,7 +37,7 @@ An ``llm_call`` given ``messages`` (and :meth:`LLMCall.set_response`) puts
 the prompt and the answer in its events: ``metadata["messages"]`` (a list of
 ``{"role": str, "content": str}``) on the request, ``metadata["response"]``
 on the response (or the ``error`` event). Each string is first passed
-through the emitter's ``redact`` hook (:func:`~eventbus.redact_secrets` by
+through the emitter's ``redact`` hook (:func:`~eventbus.coordinator.redact_secrets` by
 default), then cut to ``max_text_chars`` characters followed by
 ``…[truncated N chars; full text in artifact KEY]``; the event then has
 ``metadata["truncated"][field] = {"chars": N, "total_chars": M, "artifact":

@@ -14,12 +14,21 @@ are skipped (the replay's last ids are remembered for that: enough to cover
 every event published while it ran, unless the listener overflowed, in
 which case the log is read again from where the replay stopped). From
 files (no bus, or a closed one) the live part is the data layer's
-``follow_lines``, which joins the log and its growth itself.
+``follow_batches``, which joins the log and its growth itself.
+
+No field value written holds a line break, which would end the field early
+and let the rest be read as other fields: an event whose id holds ``\r``,
+``\n`` (or NUL, which makes browsers ignore the id) is not sent, and a
+warning names it; a stored line holding ``\r`` (JSON whitespace another
+writer may leave) is sent re-encoded, on one line. ``event:`` and gap
+messages are constants.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, suppress
@@ -37,12 +46,16 @@ from ._workspace import Workspace
 
 __all__ = ["LineCache", "bus_stream", "file_stream", "gap_message"]
 
+logger = logging.getLogger("eventbus.web")
+
 #: Events read from the log per page while replaying.
 REPLAY_PAGE = 5000
 #: How many times a resume re-reads the log when the listener overflowed meanwhile.
 _REPLAY_PASSES = 3
 #: The fewest replayed ids a resume remembers to skip the listener's duplicates.
 _MIN_RECENT = 16384
+#: What an SSE field value must not hold (line breaks end a field; NUL voids an id).
+_UNSAFE_ID = re.compile(r"[\r\n\x00]")
 
 
 class LineCache:
@@ -66,7 +79,19 @@ class LineCache:
         return line
 
 
-def _message(event_id: str, line: bytes) -> bytes:
+def _message(event: Event, line: bytes) -> bytes:
+    """The message of ``event`` (its JSON ``line``); ``b""`` if its id cannot be sent."""
+    event_id = event.id
+    if not event_id.isprintable() and _UNSAFE_ID.search(event_id):
+        logger.warning(
+            "not streaming event %r (session %r): its id holds a line break or NUL, "
+            "which an SSE 'id:' field cannot carry",
+            event_id,
+            event.session_id,
+        )
+        return b""
+    if b"\r" in line:  # JSON whitespace, but a line break to SSE
+        line = encode_event(event)
     return b"id: " + event_id.encode() + b"\ndata: " + line + b"\n\n"
 
 
@@ -77,7 +102,7 @@ def gap_message(missed: int) -> bytes:
 
 def _messages(events: Sequence[Event], cache: LineCache) -> bytes:
     line = cache.line
-    return b"".join([_message(event.id, line(event)) for event in events])
+    return b"".join([_message(event, line(event)) for event in events])
 
 
 class _Recent:
@@ -115,7 +140,7 @@ async def _replay(
         events, lines, position = await anyio.to_thread.run_sync(read)
         if events:
             chunk = b"".join(
-                [_message(event.id, line) for event, line in zip(events, lines, strict=True)]
+                [_message(event, line) for event, line in zip(events, lines, strict=True)]
             )
             yield events, chunk
 
@@ -194,7 +219,10 @@ async def file_stream(
         async for events, chunk in _replay(workspace, query, session_id, after):
             position = events[-1].id
             yield chunk
-    follow = workspace.follow_lines(query, session_id=session_id, after=position, from_start=False)
-    async with aclosing(follow) as lines:
-        async for event, line in lines:
-            yield _message(event.id, line)
+    follow = workspace.follow_batches(
+        query, session_id=session_id, after=position, from_start=False
+    )
+    async with aclosing(follow) as batches:
+        async for batch in batches:  # one chunk per change of the logs
+            if chunk := b"".join([_message(event, line) for event, line in batch]):
+                yield chunk

@@ -50,14 +50,14 @@ class Workspace(Protocol):
 
     def usage(self, by: str, *, session_id: str | None) -> dict[str, Any]: ...
 
-    def follow_lines(
+    def follow_batches(
         self,
         query: EventQuery,
         *,
         session_id: str | None,
         after: str | None,
         from_start: bool,
-    ) -> AsyncGenerator[tuple[Event, bytes], None]: ...
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]: ...
 
 
 def open_workspace(root: str | os.PathLike[str]) -> Workspace:

@@ -7,7 +7,7 @@ its docstring for the guarantees). An artifact ``key`` is the file
 Only regular files are read or replaced: a FIFO, a device or a directory
 where an artifact should be raises :class:`NotARegularFileError` (reads
 open with ``O_NONBLOCK``, so a FIFO never blocks). Inside a workspace,
-``sinks._paths.resolve_inside`` follows symlinks that stay in the root and
+``sinks._layout.resolve_inside`` follows symlinks that stay in the root and
 refuses the others with :class:`UnsafeSymlinkError`. Both errors are shared
 with :mod:`sinks.jsonl`.
 """

@@ -1,7 +1,44 @@
 """The in-memory query index: :class:`EventIndex`, a sink that answers queries without scanning.
 
-How it orders, what it costs and what it holds are described in
-:class:`EventIndex`'s module, ``sinks.index._index``. Errors::
+Subscribe an :class:`EventIndex` to a bus and it indexes the events of every
+session it receives. It answers the seed's ``get_events`` filters (plus
+``session_id`` and ``model``), ``get_latest``, ``count``, a paged
+:meth:`EventIndex.query` and token/cost aggregates (:class:`TokenUsage`), each
+at a cost in proportion to what it returns, not to how many events it holds.
+
+Order. Results come in *time order*: by ``timestamp``, and events with equal
+timestamps by ``id`` (ids sort by creation). The order depends only on the
+events, never on when they arrived, so an index rebuilt from the JSONL logs
+(:meth:`EventIndex.from_workspace`) answers every query exactly like the live
+one, an event that arrives late takes its place in time, and a paging cursor
+(``after=``) means the same in both.
+
+How. Each event gets a row (its position). For each field, and for each
+(session, type) pair, the index keeps *postings*: per value, the positions of
+the events holding it, in time order. A query walks the smallest candidate
+list (a posting cut to the time range by bisection, or the time order of all
+events) and checks the other conditions on that list only; with a ``limit`` it
+stops once the page is full. Events normally arrive in time order, so keeping
+postings current is an append per posting; a late event is inserted in place
+(the time order is then held in chunks, so the insert copies a chunk at most,
+never the whole order; a posting moves its entries newer than the event with
+one memmove), and many late ones (or a rebuild) are appended and sorted once. An event the
+index holds (same id and timestamp) is skipped: an event in order cannot be
+one, so only late ones are checked. Token usage is kept per response and
+folded into per-session, -model, -role and -task totals when read.
+
+Memory. By default events are held in memory, and the index adds a few
+integers per event. ``max_events`` bounds that: the oldest
+events (in time order) are evicted and counted, and their rows compacted away
+in batches. ``low_memory=True`` holds no events at all, only where each one is
+in its JSONL log, the postings and interned field values; queries read the
+events they return back from the logs.
+
+Loading. :meth:`EventIndex.add_log` indexes a log's complete lines from a byte
+offset (again later, for what it gained); :meth:`EventIndex.from_workspace`
+and ``sinks.workspace.Workspace`` load through it.
+
+Errors::
 
     EventBusError
     └── EventIndexError
@@ -9,6 +46,9 @@ How it orders, what it costs and what it holds are described in
         ├── UnknownEventIdError (LookupError)
         ├── LocationRequiredError
         └── StaleLogError
+
+An :class:`EventIndex` is not thread-safe: use it from one thread (the bus's
+event loop, or the thread that owns it).
 """
 
 from ._index import (

@@ -1,6 +1,6 @@
 """Positions in time order as chunks, so that a late insert costs the same at any size.
 
-The time order of an :class:`~sinks.memory.EventIndex` (``sinks._index_order``)
+The time order of an :class:`~sinks.index.EventIndex` (``sinks.index._order``)
 is a ``range`` while events arrive in order. The first late event turns it
 into :class:`Chunks`: the same positions as a list of chunks, each a
 ``range`` (a run of consecutive positions, as events in order leave them) or

@@ -1,13 +1,12 @@
-"""The low-memory storage of an :class:`~sinks.memory.EventIndex`: places, not events.
+"""The low-memory storage of an :class:`~sinks.index.EventIndex`: places, not events.
 
 A low-memory index holds no :class:`~eventbus.Event`. For each row (an
 indexed event) :class:`LogRows` keeps where its line is (the log, as a small
 int naming a path; the byte offset; the length), the hash of its id, and the
 value of each indexed field as a small int (values are interned per field),
-in arrays whose item size grows with what they must hold: about 100 bytes
-per event in all. Events are read back from the logs with ``os.pread`` when a
-query returns them, neighbouring lines in one read, and checked against what
-was indexed (:class:`StaleLogError` otherwise).
+in arrays whose item size grows with what they must hold. Events are read
+back from the logs with ``os.pread`` when a query returns them, neighbouring
+lines in one read, and checked against what was indexed (:class:`StaleLogError` otherwise).
 """
 
 from __future__ import annotations

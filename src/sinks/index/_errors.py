@@ -1,4 +1,4 @@
-"""The errors of :class:`~sinks.memory.EventIndex` (re-exported by :mod:`sinks.memory`)."""
+"""The errors of :class:`~sinks.index.EventIndex` (re-exported by :mod:`sinks.index`)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ __all__ = [
 
 
 class EventIndexError(EventBusError):
-    """Base class of the errors raised by :class:`~sinks.memory.EventIndex`."""
+    """Base class of the errors raised by :class:`~sinks.index.EventIndex`."""
 
 
 class IndexArgumentError(EventIndexError, ValueError):
-    """Raised when an argument of an :class:`~sinks.memory.EventIndex` method is out of range."""
+    """Raised when an argument of an :class:`~sinks.index.EventIndex` method is out of range."""
 
     def __init__(self, name: str, value: object, requirement: str) -> None:
         self.name = name

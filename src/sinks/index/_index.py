@@ -1,59 +1,4 @@
-"""The in-memory query index: :class:`EventIndex`, a sink that answers queries without scanning.
-
-Subscribe an :class:`EventIndex` to a bus and it indexes the events of every
-session it receives. It answers the seed's ``get_events`` filters (plus
-``session_id`` and ``model``), ``get_latest``, ``count``, a paged
-:meth:`EventIndex.query` and token/cost aggregates (:class:`TokenUsage`), each
-at a cost in proportion to what it returns, not to how many events it holds.
-
-Order. Results come in *time order*: by ``timestamp``, and events with equal
-timestamps by ``id`` (ids sort by creation). The order depends only on the
-events, never on when they arrived, so an index rebuilt from the JSONL logs
-(:meth:`EventIndex.from_workspace`) answers every query exactly like the live
-one, an event that arrives late takes its place in time, and a paging cursor
-(``after=``) means the same in both.
-
-How. Each event gets a row (its position). For each field, and for each
-(session, type) pair, the index keeps *postings*: per value, the positions of
-the events holding it, in time order. A query walks the smallest candidate
-list (a posting cut to the time range by bisection, or the time order of all
-events) and checks the other conditions on that list only; with a ``limit`` it
-stops once the page is full. Events normally arrive in time order, so keeping
-postings current is an append per posting; a late event is inserted in place
-(the time order is then held in chunks, so the insert copies a chunk at most,
-never the whole order; a posting moves its entries newer than the event, a
-memmove: ~0.3 ms for an event older than half of a 1M-event index), and many
-late ones (or a rebuild) are appended and sorted once. An event the
-index holds (same id and timestamp) is skipped: an event in order cannot be
-one, so only late ones are checked. Token usage is kept per response and
-folded into per-session, -model, -role and -task totals when read.
-
-Memory. By default events are held in memory (an Event costs 0.6 to 0.9 KB,
-the index about 100 bytes more). ``max_events`` bounds that: the oldest
-events (in time order) are evicted and counted, and their rows compacted away
-in batches. ``low_memory=True`` holds no events at all, only where each one is
-in its JSONL log, the postings and interned field values (about 100 bytes per
-event); queries read the events they return back from the logs.
-
-Errors::
-
-    EventBusError
-    └── EventIndexError
-        ├── IndexArgumentError (ValueError)
-        ├── UnknownEventIdError (LookupError)
-        ├── LocationRequiredError
-        └── StaleLogError
-
-An :class:`EventIndex` is not thread-safe: use it from one thread (the bus's
-event loop, or the thread that owns it).
-
-Layout: :class:`EventIndex` (adding, eviction, queries) is here; the time
-order (batches sorted and de-duplicated, late events, re-sorting, compaction)
-is in ``sinks._index_order``, the postings and the algorithms over them in
-``sinks._index_postings``, the low-memory rows (places in the logs, reading
-back) in ``sinks._index_disk``, token usage in ``sinks._index_usage`` and the
-errors in ``sinks._index_errors``. Import every name from here.
-"""
+"""`EventIndex`: adding, eviction, queries and usage (documented in :mod:`sinks.index`)."""
 
 from __future__ import annotations
 
@@ -296,10 +241,7 @@ class EventIndex:
                     "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
                 )
             located = (self._rows.file_id(path), list(offsets), list(lengths))
-        added = self._add(events, located, bulk=bulk)
-        if bulk and self._max_events is not None and self._live >= 2 * self._max_events:
-            self._settle()
-        return added
+        return self._add_batch(events, located, bulk=bulk)
 
     def add_log(
         self,
@@ -332,12 +274,22 @@ class EventIndex:
         end = start
         try:
             for growth in iter_growth(fd, start):
-                if growth.events:
-                    self.add_located(growth.events, path, growth.offsets, growth.lengths, bulk=bulk)
+                if growth.events:  # read here, so placed right: add_located's checks are moot
+                    located: Locations | None = None
+                    if self._low_memory:
+                        located = (self._rows.file_id(path), growth.offsets, growth.lengths)
+                    self._add_batch(growth.events, located, bulk=bulk)
                 end = growth.end
         finally:
             os.close(fd)
         return end
+
+    def _add_batch(self, events: list[Event], located: Locations | None, *, bulk: bool) -> int:
+        """:meth:`_add`, then (in bulk) settle once twice ``max_events`` are held."""
+        added = self._add(events, located, bulk=bulk)
+        if bulk and self._max_events is not None and self._live >= 2 * self._max_events:
+            self._settle()
+        return added
 
     def settle(self) -> None:
         """Put the events of bulk batches in order and evict down to ``max_events``.

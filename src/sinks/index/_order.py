@@ -1,9 +1,9 @@
-"""The time order of an :class:`~sinks.memory.EventIndex`, and the batches that extend it.
+"""The time order of an :class:`~sinks.index.EventIndex`, and the batches that extend it.
 
 Each indexed event has a row (its position, in arrival order); :class:`TimeOrder`
 keeps the row timestamps (``ts``) and the live positions sorted by (timestamp,
 id) (``order``; a ``range`` while events arrive in order, from the first late
-one :class:`~sinks._index_chunks.Chunks`, where an insert costs O(log n +
+one :class:`~sinks.index._chunks.Chunks`, where an insert costs O(log n +
 chunk); entries before ``start`` evicted). It prepares each batch before it
 is indexed (sorted, the events it already holds skipped and counted in
 ``duplicates``), inserts late events in place or leaves many to one

@@ -1,6 +1,6 @@
 """Postings: lists of index positions in time order, and the algorithms over them.
 
-An :class:`~sinks.memory.EventIndex` keeps, per field value, the positions of
+An :class:`~sinks.index.EventIndex` keeps, per field value, the positions of
 the events holding it sorted by (timestamp, id); ``ts`` maps a position to
 its timestamp and ``id_at``/``ids_at`` read ids (from memory or, in
 low-memory mode, from the logs), so ties are broken only when they occur.
@@ -229,7 +229,7 @@ class _Made(dict[Any, Any]):
 
     A large batch's postings are appended by ``map(append, map(made.__getitem__,
     values), positions)``: one pass in C per field, with no Python code run per
-    event (about 20 ns an event less than a loop); a small batch's by
+    event; a small batch's by
     ``made[value].append(position)``; ``make`` runs once per new value.
     """
 

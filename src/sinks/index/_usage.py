@@ -78,7 +78,7 @@ class UsageTable:
             responses.append(i)
         metadata = [events[i].metadata for i in responses]
         # A column per amount, each read and checked for the whole batch at once
-        # (a function call per response cost ~1.5 us; see _column).
+        # (a function call per response costs more than the whole column check).
         prompt, completion, total, cached = (token_column(metadata, key) for key in TOKEN_KEYS)
         if None in total:  # a response without a valid total: prompt + completion
             total = [

@@ -68,12 +68,6 @@ Errors::
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
     ├── EventsLostError (from eventbus: a "none" buffer could not be written)
     └── PartialWriteError (from eventbus: some sessions of a batch failed)
-
-Layout: :class:`EventLog` lives in ``sinks._jsonl_log``, :class:`JsonlSink`
-in ``sinks._jsonl_sink``; reading and recovery (:func:`iter_log`, :class:`RecoveryReport`) live in
-``sinks._jsonl_read``, the locked writer and its fsync helpers in
-``sinks._jsonl_write``, safe opening (regular files, symlinks) in
-``sinks._jsonl_files``. Import every name from here.
 """
 
 from .._files import NotARegularFileError, UnsafeSymlinkError

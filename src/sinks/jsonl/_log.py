@@ -55,7 +55,7 @@ class EventLog:
     :param log_path: the JSONL file (its directory is created on first append).
     :param cache: keep every event in memory for fast queries. With
         ``cache=False`` no event is held: a low-memory
-        :class:`~sinks.memory.EventIndex` keeps where each line is (about
+        :class:`~sinks.index.EventIndex` keeps where each line is (about
         110 bytes per event), :meth:`get_events` reads back only the events
         it returns, :meth:`get_latest` reads the end of the file, and the
         answers are the same, in append order.

@@ -106,7 +106,7 @@ class JsonlSink:
     - **On the event loop**, in ``"none"`` and ``"flush"`` mode, when the
       batch is at most 64 KiB and every session in it has its log open
       already: a ``stat`` and a ``write`` into the page cache per session,
-      about 5-7 us for one event, against 60-250 us for a thread hop. This
+      much cheaper than a hop to a worker thread. This
       is the live path: a coordinator publishing one event at a time (a
       batch of one takes a shorter path, without grouping by session).
     - **In a worker thread**, everything else: ``"fsync"`` (a disk flush can
@@ -186,7 +186,7 @@ class JsonlSink:
         with ``(events, path, offsets, lengths)``: each event's line offset
         and size (newline included). Its signature is
         ``EventIndex.add_located``'s, so ``on_written=index.add_located`` keeps
-        a low-memory :class:`~sinks.memory.EventIndex` current. Called on the
+        a low-memory :class:`~sinks.index.EventIndex` current. Called on the
         event loop; an exception it raises is logged. Not with ``"none"``,
         whose lines may still be buffered.
     :param name: the sink's name in the bus's stats.

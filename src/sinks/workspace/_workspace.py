@@ -21,13 +21,13 @@ appended since the last call are read (only the growth of each log), new
 sessions are found, a log that was replaced is read again.
 
 **Cost.** ``Workspace(root)`` builds, at its first query of events, an
-in-memory index of every log (a low-memory :class:`~sinks.memory.EventIndex`,
-about 100 bytes per event, holding where each line is rather than the event)
+in-memory index of every log (a low-memory :class:`~sinks.index.EventIndex`,
+holding where each line is rather than the event)
 and keeps it current: later queries cost in proportion to their answer plus
 what was appended since. That suits a server. ``Workspace(root,
 index=False)`` holds nothing and answers each query by reading the logs once,
 decoding only the fields queries filter on and then only the matching events:
-a selective query over 1M events costs about one ``EventLog`` load. That
+a selective query costs less than loading the logs with ``EventLog``. That
 suits a one-off command (the CLI).
 
 **Threads.** The methods block on the disk: from async code, call them in a
@@ -43,7 +43,7 @@ Errors::
     ├── InvalidTimeError (ValueError)
     ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
-    ├── UnknownEventIdError (LookupError, from sinks.memory: an ``after`` id no log holds)
+    ├── UnknownEventIdError (LookupError, from sinks.index: an ``after`` id no log holds)
     └── UnsafeSymlinkError (OSError, from sinks.jsonl: the session asked for, or its
         log, is a symlink leading out of the root)
 
@@ -54,12 +54,6 @@ sessions, including following (a warning on the ``sinks.workspace`` logger,
 once per link), and refused with :class:`~sinks.jsonl.UnsafeSymlinkError` by
 a query given that session; :meth:`Workspace.sessions` lists such a session
 with ``error`` saying why.
-
-Layout: :class:`Workspace` is here; reading lines as stored is in
-``sinks._workspace_lines``, the index-free scan in ``sinks._workspace_scan``,
-following growing logs in ``sinks._workspace_follow``, session rows in
-``sinks._workspace_sessions`` and usage rows in ``sinks._workspace_usage``.
-Import every name from here.
 """
 
 from __future__ import annotations
@@ -92,7 +86,7 @@ from eventbus import (
 from .._layout import LOG_FILE_NAME, UnsafeSymlinkError, report_once, resolve_inside
 from .._lines import complete_end, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
-from ._follow import Tail, is_log_change, load_awatch
+from ._follow import ChangeHub, Tail, check_watchfiles
 from ._scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._sessions import SessionRows
 from ._usage import usage_table
@@ -118,23 +112,6 @@ USAGE_ALIASES: Final = {"role": "agent_role", "task": "task_id", "session": "ses
 
 MAX_ARTIFACT_BYTES: Final = 16 * 1024 * 1024
 """The largest artifact :meth:`Workspace.artifact` reads (16 MiB)."""
-
-FOLLOW_DEBOUNCE_MS: Final = 30
-"""The longest :meth:`Workspace.follow` gathers file changes before reading them."""
-FOLLOW_STEP_MS: Final = 10
-"""How long the logs must be quiet before :meth:`Workspace.follow` reads them."""
-FOLLOW_WAKE_MS: Final = 100
-"""How long :meth:`Workspace.follow` waits for a change before it wakes up anyway.
-
-It bounds how long cancelling a follower takes (the file watcher's thread
-cannot be interrupted) and how late an event written while the watcher was
-starting comes out. A wake-up without a change rereads nothing, except that
-the first one and every tenth (about once a second) rereads every log: a
-safety net for a change the watcher did not report (written while it was
-starting, or a log created in a directory made a moment before), not how new
-events are normally found.
-"""
-_RESCAN_EVERY: Final = 10
 
 logger = logging.getLogger("sinks.workspace")
 
@@ -282,6 +259,7 @@ class Workspace:
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
         self._usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
+        self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
         return f"Workspace({os.fspath(self.root)!r})"
@@ -542,7 +520,7 @@ class Workspace:
         """Return LLM calls, tokens and cost per value of ``by``, and in total.
 
         Only ``llm_response_received`` events count (see
-        :class:`~sinks.memory.TokenUsage`). The result is::
+        :class:`~sinks.index.TokenUsage`). The result is::
 
             {"by": "model",
              "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
@@ -647,9 +625,15 @@ class Workspace:
         stored to new events. Only complete lines are read: a line written in
         two parts comes out once, whole. Needs ``watchfiles`` (the ``web`` extra).
 
+        Every follower of one :class:`Workspace` shares one file watcher (one
+        inotify instance, however many follow), which runs while any follows;
+        a follower waiting for a change costs nothing. When the kernel
+        refuses a watcher, the logs are polled every 100 ms instead (a
+        warning on the ``sinks.workspace`` logger says so).
+
         Runs until cancelled, until ``stop_event`` is set, or until the
         caller stops iterating (``async with contextlib.aclosing(...)``
-        closes the file watcher at once).
+        detaches it at once).
 
         :param wait_for_session: if the session ``session_id`` does not exist
             yet, wait for it and yield its events once it starts (instead of
@@ -660,57 +644,75 @@ class Workspace:
         :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         :raises FileNotFoundError: if the workspace directory does not exist.
         """
+        batches = self.follow_batches(
+            query,
+            session_id=session_id,
+            after=after,
+            from_start=from_start,
+            stop_event=stop_event,
+            wait_for_session=wait_for_session,
+        )
+        async with aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def follow_batches(
+        self,
+        query: EventQuery | None = None,
+        *,
+        session_id: str | None = None,
+        after: str | None = None,
+        from_start: bool = True,
+        stop_event: anyio.Event | None = None,
+        wait_for_session: bool = False,
+    ) -> AsyncGenerator[list[tuple[Event, bytes]], None]:
+        """Like :meth:`follow_lines`, a list at a time (never empty).
+
+        A page of stored events (up to 1000), or the new events one change
+        of the logs brought: what a caller can write at once (a stream
+        sends each list as one chunk). Raises as :meth:`follow_lines`.
+        """
         query = self._query(query, session_id, must_exist=not wait_for_session)
-        awatch = load_awatch()
+        check_watchfiles()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
-        stop = stop_event if stop_event is not None else anyio.Event()
         if not self.indexed and (from_start or after is not None):
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
             stored = await anyio.to_thread.run_sync(self._scan, query, after, ends)
-            for item in stored:
-                yield item
+            for start in range(0, len(stored), _PAGE):
+                yield stored[start : start + _PAGE]
             del stored
         elif from_start or after is not None:
             ends = await anyio.to_thread.run_sync(self._snapshot)
             cursor: str | Event | None = after
             while True:
                 page, last = await anyio.to_thread.run_sync(self._replay_page, query, cursor, ends)
-                for item in page:
-                    yield item
+                if page:
+                    yield page
                 if last is None:
                     break
                 cursor = last
         else:
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
-        tail = Tail(self._root, ends, query)
-        root = self._root
-        watcher = awatch(
-            root,
-            watch_filter=lambda _change, path: is_log_change(root, path),
-            debounce=FOLLOW_DEBOUNCE_MS,
-            step=FOLLOW_STEP_MS,
-            rust_timeout=FOLLOW_WAKE_MS,
-            yield_on_timeout=True,
-            stop_event=stop,
-        )
-        async with aclosing(watcher):
-            for item in await anyio.to_thread.run_sync(tail.read, None):
-                yield item
-            wakes = 0
-            async for changes in watcher:
-                if stop.is_set():
-                    return
-                paths: set[str] | None = {path for _, path in changes}
-                if not changes:  # a wake-up without a change
-                    wakes += 1
-                    if wakes % _RESCAN_EVERY != 1:
-                        continue
-                    paths = None
-                for item in await anyio.to_thread.run_sync(tail.read, paths):
-                    yield item
+        hub = self._change_hub()
+        tail = Tail(self._root, ends, query, hub.reads)
+        async with hub.bell() as bell:
+            # What was written between the snapshot and the watcher's start.
+            if found := await anyio.to_thread.run_sync(tail.read, None):
+                yield found
+            while (changed := await bell.changes(stop_event)) is not None:
+                if found := await anyio.to_thread.run_sync(tail.read, changed):
+                    yield found
 
     # --- internals ----------------------------------------------------------------------
+
+    def _change_hub(self) -> ChangeHub:
+        """The workspace's one file watcher, shared by every follower."""
+        with self._lock:
+            if self._hub is None:
+                self._hub = ChangeHub(self._root)
+            return self._hub
 
     def _remember(self, found: list[tuple[Event, bytes]]) -> None:
         """Keep the lines of a scan's answer for :meth:`read_lines` (if it is not huge)."""

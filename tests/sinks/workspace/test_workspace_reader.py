@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+import sys
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,15 @@ from unittest import mock
 import anyio
 import httpx
 import pytest
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
 import factories
 import sinks._lines
+import sinks.workspace._follow
 import sinks.workspace._scan
 from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameError, encode_event
 from eventbus.web import create_app
+from sinks._lines import Growth, iter_growth
 from sinks.artifacts import ArtifactSink
 from sinks.index import UnknownEventIdError
 from sinks.jsonl import EventLog
@@ -30,6 +34,8 @@ from sinks.workspace import (
     Workspace,
     parse_time,
 )
+from sinks.workspace._follow import Watcher, WatchfilesWatcher
+from sinks.workspace._inotify import InotifyWatcher
 from sinks.workspace._scan import key_of
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -507,6 +513,169 @@ async def test_cancelling_the_caller_ends_follow(root: Path) -> None:
             group.start_soon(consume)
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until another thread makes ``condition`` true (polled: call under fail_after)."""
+    while not condition():  # noqa: ASYNC110 - no event to wait on across threads
+        await anyio.sleep(0.01)
+
+
+async def attached(workspace: Workspace, followers: int) -> None:
+    """Wait until ``followers`` followers of ``workspace`` are being watched for."""
+    await until(lambda: workspace._change_hub().followers >= followers)
+
+
+def inotify_instances() -> int:
+    """How many inotify instances this process holds (Linux)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:inotify")
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
+
+
+@pytest.mark.anyio
+async def test_every_follower_of_a_workspace_shares_one_watcher(root: Path) -> None:
+    """200 followers (past inotify's default limit of 128) hold one instance; all see a write."""
+    workspace = Workspace(root)
+    before = inotify_instances()
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(
+                aclosing(workspace.follow_lines(session_id="a", from_start=False))
+            )
+            for _ in range(200)
+        ]
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                got: list[str] = []
+
+                async def take_one(stream: AsyncGenerator[tuple[Event, bytes], None]) -> None:
+                    got.append((await anext(stream))[0].message)
+
+                for stream in streams:
+                    group.start_soon(take_one, stream)
+                await attached(workspace, 200)
+                assert inotify_instances() == before + 1
+                append(root, info("a", "for everyone", 70))
+    assert got == ["for everyone"] * 200
+    with anyio.fail_after(5):  # the watcher stops with the last follower
+        await until(lambda: inotify_instances() == before)
+
+
+@pytest.mark.anyio
+async def test_a_change_is_decoded_once_however_many_follow(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 followers of a session woken by one write: its new lines are read and decoded once."""
+    reads: list[int] = []
+
+    def counting(fd: int, start: int) -> Iterator[Growth]:
+        reads.append(start)
+        return iter_growth(fd, start)
+
+    monkeypatch.setattr(sinks.workspace._follow, "iter_growth", counting)
+    workspace = Workspace(root)
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(
+                aclosing(workspace.follow_lines(session_id="a", from_start=False))
+            )
+            for _ in range(50)
+        ]
+        got: list[str] = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+
+                async def take_one(stream: AsyncGenerator[tuple[Event, bytes], None]) -> None:
+                    got.append((await anext(stream))[0].message)
+
+                for stream in streams:
+                    group.start_soon(take_one, stream)
+                await attached(workspace, 50)
+                reads.clear()
+                append(root, info("a", "once", 75))
+    assert got == ["once"] * 50
+    assert len(reads) == 1
+
+
+@pytest.mark.anyio
+async def test_follow_polls_the_logs_when_the_kernel_refuses_a_watcher(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No inotify instance left: new events still come, through polling, with one warning."""
+
+    def refuse(root: str) -> Watcher:
+        raise WatchfilesRustInternalError(
+            "Error creating recommended watcher: Too many open files (os error 24)"
+        )
+
+    monkeypatch.setattr(sinks.workspace._follow, "open_watcher", refuse)
+    workspace = Workspace(root)
+    got: list[Event] = []
+    with anyio.fail_after(10):
+        async with (
+            aclosing(workspace.follow_lines(from_start=False)) as stream,
+            anyio.create_task_group() as group,
+        ):
+
+            async def consume() -> None:
+                got.extend(await take(stream, 2))
+
+            group.start_soon(consume)
+            await attached(workspace, 1)
+            append(root, info("a", "polled", 80))
+            append(root, info("new", "polled in a new session", 81))
+    assert [e.message for e in got] == ["polled", "polled in a new session"]
+    (warning,) = [r for r in caplog.records if r.name == "sinks.workspace"]
+    assert "polling its logs every 100 ms" in warning.getMessage()
+    assert "Too many open files" in warning.getMessage()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_reading_the_logs_never_wakes_the_watcher(root: Path) -> None:
+    """Only writes concern followers: API reads (opening every log) cost the watcher nothing."""
+    watcher = InotifyWatcher(os.fspath(root), debounce_ms=30, step_ms=10)
+    try:
+        workspace = Workspace(root)
+        workspace.sessions()
+        workspace.events()
+        (root / "a" / "artifacts").mkdir()  # below a session: not watched
+        assert watcher.wait(200) == set()
+        append(root, info("b", "written", 90))
+        assert watcher.wait(5000) == {os.path.join(root, "b", "events.jsonl")}
+    finally:
+        watcher.close()
+
+
+@pytest.mark.anyio
+async def test_follow_works_with_the_watchfiles_watcher(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off Linux the hub waits on watchfiles' watcher: new events and sessions still come."""
+    monkeypatch.setattr(sinks.workspace._follow, "open_watcher", WatchfilesWatcher)
+    workspace = Workspace(root)
+    got: list[Event] = []
+    with anyio.fail_after(10):
+        async with (
+            aclosing(workspace.follow_lines(from_start=False)) as stream,
+            anyio.create_task_group() as group,
+        ):
+
+            async def consume() -> None:
+                got.extend(await take(stream, 2))
+
+            group.start_soon(consume)
+            await attached(workspace, 1)
+            append(root, info("a", "watched", 95))
+            append(root, info("other", "in a new session", 96))
+    assert [e.message for e in got] == ["watched", "in a new session"]
+    assert not workspace._change_hub().polling
 
 
 @pytest.mark.anyio

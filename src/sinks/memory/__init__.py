@@ -1,10 +1,12 @@
 """An alias of :mod:`sinks.index`, the in-memory query index, under its former name.
 
 ``from sinks.memory import EventIndex`` keeps working; new code imports
-from :mod:`sinks.index` (or :mod:`sinks`).
+from :mod:`sinks.index` (or :mod:`sinks`). A package rather than a module
+file only so that version control follows ``sinks/memory.py`` to its new
+place, ``sinks/index/_index.py``.
 """
 
-from .index import (
+from ..index import (
     EventIndex,
     EventIndexError,
     IndexArgumentError,
