@@ -120,11 +120,13 @@ class _Api:
             await self._call(self.workspace.check_types, query.event_type, seen=types)
 
     async def sessions(self, request: Request) -> Response:
-        """List the sessions, newest first: ``{"sessions": [summary, ...], "next": id | null}``.
+        """List the sessions, newest first: ``{"sessions": [summary, ...]}``.
 
-        With ``limit``, a page of at most that many; ``after`` (the previous
-        page's ``next``, a session id) starts after that session. Without
-        ``limit``, every session (``next`` null).
+        With ``limit``, a page of at most that many, and ``"next"``: the
+        session id to pass as ``after`` for the next page, ``null`` on the last
+        page. ``after`` starts after that session (an unknown one is a 400).
+        Without ``limit`` (and ``after``), every session, as ``eventbus
+        sessions --json`` prints them (no ``next``).
         """
         params = request.query_params
         since, until = params.get("since"), params.get("until")
@@ -327,6 +329,8 @@ def _sessions_page(
             raise BadRequest(
                 "after", after, "the id of a listed session (the previous page's next)"
             )
+    if limit is None and after is None:  # every session: ``eventbus sessions --json``'s shape
+        return {"sessions": rows}
     if limit is None:
         return {"sessions": rows[start:], "next": None}
     page = rows[start : start + limit]

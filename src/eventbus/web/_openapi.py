@@ -106,10 +106,14 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "sessions": {"type": "array", "items": _ref("SessionSummary")},
             "next": _nullable(
-                {"type": "string", "description": "the 'after' of the next page; null: the last"}
+                {
+                    "type": "string",
+                    "description": "with limit or after: the 'after' of the next page; "
+                    "null: the last",
+                }
             ),
         },
-        "required": ["sessions", "next"],
+        "required": ["sessions"],
     },
     "Event": {
         "type": "object",
@@ -318,13 +322,14 @@ _PATHS: dict[str, Any] = {
     ),
     "/api/sessions": _api(
         "sessions",
-        'Sessions, newest first: {"sessions": [summary, ...], "next": id or null}.',
+        'Sessions, newest first: {"sessions": [summary, ...]}; with limit (or after), '
+        'a page: {"sessions": [...], "next": id or null}.',
         [
             _query("since", "Sessions started at or after this time. " + _TIME_TEXT, _TIME),
             _query("until", "Sessions started at or before this time. " + _TIME_TEXT, _TIME),
             _query(
                 "limit",
-                "Sessions per page, 1 to 10000 (default: every session, next null).",
+                "Sessions per page, 1 to 10000 (default: every session, and no next).",
                 {"type": "integer", "minimum": 1, "maximum": 10000},
             ),
             _query(
