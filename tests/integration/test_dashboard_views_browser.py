@@ -122,6 +122,7 @@ async def test_trace_has_every_task_agent_and_model_call_and_marks_failures(
         )  # fmt: skip
         command = nodes.and_(page.locator(f'[data-event-id="{failed_command["id"]}"]'))
         await expect(command).to_have_attribute("data-status", "failed")
+        await expect(command).to_be_visible()  # its parents are opened: failures stand out
         await expect(command).to_contain_text("py_compile")
         # The failures button reveals and selects a failed node.
         await page.get_by_test_id("next-failure").click()

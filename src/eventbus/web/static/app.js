@@ -506,6 +506,7 @@ class SessionView {
     this.full = false; // every event of the session is read
     this.loadedTasks = new Set(); // tasks whose events are read (a long session)
     this.expanded = new Set();
+    this.revealed = new Set(); // failed nodes whose parents were opened once
     this.selected = null;
     this.artifacts = new Set();
     this.options = { type: new Set(), task: new Set(), role: new Set(), model: new Set() };
@@ -977,6 +978,12 @@ class SessionView {
       return bad;
     };
     mark(root);
+    // A failure is shown opened the first time it is drawn: easy to find.
+    for (const node of failing) {
+      if (node.status !== "failed" || this.revealed.has(node.id)) continue;
+      this.revealed.add(node.id);
+      for (let up = node.parent; up; up = up.parent) this.expanded.add(up.id);
+    }
     // A search keeps the nodes whose label holds the text, and their ancestors.
     const query = $("trace-search").value.trim().toLowerCase();
     const keep = new Set();
