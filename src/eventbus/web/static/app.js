@@ -1030,7 +1030,9 @@ class SessionView {
       );
       if (node.children.length) {
         html.push(`<div class="children"${open ? "" : " hidden"}>`);
-        for (const child of node.children) draw(child, depth + 1);
+        // In time order (parts of a session are read in any order); not started last.
+        const children = [...node.children].sort((a, b) => (a.start ?? Infinity) - (b.start ?? Infinity));
+        for (const child of children) draw(child, depth + 1);
         html.push("</div>");
       }
     };
