@@ -60,6 +60,9 @@ _STATIC = Path(str(files("eventbus.web") / "static"))
 _EVENT_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 #: Most events one ``/events`` page holds.
 MAX_LIMIT = 10_000
+#: Most sessions one ``/sessions`` page holds.
+MAX_SESSIONS_LIMIT = 10_000
+_TEXT_BATCH = 2000  # events read at a time when ``q`` filters on the message
 _REPORTED_MAX = 4096  # refusals remembered so as to log each once
 
 logger = logging.getLogger("eventbus.web")
@@ -128,14 +131,38 @@ class _Api:
             await self._call(self.workspace.check_types, query.event_type, seen=types)
 
     async def sessions(self, request: Request) -> Response:
-        """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
-        since, until = request.query_params.get("since"), request.query_params.get("until")
+        """List the sessions, newest first: ``{"sessions": [summary, ...]}``.
+
+        With ``limit``, a page of at most that many, and ``"next"``: the
+        session id to pass as ``after`` for the next page, ``null`` on the last
+        page. ``after`` starts after that session (an unknown one is a 400).
+        Without ``limit`` (and ``after``), every session, as ``eventbus
+        sessions --json`` prints them (no ``next``).
+        """
+        params = request.query_params
+        since, until = params.get("since"), params.get("until")
+        limit = (
+            positive_int("limit", params["limit"], maximum=MAX_SESSIONS_LIMIT)
+            if "limit" in params
+            else None
+        )
+        after = params.get("after") or None
         rows = await self._call(
             self.workspace.sessions,
             parse_time("since", since) if since else None,
             parse_time("until", until) if until else None,
         )
-        return JSONResponse({"sessions": rows})
+        return JSONResponse(_sessions_page(rows, after=after, limit=limit))
+
+    async def artifact(self, request: Request) -> Response:
+        """One artifact of a session: JSON as stored, or ``text/plain`` for a JSON string."""
+        session_id = _session_id(request)
+        key: str = request.path_params["key"]
+        data: bytes = await self._call(self.workspace.artifact, session_id, key)
+        if data.lstrip()[:1] == b'"':
+            text = msgspec.json.decode(data, type=str)
+            return Response(text, media_type="text/plain; charset=utf-8")
+        return Response(data, media_type="application/json")
 
     async def session(self, request: Request) -> Response:
         """One session's summary with its artifact keys."""
@@ -156,8 +183,25 @@ class _Api:
             positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
         )
         after = _event_id("after", params.get("after"))
+        text = params.get("q") or None
+        if "tail" in params:  # the last n events (a page to start live from), no next
+            if after is not None or text is not None:
+                raise BadRequest("tail", params["tail"], "no after or q beside it")
+            tail = positive_int("tail", params["tail"], maximum=MAX_LIMIT)
+            lines, ids = await self._call(
+                _last_lines, self.workspace, query, session_id=session_id, n=tail
+            )
+            await self._check_types(query)
+            body = b'{"events":[%b],"ids":%b,"next":null}' % (b",".join(lines), _encode(ids))
+            return Response(body, media_type="application/json")
         lines, ids, next_id = await self._call(
-            _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
+            _stored_page,
+            self.workspace,
+            query,
+            session_id=session_id,
+            after=after,
+            limit=limit,
+            text=text,
         )
         await self._check_types(query)
         body = b'{"events":[%b],"ids":%b,"next":%b}' % (
@@ -264,12 +308,79 @@ class _Api:
 
 
 def _stored_page(
-    workspace: Workspace, query: EventQuery, *, session_id: str, after: str | None, limit: int
+    workspace: Workspace,
+    query: EventQuery,
+    *,
+    session_id: str,
+    after: str | None,
+    limit: int,
+    text: str | None = None,
 ) -> tuple[list[bytes], list[str], str | None]:
-    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``)."""
-    events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``).
+
+    With ``text``, only events whose message holds it (ignoring case): the
+    matching ones are gathered from as many pages of the query as it takes.
+    """
+    if text is None:
+        events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    else:
+        needle = text.casefold()
+        events = []
+        next_id = after
+        while True:
+            batch, more = workspace.events(
+                query, session_id=session_id, after=next_id, limit=max(limit, _TEXT_BATCH)
+            )
+            for event in batch:
+                if needle in event.message.casefold():
+                    events.append(event)
+                    if len(events) > limit:
+                        break
+            if len(events) > limit:
+                del events[limit:]
+                next_id = events[-1].id
+                break
+            if more is None:
+                next_id = None
+                break
+            next_id = more
     lines = workspace.read_lines(events) if events else []
     return lines, [event.id for event in events], next_id
+
+
+def _last_lines(
+    workspace: Workspace, query: EventQuery, *, session_id: str, n: int
+) -> tuple[list[bytes], list[str]]:
+    """The last ``n`` events matching ``query`` (oldest first): their lines and ids."""
+    events = workspace.latest(n, query, session_id=session_id)
+    lines = workspace.read_lines(events) if events else []
+    return lines, [event.id for event in events]
+
+
+def _sessions_page(
+    rows: list[dict[str, Any]], *, after: str | None, limit: int | None
+) -> dict[str, Any]:
+    """``{"sessions": rows[...], "next": id | None}``: the page after session ``after``.
+
+    :raises BadRequest: ``after`` is no session of ``rows``.
+    """
+    start = 0
+    if after is not None:
+        for i, row in enumerate(rows):
+            if row.get("session_id") == after:
+                start = i + 1
+                break
+        else:
+            raise BadRequest(
+                "after", after, "the id of a listed session (the previous page's next)"
+            )
+    if limit is None and after is None:  # every session: ``eventbus sessions --json``'s shape
+        return {"sessions": rows}
+    if limit is None:
+        return {"sessions": rows[start:], "next": None}
+    page = rows[start : start + limit]
+    more = start + limit < len(rows)
+    return {"sessions": page, "next": page[-1]["session_id"] if more and page else None}
 
 
 def _document(schema: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
@@ -297,6 +408,11 @@ def _event_id(parameter: str, value: str | None) -> str | None:
 async def _index(request: Request) -> Response:
     """The dashboard (HTML; its data comes from the ``/api`` routes)."""
     return FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _favicon(request: Request) -> Response:
+    """The dashboard's icon (for browsers that ask before reading the page's link)."""
+    return FileResponse(_STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -463,9 +579,11 @@ def create_app(
     session = "/api/sessions/{session_id}"
     routes = [
         Route("/", _index, name="dashboard"),
+        Route("/favicon.ico", _favicon, name="favicon"),
         Route("/api/sessions", api.sessions, name="sessions"),
         Route("/api/sessions/{session_id}", api.session, name="session"),
         Route("/api/sessions/{session_id}/events", api.events, name="events"),
+        Route("/api/sessions/{session_id}/artifacts/{key}", api.artifact, name="artifact"),
         Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
         Route(f"{session}/pending", api.pending, name="pending"),
         Route(f"{session}/commands", api.submit, methods=["POST"], name="commands"),

@@ -34,7 +34,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _STRING: dict[str, Any] = {"type": "string"}
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
-_USAGE_KEYS = ["model", "agent_role", "task_id", "session_id", "phase"]
+_USAGE_KEYS = ["model", "agent_role", "task_id", "session_id", "phase", "day"]
 _USAGE_BY = [*_USAGE_KEYS, "role", "task", "session"]
 _TIME_TEXT = (
     "An ISO 8601 time (RFC 3339 date-time such as 2026-01-31T12:00:00Z; without an "
@@ -113,7 +113,16 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Sessions": {
         "type": "object",
-        "properties": {"sessions": {"type": "array", "items": _ref("SessionSummary")}},
+        "properties": {
+            "sessions": {"type": "array", "items": _ref("SessionSummary")},
+            "next": _nullable(
+                {
+                    "type": "string",
+                    "description": "with limit or after: the 'after' of the next page; "
+                    "null: the last",
+                }
+            ),
+        },
         "required": ["sessions"],
     },
     "Event": {
@@ -161,9 +170,27 @@ _SCHEMAS: dict[str, Any] = {
             "prompt_tokens": _COUNT,
             "completion_tokens": _COUNT,
             "total_tokens": _COUNT,
+            "cached_tokens": _COUNT,
             "cost_usd": {"type": "number"},
+            "cost_source": _nullable(
+                {
+                    "type": "string",
+                    "enum": ["producer", "genai-prices", "mixed"],
+                    "description": "where cost_usd comes from: the producers' cost_usd, "
+                    "the genai-prices table (for responses without one), both; null: "
+                    "no cost known",
+                }
+            ),
         },
-        "required": ["calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],
+        "required": [
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "cost_source",
+        ],
     },
     "UsageRow": {
         "allOf": [
@@ -365,12 +392,28 @@ _PATHS: dict[str, Any] = {
         [],
         {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
     ),
+    "/favicon.ico": _get(
+        "favicon",
+        "The dashboard's icon (SVG).",
+        [],
+        {"description": "The icon.", "content": {"image/svg+xml": {"schema": {"type": "string"}}}},
+    ),
     "/api/sessions": _api(
         "sessions",
-        'Every session, newest first: {"sessions": [summary, ...]}.',
+        'Sessions, newest first: {"sessions": [summary, ...]}; with limit (or after), '
+        'a page: {"sessions": [...], "next": id or null}.',
         [
             _query("since", "Sessions started at or after this time. " + _TIME_TEXT, _TIME),
             _query("until", "Sessions started at or before this time. " + _TIME_TEXT, _TIME),
+            _query(
+                "limit",
+                "Sessions per page, 1 to 10000 (default: every session, and no next).",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
+            _query(
+                "after",
+                "Start after this session (the previous page's next); an unknown one is a 400.",
+            ),
         ],
         _json("The sessions.", "Sessions"),
         missing=False,
@@ -388,6 +431,13 @@ _PATHS: dict[str, Any] = {
         [
             _SESSION_ID,
             *_FILTERS,
+            _query("q", "Only events whose message holds this text (ignoring case)."),
+            _query(
+                "tail",
+                "Only the last n matching events, oldest first (next null; not with "
+                "after or q): where to start following a long session.",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
             _query("after", "Start after this event id (the previous page's next).", _EVENT_ID),
             _query(
                 "limit",
@@ -396,6 +446,34 @@ _PATHS: dict[str, Any] = {
             ),
         ],
         _json("The page.", "EventsPage"),
+    ),
+    "/api/sessions/{session_id}/artifacts/{key}": _get(
+        "artifact",
+        "One artifact of the session: its JSON as stored, or text/plain when it is a "
+        "JSON string (a captured prompt, response or diff).",
+        [
+            _SESSION_ID,
+            {
+                "name": "key",
+                "in": "path",
+                "required": True,
+                "description": "An artifact key, as the session's summary lists them.",
+                "schema": {"type": "string", "minLength": 1},
+            },
+        ],
+        {
+            "description": "The artifact.",
+            "content": {
+                "application/json": {"schema": {}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        },
+        {
+            "400": _BAD,
+            "401": _NO_TOKEN,
+            "404": _error("No such session, or the session has no such artifact"),
+            "413": _error("The artifact is larger than 16 MiB (read it from the files)"),
+        },
     ),
     "/api/sessions/{session_id}/stream": _api(
         "session_stream", "Server-Sent Events of one session.", [_SESSION_ID, *_STREAM], _SSE
@@ -408,11 +486,14 @@ _PATHS: dict[str, Any] = {
     ),
     "/api/usage": _api(
         "usage",
-        'LLM calls, tokens and cost: {"by", "rows": [...], "total": {...}}.',
+        'LLM calls, tokens and cost: {"by", "rows": [...], "total": {...}}; a response '
+        "without cost_usd is priced from the genai-prices table when it knows the model "
+        "(cost_source says).",
         [
             _query(
                 "by",
-                "Group by this field (default model); role, task and session are short "
+                "Group by this field (default model); day: the UTC date of the responses "
+                "(key YYYY-MM-DD, rows in date order); role, task and session are short "
                 "for agent_role, task_id and session_id (the answer's by names the field).",
                 {"type": "string", "enum": _USAGE_BY, "default": "model"},
             ),

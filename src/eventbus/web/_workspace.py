@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from sinks.index import UnknownEventIdError
 from sinks.jsonl import UnsafeSymlinkError
 from sinks.workspace import (
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
     InvalidTimeError,
     SessionNotFoundError,
     UnknownCommandError,
@@ -46,6 +48,12 @@ class Workspace(Protocol):
     ) -> tuple[list[Event], str | None]: ...
 
     def read_lines(self, events: Sequence[Event]) -> list[bytes]: ...
+
+    def latest(
+        self, n: int, query: EventQuery | None = None, *, session_id: str | None = None
+    ) -> list[Event]: ...
+
+    def artifact(self, session_id: str, key: str) -> bytes: ...
 
     def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None: ...
 
@@ -80,8 +88,16 @@ def open_workspace(root: str | os.PathLike[str]) -> Workspace:
 
 def status_of(error: BaseException) -> int | None:
     """The HTTP status for an error of the data layer, or ``None`` if it is a server fault."""
-    if isinstance(error, SessionNotFoundError | SessionLogNotFoundError | UnknownCommandError):
+    if isinstance(
+        error,
+        SessionNotFoundError
+        | SessionLogNotFoundError
+        | UnknownCommandError
+        | ArtifactNotFoundError,
+    ):
         return 404
+    if isinstance(error, ArtifactTooLargeError):
+        return 413
     if isinstance(error, UnsafeSymlinkError):
         return 403
     if isinstance(
