@@ -3,7 +3,8 @@
 A producer (``eventbus demo --human --nats URL``) runs session ``h1`` in its
 own workspace; the aggregator (``eventbus relay --serve``) consumes the
 events into another. Commands are given with ``eventbus control`` on the
-aggregator's workspace (the API's POST route writes the same inbox); the
+aggregator's workspace and through the API of ``relay --serve`` (POST
+``/api/sessions/{id}/commands``): both write the aggregator's inbox; the
 relay forwards them over JetStream and the outcomes come back as events.
 Then the producer is killed (SIGKILL) while a command is pending, and run
 again with ``--resume``: the command is applied then, once.
@@ -14,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,11 +107,11 @@ def start_producer(url: str, root: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def start_relay(url: str, root: Path) -> subprocess.Popen[str]:
+def start_relay(url: str, root: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             *(*CLI, "relay", "--nats", url, "--workspace", str(root), "--serve"),
-            *("--port", str(free_port()), "--ack-wait", "2"),
+            *("--port", str(port), "--ack-wait", "2"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -117,25 +120,50 @@ def start_relay(url: str, root: Path) -> subprocess.Popen[str]:
     )
 
 
+def serving(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def post_command(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST a command to the aggregator's API: (status, JSON answer)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/sessions/{SESSION}/commands",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return response.status, answer
+
+
 def test_commands_on_the_aggregator_reach_the_producer_also_across_its_restart(
     machines: tuple[str, Path, Path, list[subprocess.Popen[str]]],
 ) -> None:
     """Answered and paused on the aggregator; a command given while the producer is down
     is applied once after its restart; the outcomes come back as events."""
     url, producer_root, aggregator_root, processes = machines
-    processes.append(start_relay(url, aggregator_root))
+    port = free_port()
+    processes.append(start_relay(url, aggregator_root, port))
     producer = start_producer(url, producer_root)
     processes.append(producer)
 
-    # The planner's question, seen and answered on the aggregator.
+    # The planner's question, seen on the aggregator and answered through its API.
     wait_until(lambda: bool(pending(aggregator_root)), "the question on the aggregator")
     (question,) = pending(aggregator_root)
     assert (question["kind"], question["id"]) == ("clarification", "q1")
-    answered = cli(
-        "control", str(aggregator_root), SESSION, "answer", "q1", "3.12", "--id", "c1", "--json"
+    wait_until(lambda: serving(port), "the aggregator's API")
+    body = {"kind": "answer", "target": "q1", "text": "3.12", "command_id": "c1"}
+    assert post_command(port, body) == (202, {"command_id": "c1", "status": "queued"})
+    wait_until(lambda: outcomes(aggregator_root)[("c1", "control_applied")] == 1, "c1 applied")
+    answer = next(
+        e for e in events(aggregator_root) if e.event_type is EventType.CLARIFICATION_ANSWERED
     )
-    assert answered.returncode == 0, answered.stderr
-    assert json.loads(answered.stdout)["status"] == "applied"
+    assert (answer.metadata["answer"], answer.metadata["actor"]) == ("3.12", "api")
     unknown = cli("control", str(aggregator_root), SESSION, "approve", "r9", "--id", "c2")
     assert unknown.returncode == 2
     assert "no approval request 'r9' is waiting" in unknown.stderr
