@@ -7,7 +7,8 @@ A workspace is the directory a :class:`~sinks.jsonl.JsonlSink` and an
     {root}/{session_id}/artifacts/run_summary.json
 
 :class:`Workspace` answers the questions of the ``eventbus`` CLI and of the
-web API from those files, never writing, never locking::
+web API from those files, never writing, never locking (but for
+:meth:`Workspace.prune`, which removes whole ended sessions)::
 
     workspace = Workspace("workspaces")
     workspace.sessions()                                   # newest first
@@ -92,6 +93,7 @@ from .._layout import (
 from .._lines import complete_end, open_log, read_places
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
+from ._prune import DEFAULT_STALE, PruneReport, prune
 from ._scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._sessions import SessionRows
 from ._usage import none_last, total_of, usage_by, usage_values
@@ -578,6 +580,31 @@ class Workspace:
                         ),
                     }
         return list(waiting.values())
+
+    def prune(
+        self,
+        *,
+        older_than: timedelta | None = None,
+        max_bytes: int | None = None,
+        stale: timedelta = DEFAULT_STALE,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """Remove whole ended sessions, oldest end first: :func:`sinks.workspace.prune`.
+
+        The index is rebuilt at the next query (unless nothing was removed).
+        """
+        report = prune(
+            self._root,
+            older_than=older_than,
+            max_bytes=max_bytes,
+            stale=stale,
+            dry_run=dry_run,
+            now=now,
+        )
+        if report.removed and not dry_run:
+            self.close()
+        return report
 
     def session_ended(self, session_id: str) -> bool:
         """Whether session ``session_id`` has ended (its log holds ``session_completed``,
