@@ -35,6 +35,7 @@ from eventbus import Event, EventDecodeError, EventQuery, EventType, decode_even
 
 from .._layout import LOG_FILE_NAME
 from .._lines import READ_FLAGS, TAIL_BLOCK, complete_end
+from .._segments import LogFile
 from ._scan import scan_log
 
 __all__ = ["DEFAULT_STALE", "PruneReport", "PrunedSession", "prune"]
@@ -239,7 +240,7 @@ def _classify(session_id: str, path: str, stale_before: datetime) -> _Found:
                 bytes=size,
             )
         elif datetime.fromtimestamp(status.st_mtime_ns / 1e9, UTC) < stale_before:
-            last = _last_event(fd, status.st_size)
+            last = _last_event(log_path)
             changed = datetime.fromtimestamp(status.st_mtime_ns / 1e9, UTC)
             ended = PrunedSession(
                 session_id=session_id,
@@ -264,25 +265,29 @@ def _locked(fd: int) -> bool:
     return False
 
 
-def _last_event(fd: int, size: int) -> Event | None:
-    """The last complete line of the log that decodes, read backwards."""
-    end = complete_end(fd, size)
-    window = TAIL_BLOCK
-    while end > 0:
-        start = max(0, end - window)
-        lines = os.pread(fd, end - start, start).split(b"\n")
-        lines.pop()  # after the last newline: nothing
-        if start > 0:
-            lines.pop(0)  # may be a part of a line
-        for line in reversed(lines):
-            if line.strip():
-                try:
-                    return decode_event(line)
-                except EventDecodeError:
-                    continue
-        if start == 0:
-            return None
-        window *= 2
+def _last_event(log_path: str) -> Event | None:
+    """The last complete line of the log (across its segments) that decodes, read backwards."""
+    log = LogFile.open(log_path)
+    if log is None:
+        return None
+    with log:
+        end = complete_end(log, log.size())
+        window = TAIL_BLOCK
+        while end > 0:
+            start = max(0, end - window)
+            lines = log.pread(end - start, start).split(b"\n")
+            lines.pop()  # after the last newline: nothing
+            if start > 0:
+                lines.pop(0)  # may be a part of a line
+            for line in reversed(lines):
+                if line.strip():
+                    try:
+                        return decode_event(line)
+                    except EventDecodeError:
+                        continue
+            if start == 0:
+                return None
+            window *= 2
     return None
 
 

@@ -1,0 +1,349 @@
+"""A log's segments, read as one file.
+
+A session's log may be a series of segments in its directory::
+
+    events.000001.jsonl     sealed: complete lines, never written again
+    events.000002.jsonl     sealed
+    events.jsonl            the live segment: the writer appends here
+
+A plain sort of the sealed names, then the live one, is the read order:
+:func:`sealed_names` lists them (six digits, so a plain sort is numeric
+order). A log never sealed is just ``events.jsonl`` (the seed's format). The
+writer seals (see ``LogWriter.seal`` in :mod:`sinks.jsonl._write`) by
+hard-linking the live file to the next sealed name, then atomically
+replacing the live name with a new, already locked, empty file: the live
+name is never missing, and for a moment the last sealed name and the live
+one are the same file, which readers read once (they skip a file they
+already read, by device and inode).
+
+:class:`LogFile` reads the segments as one file whose byte offsets count
+from the start of the first segment (a *log offset*): a sealed segment never
+changes, so a log offset stays valid when the segment holding it is sealed.
+This is how every place kept by an index (path of ``events.jsonl``, offset,
+length) stays valid across seals. A log's identity is its first segment's
+(device, inode), which sealing keeps (the live file becomes the first sealed
+one); clearing or replacing the log changes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from typing import Final
+
+from ._layout import UnsafeSymlinkError, report_once, resolve_inside
+
+__all__ = [
+    "LogFile",
+    "log_stat",
+    "sealed_name",
+    "sealed_names",
+]
+
+logger = logging.getLogger("sinks.workspace")
+
+SEAL_DIGITS: Final = 6
+MAX_SEGMENTS: Final = 10**SEAL_DIGITS - 1  # past this many sealed segments, the live one grows
+_READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_ATTEMPTS: Final = 20
+
+
+def _split(live_name: str) -> tuple[str, str]:
+    stem, dot, suffix = live_name.rpartition(".")
+    return (stem, f".{suffix}") if dot and stem else (live_name, "")
+
+
+def sealed_name(live_name: str, number: int) -> str:
+    """The name of the ``number``-th sealed segment of the log named ``live_name``.
+
+    ``events.jsonl``, 1 -> ``events.000001.jsonl``.
+    """
+    stem, suffix = _split(live_name)
+    return f"{stem}.{number:0{SEAL_DIGITS}d}{suffix}"
+
+
+def _pattern(live_name: str) -> re.Pattern[str]:
+    stem, suffix = _split(live_name)
+    return re.compile(re.escape(stem) + r"\.(\d{" + str(SEAL_DIGITS) + "})" + re.escape(suffix))
+
+
+def sealed_names(directory: str, live_name: str) -> list[str]:
+    """The names of the sealed segments of the log ``live_name`` in ``directory``, in order."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    match = _pattern(live_name).fullmatch
+    return sorted(name for name in names if match(name))
+
+
+def segment_number(live_name: str, sealed: str) -> int:
+    """The number of the sealed segment named ``sealed``."""
+    found = _pattern(live_name).fullmatch(sealed)
+    assert found is not None
+    return int(found.group(1))
+
+
+def segment_paths(path: str) -> list[str]:
+    """Every segment of the log whose live file is ``path``, in read order (existing or not)."""
+    directory, name = os.path.split(path)
+    return [os.path.join(directory, sealed) for sealed in sealed_names(directory, name)] + [path]
+
+
+def log_stat(path: str) -> tuple[tuple[int, int], int] | None:
+    """The identity (first segment's device, inode) and size (all segments) of a log.
+
+    ``None`` if it has no segment, or its live file is not a regular file.
+    Costs a ``listdir`` and a ``stat`` per segment.
+    """
+    ident: tuple[int, int] | None = None
+    size = 0
+    seen: set[tuple[int, int]] = set()
+    for segment in segment_paths(path):
+        try:
+            status = os.stat(segment)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        key = (status.st_dev, status.st_ino)
+        if key in seen:  # the live file while it is being sealed: read once
+            continue
+        seen.add(key)
+        if ident is None:
+            ident = key
+        size += status.st_size
+    return None if ident is None else (ident, size)
+
+
+class _Part:
+    """One segment: its path, identity, size and start (log offset); ``fd`` -1 while closed."""
+
+    __slots__ = ("fd", "ident", "path", "size", "start")
+
+    def __init__(
+        self, path: str, fd: int, ident: tuple[int, int], size: int, start: int = 0
+    ) -> None:
+        self.path, self.fd, self.ident, self.size, self.start = path, fd, ident, size, start
+
+
+class LogFile:
+    """The segments of one log, open for reading as one file (see the module).
+
+    ``pread`` and ``size`` take *log offsets*. Made by :meth:`open`; close it
+    (or use it in a ``with`` block). The live file is held open; a sealed
+    segment is opened when a read reaches it (at most one at a time, so a log
+    of many segments costs two descriptors). Segments sealed while it is open
+    are found when a read reaches past the end of the live file it opened.
+    """
+
+    def __init__(self, path: str, directory: str, parts: list[_Part]) -> None:
+        self.path = path
+        self._directory = directory
+        self._parts = parts
+        self._open_sealed: _Part | None = None
+
+    @classmethod
+    def open(cls, path: str, root: str | None = None) -> LogFile | None:
+        """Open the segments of the log whose live file is ``path``.
+
+        ``None`` if there is none, one is not a regular file (or a sealed one
+        is a symlink), or (with ``root``) the log is reached through a symlink
+        that dangles or leads out of ``root`` (logged once on
+        ``sinks.workspace``). Opened without blocking, so a FIFO named like a
+        log never hangs the reader.
+        """
+        real = path
+        if root is not None:
+            try:
+                real = resolve_inside(root, path)
+            except UnsafeSymlinkError as exc:
+                report_once(logger, f"skipped a log: {exc}")
+                return None
+        directory, name = os.path.split(real)
+        for _ in range(_OPEN_ATTEMPTS):
+            before = sealed_names(directory, name)
+            try:
+                parts = _parts(directory, name, before)
+            except _Moved:
+                continue
+            if parts is None:
+                return None
+            after = sealed_names(directory, name)
+            if after == before or (
+                after[: len(before)] == before
+                and len(after) == len(before) + 1
+                and parts[-1].fd >= 0
+                and _ident_of(os.path.join(directory, after[-1])) == parts[-1].ident
+            ):
+                if parts[-1].fd < 0:  # no live file: hold the last sealed one open
+                    parts[-1].fd = _open(parts[-1])
+                return cls(path, directory, parts)
+            _close(parts)  # sealed while being opened: open again
+        return None
+
+    @property
+    def ident(self) -> tuple[int, int]:
+        """The log's identity: its first segment's (device, inode)."""
+        return self._parts[0].ident
+
+    def size(self) -> int:
+        """The log's size now (its live file's size read again)."""
+        last = self._parts[-1]
+        if last.fd >= 0:
+            last.size = os.fstat(last.fd).st_size
+        return last.start + last.size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at log offset ``offset`` (fewer at the end of the log)."""
+        parts = self._parts
+        i = len(parts) - 1
+        while i > 0 and parts[i].start > offset:
+            i -= 1
+        out: list[bytes] = []
+        while length > 0:
+            part = parts[i]
+            data = os.pread(self._fd(part), length, offset - part.start)
+            out.append(data)
+            length -= len(data)
+            offset += len(data)
+            if length <= 0:
+                break
+            if i + 1 < len(parts):
+                if offset < parts[i + 1].start:  # a sealed part shorter than opened: changed
+                    break
+                i += 1
+                continue
+            if not self._extend():
+                break
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _fd(self, part: _Part) -> int:
+        """``part``'s descriptor, opening it (and closing the sealed one open before)."""
+        if part.fd >= 0:
+            return part.fd
+        previous = self._open_sealed
+        if previous is not None and previous is not self._parts[-1]:
+            os.close(previous.fd)
+            previous.fd = -1
+        part.fd = _open(part)
+        self._open_sealed = part
+        return part.fd
+
+    def _extend(self) -> bool:
+        """Add the segments sealed after the live file was opened; ``False`` if none."""
+        last = self._parts[-1]
+        name = os.path.basename(self.path)
+        known = {part.path for part in self._parts}
+        newer = [n for n in sealed_names(self._directory, name) if self._path(n) not in known]
+        if not newer or _ident_of(self._path(newer[0])) != last.ident:
+            return False  # not sealed (or the log was replaced: its readers see the identity)
+        try:
+            more = _parts(self._directory, name, newer[1:])
+        except _Moved:
+            return False
+        if more is None or (len(more) == 1 and more[0].ident == last.ident):
+            _close(more or [])
+            return False
+        last.size = os.fstat(last.fd).st_size  # sealed: final now
+        last.path = self._path(newer[0])
+        start = last.start + last.size
+        for part in more:
+            part.start = start
+            start += part.size
+        if more[0].ident == last.ident:  # the live file, being sealed again
+            _close(more[:1])
+            more = more[1:]
+        self._open_sealed = last  # closed when another sealed part is opened
+        self._parts += more
+        return True
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._directory, name)
+
+    def close(self) -> None:
+        parts, self._parts = self._parts, []
+        _close(parts)
+
+    def __enter__(self) -> LogFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Moved(Exception):
+    """A segment went away between listing and opening."""
+
+
+def _parts(directory: str, name: str, sealed: list[str]) -> list[_Part] | None:
+    """The sealed segments (stat, not opened), then the live file (opened, if there is one).
+
+    ``None`` if a segment is not a regular file (a sealed one may not be a symlink) or
+    there is no segment at all. :raises _Moved: if a sealed segment is gone.
+    """
+    parts: list[_Part] = []
+    start = 0
+    for sealed_one in sealed:
+        path = os.path.join(directory, sealed_one)
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            raise _Moved from None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        parts.append(_Part(path, -1, (status.st_dev, status.st_ino), status.st_size, start))
+        start += status.st_size
+    live = os.path.join(directory, name)
+    try:
+        fd = os.open(live, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return parts or None
+    except IsADirectoryError:
+        return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        return None
+    ident = (status.st_dev, status.st_ino)
+    if parts and parts[-1].ident == ident:  # the live file, being sealed: read once
+        os.close(fd)
+        return parts
+    parts.append(_Part(live, fd, ident, status.st_size, start))
+    return parts
+
+
+def _open(part: _Part) -> int:
+    """Open a sealed segment again by its name; an empty stand-in if it changed."""
+    try:
+        fd = os.open(part.path, _READ_FLAGS)
+    except OSError:
+        return _empty()
+    status = os.fstat(fd)
+    if (status.st_dev, status.st_ino) != part.ident:  # removed (cleared), name reused
+        os.close(fd)
+        return _empty()
+    return fd
+
+
+def _empty() -> int:
+    """A descriptor reading nothing (a segment gone: its readers see the identity change)."""
+    return os.open(os.devnull, _READ_FLAGS)
+
+
+def _close(parts: list[_Part]) -> None:
+    for part in parts:
+        if part.fd >= 0:
+            os.close(part.fd)
+            part.fd = -1
+
+
+def _ident_of(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino
