@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 import factories
 from eventbus import Event, EventBus, EventQuery, encode_event
+from eventbus.cli._otel import export_logs
+from eventbus.cli._relay import _recent_ids
 from eventbus.coordinator._control import read_outcomes
 from sinks._segments import LogFile, sealed_names
 from sinks.index import EventIndex
@@ -381,3 +383,24 @@ def test_a_sealed_segment_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
         list(iter_log(log_path(root)))
     with Workspace(root) as workspace:
         assert workspace.events(EventQuery())[0] == []
+
+
+def test_export_otel_and_the_relay_cursor_read_every_segment(
+    sealed: Path, events: list[Event]
+) -> None:
+    """``eventbus export-otel`` feeds every segment's events; the relay's recent ids (its
+    guard against redeliveries) are the last events across segments."""
+
+    class Collect:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def export(self, batch: Sequence[Event]) -> int:
+            self.seen += ids(batch)
+            return len(batch)
+
+    collect = Collect()
+    counts = anyio.run(export_logs, sealed, [SESSION], collect)  # type: ignore[arg-type]
+    assert counts == {SESSION: 50}
+    assert collect.seen == ids(events)
+    assert _recent_ids(sealed, 15) == ids(events[-15:])
