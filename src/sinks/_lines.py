@@ -2,7 +2,9 @@
 
 Every reader of a log (:func:`sinks.jsonl.iter_log` and ``EventLog``, the
 index's loader, the workspace's scan, its follow and its session rows) reads
-it through :class:`LineRuns`: from a byte offset, a run of up to about 4 MiB
+it through :class:`LineRuns`, over every segment of the log as one file
+(:class:`sinks._segments.LogFile`, opened by :func:`open_log`; offsets are
+log offsets): from a byte offset, a run of up to about 4 MiB
 of *complete* lines (ending in ``\\n``) at a time. A line being written is
 left for the next read, so a line completed in two writes comes out once,
 whole; a line longer than a run doubles the read until it fits. A line longer

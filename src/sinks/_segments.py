@@ -6,9 +6,9 @@ A session's log may be a series of segments in its directory::
     events.000002.jsonl     sealed
     events.jsonl            the live segment: the writer appends here
 
-A plain sort of the sealed names, then the live one, is the read order:
-:func:`sealed_names` lists them (six digits, so a plain sort is numeric
-order). A log never sealed is just ``events.jsonl`` (the seed's format). The
+A plain sort of the sealed names, then the live one, is the read order
+(the names are made and listed by :mod:`sinks._layout`: six digits, so a
+plain sort is numeric order). A log never sealed is just ``events.jsonl`` (the seed's format). The
 writer seals (see ``LogWriter.seal`` in :mod:`sinks.jsonl._write`) by
 hard-linking the live file to the next sealed name, then atomically
 replacing the live name with a new, already locked, empty file: the live
@@ -29,61 +29,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 from typing import Final
 
-from ._layout import UnsafeSymlinkError, report_once, resolve_inside
+from ._layout import (
+    UnsafeSymlinkError,
+    report_once,
+    resolve_inside,
+    sealed_names,
+)
 
-__all__ = [
-    "LogFile",
-    "log_stat",
-    "sealed_name",
-    "sealed_names",
-]
+__all__ = ["LogFile", "log_stat", "segment_paths"]
 
 logger = logging.getLogger("sinks.workspace")
 
-SEAL_DIGITS: Final = 6
-MAX_SEGMENTS: Final = 10**SEAL_DIGITS - 1  # past this many sealed segments, the live one grows
 _READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_ATTEMPTS: Final = 20
-
-
-def _split(live_name: str) -> tuple[str, str]:
-    stem, dot, suffix = live_name.rpartition(".")
-    return (stem, f".{suffix}") if dot and stem else (live_name, "")
-
-
-def sealed_name(live_name: str, number: int) -> str:
-    """The name of the ``number``-th sealed segment of the log named ``live_name``.
-
-    ``events.jsonl``, 1 -> ``events.000001.jsonl``.
-    """
-    stem, suffix = _split(live_name)
-    return f"{stem}.{number:0{SEAL_DIGITS}d}{suffix}"
-
-
-def _pattern(live_name: str) -> re.Pattern[str]:
-    stem, suffix = _split(live_name)
-    return re.compile(re.escape(stem) + r"\.(\d{" + str(SEAL_DIGITS) + "})" + re.escape(suffix))
-
-
-def sealed_names(directory: str, live_name: str) -> list[str]:
-    """The names of the sealed segments of the log ``live_name`` in ``directory``, in order."""
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    match = _pattern(live_name).fullmatch
-    return sorted(name for name in names if match(name))
-
-
-def segment_number(live_name: str, sealed: str) -> int:
-    """The number of the sealed segment named ``sealed``."""
-    found = _pattern(live_name).fullmatch(sealed)
-    assert found is not None
-    return int(found.group(1))
 
 
 def segment_paths(path: str) -> list[str]:

@@ -54,6 +54,8 @@ class EventLog:
     lock, every query first reads what other writers appended since.
 
     :param log_path: the JSONL file (its directory is created on first append).
+        A log written in segments is read whole: its sealed segments beside
+        it (``events.000001.jsonl``, ... for ``events.jsonl``) come first.
     :param cache: keep every event in memory for fast queries. With
         ``cache=False`` no event is held: a low-memory
         :class:`~sinks.index.EventIndex` keeps where each line is (about

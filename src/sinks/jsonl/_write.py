@@ -3,8 +3,10 @@
 :class:`LogWriter` opens a log for appending, takes its OS lock (``flock``),
 cuts an incomplete last line left by a crash, and writes batches of complete
 lines as far as the durability mode says (buffered, flushed or fsynced); a
-failed write is cut back off the file. The helpers here create directories
-and fsync them. The public names are re-exported by :mod:`sinks.jsonl`.
+failed write is cut back off the file. With ``segment_bytes`` it seals the
+live file into the next segment (:meth:`LogWriter.seal`) as it grows. The
+helpers here create directories and fsync them. The public names are
+re-exported by :mod:`sinks.jsonl`.
 
 Faults: a buffer (``"none"`` mode) that cannot be written raises
 :class:`~eventbus.EventsLostError` with the number of events it held; a
@@ -28,8 +30,8 @@ from typing import Literal
 from eventbus import EventBusError, EventsLostError
 
 from .._files import UnsafeSymlinkError, open_regular
+from .._layout import MAX_SEGMENTS, sealed_name, sealed_names, segment_number
 from .._lines import complete_end
-from .._segments import MAX_SEGMENTS, sealed_name, sealed_names, segment_number
 from ._read import CorruptLogError
 
 __all__ = ["Durability", "LogLockedError"]

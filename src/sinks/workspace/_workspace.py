@@ -3,7 +3,8 @@
 A workspace is the directory a :class:`~sinks.jsonl.JsonlSink` and an
 :class:`~sinks.artifacts.ArtifactSink` write to::
 
-    {root}/{session_id}/events.jsonl
+    {root}/{session_id}/events.jsonl             (after its sealed segments, if any:
+                                                 events.000001.jsonl, ...)
     {root}/{session_id}/artifacts/run_summary.json
 
 :class:`Workspace` answers the questions of the ``eventbus`` CLI and of the

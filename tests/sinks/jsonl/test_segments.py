@@ -17,7 +17,8 @@ from eventbus import Event, EventBus, EventQuery, encode_event
 from eventbus.cli._otel import export_logs
 from eventbus.cli._relay import _recent_ids
 from eventbus.coordinator._control import read_outcomes
-from sinks._segments import LogFile, sealed_names
+from sinks._layout import sealed_names
+from sinks._segments import LogFile
 from sinks.index import EventIndex
 from sinks.jsonl import EventLog, JsonlSink, LogLockedError, iter_log
 from sinks.workspace import Workspace
