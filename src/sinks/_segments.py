@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
+from collections import OrderedDict
 from typing import Final
 
 from ._layout import (
@@ -56,27 +58,98 @@ def segment_paths(path: str) -> list[str]:
 def log_stat(path: str) -> tuple[tuple[int, int], int] | None:
     """The identity (first segment's device, inode) and size (all segments) of a log.
 
-    ``None`` if it has no segment, or its live file is not a regular file.
-    Costs a ``listdir`` and a ``stat`` per segment.
+    ``None`` if it has no segment, or one is not a regular file (or a sealed
+    one is a symlink). Costs a ``listdir`` and a ``stat`` of the live file
+    (sealed segments, which never change, are remembered: see
+    :func:`_sealed_stats`).
     """
-    ident: tuple[int, int] | None = None
-    size = 0
-    seen: set[tuple[int, int]] = set()
-    for segment in segment_paths(path):
-        try:
-            status = os.stat(segment)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if not stat.S_ISREG(status.st_mode):
+    directory, name = os.path.split(path)
+    try:
+        sealed = _sealed_stats(directory, name, sealed_names(directory, name))
+    except _Moved:  # removed meanwhile (a clear, a prune): no log now
+        return None
+    if sealed is None:
+        return None
+    size = sum(found[2] for found in sealed)
+    ident = sealed[0][1] if sealed else None
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None if ident is None else (ident, size)
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    live = (status.st_dev, status.st_ino)
+    if ident is not None and sealed[-1][1] == live:  # the live file being sealed: read once
+        return ident, size
+    return (live if ident is None else ident), size + status.st_size
+
+
+_Sealed = tuple[str, tuple[int, int], int, int]  # name, (device, inode), size, mtime (ns)
+_known: OrderedDict[tuple[str, str], list[_Sealed]] = OrderedDict()
+_known_lock = threading.Lock()
+_KNOWN_LOGS: Final = 1024
+
+
+def _sealed_stats(directory: str, name: str, names: list[str]) -> list[_Sealed] | None:
+    """``(name, identity, size, mtime)`` of the sealed segments ``names`` (all of the log's).
+
+    A sealed segment never changes, so what was found is remembered per log
+    (for the last 1024 logs) and only new names are looked at, once the
+    first and last remembered are seen unchanged (same inode, size and
+    modification time: a cleared log written again starts anew).
+    ``None`` if one is not a regular file. :raises _Moved: if one is gone.
+    """
+    if not names:
+        return []
+    key = (directory, name)
+    with _known_lock:
+        cached = _known.get(key, [])
+    reuse = 0
+    if (
+        cached
+        and len(cached) <= len(names)
+        and all(known[0] == listed for known, listed in zip(cached, names, strict=False))
+    ):
+        # the same files still? (an inode may be reused by a log cleared and written again)
+        ends = [_lstat(directory, cached[0][0]), _lstat(directory, cached[-1][0])]
+        if None in ends:
             return None
-        key = (status.st_dev, status.st_ino)
-        if key in seen:  # the live file while it is being sealed: read once
-            continue
-        seen.add(key)
-        if ident is None:
-            ident = key
-        size += status.st_size
-    return None if ident is None else (ident, size)
+        if ends == [cached[0], cached[-1]]:
+            reuse = len(cached)
+    found = cached[:reuse]
+    for listed in names[reuse:]:
+        one = _lstat(directory, listed)
+        if one is None:
+            return None
+        found.append(one)
+    with _known_lock:
+        _known[key] = found
+        _known.move_to_end(key)
+        while len(_known) > _KNOWN_LOGS:
+            _known.popitem(last=False)
+    return found
+
+
+def _each_sealed(directory: str, names: list[str]) -> list[_Sealed] | None:
+    """:func:`_lstat` of each of ``names`` (not remembered); ``None`` if one is no file."""
+    found = []
+    for name in names:
+        one = _lstat(directory, name)
+        if one is None:
+            return None
+        found.append(one)
+    return found
+
+
+def _lstat(directory: str, name: str) -> _Sealed | None:
+    """A sealed segment's ``(name, identity, size)``; ``None`` if not a regular file."""
+    try:
+        status = os.lstat(os.path.join(directory, name))
+    except FileNotFoundError:
+        raise _Moved from None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return name, (status.st_dev, status.st_ino), status.st_size, status.st_mtime_ns
 
 
 class _Part:
@@ -94,10 +167,12 @@ class LogFile:
     """The segments of one log, open for reading as one file (see the module).
 
     ``pread`` and ``size`` take *log offsets*. Made by :meth:`open`; close it
-    (or use it in a ``with`` block). The live file is held open; a sealed
-    segment is opened when a read reaches it (at most one at a time, so a log
-    of many segments costs two descriptors). Segments sealed while it is open
-    are found when a read reaches past the end of the live file it opened.
+    (or use it in a ``with`` block). The first segment (whose inode, the
+    log's identity, cannot be reused while it is open) and the live file are
+    held open; another sealed segment is opened when a read reaches it (one at
+    a time, so a log of many segments costs at most three descriptors).
+    Segments sealed while it is open are found when a read reaches past the
+    end of the live file it opened.
     """
 
     def __init__(self, path: str, directory: str, parts: list[_Part]) -> None:
@@ -139,8 +214,9 @@ class LogFile:
                 and parts[-1].fd >= 0
                 and _ident_of(os.path.join(directory, after[-1])) == parts[-1].ident
             ):
-                if parts[-1].fd < 0:  # no live file: hold the last sealed one open
-                    parts[-1].fd = _open(parts[-1])
+                for held in (parts[0], parts[-1]):  # the first (its inode is the log's
+                    if held.fd < 0:  # identity: held, it is not reused) and the live file
+                        held.fd = _open(held)
                 return cls(path, directory, parts)
             _close(parts)  # sealed while being opened: open again
         return None
@@ -179,7 +255,7 @@ class LogFile:
                 continue
             if not self._extend():
                 break
-            i += 1
+            # on with the same part: it may have grown between the read and its seal
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _fd(self, part: _Part) -> int:
@@ -187,7 +263,7 @@ class LogFile:
         if part.fd >= 0:
             return part.fd
         previous = self._open_sealed
-        if previous is not None and previous is not self._parts[-1]:
+        if previous is not None and previous not in (self._parts[0], self._parts[-1]):
             os.close(previous.fd)
             previous.fd = -1
         part.fd = _open(part)
@@ -203,7 +279,7 @@ class LogFile:
         if not newer or _ident_of(self._path(newer[0])) != last.ident:
             return False  # not sealed (or the log was replaced: its readers see the identity)
         try:
-            more = _parts(self._directory, name, newer[1:])
+            more = _parts(self._directory, name, newer[1:], whole=False)
         except _Moved:
             return False
         if more is None or (len(more) == 1 and more[0].ident == last.ident):
@@ -211,13 +287,13 @@ class LogFile:
             return False
         last.size = os.fstat(last.fd).st_size  # sealed: final now
         last.path = self._path(newer[0])
+        if more[0].ident == last.ident:  # the live file, being sealed again
+            _close(more[:1])
+            more = more[1:]
         start = last.start + last.size
         for part in more:
             part.start = start
             start += part.size
-        if more[0].ident == last.ident:  # the live file, being sealed again
-            _close(more[:1])
-            more = more[1:]
         self._open_sealed = last  # closed when another sealed part is opened
         self._parts += more
         return True
@@ -240,24 +316,23 @@ class _Moved(Exception):
     """A segment went away between listing and opening."""
 
 
-def _parts(directory: str, name: str, sealed: list[str]) -> list[_Part] | None:
+def _parts(
+    directory: str, name: str, sealed: list[str], *, whole: bool = True
+) -> list[_Part] | None:
     """The sealed segments (stat, not opened), then the live file (opened, if there is one).
 
+    ``whole``: ``sealed`` names all of the log's (their stats may be remembered).
     ``None`` if a segment is not a regular file (a sealed one may not be a symlink) or
     there is no segment at all. :raises _Moved: if a sealed segment is gone.
     """
+    stats = _sealed_stats(directory, name, sealed) if whole else _each_sealed(directory, sealed)
+    if stats is None:
+        return None
     parts: list[_Part] = []
     start = 0
-    for sealed_one in sealed:
-        path = os.path.join(directory, sealed_one)
-        try:
-            status = os.lstat(path)
-        except FileNotFoundError:
-            raise _Moved from None
-        if not stat.S_ISREG(status.st_mode):
-            return None
-        parts.append(_Part(path, -1, (status.st_dev, status.st_ino), status.st_size, start))
-        start += status.st_size
+    for listed, ident, size, _ in stats:
+        parts.append(_Part(os.path.join(directory, listed), -1, ident, size, start))
+        start += size
     live = os.path.join(directory, name)
     try:
         fd = os.open(live, _READ_FLAGS)
