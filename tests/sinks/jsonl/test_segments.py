@@ -19,6 +19,7 @@ from eventbus.cli._relay import _recent_ids
 from eventbus.coordinator._control import read_outcomes
 from sinks._layout import sealed_names
 from sinks._segments import LogFile
+from sinks.artifacts import SessionArtifactQuery
 from sinks.index import EventIndex
 from sinks.jsonl import EventLog, JsonlSink, LogLockedError, iter_log
 from sinks.workspace import Workspace
@@ -420,3 +421,15 @@ def test_a_log_cleared_and_sealed_again_is_read_anew(sealed: Path, events: list[
         assert len(segments(sealed)) == 5
         assert ids(workspace.events(EventQuery())[0]) == ids(fresh)
     assert ids(EventLog(log_path(sealed)).get_events()) == ids(fresh)
+
+
+def test_a_session_starts_at_the_first_event_of_its_first_segment(
+    sealed: Path, events: list[Event]
+) -> None:
+    """Without a run_summary, a session is dated by its log's first event (in a sealed one)."""
+    created = SessionArtifactQuery(sealed).get_session_created_at(SESSION)
+    assert created == events[0].timestamp.timestamp()
+    with Workspace(sealed) as workspace:
+        assert [row["session_id"] for row in workspace.sessions(since=events[0].timestamp)] == [
+            SESSION
+        ]
