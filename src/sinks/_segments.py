@@ -59,29 +59,36 @@ def log_stat(path: str) -> tuple[tuple[int, int], int] | None:
     """The identity (first segment's device, inode) and size (all segments) of a log.
 
     ``None`` if it has no segment, or one is not a regular file (or a sealed
-    one is a symlink). Costs a ``listdir`` and a ``stat`` of the live file
+    one is a symlink). Costs two ``listdir`` and a ``stat`` of the live file
     (sealed segments, which never change, are remembered: see
-    :func:`_sealed_stats`).
+    :func:`_sealed_stats`); listed again if a seal happened meanwhile.
     """
     directory, name = os.path.split(path)
-    try:
-        sealed = _sealed_stats(directory, name, sealed_names(directory, name))
-    except _Moved:  # removed meanwhile (a clear, a prune): no log now
-        return None
-    if sealed is None:
-        return None
-    size = sum(found[2] for found in sealed)
-    ident = sealed[0][1] if sealed else None
-    try:
-        status = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None if ident is None else (ident, size)
-    if not stat.S_ISREG(status.st_mode):
-        return None
-    live = (status.st_dev, status.st_ino)
-    if ident is not None and sealed[-1][1] == live:  # the live file being sealed: read once
-        return ident, size
-    return (live if ident is None else ident), size + status.st_size
+    for _ in range(_OPEN_ATTEMPTS):
+        names = sealed_names(directory, name)
+        try:
+            sealed = _sealed_stats(directory, name, names)
+        except _Moved:  # removed meanwhile (a clear, a prune): no log now
+            return None
+        if sealed is None:
+            return None
+        size = sum(found[2] for found in sealed)
+        ident = sealed[0][1] if sealed else None
+        try:
+            status = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None if ident is None else (ident, size)
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        live = (status.st_dev, status.st_ino)
+        if ident is not None and sealed[-1][1] == live:  # the live file being sealed: once
+            return ident, size
+        again = sealed_names(directory, name)
+        if again == names or (
+            again[:-1] == names and _ident_of(os.path.join(directory, again[-1])) == live
+        ):
+            return (live if ident is None else ident), size + status.st_size
+    return None  # sealed again and again while listed: as if gone, for now
 
 
 _Sealed = tuple[str, tuple[int, int], int, int]  # name, (device, inode), size, mtime (ns)
@@ -271,25 +278,50 @@ class LogFile:
         return part.fd
 
     def _extend(self) -> bool:
-        """Add the segments sealed after the live file was opened; ``False`` if none."""
+        """Add the segments that came after the last part opened; ``False`` if none.
+
+        When the last part is the live file, it must have been sealed (its
+        inode under the next sealed name); then the sealed segments after it
+        and the live file are opened, checked against a second listing as
+        :meth:`open` does (a seal in between would shift every offset).
+        """
         last = self._parts[-1]
         name = os.path.basename(self.path)
-        known = {part.path for part in self._parts}
-        newer = [n for n in sealed_names(self._directory, name) if self._path(n) not in known]
-        if not newer or _ident_of(self._path(newer[0])) != last.ident:
-            return False  # not sealed (or the log was replaced: its readers see the identity)
-        try:
-            more = _parts(self._directory, name, newer[1:], whole=False)
-        except _Moved:
+        for _ in range(_OPEN_ATTEMPTS):
+            names = sealed_names(self._directory, name)
+            if last.path == self.path:  # the live file: sealed since?
+                known = {part.path for part in self._parts}
+                newer = [n for n in names if self._path(n) not in known]
+                if not newer or _ident_of(self._path(newer[0])) != last.ident:
+                    return False  # not sealed (or the log was replaced: readers see the identity)
+                sealed_as, rest = newer[0], newer[1:]
+            else:  # a sealed segment (opened while the live file was being sealed)
+                after = os.path.basename(last.path)
+                sealed_as, rest = after, [n for n in names if n > after]
+            try:
+                more = _parts(self._directory, name, rest, whole=False)
+            except _Moved:
+                return False
+            if more and more[0].ident == last.ident:  # the live file, being sealed again
+                _close(more[:1])
+                more = more[1:]
+            if not more:
+                return False
+            again = sealed_names(self._directory, name)
+            tail = again[again.index(sealed_as) + 1 :] if sealed_as in again else None
+            if tail == rest or (
+                tail is not None
+                and tail[:-1] == rest
+                and more[-1].path == self.path
+                and _ident_of(self._path(tail[-1])) == more[-1].ident
+            ):
+                break
+            _close(more)  # sealed again meanwhile: list again
+        else:
             return False
-        if more is None or (len(more) == 1 and more[0].ident == last.ident):
-            _close(more or [])
-            return False
-        last.size = os.fstat(last.fd).st_size  # sealed: final now
-        last.path = self._path(newer[0])
-        if more[0].ident == last.ident:  # the live file, being sealed again
-            _close(more[:1])
-            more = more[1:]
+        if last.fd >= 0:
+            last.size = os.fstat(last.fd).st_size  # sealed: final now
+        last.path = self._path(sealed_as)
         start = last.start + last.size
         for part in more:
             part.start = start

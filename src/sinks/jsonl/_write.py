@@ -382,7 +382,9 @@ class LogWriter:
         between. A reader that has the old file open reads it to its end,
         then goes on in the next segment (see :mod:`sinks._segments`). A
         crash between the two steps leaves the live file under both names;
-        readers read it once, and the next writer finishes the seal.
+        readers read it once, and the next writer finishes the seal. On a
+        file system without hard links the writer stops sealing (logged once)
+        and the live file grows.
         """
         self._check_open()
         self.flush_buffer()
@@ -392,8 +394,27 @@ class LogWriter:
         if self.durability == "fsync":
             os.fsync(self.fd)
         number = self.sealed + 1
-        sealed = self.path.with_name(sealed_name(self.path.name, number))
-        os.link(self.path, sealed)
+        while True:
+            sealed = self.path.with_name(sealed_name(self.path.name, number))
+            try:
+                os.link(self.path, sealed)
+            except FileExistsError:  # a file put there by hand: take the next number
+                names = sealed_names(os.fspath(self.path.parent), self.path.name)
+                number = max(number, segment_number(self.path.name, names[-1])) + 1
+                if number > MAX_SEGMENTS:
+                    self.segment_bytes = None
+                    return
+                continue
+            except OSError as exc:  # no hard links on this file system: one growing file
+                logger.warning(
+                    "%s: cannot seal it into %s (%s): it grows as one file from now on",
+                    self.path,
+                    sealed.name,
+                    exc.strerror or exc,
+                )
+                self.segment_bytes = None
+                return
+            break
         fd = _replace_with_new(self.path, fsync=self.durability == "fsync")
         self._finalizer.detach()
         os.close(self.fd)

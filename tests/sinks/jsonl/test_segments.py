@@ -433,3 +433,46 @@ def test_a_session_starts_at_the_first_event_of_its_first_segment(
         assert [row["session_id"] for row in workspace.sessions(since=events[0].timestamp)] == [
             SESSION
         ]
+
+
+def test_without_hard_links_the_log_grows_as_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file system that refuses os.link: sealing stops (said once), nothing is lost."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    batch = same_size(10)
+    anyio.run(write, tmp_path, batch, 2 * line_size(batch[0]))
+    assert segments(tmp_path) == ["events.jsonl"]
+    assert ids(EventLog(log_path(tmp_path)).get_events()) == ids(batch)
+    assert [
+        r.getMessage().split(": ", 1)[1] for r in caplog.records if "seal" in r.getMessage()
+    ] == [
+        "cannot seal it into events.000001.jsonl (Operation not permitted): it grows as one "
+        "file from now on"
+    ]
+
+
+def test_a_sealed_name_taken_meanwhile_is_skipped(tmp_path: Path) -> None:
+    """A file made under the next sealed name while the sink writes: sealing takes the next."""
+    batch = same_size(6)
+
+    async def main() -> None:
+        sink = JsonlSink(tmp_path, segment_bytes=2 * line_size(batch[0]))
+        await sink.write(batch[:1])
+        (tmp_path / SESSION / "events.000001.jsonl").write_bytes(b"")
+        for event in batch[1:]:
+            await sink.write([event])
+        await sink.aclose()
+
+    anyio.run(main)
+    assert segments(tmp_path)[:3] == [
+        "events.000001.jsonl",
+        "events.000002.jsonl",
+        "events.000003.jsonl",
+    ]
+    assert (tmp_path / SESSION / "events.000001.jsonl").stat().st_size == 0
+    assert ids(EventLog(log_path(tmp_path)).get_events()) == ids(batch)
