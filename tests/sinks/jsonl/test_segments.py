@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -22,6 +23,7 @@ from sinks._segments import LogFile
 from sinks.artifacts import SessionArtifactQuery
 from sinks.index import EventIndex
 from sinks.jsonl import EventLog, JsonlSink, LogLockedError, iter_log
+from sinks.jsonl._write import LogWriter
 from sinks.workspace import Workspace
 
 SESSION = "s1"
@@ -476,3 +478,46 @@ def test_a_sealed_name_taken_meanwhile_is_skipped(tmp_path: Path) -> None:
     ]
     assert (tmp_path / SESSION / "events.000001.jsonl").stat().st_size == 0
     assert ids(EventLog(log_path(tmp_path)).get_events()) == ids(batch)
+
+
+def test_readers_racing_a_writer_that_seals_see_a_prefix_of_the_log(tmp_path: Path) -> None:
+    """A writer thread seals every two events while readers open and read the log again and
+    again, and one reader keeps its LogFile open: every read is the log's start, in order."""
+    batch = same_size(300)
+    lines = [encode_event(e) + b"\n" for e in batch]
+    whole = b"".join(lines)
+    path = log_path(tmp_path)
+    writer = LogWriter.open(path, durability="flush", strict=False, segment_bytes=2 * len(lines[0]))
+    done = threading.Event()
+    problems: list[str] = []
+
+    def write_all() -> None:
+        try:
+            for line in lines:
+                writer.write(line, 1)
+        finally:
+            writer.close()
+            done.set()
+
+    def check(data: bytes, where: str) -> None:
+        if not whole.startswith(data):
+            problems.append(f"{where}: {len(data)} bytes that are not the log's start")
+
+    thread = threading.Thread(target=write_all)
+    thread.start()
+    kept = LogFile.open(os.fspath(path))
+    assert kept is not None
+    try:
+        while not done.is_set():
+            fresh = LogFile.open(os.fspath(path))
+            if fresh is not None:
+                with fresh:
+                    check(fresh.pread(len(whole), 0), "a new reader")
+            check(kept.pread(len(whole), 0), "the kept reader")
+        thread.join()
+        check(kept.pread(len(whole), 0), "the kept reader")
+        assert kept.pread(len(whole), 0) == whole
+    finally:
+        kept.close()
+    assert problems == []
+    assert len(segments(tmp_path)) == 150
