@@ -7,11 +7,12 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 import factories
 from eventbus import Event, EventQuery, EventType
-from sinks.jsonl import EventLog
+from sinks.jsonl import EventLog, JsonlSink
 from sinks.workspace import PruneReport, Workspace, prune
 
 NOW = factories.at(30 * 86400)  # thirty days after factories.T0
@@ -234,3 +235,48 @@ class TestWorkspacePrune:
         past = time.time() - 8 * DAY
         os.utime(path, (past, past))
         assert ids(prune(tmp_path, dry_run=True)) == ["old"]
+
+
+class TestSegments:
+    def test_a_log_in_segments_is_classified_and_removed_whole(self, tmp_path: Path) -> None:
+        """The terminal event in a sealed segment ends the session; every segment is counted
+        and removed."""
+        done = factories.event(0, "seg", EventType.SESSION_COMPLETED, seconds=DAY)
+        later = [factories.event(i, "seg", seconds=DAY + i) for i in range(1, 9)]
+
+        async def main() -> None:
+            sink = JsonlSink(tmp_path, segment_bytes=1)  # a segment per batch
+            for event in [done, *later]:
+                await sink.write([event])
+            await sink.aclose()
+
+        anyio.run(main)
+        files = list((tmp_path / "seg").iterdir())
+        assert len(files) == 9
+        size = sum(f.stat().st_size for f in files)
+        report = prune(tmp_path, now=NOW)
+        assert [(s.session_id, s.status, s.ended_at) for s in report.removed] == [
+            ("seg", "completed", factories.at(DAY))
+        ]
+        assert report.freed == report.before == size
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_stale_log_in_segments_ends_at_its_last_event(self, tmp_path: Path) -> None:
+        """The live segment may be empty just after a seal: the last event is in a sealed one."""
+        events = [factories.event(i, "seg", seconds=DAY + i) for i in range(3)]
+
+        async def main() -> None:
+            sink = JsonlSink(tmp_path, segment_bytes=1)
+            for event in events:
+                await sink.write([event])
+            await sink.aclose()
+
+        anyio.run(main)
+        live = tmp_path / "seg" / "events.jsonl"
+        live.write_bytes(b"")  # as if sealed just now (an empty live segment)
+        moment = NOW.timestamp() - 8 * DAY
+        os.utime(live, (moment, moment))
+        report = prune(tmp_path, now=NOW, dry_run=True)
+        assert [(s.status, s.ended_at) for s in report.removed] == [
+            ("stale", factories.at(DAY + 1))
+        ]
