@@ -11,8 +11,11 @@ sessions are ended, and how removal stays safe, is described in
 from .._layout import CONTROL_FILE_NAME
 from ._prune import PrunedSession, PruneReport, prune
 from ._workspace import (
+    MAX_ARTIFACT_BYTES,
     USAGE_ALIASES,
     USAGE_KEYS,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
     InvalidTimeError,
     SessionNotFoundError,
     UnknownCommandError,
@@ -23,8 +26,11 @@ from ._workspace import (
 
 __all__ = [
     "CONTROL_FILE_NAME",
+    "MAX_ARTIFACT_BYTES",
     "USAGE_ALIASES",
     "USAGE_KEYS",
+    "ArtifactNotFoundError",
+    "ArtifactTooLargeError",
     "InvalidTimeError",
     "PruneReport",
     "PrunedSession",
