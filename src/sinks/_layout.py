@@ -30,6 +30,7 @@ link made between the check and the open is followed).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -82,6 +83,7 @@ def sealed_name(live_name: str, number: int) -> str:
     return f"{stem}.{number:0{SEAL_DIGITS}d}{suffix}"
 
 
+@functools.lru_cache(maxsize=64)
 def _pattern(live_name: str) -> re.Pattern[str]:
     stem, suffix = _split(live_name)
     return re.compile(re.escape(stem) + r"\.(\d{" + str(SEAL_DIGITS) + "})" + re.escape(suffix))
@@ -93,6 +95,8 @@ def sealed_names(directory: str, live_name: str) -> list[str]:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    if len(names) < 4 and all(len(name) != len(live_name) + SEAL_DIGITS + 1 for name in names):
+        return []  # the common case, a log never sealed: no name is long enough
     match = _pattern(live_name).fullmatch
     return sorted(name for name in names if match(name))
 

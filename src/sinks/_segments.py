@@ -31,6 +31,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from typing import Final
 
@@ -59,31 +60,56 @@ def log_stat(path: str) -> tuple[tuple[int, int], int] | None:
     """The identity (first segment's device, inode) and size (all segments) of a log.
 
     ``None`` if it has no segment, or one is not a regular file (or a sealed
-    one is a symlink). Costs two ``listdir`` and a ``stat`` of the live file
-    (sealed segments, which never change, are remembered: see
-    :func:`_sealed_stats`); listed again if a seal happened meanwhile.
+    one is a symlink). Costs a ``stat`` of the directory and of the live
+    file while neither changed since the last call (for the last 1024 logs;
+    a seal or a clear replaces the live file and changes the directory),
+    else two ``listdir`` too (sealed segments, which never change, are
+    remembered: see :func:`_sealed_stats`), listed again if a seal happened
+    meanwhile.
     """
     directory, name = os.path.split(path)
     for _ in range(_OPEN_ATTEMPTS):
+        try:
+            folder = os.stat(directory)
+            status: os.stat_result | None = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            folder, status = None, None
+        except OSError:
+            return None
+        if status is not None and not stat.S_ISREG(status.st_mode):
+            return None
+        live = None if status is None else (status.st_dev, status.st_ino)
+        place = None if folder is None else (folder.st_dev, folder.st_ino, folder.st_mtime_ns)
+        with _known_lock:
+            listed = _listed.get(path)
+        if (
+            listed is not None
+            and live is not None
+            and status is not None
+            and listed[0] == place
+            and listed[1] == live
+            and place is not None
+            and place[2] < time.time_ns() - _SETTLED_NS
+        ):
+            sealed = listed[2]
+            first = sealed[0][1] if sealed else live
+            return first, sum(found[2] for found in sealed) + status.st_size
         names = sealed_names(directory, name)
         try:
-            sealed = _sealed_stats(directory, name, names)
+            found = _sealed_stats(directory, name, names)
         except _Moved:  # removed meanwhile (a clear, a prune): no log now
             return None
-        if sealed is None:
+        if found is None:
             return None
-        size = sum(found[2] for found in sealed)
-        ident = sealed[0][1] if sealed else None
-        try:
-            status = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        size = sum(one[2] for one in found)
+        ident = found[0][1] if found else None
+        if status is None or live is None:
             return None if ident is None else (ident, size)
-        if not stat.S_ISREG(status.st_mode):
-            return None
-        live = (status.st_dev, status.st_ino)
-        if ident is not None and sealed[-1][1] == live:  # the live file being sealed: once
+        if ident is not None and found[-1][1] == live:  # the live file being sealed: once
             return ident, size
         again = sealed_names(directory, name)
+        if again == names:
+            _remember(path, (place, live, found))
         if again == names or (
             again[:-1] == names and _ident_of(os.path.join(directory, again[-1])) == live
         ):
@@ -91,10 +117,21 @@ def log_stat(path: str) -> tuple[tuple[int, int], int] | None:
     return None  # sealed again and again while listed: as if gone, for now
 
 
+def _remember(path: str, listed: _Listed) -> None:
+    with _known_lock:
+        _listed[path] = listed
+        _listed.move_to_end(path)
+        while len(_listed) > _KNOWN_LOGS:
+            _listed.popitem(last=False)
+
+
 _Sealed = tuple[str, tuple[int, int], int, int]  # name, (device, inode), size, mtime (ns)
 _known: OrderedDict[tuple[str, str], list[_Sealed]] = OrderedDict()
 _known_lock = threading.Lock()
 _KNOWN_LOGS: Final = 1024
+_SETTLED_NS: Final = 1_000_000_000  # a directory changed more recently may change unseen
+_Listed = tuple[tuple[int, int, int] | None, tuple[int, int], list[_Sealed]]
+_listed: OrderedDict[str, _Listed] = OrderedDict()  # live path -> (directory, live, sealed)
 
 
 def _sealed_stats(directory: str, name: str, names: list[str]) -> list[_Sealed] | None:

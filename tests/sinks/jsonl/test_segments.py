@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -19,7 +20,7 @@ from eventbus.cli._otel import export_logs
 from eventbus.cli._relay import _recent_ids
 from eventbus.coordinator._control import read_outcomes
 from sinks._layout import sealed_names
-from sinks._segments import LogFile
+from sinks._segments import LogFile, log_stat
 from sinks.artifacts import SessionArtifactQuery
 from sinks.index import EventIndex
 from sinks.jsonl import EventLog, JsonlSink, LogLockedError, iter_log
@@ -521,3 +522,21 @@ def test_readers_racing_a_writer_that_seals_see_a_prefix_of_the_log(tmp_path: Pa
         kept.close()
     assert problems == []
     assert len(segments(tmp_path)) == 150
+
+
+def test_log_stat_notices_a_seal_in_a_directory_it_remembered(tmp_path: Path) -> None:
+    """log_stat skips listing a settled directory whose live file is unchanged; a seal
+    replaces the live file and changes the directory, so it lists again."""
+    batch = same_size(12)
+    size = 4 * line_size(batch[0])
+    anyio.run(write, tmp_path, batch[:6], size)
+    directory = tmp_path / SESSION
+    past = time.time() - 10
+    os.utime(directory, (past, past))
+    path = os.fspath(log_path(tmp_path))
+    first = log_stat(path)
+    assert first is not None
+    assert log_stat(path) == first  # remembered: the same answer
+    anyio.run(write, tmp_path, batch[6:], size)
+    total = sum(p.stat().st_size for p in directory.iterdir())
+    assert log_stat(path) == (first[0], total)
