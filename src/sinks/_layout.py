@@ -2,11 +2,19 @@
 
 A workspace holds one directory per session::
 
-    {root}/{session_id}/events.jsonl                 LOG_FILE_NAME: the JSONL log
+    {root}/{session_id}/events.jsonl                 LOG_FILE_NAME: the JSONL log (its live segment)
+    {root}/{session_id}/events.000001.jsonl          sealed_name(): its sealed segments, if any
     {root}/{session_id}/artifacts/{key}.json         ARTIFACTS_DIR: the artifacts
     {root}/{session_id}/control.jsonl                CONTROL_FILE_NAME: the commands' inbox
 
 Every part of :mod:`sinks` names these files through this module.
+
+A log may be a series of segments: ``events.000001.jsonl``,
+``events.000002.jsonl``, ... (sealed: never written again), then
+``events.jsonl`` (live: the writer appends there). A plain sort of the
+sealed names, then ``events.jsonl``, is the read order; no reader orders
+segments by time. A log never sealed is ``events.jsonl`` alone (the seed's
+format). How they are written and read as one log: :mod:`sinks._segments`.
 
 The README promises that nothing is read or written outside the workspace
 root. Names are validated (``eventbus.validate_name``), so a path built
@@ -22,8 +30,10 @@ link made between the check and the open is followed).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import stat
 import threading
 from typing import Final
@@ -34,10 +44,14 @@ __all__ = [
     "ARTIFACTS_DIR",
     "CONTROL_FILE_NAME",
     "LOG_FILE_NAME",
+    "MAX_SEGMENTS",
     "UnsafeSymlinkError",
     "check_link",
     "report_once",
     "resolve_inside",
+    "sealed_name",
+    "sealed_names",
+    "segment_number",
 ]
 
 LOG_FILE_NAME = "events.jsonl"
@@ -48,6 +62,51 @@ CONTROL_FILE_NAME = "control.jsonl"
 
 ARTIFACTS_DIR = "artifacts"
 """The name of the directory of a session's artifacts."""
+
+SEAL_DIGITS: Final = 6
+"""Digits of a sealed segment's number: a plain sort of the names is their order."""
+MAX_SEGMENTS: Final = 10**SEAL_DIGITS - 1
+"""The most sealed segments a log has; past this many, its live segment just grows."""
+
+
+def _split(live_name: str) -> tuple[str, str]:
+    stem, dot, suffix = live_name.rpartition(".")
+    return (stem, f".{suffix}") if dot and stem else (live_name, "")
+
+
+def sealed_name(live_name: str, number: int) -> str:
+    """The name of the ``number``-th sealed segment of the log named ``live_name``.
+
+    ``events.jsonl``, 1 -> ``events.000001.jsonl``.
+    """
+    stem, suffix = _split(live_name)
+    return f"{stem}.{number:0{SEAL_DIGITS}d}{suffix}"
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(live_name: str) -> re.Pattern[str]:
+    stem, suffix = _split(live_name)
+    return re.compile(re.escape(stem) + r"\.(\d{" + str(SEAL_DIGITS) + "})" + re.escape(suffix))
+
+
+def sealed_names(directory: str, live_name: str) -> list[str]:
+    """The names of the sealed segments of the log ``live_name`` in ``directory``, in order."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if len(names) < 4 and all(len(name) != len(live_name) + SEAL_DIGITS + 1 for name in names):
+        return []  # the common case, a log never sealed: no name is long enough
+    match = _pattern(live_name).fullmatch
+    return sorted(name for name in names if match(name))
+
+
+def segment_number(live_name: str, sealed: str) -> int:
+    """The number of the sealed segment named ``sealed``."""
+    found = _pattern(live_name).fullmatch(sealed)
+    assert found is not None
+    return int(found.group(1))
+
 
 _REPORTED_MAX: Final = 4096  # messages remembered; past that, the oldest may be logged again
 _reported: dict[str, None] = {}

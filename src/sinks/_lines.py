@@ -2,7 +2,9 @@
 
 Every reader of a log (:func:`sinks.jsonl.iter_log` and ``EventLog``, the
 index's loader, the workspace's scan, its follow and its session rows) reads
-it through :class:`LineRuns`: from a byte offset, a run of up to about 4 MiB
+it through :class:`LineRuns`, over every segment of the log as one file
+(:class:`sinks._segments.LogFile`, opened by :func:`open_log`; offsets are
+log offsets): from a byte offset, a run of up to about 4 MiB
 of *complete* lines (ending in ``\\n``) at a time. A line being written is
 left for the next read, so a line completed in two writes comes out once,
 whole; a line longer than a run doubles the read until it fits. A line longer
@@ -17,19 +19,18 @@ into events with their places (corrupt and blank lines skipped and counted);
 
 from __future__ import annotations
 
-import logging
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 
 from eventbus import MAX_LINE_BYTES, Event, EventDecodeError, decode_event, decode_events
 
-from ._layout import UnsafeSymlinkError, report_once, resolve_inside
+from ._segments import LogFile
+
+Source = LogFile | int
+"""What lines are read from: a log's segments (log offsets), or one open file."""
 
 __all__: list[str] = []
-
-logger = logging.getLogger("sinks.workspace")
 
 CHUNK = 4 * 1024 * 1024  # bytes read and decoded at once
 TAIL_BLOCK = 64 * 1024  # bytes read at once when searching backwards
@@ -47,7 +48,7 @@ class LineRuns:
     of the incomplete last line (a writer may be finishing it), 0 if none.
     """
 
-    def __init__(self, fd: int, start: int, stop: int | None = None) -> None:
+    def __init__(self, fd: Source, start: int, stop: int | None = None) -> None:
         self.fd, self.start, self.stop = fd, start, stop
         self.tail = 0
 
@@ -60,7 +61,7 @@ class LineRuns:
             want = size if stop is None else min(size, stop - position)
             if want <= 0:
                 return
-            data = os.pread(fd, want, position)
+            data = pread(fd, want, position)
             cut = data.rfind(b"\n") + 1
             if cut:
                 yield data, cut, position
@@ -88,7 +89,7 @@ class LineRuns:
         """
         while True:
             want = CHUNK if self.stop is None else min(CHUNK, self.stop - position)
-            block = os.pread(self.fd, want, position) if want > 0 else b""
+            block = pread(self.fd, want, position) if want > 0 else b""
             found = block.find(b"\n")
             if found >= 0:
                 return position + found + 1
@@ -98,8 +99,15 @@ class LineRuns:
                 return None
 
 
+def pread(source: Source, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes of ``source`` at ``offset``."""
+    if isinstance(source, int):
+        return os.pread(source, length, offset)
+    return source.pread(length, offset)
+
+
 def line_runs(
-    fd: int, start: int, stop: int | None = None
+    fd: Source, start: int, stop: int | None = None
 ) -> Iterator[tuple[bytes | None, int, int]]:
     """Iterate :class:`LineRuns` (when its ``tail`` is not needed)."""
     return iter(LineRuns(fd, start, stop))
@@ -119,7 +127,7 @@ class Growth:
         self.corrupt = 0
 
 
-def iter_growth(fd: int, start: int) -> Iterator[Growth]:
+def iter_growth(fd: Source, start: int) -> Iterator[Growth]:
     """Read the complete lines of ``fd`` from byte ``start`` on, a chunk at a time.
 
     Each :class:`Growth` covers up to about 4 MiB (or one long line); its
@@ -166,8 +174,8 @@ def _decode_into(growth: Growth, data: bytes, cut: int, offset: int) -> None:
         position += length
 
 
-def open_log(path: str, root: str | None) -> int | None:
-    """Open a log of the workspace ``root`` for reading.
+def open_log(path: str, root: str | None) -> LogFile | None:
+    """Open a log (every segment: see :mod:`sinks._segments`) of the workspace ``root``.
 
     ``None`` if it is missing, is not a regular file, or is reached through a
     symlink that dangles or leads out of ``root`` (that one is logged once on
@@ -175,28 +183,15 @@ def open_log(path: str, root: str | None) -> int | None:
     such check, for a log named by the caller). Opened without blocking, so a
     FIFO named like a log never hangs the reader.
     """
-    if root is not None:
-        try:
-            path = resolve_inside(root, path)
-        except UnsafeSymlinkError as exc:
-            report_once(logger, f"skipped a log: {exc}")
-            return None
-    try:
-        fd = os.open(path, READ_FLAGS | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
+    return LogFile.open(path, root)
 
 
-def complete_end(fd: int, size: int) -> int:
+def complete_end(fd: Source, size: int) -> int:
     """Return the offset just after the last ``\\n`` before ``size`` (0 if none)."""
     position = size
     while position > 0:
         start = max(0, position - TAIL_BLOCK)
-        block = os.pread(fd, position - start, start)
+        block = pread(fd, position - start, start)
         found = block.rfind(b"\n")
         if found >= 0:
             return start + found + 1
@@ -214,7 +209,7 @@ def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes
     """
     out: list[bytes] = [b""] * len(places)
     order = sorted(range(len(places)), key=places.__getitem__)
-    fd: int | None = None
+    fd: LogFile | None = None
     current: str | None = None
     try:
         i = 0
@@ -222,7 +217,7 @@ def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes
             path, offset, _ = places[order[i]]
             if path != current:
                 if fd is not None:
-                    os.close(fd)
+                    fd.close()
                     fd = None
                 fd = open_log(path, root)
                 if fd is None:
@@ -238,7 +233,7 @@ def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes
                 end = max(end, next_offset + next_length)
                 j += 1
             assert fd is not None
-            data = os.pread(fd, end - offset, offset)
+            data = fd.pread(end - offset, offset)
             for k in range(i, j + 1):
                 _, line_offset, length = places[order[k]]
                 start = line_offset - offset
@@ -246,5 +241,5 @@ def read_places(places: Sequence[tuple[str, int, int]], root: str) -> list[bytes
             i = j + 1
     finally:
         if fd is not None:
-            os.close(fd)
+            fd.close()
     return out

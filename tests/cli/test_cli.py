@@ -43,6 +43,7 @@ def test_demo_writes_events_artifacts_and_project_files(
     workspace = tmp_path / "workspaces"
     assert main(["demo", "--workspace", str(workspace), "--session-id", "demo-1"]) == 0
     session = workspace / "demo-1"
+    assert [p.name for p in session.glob("events*")] == ["events.jsonl"]  # one segment
     log = EventLog(session / "events.jsonl")
     events = log.get_events()
     assert events[0].event_type is EventType.SESSION_STARTED

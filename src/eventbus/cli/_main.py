@@ -38,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
     "eventbus.cli._relay",
     "eventbus.cli._otel",
     "eventbus.cli._control",
+    "eventbus.cli._prune",
 )
 
 

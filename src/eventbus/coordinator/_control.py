@@ -13,6 +13,7 @@ and the reader of an inbox another process appends to (``_InboxReader``).
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Literal
@@ -247,15 +248,35 @@ class _Outcome(msgspec.Struct):
 _outcome_decoder = msgspec.json.Decoder(_Outcome)
 
 
-def read_outcomes(log_path: str) -> dict[str, CommandOutcome]:
-    """The outcomes of commands a log already holds (the first per command id)."""
-    found: dict[str, CommandOutcome] = {}
+def _segments(log_path: str) -> list[str]:
+    """The log's sealed segments in order, then its live file (``sinks._segments``' layout:
+    ``events.000001.jsonl``, ... ``events.jsonl``; the coordinator does not import ``sinks``)."""
+    directory, name = os.path.split(log_path)
+    stem, _, suffix = name.rpartition(".")
+    sealed = re.compile(re.escape(stem) + r"\.\d{6}\." + re.escape(suffix)).fullmatch
     try:
-        with open(log_path, "rb") as file:
-            data = file.read()
+        names = sorted(entry for entry in os.listdir(directory) if sealed(entry))
     except FileNotFoundError:
-        return found
-    for line in data.split(b"\n")[:-1]:
+        names = []
+    return [os.path.join(directory, entry) for entry in names] + [log_path]
+
+
+def read_outcomes(log_path: str) -> dict[str, CommandOutcome]:
+    """The outcomes of commands a log (every segment) already holds (the first per id)."""
+    found: dict[str, CommandOutcome] = {}
+    lines: list[bytes] = []
+    read: set[tuple[int, int]] = set()
+    for segment in _segments(log_path):
+        try:
+            with open(segment, "rb") as file:
+                status = os.fstat(file.fileno())
+                if (status.st_dev, status.st_ino) in read:  # the live file being sealed
+                    continue
+                read.add((status.st_dev, status.st_ino))
+                lines += file.read().split(b"\n")[:-1]
+        except FileNotFoundError:
+            continue
+    for line in lines:
         if b'"control_' not in line:
             continue
         try:

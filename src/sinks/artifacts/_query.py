@@ -22,7 +22,7 @@ import msgspec
 from eventbus import as_utc, is_valid_name, validate_session_id
 
 from .._files import NotARegularFileError, describe_mode
-from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, report_once, resolve_inside
+from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, report_once, resolve_inside, sealed_names
 from ._files import (
     SUFFIX,
     list_keys,
@@ -68,9 +68,16 @@ _first_event_decoder = msgspec.json.Decoder(_Timestamped)
 def _first_event_time(log_path: str) -> float | None:
     """Return the timestamp of the first complete event line of a JSONL log, or None.
 
+    A log written in segments starts in its first sealed segment.
+
     :raises OSError: if the log exists but cannot be read (a FIFO, a directory...)
     """
-    head = read_first_bytes(log_path, _FIRST_LINE_LIMIT)
+    directory, name = os.path.split(log_path)
+    sealed = sealed_names(directory, name)
+    first = os.path.join(directory, sealed[0]) if sealed else log_path
+    if sealed and os.path.islink(first):  # segments are never links: not followed
+        return None
+    head = read_first_bytes(first, _FIRST_LINE_LIMIT)
     if head is None:
         return None
     end = head.find(b"\n")

@@ -5,8 +5,9 @@ indexed event) :class:`LogRows` keeps where its line is (the log, as a small
 int naming a path; the byte offset; the length), the hash of its id, and the
 value of each indexed field as a small int (values are interned per field),
 in arrays whose item size grows with what they must hold. Events are read
-back from the logs with ``os.pread`` when a query returns them, neighbouring
-lines in one read, and checked against what was indexed (:class:`StaleLogError` otherwise).
+back from the logs (across their segments: :mod:`sinks._segments`) when a
+query returns them, neighbouring lines in one read, and checked against what
+was indexed (:class:`StaleLogError` otherwise).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Final, TypeAlias
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
+from .._segments import LogFile
 from ._errors import StaleLogError
 from ._postings import Check
 
@@ -56,16 +58,9 @@ def take(column: MutableSequence[Any], positions: Sequence[int]) -> MutableSeque
     return list(picked)
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    if hasattr(os, "pread"):
-        return os.pread(fd, size, offset)
-    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - platforms without pread
-    return os.read(fd, size)  # pragma: no cover
-
-
-def _close_files(files: OrderedDict[int, int]) -> None:
+def _close_files(files: OrderedDict[int, LogFile]) -> None:
     while files:
-        os.close(files.popitem()[1])
+        files.popitem()[1].close()
 
 
 class LogRows:
@@ -90,7 +85,7 @@ class LogRows:
         self.slots_rows = 0
         self.paths: list[str] = []
         self.path_ids: dict[str, int] = {}
-        self.files: OrderedDict[int, int] = OrderedDict()
+        self.files: OrderedDict[int, LogFile] = OrderedDict()
         weakref.finalize(self, _close_files, self.files)
 
     def close(self) -> None:
@@ -237,18 +232,17 @@ class LogRows:
             return sorted(positions, key=offsets.__getitem__)
         return sorted(positions, key=lambda p: (files[p], offsets[p]))
 
-    def _fd(self, file_id: int) -> int:
+    def _fd(self, file_id: int) -> LogFile:
         files = self.files
         fd = files.get(file_id)
         if fd is None:
             path = self.paths[file_id]
-            try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                raise StaleLogError(path, 0, "the file is gone") from None
+            fd = LogFile.open(path)
+            if fd is None:
+                raise StaleLogError(path, 0, "the file is gone")
             files[file_id] = fd
             if len(files) > self.max_open_files:
-                os.close(files.popitem(last=False)[1])
+                files.popitem(last=False)[1].close()
         else:
             files.move_to_end(file_id)
         return fd
@@ -281,7 +275,7 @@ class LogRows:
                 adjacent = adjacent and offsets[nxt] == end
                 end = offsets[nxt] + lengths[nxt]
                 j += 1
-            data = _pread(self._fd(file_id), end - begin, begin)
+            data = self._fd(file_id).pread(end - begin, begin)
             run = by_place[i:j]
             if not (adjacent and self._decode_run(data, run, positions, out)):
                 for index in run:

@@ -281,7 +281,7 @@ class EventIndex:
                     self._add_batch(growth.events, located, bulk=bulk)
                 end = growth.end
         finally:
-            os.close(fd)
+            fd.close()
         return end
 
     def _add_batch(self, events: list[Event], located: Locations | None, *, bulk: bool) -> int:

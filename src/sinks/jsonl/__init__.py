@@ -3,12 +3,38 @@
 :class:`EventLog` keeps the seed's API over one file (``append``,
 ``get_events``, ``get_latest``, ``count``, ``clear``); :class:`JsonlSink` is
 the bus sink that appends each event to
-``{workspace_root}/{session_id}/events.jsonl``; :func:`iter_log` reads a log
+``{workspace_root}/{session_id}/events.jsonl`` (sealing it into segments
+as it grows: see **Segments**); :func:`iter_log` reads a log
 tolerantly, with the byte position of each event (to rebuild an index).
 
 **Format.** One compact JSON object per event, each line ending in ``\\n``.
 Lines are split on ``\\n`` only: ``\\r``, U+2028 or U+0085 inside a message
 never end a line.
+
+**Segments.** So that no file grows without bound, :class:`JsonlSink`
+seals a log's live file before a batch would take it past ``segment_bytes``
+(256 MiB by default; ``None``: never). A session's log is then::
+
+    events.000001.jsonl     sealed segments: complete lines, never written again
+    events.000002.jsonl
+    events.jsonl            the live segment, where the writer appends
+
+A plain sort of the sealed names, then ``events.jsonl``, is the read order
+(six digits; after 999999 sealed segments the live one just grows). A log
+never sealed is ``events.jsonl`` alone, the seed's format. Sealing, under
+the writer's lock: the live file is hard-linked to the next sealed name,
+then the live name is atomically replaced by a new empty file the writer
+already holds locked, so ``events.jsonl`` never goes missing and no other
+writer can take it in between (a crash in between leaves one file under
+both names; readers read it once and the next writer finishes the seal).
+Every reader (:class:`EventLog`, :func:`iter_log`, the index, the
+``Workspace`` with or without its index, following, SSE resume, the relay,
+``eventbus export-otel``) reads the segments in order as one log given the
+path of ``events.jsonl``: byte offsets (``iter_log``'s, ``on_written``'s,
+an index's places) are *log offsets*, counted from the start of the first
+segment, so they stay valid when the segment holding them is sealed; a
+reader with the live file open reads it to its end, then goes on in the
+next segment. ``EventLog.clear`` removes the sealed segments too.
 
 **Durability** (``durability=``): what an acknowledged write survives. For
 :class:`JsonlSink` the acknowledgement is ``write`` returning, which is what

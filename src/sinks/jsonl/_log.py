@@ -23,10 +23,11 @@ from eventbus import (
     encode_event,
 )
 
-from .._files import open_regular
-from .._lines import READ_FLAGS, TAIL_BLOCK
+from .._files import check_regular_path
+from .._lines import TAIL_BLOCK
+from .._segments import log_stat
 from ..index import EventIndex
-from ._read import LogScan, RecoveryReport
+from ._read import LogScan, RecoveryReport, open_segments
 from ._write import (
     DEFAULT_LOCK_TIMEOUT,
     Durability,
@@ -53,6 +54,8 @@ class EventLog:
     lock, every query first reads what other writers appended since.
 
     :param log_path: the JSONL file (its directory is created on first append).
+        A log written in segments is read whole: its sealed segments beside
+        it (``events.000001.jsonl``, ... for ``events.jsonl``) come first.
     :param cache: keep every event in memory for fast queries. With
         ``cache=False`` no event is held: a low-memory
         :class:`~sinks.index.EventIndex` keeps where each line is (about
@@ -118,8 +121,7 @@ class EventLog:
         writer = self._writer
         if writer is None or writer.closed:  # closed: e.g. inherited by a forked process
             writer = self._lock()
-        offset = writer.end
-        writer.write(line, 1)
+        offset = writer.write(line, 1)
         self._scan.end += len(line)
         if self._index is not None:
             self._index.add_located([event], self.log_path, [offset], [len(line)])
@@ -270,21 +272,21 @@ class EventLog:
 
     def _refresh(self) -> None:
         """Read what was appended since the last read; start over if the file was replaced."""
-        try:
-            status = os.stat(self.log_path)
-        except FileNotFoundError:
+        path = os.fspath(self.log_path)
+        status = log_stat(path)
+        if status is None:
+            if os.path.lexists(path):
+                check_regular_path(path)  # a FIFO, a device...: said at once
             if self._seen is not None:
                 self._reset()
             return
-        seen = (status.st_dev, status.st_ino, status.st_size)
+        seen = (*status[0], status[1])
         if seen == self._seen:
             return
-        if self._seen is not None and (
-            seen[:2] != self._seen[:2] or status.st_size < self._scan.end
-        ):
+        if self._seen is not None and (seen[:2] != self._seen[:2] or status[1] < self._scan.end):
             self._reset()  # replaced (cleared) or truncated: read it again
         try:
-            fd = open_regular(self.log_path, READ_FLAGS)
+            fd = open_segments(path)
         except FileNotFoundError:
             self._reset()
             return
@@ -295,10 +297,10 @@ class EventLog:
             else:
                 for located in self._scan.read_positioned(fd):
                     self._add_located(located)
-            status = os.fstat(fd)
+            ident = fd.ident
         finally:
-            os.close(fd)
-        self._seen = (status.st_dev, status.st_ino, self._scan.end + self._scan.tail)
+            fd.close()
+        self._seen = (*ident, self._scan.end + self._scan.tail)
 
     def _add(self, events: list[Event]) -> None:
         self._count += len(events)
@@ -339,7 +341,7 @@ class EventLog:
         end = self._scan.end
         window = max(TAIL_BLOCK, n * 1024)
         try:
-            fd = open_regular(self.log_path, READ_FLAGS)
+            fd = open_segments(os.fspath(self.log_path))
         except FileNotFoundError:
             return []
         try:
@@ -351,7 +353,7 @@ class EventLog:
                         latest.extend(event for event, _, _ in located)
                     return list(latest)
                 start = max(0, end - window)
-                data = os.pread(fd, end - start, start)
+                data = fd.pread(end - start, start)
                 skip = data.find(b"\n") + 1 if start else 0
                 if start and not skip:  # no line starts in the window
                     window *= 2
@@ -363,4 +365,4 @@ class EventLog:
                     return [event for event, _, _ in decoded[-n:]]
                 window *= 2
         finally:
-            os.close(fd)
+            fd.close()

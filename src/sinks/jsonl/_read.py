@@ -13,6 +13,7 @@ corrupt and never held whole).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -30,8 +31,9 @@ from eventbus import (
     decode_events,
 )
 
-from .._files import check_regular_path, open_regular
-from .._lines import BLANK, CHUNK, READ_FLAGS, LineRuns
+from .._files import check_regular_path
+from .._lines import BLANK, CHUNK, LineRuns, Source, pread
+from .._segments import LogFile
 
 __all__ = ["CorruptLogError", "RecoveryReport", "iter_log"]
 
@@ -130,7 +132,7 @@ class LogScan:
         self.corrupt_lines: list[int] = []
         self.corrupt_offsets: list[int] = []
         self.cut: tuple[int, int] | None = None
-        self._fd: int | None = None
+        self._fd: Source | None = None
         self._lines = 0
         self._counted = 0
 
@@ -151,7 +153,7 @@ class LogScan:
             corrupt_offsets=tuple(self.corrupt_offsets),
         )
 
-    def read(self, fd: int, *, stop: int | None = None) -> Iterator[list[Event]]:
+    def read(self, fd: Source, *, stop: int | None = None) -> Iterator[list[Event]]:
         """Yield the events of each chunk of complete lines from ``end`` on."""
         self._fd = fd
         try:
@@ -170,7 +172,7 @@ class LogScan:
             self._fd = None
 
     def read_positioned(
-        self, fd: int, *, stop: int | None = None
+        self, fd: Source, *, stop: int | None = None
     ) -> Iterator[list[tuple[Event, int, int]]]:
         """Like :meth:`read`, with each event's line offset and length."""
         self._fd = fd
@@ -198,7 +200,7 @@ class LogScan:
         # accumulate yields one more offset (the end), which strict=False leaves out
         return list(zip(events, accumulate(sizes, initial=offset), sizes, strict=False))
 
-    def _regions(self, fd: int, stop: int | None) -> Iterator[tuple[int, memoryview | None]]:
+    def _regions(self, fd: Source, stop: int | None) -> Iterator[tuple[int, memoryview | None]]:
         """Yield ``(offset, view)`` of consecutive runs of complete lines.
 
         A line over ``MAX_LINE_BYTES`` is counted as corrupt, and yields
@@ -244,7 +246,7 @@ class LogScan:
         if self._fd is None:
             return 0
         while self._counted < offset:
-            block = os.pread(self._fd, min(CHUNK, offset - self._counted), self._counted)
+            block = pread(self._fd, min(CHUNK, offset - self._counted), self._counted)
             if not block:
                 break
             self._lines += block.count(b"\n")
@@ -288,11 +290,14 @@ def iter_log(
 ) -> Iterator[tuple[Event, int, int]]:
     """Read a log without locking it: yield ``(event, offset, length)`` per event.
 
-    ``offset`` is the byte offset of the event's line and ``length`` its size
-    including the ``\\n``. Corrupt lines are skipped and an incomplete last
-    line is ignored (a live writer may be finishing it).
+    A log written in segments is read across them, in order, as one file:
+    ``offset`` is the byte offset of the event's line in that whole (its
+    *log offset*, see :mod:`sinks.jsonl`; in a log never sealed, its offset in
+    the file) and ``length`` its size including the ``\\n``. Corrupt lines
+    are skipped and an incomplete last line is ignored (a live writer may be
+    finishing it).
 
-    :param path: the ``events.jsonl`` file.
+    :param path: the ``events.jsonl`` file (its sealed segments are found beside it).
     :param strict: raise :class:`CorruptLogError` at a corrupt line instead.
     :raises FileNotFoundError: if ``path`` does not exist (raised by this call).
     :raises NotARegularFileError: if it is a FIFO, a device... (raised by this call).
@@ -301,10 +306,20 @@ def iter_log(
     return _iter_path(os.fspath(path), strict)
 
 
+def open_segments(path: str) -> LogFile:
+    """Open every segment of the log whose live file is ``path``.
+
+    :raises FileNotFoundError: if it has none.
+    :raises NotARegularFileError: if its live file is a FIFO, a device...
+    """
+    log = LogFile.open(path)
+    if log is None:
+        check_regular_path(path)
+        raise FileNotFoundError(errno.ENOENT, "no such log (or a segment is not a file)", path)
+    return log
+
+
 def _iter_path(path: str, strict: bool) -> Iterator[tuple[Event, int, int]]:
-    fd = open_regular(path, READ_FLAGS)
-    try:
-        for chunk in LogScan(path, strict=strict).read_positioned(fd):
+    with open_segments(path) as log:
+        for chunk in LogScan(path, strict=strict).read_positioned(log):
             yield from chunk
-    finally:
-        os.close(fd)

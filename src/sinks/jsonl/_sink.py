@@ -52,6 +52,9 @@ _get_session_id = operator.attrgetter("session_id")
 # under a thread hop (~60-250 us).
 _INLINE_BYTES = 64 * 1024
 
+DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
+"""The size past which :class:`JsonlSink` seals a log's live file, by default."""
+
 
 WrittenCallback = Callable[[Sequence[Event], Path, Sequence[int], Sequence[int]], object]
 """``on_written(events, path, offsets, lengths)``: where a sink just wrote ``events``."""
@@ -99,6 +102,9 @@ class JsonlSinkStats(msgspec.Struct, frozen=True, kw_only=True):
 
 class JsonlSink:
     """A bus sink that appends each event to ``{workspace_root}/{session_id}/events.jsonl``.
+
+    A log's live file is sealed into the next segment before a batch would
+    take it past ``segment_bytes`` (see :mod:`sinks.jsonl`, "Segments").
 
     Each batch costs one write per session in it (with ``"fsync"``, one fsync
     per session file). Which path a batch takes:
@@ -188,7 +194,13 @@ class JsonlSink:
         ``EventIndex.add_located``'s, so ``on_written=index.add_located`` keeps
         a low-memory :class:`~sinks.index.EventIndex` current. Called on the
         event loop; an exception it raises is logged. Not with ``"none"``,
-        whose lines may still be buffered.
+        whose lines may still be buffered. ``path`` is the live file's and
+        offsets are log offsets, which stay valid when segments are sealed.
+    :param segment_bytes: seal a log's live file into the next sealed
+        segment (``events.000001.jsonl``, ...; see :mod:`sinks.jsonl`) before
+        a batch would take it past this many bytes, so no file grows without
+        bound; 256 MiB by default (a demo session writes one file), ``None``
+        for one file that grows for ever (the seed's format).
     :param name: the sink's name in the bus's stats.
     """
 
@@ -202,9 +214,18 @@ class JsonlSink:
         strict: bool = False,
         on_recovery: Callable[[Event], object] | None = None,
         on_written: WrittenCallback | None = None,
+        segment_bytes: int | None = DEFAULT_SEGMENT_BYTES,
         name: str = "jsonl",
     ) -> None:
         check_durability(durability)
+        if segment_bytes is not None and (
+            not isinstance(segment_bytes, int)
+            or isinstance(segment_bytes, bool)
+            or segment_bytes < 1
+        ):
+            raise ValueError(
+                f"segment_bytes must be a number of bytes >= 1 or None, got {segment_bytes!r}"
+            )
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
         check_lock_timeout(lock_timeout)
@@ -218,6 +239,7 @@ class JsonlSink:
         self.max_open_files = max_open_files
         self.lock_timeout = lock_timeout
         self.strict = strict
+        self.segment_bytes = segment_bytes
         self.name = name
         self._on_recovery = on_recovery
         self._on_written = on_written
@@ -366,9 +388,8 @@ class JsonlSink:
         try:
             if writer.moved() is not None:  # deleted or replaced: the general path reopens
                 return False
-            start = writer.end
             try:
-                writer.write(line, 1)
+                start = writer.write(line, 1)
             except EventsLostError as exc:
                 self._fail(exc)
                 raise
@@ -455,8 +476,7 @@ class JsonlSink:
                 continue
             try:
                 writer = self._file(session_id, lock_timeout)
-                start = writer.end
-                writer.write(group.data, len(group.events))
+                start = writer.write(group.data, len(group.events))
             except EventsLostError:
                 raise
             except Exception as exc:  # this session fails; the others are written
@@ -507,6 +527,7 @@ class JsonlSink:
                     strict=self.strict,
                     follow_symlinks=False,
                     lock_timeout=lock_timeout,
+                    segment_bytes=self.segment_bytes,
                 )
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE) or not self._files:

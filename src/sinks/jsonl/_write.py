@@ -3,8 +3,10 @@
 :class:`LogWriter` opens a log for appending, takes its OS lock (``flock``),
 cuts an incomplete last line left by a crash, and writes batches of complete
 lines as far as the durability mode says (buffered, flushed or fsynced); a
-failed write is cut back off the file. The helpers here create directories
-and fsync them. The public names are re-exported by :mod:`sinks.jsonl`.
+failed write is cut back off the file. With ``segment_bytes`` it seals the
+live file into the next segment (:meth:`LogWriter.seal`) as it grows. The
+helpers here create directories and fsync them. The public names are
+re-exported by :mod:`sinks.jsonl`.
 
 Faults: a buffer (``"none"`` mode) that cannot be written raises
 :class:`~eventbus.EventsLostError` with the number of events it held; a
@@ -28,6 +30,7 @@ from typing import Literal
 from eventbus import EventBusError, EventsLostError
 
 from .._files import UnsafeSymlinkError, open_regular
+from .._layout import MAX_SEGMENTS, sealed_name, sealed_names, segment_number
 from .._lines import complete_end
 from ._read import CorruptLogError
 
@@ -192,12 +195,18 @@ class LogWriter:
         durability: Durability,
         size: int,
         cut: tuple[int, int] | None = None,
+        base: int = 0,
+        sealed: int = 0,
+        segment_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.fd = fd
         self.durability = durability
         self.size = size
         self.cut = cut
+        self.base = base  # the log offset of the live file's start: its sealed segments' size
+        self.sealed = sealed  # the number of the last sealed segment (0: none)
+        self.segment_bytes = segment_bytes
         self.buffer = bytearray()
         self.buffered_events = 0
         self.forked = False
@@ -218,6 +227,7 @@ class LogWriter:
         recover: bool = True,
         follow_symlinks: bool = True,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        segment_bytes: int | None = None,
     ) -> LogWriter:
         """Open ``path`` for appending, lock it, and cut an incomplete last line.
 
@@ -225,6 +235,8 @@ class LogWriter:
 
         :param follow_symlinks: with ``False``, a symlink at ``path`` is refused.
         :param lock_timeout: how long to wait for a lock another writer holds.
+        :param segment_bytes: seal the live file before a write would take it
+            past this size (``None``: never); see :meth:`seal`.
         :raises LogLockedError: if another writer held the lock for ``lock_timeout``.
         :raises CorruptLogError: in strict mode, if there is an incomplete last line.
         :raises NotARegularFileError: if ``path`` is a FIFO, a device, a directory...
@@ -262,6 +274,7 @@ class LogWriter:
         else:
             raise LogLockedError(path)
         try:
+            fd, base, sealed = _segments_before(path, fd, fsync=fsync)
             size = os.fstat(fd).st_size
             cut = None
             keep = complete_end(fd, size) if recover else size
@@ -286,7 +299,16 @@ class LogWriter:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, durability=durability, size=keep, cut=cut)
+        return cls(
+            path,
+            fd,
+            durability=durability,
+            size=keep,
+            cut=cut,
+            base=base,
+            sealed=sealed,
+            segment_bytes=segment_bytes,
+        )
 
     @property
     def closed(self) -> bool:
@@ -316,24 +338,93 @@ class LogWriter:
             return "is gone (its directory was deleted, moved or replaced)"
         return "was replaced by another file"
 
-    def write(self, data: bytes, count: int) -> None:
+    def write(self, data: bytes, count: int) -> int:
         """Append complete lines (``count`` events), as far as the durability mode says.
 
+        Seals the live file first (:meth:`seal`) if ``data`` would take it
+        past ``segment_bytes`` (a file holding nothing yet is never sealed, so
+        a batch bigger than the limit makes one bigger segment).
+
+        :returns: the log offset ``data`` starts at (see :mod:`sinks._segments`).
         :raises EventsLostError: in ``"none"`` mode, if the buffer had to be
             written to make room and that failed (``data`` is not written).
         """
         self._check_open()
+        limit = self.segment_bytes
+        if (
+            limit is not None
+            and self.end > 0
+            and self.end + len(data) > limit
+            and self.sealed < MAX_SEGMENTS
+        ):
+            self.seal()
+        start = self.base + self.end
         if self.durability == "none":
             if len(self.buffer) + len(data) <= _BUFFER_LIMIT:
                 self.buffer += data
                 self.buffered_events += count
-                return
+                return start
             self.flush_buffer()
             if len(data) < _BUFFER_LIMIT:
                 self.buffer += data
                 self.buffered_events += count
-                return
+                return start
         self._write_through(data)
+        return start
+
+    def seal(self) -> None:
+        """Make the live file the next sealed segment, and go on in a new, empty live file.
+
+        What is buffered is written first (and fsynced in ``"fsync"`` mode).
+        The live file is hard-linked to its sealed name, then the live name is
+        atomically replaced by a new file this writer already holds locked:
+        the live name never goes missing and no other writer can take it in
+        between. A reader that has the old file open reads it to its end,
+        then goes on in the next segment (see :mod:`sinks._segments`). A
+        crash between the two steps leaves the live file under both names;
+        readers read it once, and the next writer finishes the seal. On a
+        file system without hard links the writer stops sealing (logged once)
+        and the live file grows.
+        """
+        self._check_open()
+        self.flush_buffer()
+        if self._cut_pending:
+            os.ftruncate(self.fd, self.size)
+            self._cut_pending = False
+        if self.durability == "fsync":
+            os.fsync(self.fd)
+        number = self.sealed + 1
+        while True:
+            sealed = self.path.with_name(sealed_name(self.path.name, number))
+            try:
+                os.link(self.path, sealed)
+            except FileExistsError:  # a file put there by hand: take the next number
+                names = sealed_names(os.fspath(self.path.parent), self.path.name)
+                number = max(number, segment_number(self.path.name, names[-1])) + 1
+                if number > MAX_SEGMENTS:
+                    self.segment_bytes = None
+                    return
+                continue
+            except OSError as exc:  # no hard links on this file system: one growing file
+                logger.warning(
+                    "%s: cannot seal it into %s (%s): it grows as one file from now on",
+                    self.path,
+                    sealed.name,
+                    exc.strerror or exc,
+                )
+                self.segment_bytes = None
+                return
+            break
+        fd = _replace_with_new(self.path, fsync=self.durability == "fsync")
+        self._finalizer.detach()
+        os.close(self.fd)
+        self.fd = fd
+        self.base += self.size
+        self.size = 0
+        self.sealed = number
+        opened = os.fstat(fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        self._finalizer = weakref.finalize(self, _release, fd, self.buffer, self.path)
 
     def flush_buffer(self) -> None:
         """Write what ``"none"`` mode buffered to the operating system.
@@ -389,22 +480,17 @@ class LogWriter:
             )
 
     def replace_with_empty(self) -> LogWriter:
-        """Atomically replace the file with an empty one, locked; close this writer."""
-        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, APPEND_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.replace(temp, self.path)
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
-        if self.durability == "fsync":
-            fsync_dir(self.path.parent)
+        """Remove the sealed segments, atomically replace the file with an empty one,
+        locked; close this writer."""
+        for name in sealed_names(os.fspath(self.path.parent), self.path.name):
+            (self.path.parent / name).unlink(missing_ok=True)
+        fd = _replace_with_new(self.path, fsync=self.durability == "fsync")
         self.buffer.clear()  # events not yet written are cleared too
         self.buffered_events = 0
         self.close()
-        return LogWriter(self.path, fd, durability=self.durability, size=0)
+        return LogWriter(
+            self.path, fd, durability=self.durability, size=0, segment_bytes=self.segment_bytes
+        )
 
     def abandon(self) -> tuple[bytes, int]:
         """Close without writing the buffer (the file left its path); return it and its count."""
@@ -487,3 +573,45 @@ def _is_at(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _replace_with_new(path: Path, *, fsync: bool) -> int:
+    """Atomically put a new, empty file at ``path``, locked by the returned descriptor."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, APPEND_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(temp, path)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+    return fd
+
+
+def _segments_before(path: Path, fd: int, *, fsync: bool) -> tuple[int, int, int]:
+    """``(fd, base, sealed)`` for the locked live file ``fd``: its sealed segments' total
+    size and the last one's number. A seal a crash interrupted (the live file is also the
+    last sealed segment) is finished first: ``fd`` is then a new, empty, locked live file.
+    """
+    names = sealed_names(os.fspath(path.parent), path.name)
+    if not names:
+        return fd, 0, 0
+    opened = os.fstat(fd)
+    base = 0
+    seen: set[tuple[int, int]] = set()
+    last: tuple[int, int] | None = None
+    for name in names:
+        status = os.stat(path.parent / name)
+        last = (status.st_dev, status.st_ino)
+        if last not in seen:
+            seen.add(last)
+            base += status.st_size
+    if last == (opened.st_dev, opened.st_ino):  # linked, not yet replaced: finish the seal
+        new = _replace_with_new(path, fsync=fsync)
+        os.close(fd)
+        fd = new
+        logger.warning("%s: finished sealing its last segment (a writer stopped midway)", path)
+    return fd, base, segment_number(path.name, names[-1])

@@ -2,10 +2,14 @@
 
 :class:`Workspace` is the data layer of the ``eventbus`` CLI and of the web
 API; what it reads, what it costs and its errors are described in its
-module, ``sinks.workspace._workspace``.
+module, ``sinks.workspace._workspace``. :func:`prune` (also
+``Workspace.prune``) removes whole ended sessions, oldest end first: which
+sessions are ended, and how removal stays safe, is described in
+``sinks.workspace._prune``.
 """
 
 from .._layout import CONTROL_FILE_NAME
+from ._prune import PrunedSession, PruneReport, prune
 from ._workspace import (
     MAX_ARTIFACT_BYTES,
     USAGE_ALIASES,
@@ -28,11 +32,14 @@ __all__ = [
     "ArtifactNotFoundError",
     "ArtifactTooLargeError",
     "InvalidTimeError",
+    "PruneReport",
+    "PrunedSession",
     "SessionNotFoundError",
     "UnknownCommandError",
     "UnknownEventTypeError",
     "Workspace",
     "parse_time",
+    "prune",
 ]
 
 for _name in __all__:  # classes show their public module (in reprs, tracebacks, pickles)

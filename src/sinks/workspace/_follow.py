@@ -39,6 +39,7 @@ from eventbus import Event, EventQuery, is_valid_name
 
 from .._layout import LOG_FILE_NAME
 from .._lines import Growth, iter_growth, open_log
+from .._segments import LogFile
 
 __all__: list[str] = []
 
@@ -119,19 +120,17 @@ class Tail:
             return []
         found: list[tuple[Event, bytes]] = []
         try:
-            status = os.fstat(fd)
-            ident = (status.st_dev, status.st_ino)
+            size = fd.size()
+            ident = fd.ident
             known = self.ends.get(path)
-            if known is not None and known[0] == ident and status.st_size < known[1]:
+            if known is not None and known[0] == ident and size < known[1]:
                 self.reads.forget(path)  # truncated: what was read of it is stale
-            start = (
-                0 if known is None or known[0] != ident or status.st_size < known[1] else known[1]
-            )
-            if status.st_size <= start:
+            start = 0 if known is None or known[0] != ident or size < known[1] else known[1]
+            if size <= start:
                 self.ends[path] = (ident, start)
                 return []
             matches, recent = self.query.matches, self.recent
-            for growth in self.reads.growth(fd, path, ident, start, status.st_size):
+            for growth in self.reads.growth(fd, path, ident, start, size):
                 for event, line in zip(growth.events, growth.lines, strict=True):
                     if event.id in recent:
                         continue
@@ -143,7 +142,7 @@ class Tail:
                 start = growth.end
             self.ends[path] = (ident, start)
         finally:
-            os.close(fd)
+            fd.close()
         return found
 
 
@@ -163,7 +162,7 @@ class Reads:
         self._reading: dict[tuple[str, tuple[int, int], int], threading.Event] = {}
 
     def growth(
-        self, fd: int, path: str, ident: tuple[int, int], start: int, size: int
+        self, fd: LogFile, path: str, ident: tuple[int, int], start: int, size: int
     ) -> Iterator[Growth]:
         """What ``iter_growth(fd, start)`` yields (``size``: the file's), read once for all."""
         while start < size:
@@ -191,7 +190,7 @@ class Reads:
             for key in [key for key in self._found if key[0] == path]:
                 self._held -= len(self._found.pop(key).events)
 
-    def _lead(self, fd: int, key: tuple[str, tuple[int, int], int]) -> Iterator[Growth]:
+    def _lead(self, fd: LogFile, key: tuple[str, tuple[int, int], int]) -> Iterator[Growth]:
         """Read from ``key``'s start to the end, sharing what is read."""
         path, ident, start = key
         growths = iter_growth(fd, start)

@@ -11,7 +11,6 @@ lines pay for the offsets.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate, compress, repeat
@@ -23,6 +22,7 @@ import msgspec
 from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
 
 from .._lines import BLANK, line_runs, open_log
+from .._segments import LogFile
 
 __all__: list[str] = []
 
@@ -55,7 +55,7 @@ def key_of(event: Event) -> Key:
     return event.timestamp, event.id
 
 
-def _regions(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
+def _regions(fd: LogFile, start: int, stop: int | None) -> Iterator[tuple[bytes, int, int]]:
     """``(data, cut, offset)``: ``data[:cut]`` is a run of complete lines at ``offset``.
 
     Lines over ``MAX_LINE_BYTES`` (corrupt) are passed over unread.
@@ -206,7 +206,7 @@ def scan_log(
                         continue
             yield found
     finally:
-        os.close(fd)
+        fd.close()
 
 
 def types_in_logs(paths: list[str], root: str) -> set[str]:
@@ -220,7 +220,7 @@ def types_in_logs(paths: list[str], root: str) -> set[str]:
             for data, cut, start in _regions(fd, 0, None):
                 found.update(map(_TYPE, _Chunk(data, cut, start, False).records))
         finally:
-            os.close(fd)
+            fd.close()
     found.discard("")
     return found
 
@@ -243,7 +243,7 @@ def find_key(paths: list[str], root: str, event_id: str) -> Key | None:
                 if key is not None:
                     return key
         finally:
-            os.close(fd)
+            fd.close()
     return None
 
 

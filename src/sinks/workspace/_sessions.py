@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, resolve_inside
 from .._lines import iter_growth, open_log
+from .._segments import log_stat
 from ..artifacts._query import SessionArtifactQuery, SessionSummary
 from ..artifacts._summary import RUN_SUMMARY_KEY, Tally
 
@@ -203,17 +204,20 @@ class SessionRows:
         """
         resolve_inside(self.root, log)
         try:
-            status = os.stat(log)
+            mode = os.stat(log).st_mode
         except (FileNotFoundError, NotADirectoryError):
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise IsADirectoryError(f"{log} is not a file")
+        found = log_stat(log)
+        if found is None:
             self._tallies.pop(session_id, None)
             return None
-        if not stat.S_ISREG(status.st_mode):
-            raise IsADirectoryError(f"{log} is not a file")
-        ident = (status.st_dev, status.st_ino)
+        ident, size = found
         tallied = self._tallies.get(session_id)
-        if tallied is None or tallied.ident != ident or status.st_size < tallied.end:
+        if tallied is None or tallied.ident != ident or size < tallied.end:
             tallied = self._tallies[session_id] = _Tallied(session_id, ident)
-        if status.st_size > tallied.end:
+        if size > tallied.end:
             fd = open_log(log, self.root)
             if fd is None:
                 return None
@@ -223,7 +227,7 @@ class SessionRows:
                         tallied.tally.apply(event)
                     tallied.end = growth.end
             finally:
-                os.close(fd)
+                fd.close()
         return tallied.tally
 
 

@@ -3,11 +3,13 @@
 A workspace is the directory a :class:`~sinks.jsonl.JsonlSink` and an
 :class:`~sinks.artifacts.ArtifactSink` write to::
 
-    {root}/{session_id}/events.jsonl
+    {root}/{session_id}/events.jsonl             (after its sealed segments, if any:
+                                                 events.000001.jsonl, ...)
     {root}/{session_id}/artifacts/run_summary.json
 
 :class:`Workspace` answers the questions of the ``eventbus`` CLI and of the
-web API from those files, never writing, never locking::
+web API from those files, never writing, never locking (but for
+:meth:`Workspace.prune`, which removes whole ended sessions)::
 
     workspace = Workspace("workspaces")
     workspace.sessions()                                   # newest first
@@ -63,7 +65,6 @@ import copy
 import logging
 import os
 import re
-import stat
 import threading
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
@@ -93,8 +94,10 @@ from .._layout import (
     resolve_inside,
 )
 from .._lines import complete_end, open_log, read_places
+from .._segments import log_stat
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
+from ._prune import DEFAULT_STALE, PruneReport, prune
 from ._scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._sessions import SessionRows
 from ._usage import usage_table
@@ -653,6 +656,31 @@ class Workspace:
                     }
         return list(waiting.values())
 
+    def prune(
+        self,
+        *,
+        older_than: timedelta | None = None,
+        max_bytes: int | None = None,
+        stale: timedelta = DEFAULT_STALE,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """Remove whole ended sessions, oldest end first: :func:`sinks.workspace.prune`.
+
+        The index is rebuilt at the next query (unless nothing was removed).
+        """
+        report = prune(
+            self._root,
+            older_than=older_than,
+            max_bytes=max_bytes,
+            stale=stale,
+            dry_run=dry_run,
+            now=now,
+        )
+        if report.removed and not dry_run:
+            self.close()
+        return report
+
     def session_ended(self, session_id: str) -> bool:
         """Whether session ``session_id`` has ended (its log holds ``session_completed``,
         ``session_failed`` or ``session_aborted``): it takes no more commands.
@@ -866,7 +894,7 @@ class Workspace:
     def _log_paths(self, session_id: str | None) -> list[str]:
         if session_id is not None:
             return [os.path.join(self._root, session_id, LOG_FILE_NAME)]
-        return [path for _, path, _ in self._log_files()]
+        return [path for _, path, _, _ in self._log_files()]
 
     def _scan(
         self,
@@ -949,8 +977,8 @@ class Workspace:
         assert self._index is not None
         return self._index
 
-    def _log_files(self) -> list[tuple[str, str, os.stat_result]]:
-        """(session id, path, stat) of every session's log file."""
+    def _log_files(self) -> list[tuple[str, str, tuple[int, int], int]]:
+        """(session id, path, identity, size) of every session's log (all its segments)."""
         found = []
         for session_id in self.session_ids():
             path = os.path.join(self._root, session_id, LOG_FILE_NAME)
@@ -959,12 +987,9 @@ class Workspace:
             except UnsafeSymlinkError as exc:  # never read: said once
                 report_once(logger, f"skipped the log of session {session_id!r}: {exc}")
                 continue
-            try:
-                status = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if stat.S_ISREG(status.st_mode):
-                found.append((session_id, path, status))
+            status = log_stat(path)
+            if status is not None:
+                found.append((session_id, path, *status))
         return found
 
     def _build(self) -> None:
@@ -973,8 +998,8 @@ class Workspace:
         index = self._index = EventIndex(low_memory=True)
         self._logs = {}
         self._usage = {}
-        for session_id, path, status in self._log_files():
-            log = self._logs[session_id] = _Log(path, (status.st_dev, status.st_ino))
+        for session_id, path, ident, _ in self._log_files():
+            log = self._logs[session_id] = _Log(path, ident)
             self._read(index, log, bulk=True)
         index.settle()
 
@@ -983,15 +1008,14 @@ class Workspace:
         index = self._index
         assert index is not None
         seen = set()
-        for session_id, path, status in self._log_files():
-            ident = (status.st_dev, status.st_ino)
+        for session_id, path, ident, size in self._log_files():
             log = self._logs.get(session_id)
             if log is None:
                 log = self._logs[session_id] = _Log(path, ident)
-            elif log.ident != ident or status.st_size < log.end:
+            elif log.ident != ident or size < log.end:
                 return False
             seen.add(session_id)
-            if status.st_size > log.end:
+            if size > log.end:
                 self._read(index, log, bulk=False)
         return len(seen) == len(self._logs)
 
@@ -1031,16 +1055,16 @@ class Workspace:
     def _complete_ends(self, session_id: str | None) -> dict[str, tuple[tuple[int, int], int]]:
         """Where each log's last complete line ends now."""
         ends = {}
-        for found_id, path, status in self._log_files():
+        for found_id, path, _, _ in self._log_files():
             if session_id is not None and found_id != session_id:
                 continue
             fd = open_log(path, self._root)
             if fd is None:
                 continue
             try:
-                ends[path] = ((status.st_dev, status.st_ino), complete_end(fd, status.st_size))
+                ends[path] = (fd.ident, complete_end(fd, fd.size()))
             finally:
-                os.close(fd)
+                fd.close()
         return ends
 
 
