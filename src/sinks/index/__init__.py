@@ -27,12 +27,17 @@ index holds (same id and timestamp) is skipped: an event in order cannot be
 one, so only late ones are checked. Token usage is kept per response and
 folded into per-session, -model, -role and -task totals when read.
 
-Memory. By default events are held in memory, and the index adds a few
-integers per event. ``max_events`` bounds that: the oldest
-events (in time order) are evicted and counted, and their rows compacted away
-in batches. ``low_memory=True`` holds no events at all, only where each one is
-in its JSONL log, the postings and interned field values; queries read the
-events they return back from the logs.
+Memory. By default events are held in memory, encoded: per event, its
+timestamp (microseconds), its indexed fields as small ints (values are
+interned), the hash of its id and the rest (id, message, metadata, parent
+id) as one msgpack record; events are rebuilt when a query returns them.
+With the postings, about 100 to 200 bytes an event (an
+:class:`~eventbus.Event` as Python objects alone is about 500).
+``max_events`` bounds that: the oldest events (in time order) are evicted
+and counted, and their rows compacted away in batches. ``low_memory=True``
+holds no events at all, only where each one is in its JSONL log, the
+postings and interned field values; queries read the events they return
+back from the logs.
 
 Loading. :meth:`EventIndex.add_log` indexes a log's complete lines from a byte
 offset (again later, for what it gained); :meth:`EventIndex.from_workspace`

@@ -8,8 +8,8 @@ from array import array
 from collections.abc import Iterable, MutableSequence, Sequence
 from datetime import datetime
 from functools import partial
-from itertools import chain, compress, repeat
-from operator import attrgetter, eq
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,7 +19,7 @@ from .._files import UnsafeSymlinkError
 from .._layout import LOG_FILE_NAME, resolve_inside
 from .._lines import iter_growth, open_log
 from .._usage import NO_USAGE, RESPONSE, TokenUsage, usage_of
-from ._disk import Locations, LogRows, take
+from ._disk import Locations, LogRows
 from ._errors import (
     EventIndexError,
     IndexArgumentError,
@@ -27,7 +27,8 @@ from ._errors import (
     StaleLogError,
     UnknownEventIdError,
 )
-from ._order import Key, TimeOrder, is_row
+from ._held import HeldRows
+from ._order import Key, TimeOrder, is_row, microseconds
 from ._postings import (
     FEW,
     FIELDS,
@@ -65,8 +66,6 @@ _FIELD_INDEX: Final = {name: i for i, name in enumerate(_FIELDS)}
 _get_id = attrgetter("id")
 _get_timestamp = attrgetter("timestamp")
 _EVERYTHING: Final = EventQuery()
-# Stands in for an evicted (or duplicate) event until its row is compacted away.
-_GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
 _MIN_COMPACTION: Final = 4096  # compact once this many (and half the rows) are dead
 
@@ -117,17 +116,15 @@ class EventIndex:
         self._live = 0
         self._dead = 0  # rows of evicted or duplicate events, until compacted away
         self._evicted = 0
-        # Row timestamps and the time order; ordering and de-duplicating batches.
-        self._time = TimeOrder(low_memory=low_memory, keep_duplicates=keep_duplicates)
-        # Rows, by position (arrival order), in memory mode.
-        self._events: list[Event] = []
+        # Row timestamps (microseconds) and the time order; ordering and de-duplicating batches.
+        self._time = TimeOrder(low_memory=True, keep_duplicates=keep_duplicates)
         # Per field (and per (session, type)), value -> positions in time order.
-        self._postings = Postings(arrays=low_memory)
-        # Event id -> position, built when `after=<id>` first needs it.
-        self._id_map: dict[str, int] | None = None
-        self._id_map_rows = 0
-        # Low-memory mode: where each event is in its log, its id hash and field codes.
-        self._rows = LogRows(len(_FIELDS), max_open_files)
+        self._postings = Postings(arrays=True)
+        # Per row, by position (arrival order): its field codes and id hash, and
+        # the rest of its event (memory mode) or where it is in its log (low-memory).
+        self._rows: LogRows = (
+            LogRows(len(_FIELDS), max_open_files) if low_memory else HeldRows(len(_FIELDS))
+        )
         self._usage = UsageTable()  # token usage: a row per response, folded lazily
 
     # --- properties ---------------------------------------------------------------------
@@ -163,6 +160,17 @@ class EventIndex:
 
     def __len__(self) -> int:
         return self._live
+
+    @property
+    def _events(self) -> list[Event]:
+        """Every row's event, by position, rebuilt (memory mode); none in low-memory mode."""
+        return [] if self._low_memory else self._rows.read(range(len(self._time.ts)))
+
+    def _hold(self, events: Sequence[Event], ids: Sequence[str], columns: Any) -> None:
+        """Add rows holding ``events`` (memory mode; ``columns``: as :func:`columns_of`)."""
+        rows = self._rows
+        assert isinstance(rows, HeldRows)
+        rows.hold(events, ids, columns)
 
     def __repr__(self) -> str:
         mode = ", low_memory=True" if self._low_memory else ""
@@ -361,14 +369,16 @@ class EventIndex:
         given = len(events)
         if located is None and 0 < given <= FEW and not self._low_memory:
             # The live path (the bus's batches are small): events after every one
-            # held, in order, need no checks for late or held ones, nor columns.
+            # held, in order, need no checks for late or held ones.
             last = time.last
-            first = time.append_newest(list(map(_get_timestamp, events)), events[-1].id)
+            first = time.append_newest(
+                list(map(microseconds, map(_get_timestamp, events))), events[-1].id
+            )
             if first >= 0:
-                self._events.extend(events)
                 positions = list(range(first, first + given))  # shared by every posting
                 usage_rows = -1
                 try:
+                    self._hold(events, list(map(_get_id, events)), None)
                     self._postings.append_all(events, positions)
                     responses = self._postings.lists[_TYPE].get(RESPONSE)
                     if responses and responses[-1] >= first:  # the batch holds responses
@@ -388,7 +398,9 @@ class EventIndex:
         saved = time.saved(), self._live, len(self._usage.positions)
         try:
             event = events[0] if given == 1 and located is None and not self._low_memory else None
-            if event is not None and time.is_late(event.timestamp, event.id, self._live):
+            if event is not None and time.is_late(
+                microseconds(event.timestamp), event.id, self._live
+            ):
                 self._index_late(event)  # one event, late: inserted in place
             else:
                 self._index(events, located, bulk=bulk)
@@ -404,12 +416,7 @@ class EventIndex:
         self._time.restore(time)
         rows = len(self._time.ts)
         self._live = live
-        if self._low_memory:
-            self._rows.truncate(rows)
-        else:
-            del self._events[rows:]
-            if self._id_map is not None and self._id_map_rows > rows:
-                self._id_map = None
+        self._rows.truncate(rows)
         self._postings.forget(rows)
         self._usage.truncate(usage_rows)
 
@@ -427,14 +434,13 @@ class EventIndex:
             return
         events, ids, stamps, located, late, insert = prepared
         n, first = len(events), len(time.ts)
-        columns: list[list[Any]] | None = None
+        assert ids is not None  # (the time order keeps microseconds: ids are read)
+        columns = columns_of(events)
         if self._low_memory:
             assert located is not None
-            assert ids is not None
-            columns = columns_of(events)
             self._rows.extend(located, ids, columns)
         else:
-            self._events.extend(events)
+            self._hold(events, ids, columns)
         positions = list(range(first, first + n))  # shared by every posting
         time.add(stamps, ids, positions, late, insert, self._id_at)
         # Postings: append what sorts after the newest event, insert the rest in place.
@@ -455,10 +461,11 @@ class EventIndex:
         What :meth:`_index` does for such a batch, without the lists a batch needs.
         """
         time = self._time
-        if time.holds(event.timestamp, event.id, self._id_at):
+        stamp = microseconds(event.timestamp)
+        if time.holds(stamp, event.id, self._id_at):
             return
-        self._events.append(event)
-        position = time.insert_late(event.timestamp, self._id_at)
+        self._hold((event,), (event.id,), None)
+        position = time.insert_late(stamp, self._id_at)
         row = ROW(event)
         self._postings.insert_one(row, time.ts, position, self._id_at)
         if row[_TYPE] == RESPONSE:
@@ -479,9 +486,6 @@ class EventIndex:
         if repeats:  # forget their rows
             self._live -= len(repeats)
             self._dead += len(repeats)
-            if not self._low_memory:
-                for position in repeats:
-                    self._events[position] = _GONE
             self._usage.discard(repeats, self._usage_value)
 
     # --- eviction and compaction --------------------------------------------------------
@@ -499,10 +503,6 @@ class EventIndex:
         for position, event_type in zip(victims, columns[_TYPE], strict=True):
             if event_type == RESPONSE:
                 self._usage.subtract(position, self._usage_value)
-        if not self._low_memory:
-            events = self._events
-            for position in victims:
-                events[position] = _GONE
         if self._dead >= _MIN_COMPACTION and self._dead >= self._live:
             self._compact()
 
@@ -510,18 +510,11 @@ class EventIndex:
         """Drop dead rows and renumber positions (amortised over the evictions)."""
         self._usage.fold(self._usage_value)
         live, new_position = self._time.compact()
-        shared = list(range(len(live)))  # one int object per row, shared by the postings
 
         def renumber(positions: Iterable[int]) -> MutableSequence[int]:
-            if self._low_memory:
-                return array("q", map(new_position, positions))
-            return list(map(shared.__getitem__, map(new_position, positions)))
+            return array("q", map(new_position, positions))
 
-        if self._low_memory:
-            self._rows.keep(live)
-        else:
-            self._events = list(take(self._events, live))
-            self._id_map = None
+        self._rows.keep(live)
         self._postings.renumber(renumber)
         self._usage.renumber(partial(is_row, live=live), new_position)
         self._dead = 0
@@ -530,35 +523,13 @@ class EventIndex:
 
     def _find(self, event_id: str) -> int | None:
         """Return the position of the live event with ``event_id``, or ``None``."""
-        if not self._low_memory:
-            id_map, events = self._id_map, self._events
-            if id_map is None:
-                id_map = self._id_map = {}
-                self._id_map_rows = 0
-            if self._id_map_rows < len(events):  # catch up with the rows added since
-                new = range(self._id_map_rows, len(events))
-                id_map.update(zip(map(_get_id, events[new.start :]), new, strict=True))
-                self._id_map_rows = len(events)
-            position = id_map.get(event_id)
-            if position is None or events[position] is _GONE:
-                return None
-            return position
-        return self._rows.find(event_id, self._is_live)
-
-    def _is_live(self, position: int) -> bool:
-        if not self._low_memory:
-            return self._events[position] is not _GONE
-        return self._time.is_live(position)
+        return self._rows.find(event_id, self._time.is_live)
 
     def _id_at(self, position: int) -> str:
-        if self._low_memory:
-            return self._rows.id_at(position)
-        return self._events[position].id
+        return self._rows.id_at(position)
 
     def _ids_at(self, positions: Sequence[int]) -> list[str]:
-        if self._low_memory:
-            return self._rows.ids_at(positions)
-        return [self._events[p].id for p in positions]
+        return self._rows.ids_at(positions)
 
     # --- querying -----------------------------------------------------------------------
 
@@ -782,36 +753,20 @@ class EventIndex:
         return sequence, lo, hi, checks
 
     def _equals(self, field: int, value: Any) -> Check:
-        if self._low_memory:
-            return self._rows.equals(field, value)
-        events, getter = self._events, _GETTERS[field]
-        return lambda c: list(
-            compress(c, map(eq, map(getter, map(events.__getitem__, c)), repeat(value)))
-        )
+        return self._rows.equals(field, value)
 
     def _one_of(self, types: frozenset[EventType]) -> Check:
         if len(types) == 1:
             (only,) = types
-            if not self._low_memory or only in self._rows.codes[_TYPE]:
+            if only in self._rows.codes[_TYPE]:
                 return self._equals(_TYPE, only)
-        if self._low_memory:
-            return self._rows.one_of(_TYPE, types)
-        events, getter = self._events, _GETTERS[_TYPE]
-        return lambda c: list(
-            compress(c, map(types.__contains__, map(getter, map(events.__getitem__, c))))
-        )
+        return self._rows.one_of(_TYPE, types)
 
     def _events_at(self, positions: Sequence[int]) -> list[Event]:
-        if self._low_memory:
-            return self._rows.read(positions)
-        if type(positions) is range:
-            return self._events[positions.start : positions.stop]
-        return list(map(self._events.__getitem__, positions))
+        return self._rows.read(positions)
 
     def _values_at(self, field: int, positions: Sequence[int]) -> list[Any]:
-        if self._low_memory:
-            return self._rows.values_at(field, positions)
-        return list(map(_GETTERS[field], map(self._events.__getitem__, positions)))
+        return self._rows.values_at(field, positions)
 
     # --- token usage --------------------------------------------------------------------
 
