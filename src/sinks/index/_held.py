@@ -8,7 +8,8 @@ index's time order, as microseconds) and the rest of the event (id,
 message, metadata, parent id, timestamp) as one msgpack record in a shared
 ``bytearray``: about 100 bytes a small event, index included. Events are
 rebuilt when a query returns them (:meth:`HeldRows.read`), equal to those
-added. An event whose rest msgpack cannot hold (an integer over 64 bits in
+added; the last few thousand read are kept at hand, as a dashboard asks for
+the same pages again. An event whose rest msgpack cannot hold (an integer over 64 bits in
 its metadata, a value JSON would refuse) is kept as it was given.
 """
 
@@ -34,6 +35,7 @@ _GETTERS: Final = tuple(
 )
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+_RECENT: Final = 16_384  # events read lately kept at hand (a dashboard asks for a page again)
 _ARRAY32: Final = b"\xdd"  # msgpack: an array of up to 2**32 - 1 items, its size next (4 bytes)
 
 
@@ -48,6 +50,7 @@ class HeldRows(LogRows):
         self.blob = bytearray()  # the rows' records, one after another
         self.ends: array[int] = array("I")  # where each row's record ends in blob
         self.kept: dict[int, Event] = {}  # rows whose record msgpack cannot hold: the event
+        self.recent: dict[int, Event] = {}  # events read lately, by position
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -99,6 +102,7 @@ class HeldRows(LogRows):
 
     def truncate(self, rows: int) -> None:
         """Forget every row from ``rows`` on (a batch that failed part way)."""
+        self.recent.clear()
         if rows < len(self.ends):
             del self.blob[self._start(rows) :]
         del self.ends[rows:]
@@ -113,6 +117,7 @@ class HeldRows(LogRows):
 
     def keep(self, live: Sequence[int]) -> None:
         """Keep only the rows at ``live`` (increasing), renumbered from 0 (a compaction)."""
+        self.recent.clear()
         blob, ends = self.blob, self.ends
         records = [blob[self._start(p) : ends[p]] for p in live]
         self.blob = bytearray(b"".join(records))
@@ -143,9 +148,35 @@ class HeldRows(LogRows):
         return records
 
     def read(self, positions: Sequence[int]) -> list[Event]:
-        """Rebuild the events at ``positions``, in the order given."""
+        """Return the events at ``positions``, in the order given.
+
+        Those read lately (up to :data:`_RECENT`) are at hand; the others are rebuilt.
+        """
         if not positions:
             return []
+        recent = self.recent
+        if not recent:
+            events = self._rebuild(positions)
+            self._remember(positions, events)
+            return events
+        found: list[Event | None] = list(map(recent.get, positions))
+        if all(found):  # (an event is never false)
+            return found  # type: ignore[return-value]
+        missing = [p for p, event in zip(positions, found, strict=True) if event is None]
+        rebuilt = self._rebuild(missing)
+        self._remember(missing, rebuilt)
+        made = iter(rebuilt)
+        return [next(made) if event is None else event for event in found]
+
+    def _remember(self, positions: Sequence[int], events: list[Event]) -> None:
+        if len(positions) > _RECENT:
+            return
+        if len(self.recent) + len(positions) > _RECENT:
+            self.recent.clear()
+        self.recent.update(zip(positions, events, strict=True))
+
+    def _rebuild(self, positions: Sequence[int]) -> list[Event]:
+        """Rebuild the events at ``positions`` from their rows."""
         if self.kept:
             return self._read_kept(positions)
         records = self._records(positions)
@@ -176,7 +207,7 @@ class HeldRows(LogRows):
         plain = [p for p in positions if p not in kept]
         self.kept = {}
         try:
-            rebuilt = iter(self.read(plain))
+            rebuilt = iter(self._rebuild(plain))
         finally:
             self.kept = kept
         return [kept[p] if p in kept else next(rebuilt) for p in positions]

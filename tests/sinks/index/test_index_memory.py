@@ -122,3 +122,13 @@ def test_evicted_and_compacted_events_come_back_equal() -> None:
         index.query(EventQuery(session_id="session-5"), limit=5)
         == [e for e in events[-9_000:] if e.session_id == "session-5"][:5]
     )
+
+
+def test_pages_read_again_after_compactions_are_the_events_held() -> None:
+    """Events read lately are kept at hand; a compaction renumbers rows, never mixing them up."""
+    events = [small(i) for i in range(12_000)]
+    index = EventIndex(max_events=3_000)
+    for stop in range(500, len(events) + 1, 500):
+        index.add(events[stop - 500 : stop])
+        assert index.get_latest(3) == events[stop - 3 : stop]
+        assert index.query(EventQuery(), limit=2) == events[max(0, stop - 3_000) :][:2]
