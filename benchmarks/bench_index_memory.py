@@ -6,8 +6,9 @@ Each measurement runs in a fresh interpreter: small events (a type, a session
 of 10, a short message, a task on some) are made a batch at a time and given
 to a memory-mode index through the bus path (``write``, batches of 64) or
 ``add`` (batches of 1024); the batches are dropped once indexed, so what
-tracemalloc counts at the end is the index alone. Numbers are printed, never
-asserted.
+tracemalloc counts at the end is the index alone; the resident set's growth
+(Linux) is measured too, in a run without tracemalloc. Numbers are printed,
+never asserted.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import gc, json, sys, tracemalloc
+import gc, json, os, sys, tracemalloc
 import anyio
 from eventbus import Event, EventBatch, EventType
 from sinks.index import EventIndex
 
-count, path = int(sys.argv[1]), sys.argv[2]
+count, path, rss = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "rss"
 types = [EventType.TASK_STARTED, EventType.INFO, EventType.LLM_RESPONSE_RECEIVED,
          EventType.TASK_COMPLETED]
 
@@ -39,9 +40,16 @@ def batch(start, size):
         for i in range(start, min(count, start + size))
     ]
 
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 gc.collect()
-tracemalloc.start()
-before = tracemalloc.get_traced_memory()[0]
+if rss:
+    before = resident()
+else:
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
 index = EventIndex()
 if path == "write":
     async def feed():
@@ -52,14 +60,14 @@ else:
     for start in range(0, count, 1024):
         index.add(batch(start, 1024))
 gc.collect()
-used = tracemalloc.get_traced_memory()[0] - before
+used = (resident() if rss else tracemalloc.get_traced_memory()[0]) - before
 print(json.dumps({"events": len(index), "bytes": used}))
 """
 
 
-def measure(count: int, path: str) -> float:
+def measure(count: int, path: str, how: str) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(count), path],
+        [sys.executable, "-c", _CHILD, str(count), path, how],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     result: dict[str, int] = json.loads(out)
@@ -71,8 +79,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
     for path in ("write", "add"):
-        per_event = measure(args.events, path)
-        print(f"  {path:6} {args.events:,} small events: {per_event:6.0f} bytes/event")
+        for how in ("tracemalloc", "rss"):
+            per_event = measure(args.events, path, how)
+            print(f"  {path:6} {args.events:,} small events: {per_event:6.0f} bytes/event ({how})")
 
 
 if __name__ == "__main__":

@@ -82,9 +82,9 @@ class HeldRows(LogRows):
         blob += b"".join(records)
         if len(blob) >= 1 << 32 and self.ends.typecode != "q":
             self.ends = array("q", self.ends)
-        self.ends.extend(accumulate(map(len, records), initial=start))
+        self.ends.fromlist(list(accumulate(map(len, records), initial=start)))
         del self.ends[first]  # the initial: where the first record starts
-        self.hashes.extend(map(hash, ids))
+        self.hashes.fromlist(list(map(hash, ids)))
         if columns is None:
             columns = [list(map(getter, events)) for getter in _GETTERS]
         for field, column_values in enumerate(columns[: len(self.columns)]):

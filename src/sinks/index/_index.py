@@ -28,7 +28,7 @@ from ._errors import (
     UnknownEventIdError,
 )
 from ._held import HeldRows
-from ._order import Key, TimeOrder, is_row, microseconds
+from ._order import Key, TimeOrder, all_microseconds, is_row, microseconds
 from ._postings import (
     FEW,
     FIELDS,
@@ -371,9 +371,7 @@ class EventIndex:
             # The live path (the bus's batches are small): events after every one
             # held, in order, need no checks for late or held ones.
             last = time.last
-            first = time.append_newest(
-                list(map(microseconds, map(_get_timestamp, events))), events[-1].id
-            )
+            first = time.append_newest(all_microseconds(map(_get_timestamp, events)), events[-1].id)
             if first >= 0:
                 positions = list(range(first, first + given))  # shared by every posting
                 usage_rows = -1

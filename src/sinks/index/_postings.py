@@ -324,7 +324,11 @@ class Postings:
         postings = self.lists[field]
         if values[-1] == first and values.count(first) == n:  # one value: one extend
             if first is not None:
-                postings[first].extend(positions)
+                posting = postings[first]
+                if type(posting) is array and type(positions) is list:
+                    posting.fromlist(positions)  # faster than extend, which appends one by one
+                else:
+                    posting.extend(positions)
             return
         if field in SPARSE:  # often None: skip the Nones in C
             present = list(map(is_not, values, repeat(None)))
