@@ -211,8 +211,11 @@ SNAPSHOT: dict[str, list[str]] = {
     ],
     "sinks.workspace": [
         "CONTROL_FILE_NAME",
+        "MAX_ARTIFACT_BYTES",
         "USAGE_ALIASES",
         "USAGE_KEYS",
+        "ArtifactNotFoundError",
+        "ArtifactTooLargeError",
         "InvalidTimeError",
         "SessionNotFoundError",
         "UnknownCommandError",

@@ -19,6 +19,11 @@ response, however its amounts are spelled.
   9.2 million USD); anything else counts as zero. Costs are summed exactly,
   in units of 1e-12 USD, so totals do not depend on the order of the
   responses; a total's ``cost_usd`` is its picodollars divided by ``10**12``.
+- A ``cost_usd`` that counts is the producer's and always wins. Only the
+  workspace's usage (``sinks.workspace``) prices the other responses from a
+  price table (the optional ``genai-prices`` package), and says where each
+  total's cost came from in ``cost_source``: ``"producer"``, ``"genai-prices"``,
+  ``"mixed"`` or ``None`` (no cost known).
 """
 
 from __future__ import annotations
@@ -81,13 +86,22 @@ def tokens(value: object) -> int | None:
 
 def picodollars(value: object) -> int:
     """The cost ``value`` (in USD) stands for, in picodollars (0 if it does not count)."""
+    return given_cost(value) or 0
+
+
+def given_cost(value: object) -> int | None:
+    """The cost ``value`` (in USD) stands for, in picodollars; ``None`` if it does not count.
+
+    A response whose ``cost_usd`` counts has a cost *the producer gave* (it
+    may be 0); only the others can be priced from a price table.
+    """
     if type(value) is float:
         scaled = value * _PICO_FLOAT
         if 0 <= scaled < LIMIT:  # False for NaN and infinities
             return round(scaled)
     elif type(value) is int and value >= 0 and value * PICO < LIMIT:
         return value * PICO
-    return 0
+    return None
 
 
 def response_amounts(metadata: Mapping[str, Any]) -> tuple[int, int, int, int, int]:

@@ -314,3 +314,59 @@ async def test_demo_session_llm_events_carry_messages_and_response(tmp_path: Pat
         assert all(message["content"] for message in request.metadata["messages"])
     assert all(response.metadata["response"] for response in responses)
     assert msgspec.json.decode(encode_event(responses[0]))["metadata"]["response"]
+
+
+# --- diffs -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_diff_event_carries_the_diff_redacted() -> None:
+    """``diff_applied`` holds the diff's text, secrets masked; a short one makes no artifact."""
+    diff = f"--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-old\n+KEY = '{OPENAI_KEY}'\n"
+    async with recording() as (emitter, sink):
+        await emitter.diff(["x.py"], added=1, removed=1, diff=diff)
+    (event,) = sink.events
+    assert event.event_type == EventType.DIFF_APPLIED
+    assert event.metadata["diff"] == redact_secrets(diff)
+    assert OPENAI_KEY not in event.metadata["diff"]
+    assert "truncated" not in event.metadata
+
+
+@pytest.mark.anyio
+async def test_a_long_diff_is_cut_and_saved_whole_as_an_artifact(tmp_path: Path) -> None:
+    """Over ``max_text_chars`` the diff is cut and marked like a prompt; the full redacted
+    text is the artifact ``diff-{event id}``, announced just before, its child."""
+    diff = "--- a/x.py\n+++ b/x.py\n" + "".join(f"+line {n}\n" for n in range(100))
+    sink = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        bus.subscribe(ArtifactSink(tmp_path, durable=False))
+        emitter = Emitter(bus, "s1", phase="EXECUTION", max_text_chars=50)
+        await emitter.diff(["x.py"], applied=False, error="hunk 1 failed", diff=diff)
+        await bus.flush()
+    artifact, event = sink.events
+    key = f"diff-{event.id}"
+    assert event.event_type == EventType.DIFF_FAILED
+    assert event.metadata["diff"] == (
+        f"{diff[:50]}…[truncated {len(diff) - 50} chars; full text in artifact {key}]"
+    )
+    assert event.metadata["truncated"] == {
+        "diff": {"chars": len(diff) - 50, "total_chars": len(diff), "artifact": key}
+    }
+    assert (artifact.event_type, artifact.parent_id) == (EventType.ARTIFACT_CREATED, event.id)
+    store = SessionArtifactQuery(tmp_path).store("s1")
+    assert store.load_artifact(key) == diff
+
+
+@pytest.mark.anyio
+async def test_the_demo_s_diff_events_carry_their_diffs(tmp_path: Path) -> None:
+    """Every ``diff_applied`` of the demo session has a non-empty unified diff."""
+    sink = MemorySink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        coordinator = build_demo_coordinator(bus, tmp_path, tasks=2, run_commands=False)
+        await coordinator.run(IDEA)
+        await bus.flush()
+    diffs = of_type(sink.events, EventType.DIFF_APPLIED)
+    assert diffs
+    assert all(event.metadata["diff"].startswith("---") for event in diffs)

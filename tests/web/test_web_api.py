@@ -181,6 +181,7 @@ async def test_usage_has_the_cli_shape_and_counts_responses(client: httpx.AsyncC
         "completion_tokens": 5,
         "total_tokens": 15,
         "cost_usd": pytest.approx(0.01),
+        "cost_source": "producer",
     }
     assert usage["total"]["total_tokens"] == 37
     assert usage["total"]["calls"] == 2
@@ -331,10 +332,15 @@ async def test_openapi_lists_every_route(workspace: Path) -> None:
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         schema = (await client.get("/openapi.json")).json()
-    routes = {route.path for route in app.routes if isinstance(route, Route)}
+    routes = {
+        route.path: {method.lower() for method in route.methods or ()} - {"head"}
+        for route in app.routes
+        if isinstance(route, Route)
+    }
     assert not any(isinstance(route, Mount) and route.path != "/static" for route in app.routes)
-    assert set(schema["paths"]) == routes
-    assert all(operation["get"]["summary"] for operation in schema["paths"].values())
+    assert {path: set(item) for path, item in schema["paths"].items()} == routes
+    operations = [op for item in schema["paths"].values() for op in item.values()]
+    assert all(operation["summary"] for operation in operations)
 
 
 @pytest.mark.anyio
@@ -693,7 +699,7 @@ async def test_openapi_declares_bounds_times_security_and_every_error(
         "bearer": {"type": "http", "scheme": "bearer", "description": ANY},
         "token": {"type": "apiKey", "in": "query", "name": "token", "description": ANY},
     }
-    operations = {path: item["get"] for path, item in document["paths"].items()}
+    operations = {path: item["get"] for path, item in document["paths"].items() if "get" in item}
     events = {p["name"]: p for p in operations["/api/sessions/{session_id}/events"]["parameters"]}
     assert events["limit"]["schema"] | {"default": 100} == {
         "type": "integer", "minimum": 1, "maximum": 10000, "default": 100
@@ -707,11 +713,13 @@ async def test_openapi_declares_bounds_times_security_and_every_error(
         expected = {"200", "403"} | ({"400", "401"} if path.startswith("/api") else set())
         if "{session_id}" in path or path in ("/api/stream", "/api/usage"):
             expected.add("404")
+        if path.endswith("/artifacts/{key}"):
+            expected.add("413")
         assert set(responses) == expected, path
         assert "security" not in operation, path
         for status, response in responses.items():
-            (media,) = response["content"].values()
             if status != "200":
+                (media,) = response["content"].values()
                 assert media["schema"] == {"$ref": "#/components/schemas/Error"}, path
 
 
@@ -724,8 +732,10 @@ async def test_openapi_with_a_token_requires_bearer_or_query_token_on_api_routes
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         document = (await client.get("/openapi.json")).json()
     for path, item in document["paths"].items():
-        security = item["get"].get("security")
-        assert security == ([{"bearer": []}, {"token": []}] if path.startswith("/api") else None)
+        for operation in item.values():
+            security = operation.get("security")
+            wanted: Any = [{"bearer": []}, {"token": []}] if path.startswith("/api") else None
+            assert security == wanted, path
 
 
 @pytest.mark.anyio
@@ -738,7 +748,55 @@ async def test_every_json_answer_matches_its_declared_schema(
     seed = {"event_type": "info", "session_id": "older", "message": "seed", "x": 1}
     with (workspace / "older" / "events.jsonl").open("ab") as log:  # a line without id
         log.write(json.dumps(seed | {"timestamp": "2026-01-05T13:00:00Z"}).encode() + b"\n")
+    live = [
+        create_session_event("live", EventType.SESSION_STARTED),
+        Event(
+            event_type=EventType.CLARIFICATION_REQUESTED,
+            session_id="live",
+            message="asked",
+            metadata={"question_id": "q1", "question": "Which licence?"},
+        ),
+        Event(
+            event_type=EventType.CONTROL_REJECTED,
+            session_id="live",
+            message="rejected",
+            metadata={"command_id": "c0", "kind": "resume", "reason": "not paused"},
+        ),
+    ]
+    _write(workspace, "live", live)
+    commands = "/api/sessions/{session_id}/commands"
+    posts = [
+        (commands, "/api/sessions/live/commands", {"kind": "pause", "command_id": "c1"}, {}),
+        (commands, "/api/sessions/live/commands", {"kind": "resume", "command_id": "c0"}, {}),
+        (commands, "/api/sessions/live/commands", {"kind": "nope"}, {}),
+        (commands, "/api/sessions/live/commands", {"kind": "pause"}, {"Origin": "http://x.org"}),
+        (commands, "/api/sessions/nope/commands", {"kind": "pause"}, {}),
+        (commands, "/api/sessions/older/commands", {"kind": "pause"}, {}),
+        (commands, "/api/sessions/older/commands", {"kind": "pause"}, {"Host": "attacker.com"}),
+    ]
+    for path, url, body, headers in posts:
+        response = await client.post(url, json=body, headers=headers)
+        declared = document["paths"][path]["post"]["responses"]
+        assert str(response.status_code) in declared, url
+        schema = declared[str(response.status_code)]["content"]["application/json"]["schema"]
+        assert _problems(response.json(), schema, schemas) == [], (url, body)
+    plain = await client.post(
+        "/api/sessions/live/commands", content=b"{}", headers={"Content-Type": "text/plain"}
+    )
+    declared = document["paths"][commands]["post"]["responses"]
+    assert (
+        _problems(plain.json(), declared["415"]["content"]["application/json"]["schema"], schemas)
+        == []
+    )
+    pending = "/api/sessions/{session_id}/pending"
+    command = "/api/sessions/{session_id}/commands/{command_id}"
     requests = [
+        (pending, "/api/sessions/live/pending", {}),
+        (pending, "/api/sessions/older/pending", {}),
+        (pending, "/api/sessions/nope/pending", {}),
+        (command, "/api/sessions/live/commands/c1", {}),
+        (command, "/api/sessions/live/commands/c0", {}),
+        (command, "/api/sessions/live/commands/c9", {}),
         ("/api/sessions", "/api/sessions", {}),
         ("/api/sessions", "/api/sessions?since=bad", {}),
         ("/api/sessions", "/api/sessions", {"Host": "attacker.com"}),

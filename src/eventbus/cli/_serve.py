@@ -1,7 +1,8 @@
 """``eventbus serve [DIR]``: the HTTP/SSE API and the dashboard over a workspace, with uvicorn.
 
 Binds 127.0.0.1 by default; any other address needs a token (``--token`` or
-``EVENTBUS_TOKEN``), which every ``/api`` request must then carry. The port
+``EVENTBUS_TOKEN``), which every ``/api`` request must then carry.
+``--read-only`` refuses commands (the control routes' POST answers 403). The port
 is bound before anything is printed: a port in use is one line on stderr
 (exit status 2), and the URL printed is always this server's. ``demo
 --serve`` and ``relay --serve`` use :func:`dashboard`, which serves from a
@@ -105,8 +106,9 @@ def add_parser(subparsers: Subparsers) -> None:
         help="serve the HTTP/SSE API and the live dashboard over a workspace",
         description="Serve DIR/{session_id}/events.jsonl as a JSON API (/api/..., "
         "described at /openapi.json), Server-Sent Events that follow the logs, and a "
-        "dashboard at /. Binds 127.0.0.1 unless told otherwise; any other address "
-        f"needs a token (--token or ${TOKEN_VARIABLE}).",
+        "dashboard at /, from which a person can pause, resume, abort, answer and "
+        "approve running sessions (unless --read-only). Binds 127.0.0.1 unless told "
+        f"otherwise; any other address needs a token (--token or ${TOKEN_VARIABLE}).",
     )
     serve.add_argument(
         "workspace",
@@ -131,6 +133,12 @@ def add_parser(subparsers: Subparsers) -> None:
         help="index at most the newest N events; older ones are answered from the logs "
         "(slower, the same answers) (default: every event)",
     )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="take no commands: POST /api/sessions/ID/commands answers 403; the "
+        "dashboard lists what sessions wait for, without buttons",
+    )
     serve.set_defaults(run=_run)
 
 
@@ -150,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     threading.Thread(
         target=_warm, args=(workspace,), name="eventbus index warm-up", daemon=True
     ).start()
-    app = web.create_app(workspace, token=token)
+    app = web.create_app(workspace, token=token, read_only=args.read_only)
     print(f"eventbus serve: {url_for(args.host, sock.getsockname()[1], token)}", flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])

@@ -984,10 +984,16 @@ class SessionCoordinator:
             result = await self._patch_applier.apply(session.workspace, diff)
         except Exception as exc:
             files = _DIFF_TARGET.findall(diff)
-            await emitter.diff(files, applied=False, error=str(exc), attempt=context.attempt)
+            await emitter.diff(
+                files, applied=False, error=str(exc), diff=diff, attempt=context.attempt
+            )
             raise
         await emitter.diff(
-            result.files, added=result.added, removed=result.removed, attempt=context.attempt
+            result.files,
+            added=result.added,
+            removed=result.removed,
+            diff=diff,
+            attempt=context.attempt,
         )
         return result
 

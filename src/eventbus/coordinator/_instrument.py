@@ -326,19 +326,44 @@ class Emitter:
         *,
         applied: bool = True,
         error: str | None = None,
+        diff: str | None = None,
         **metadata: Any,
     ) -> Event:
-        """Emit ``diff_applied`` (or ``diff_failed`` with ``error``)."""
-        return await self.emit(
-            create_diff_event(
-                self._session_id,
-                files,
-                applied=applied,
-                error=error,
-                phase=self.phase,
-                **metadata,
-            )
+        """Emit ``diff_applied`` (or ``diff_failed`` with ``error``).
+
+        :param diff: the diff's text, put in ``metadata["diff"]`` redacted and
+            capped like an LLM call's prompt: cut to ``max_text_chars``, the
+            full redacted text then saved first as the artifact ``diff-{event id}``
+            (an ``artifact_created`` event whose ``parent_id`` is the diff's
+            event) and ``metadata["truncated"]["diff"]`` saying so.
+        """
+        event = create_diff_event(
+            self._session_id,
+            files,
+            applied=applied,
+            error=error,
+            phase=self.phase,
+            **metadata,
         )
+        if diff is not None:
+            key = f"diff-{event.id}"
+            shown, truncated, full = capture_text(diff, self._redact, self._max_text_chars, key)
+            captured: dict[str, Any] = {**event.metadata, "diff": shown}
+            if truncated is not None:
+                captured["truncated"] = {**captured.get("truncated", {}), "diff": truncated}
+            event = msgspec.structs.replace(event, metadata=captured)
+            if truncated is not None:
+                artifact = create_artifact_event(
+                    event.session_id,
+                    key,
+                    full,
+                    phase=event.phase,
+                    task_id=event.task_id,
+                    source_event_id=event.id,
+                    field="diff",
+                )
+                await self.emit(msgspec.structs.replace(artifact, parent_id=event.id))
+        return await self.emit(event)
 
     async def command(
         self,

@@ -29,14 +29,30 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._bus import EventBus
-from .._errors import EventBusError, SinkFailedError
+from .._errors import SinkFailedError
 from .._event import Event
 from .._names import InvalidNameError, validate_session_id
 from .._query import EventQuery
+from ._control import (
+    ACTOR_HEADER,
+    READ_ONLY_HEADER,
+    actor_of,
+    check_origin,
+    command_id_of,
+    fields_of,
+    read_command,
+)
 from ._openapi import openapi_schema
-from ._params import USAGE_KEYS, BadRequest, event_query, parse_time, positive_int
+from ._params import (
+    USAGE_KEYS,
+    ApiError,
+    BadRequest,
+    event_query,
+    parse_time,
+    positive_int,
+)
 from ._stream import LineCache, bus_stream, file_stream
-from ._workspace import Workspace, message_of, open_workspace, status_of
+from ._workspace import Workspace, message_of, open_workspace, status_of, submit
 
 __all__ = ["create_app"]
 
@@ -44,19 +60,13 @@ _STATIC = Path(str(files("eventbus.web") / "static"))
 _EVENT_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 #: Most events one ``/events`` page holds.
 MAX_LIMIT = 10_000
+#: Most sessions one ``/sessions`` page holds.
+MAX_SESSIONS_LIMIT = 10_000
+_TEXT_BATCH = 2000  # events read at a time when ``q`` filters on the message
 _REPORTED_MAX = 4096  # refusals remembered so as to log each once
 
 logger = logging.getLogger("eventbus.web")
 _encode = msgspec.json.Encoder().encode
-
-
-class ApiError(EventBusError):
-    """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-        super().__init__(message)
 
 
 class _Api:
@@ -70,8 +80,12 @@ class _Api:
         heartbeat: float,
         listener_buffer: int,
         send_timeout: float | None,
+        read_only: bool,
+        origins: Sequence[str],
     ) -> None:
         self.workspace = workspace
+        self.read_only = read_only
+        self.origins = frozenset(origins)
         self.bus = bus
         self.heartbeat = heartbeat
         self.listener_buffer = listener_buffer
@@ -117,14 +131,38 @@ class _Api:
             await self._call(self.workspace.check_types, query.event_type, seen=types)
 
     async def sessions(self, request: Request) -> Response:
-        """List the sessions, newest first: ``{"sessions": [summary, ...]}``."""
-        since, until = request.query_params.get("since"), request.query_params.get("until")
+        """List the sessions, newest first: ``{"sessions": [summary, ...]}``.
+
+        With ``limit``, a page of at most that many, and ``"next"``: the
+        session id to pass as ``after`` for the next page, ``null`` on the last
+        page. ``after`` starts after that session (an unknown one is a 400).
+        Without ``limit`` (and ``after``), every session, as ``eventbus
+        sessions --json`` prints them (no ``next``).
+        """
+        params = request.query_params
+        since, until = params.get("since"), params.get("until")
+        limit = (
+            positive_int("limit", params["limit"], maximum=MAX_SESSIONS_LIMIT)
+            if "limit" in params
+            else None
+        )
+        after = params.get("after") or None
         rows = await self._call(
             self.workspace.sessions,
             parse_time("since", since) if since else None,
             parse_time("until", until) if until else None,
         )
-        return JSONResponse({"sessions": rows})
+        return JSONResponse(_sessions_page(rows, after=after, limit=limit))
+
+    async def artifact(self, request: Request) -> Response:
+        """One artifact of a session: JSON as stored, or ``text/plain`` for a JSON string."""
+        session_id = _session_id(request)
+        key: str = request.path_params["key"]
+        data: bytes = await self._call(self.workspace.artifact, session_id, key)
+        if data.lstrip()[:1] == b'"':
+            text = msgspec.json.decode(data, type=str)
+            return Response(text, media_type="text/plain; charset=utf-8")
+        return Response(data, media_type="application/json")
 
     async def session(self, request: Request) -> Response:
         """One session's summary with its artifact keys."""
@@ -145,8 +183,25 @@ class _Api:
             positive_int("limit", params["limit"], maximum=MAX_LIMIT) if "limit" in params else 100
         )
         after = _event_id("after", params.get("after"))
+        text = params.get("q") or None
+        if "tail" in params:  # the last n events (a page to start live from), no next
+            if after is not None or text is not None:
+                raise BadRequest("tail", params["tail"], "no after or q beside it")
+            tail = positive_int("tail", params["tail"], maximum=MAX_LIMIT)
+            lines, ids = await self._call(
+                _last_lines, self.workspace, query, session_id=session_id, n=tail
+            )
+            await self._check_types(query)
+            body = b'{"events":[%b],"ids":%b,"next":null}' % (b",".join(lines), _encode(ids))
+            return Response(body, media_type="application/json")
         lines, ids, next_id = await self._call(
-            _stored_page, self.workspace, query, session_id=session_id, after=after, limit=limit
+            _stored_page,
+            self.workspace,
+            query,
+            session_id=session_id,
+            after=after,
+            limit=limit,
+            text=text,
         )
         await self._check_types(query)
         body = b'{"events":[%b],"ids":%b,"next":%b}' % (
@@ -166,6 +221,40 @@ class _Api:
         if session_id is not None:
             validate_session_id(session_id)
         return JSONResponse(await self._call(self.workspace.usage, by, session_id=session_id))
+
+    async def pending(self, request: Request) -> Response:
+        """What the session waits for: ``{"pending": [{"kind", "id", "task_id", "role", ...}]}``."""
+        rows = await self._call(self.workspace.pending, _session_id(request))
+        headers = {READ_ONLY_HEADER: "true"} if self.read_only else None
+        return JSONResponse({"pending": rows}, headers=headers)
+
+    async def submit(self, request: Request) -> Response:
+        """Queue a command in the session's inbox: 202 ``{"command_id", "status": "queued"}``.
+
+        A ``command_id`` already decided answers 200 with its outcome (as
+        :meth:`command`), so that a client may repeat a command it is unsure was sent.
+        """
+        session_id = _session_id(request)
+        if self.read_only:
+            raise ApiError(
+                403,
+                "this server is read-only (serve --read-only): it takes no commands; "
+                "use 'eventbus control' on the workspace's machine, or a server "
+                "started without --read-only",
+            )
+        check_origin(request, self.origins)
+        body = await read_command(request)
+        actor = actor_of(request, body)
+        status, answer = await self._call(
+            submit, self.workspace, session_id, fields_of(body), actor
+        )
+        return JSONResponse(answer, status_code=status)
+
+    async def command(self, request: Request) -> Response:
+        """One command's state: ``{"command_id", "kind", "status", "reason"}``."""
+        session_id = _session_id(request)
+        command_id = command_id_of("command id", request.path_params["command_id"])
+        return JSONResponse(await self._call(self.workspace.command_status, session_id, command_id))
 
     async def session_stream(self, request: Request) -> Response:
         """Server-Sent Events of one session (resumes after ``Last-Event-ID``)."""
@@ -219,12 +308,79 @@ class _Api:
 
 
 def _stored_page(
-    workspace: Workspace, query: EventQuery, *, session_id: str, after: str | None, limit: int
+    workspace: Workspace,
+    query: EventQuery,
+    *,
+    session_id: str,
+    after: str | None,
+    limit: int,
+    text: str | None = None,
 ) -> tuple[list[bytes], list[str], str | None]:
-    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``)."""
-    events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    """A page of events: their stored lines, their ids, the next page's ``after`` (or ``None``).
+
+    With ``text``, only events whose message holds it (ignoring case): the
+    matching ones are gathered from as many pages of the query as it takes.
+    """
+    if text is None:
+        events, next_id = workspace.events(query, session_id=session_id, after=after, limit=limit)
+    else:
+        needle = text.casefold()
+        events = []
+        next_id = after
+        while True:
+            batch, more = workspace.events(
+                query, session_id=session_id, after=next_id, limit=max(limit, _TEXT_BATCH)
+            )
+            for event in batch:
+                if needle in event.message.casefold():
+                    events.append(event)
+                    if len(events) > limit:
+                        break
+            if len(events) > limit:
+                del events[limit:]
+                next_id = events[-1].id
+                break
+            if more is None:
+                next_id = None
+                break
+            next_id = more
     lines = workspace.read_lines(events) if events else []
     return lines, [event.id for event in events], next_id
+
+
+def _last_lines(
+    workspace: Workspace, query: EventQuery, *, session_id: str, n: int
+) -> tuple[list[bytes], list[str]]:
+    """The last ``n`` events matching ``query`` (oldest first): their lines and ids."""
+    events = workspace.latest(n, query, session_id=session_id)
+    lines = workspace.read_lines(events) if events else []
+    return lines, [event.id for event in events]
+
+
+def _sessions_page(
+    rows: list[dict[str, Any]], *, after: str | None, limit: int | None
+) -> dict[str, Any]:
+    """``{"sessions": rows[...], "next": id | None}``: the page after session ``after``.
+
+    :raises BadRequest: ``after`` is no session of ``rows``.
+    """
+    start = 0
+    if after is not None:
+        for i, row in enumerate(rows):
+            if row.get("session_id") == after:
+                start = i + 1
+                break
+        else:
+            raise BadRequest(
+                "after", after, "the id of a listed session (the previous page's next)"
+            )
+    if limit is None and after is None:  # every session: ``eventbus sessions --json``'s shape
+        return {"sessions": rows}
+    if limit is None:
+        return {"sessions": rows[start:], "next": None}
+    page = rows[start : start + limit]
+    more = start + limit < len(rows)
+    return {"sessions": page, "next": page[-1]["session_id"] if more and page else None}
 
 
 def _document(schema: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
@@ -252,6 +408,11 @@ def _event_id(parameter: str, value: str | None) -> str | None:
 async def _index(request: Request) -> Response:
     """The dashboard (HTML; its data comes from the ``/api`` routes)."""
     return FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _favicon(request: Request) -> Response:
+    """The dashboard's icon (for browsers that ask before reading the page's link)."""
+    return FileResponse(_STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -365,8 +526,15 @@ def create_app(
     heartbeat: float = 15.0,
     listener_buffer: int = 1000,
     send_timeout: float | None = 30.0,
+    read_only: bool = False,
 ) -> Starlette:
     """The HTTP/SSE API and the dashboard over a workspace root (``DIR/{session_id}/events.jsonl``).
+
+    Commands (``POST /api/sessions/{session_id}/commands``) are appended to the
+    session's inbox (``DIR/{session_id}/control.jsonl``); the coordinator running
+    the session applies or rejects them and logs the outcome, whether or not it
+    runs in this process. Commands are taken only as ``Content-Type:
+    application/json`` and from no other site's ``Origin`` (``cors_origins`` aside).
 
     Serve it with uvicorn (``eventbus serve DIR`` does). Events are served as
     their logs store them. A session, log or ``artifacts`` directory that is a
@@ -382,7 +550,8 @@ def create_app(
     :param token: when set, every ``/api`` request must carry it
         (``Authorization: Bearer <token>``, or ``?token=<token>`` for EventSource);
         otherwise it is answered 401.
-    :param cors_origins: origins allowed to call the API from other pages (none by default).
+    :param cors_origins: origins allowed to call the API from other pages, commands
+        included (none by default).
     :param allowed_hosts: without a token, every request (pages included) whose
         ``Host`` is not ``localhost`` or a loopback address (``127.0.0.1``,
         ``[::1]``, with or without ``:port``) is answered 403, so that a site
@@ -394,6 +563,8 @@ def create_app(
         oldest (and the client gets a gap).
     :param send_timeout: seconds a stalled client may block one send before it is
         disconnected (``None``: never).
+    :param read_only: refuse commands (``POST .../commands`` answers 403); the
+        pending list and command states stay readable.
     """
     data = open_workspace(workspace) if isinstance(workspace, str | os.PathLike) else workspace
     api = _Api(
@@ -402,13 +573,21 @@ def create_app(
         heartbeat=heartbeat,
         listener_buffer=listener_buffer,
         send_timeout=send_timeout,
+        read_only=read_only,
+        origins=cors_origins,
     )
+    session = "/api/sessions/{session_id}"
     routes = [
         Route("/", _index, name="dashboard"),
+        Route("/favicon.ico", _favicon, name="favicon"),
         Route("/api/sessions", api.sessions, name="sessions"),
         Route("/api/sessions/{session_id}", api.session, name="session"),
         Route("/api/sessions/{session_id}/events", api.events, name="events"),
+        Route("/api/sessions/{session_id}/artifacts/{key}", api.artifact, name="artifact"),
         Route("/api/sessions/{session_id}/stream", api.session_stream, name="session_stream"),
+        Route(f"{session}/pending", api.pending, name="pending"),
+        Route(f"{session}/commands", api.submit, methods=["POST"], name="commands"),
+        Route(f"{session}/commands/{{command_id}}", api.command, name="command"),
         Route("/api/stream", api.stream, name="stream"),
         Route("/api/usage", api.usage, name="usage"),
         Route("/openapi.json", _document(openapi_schema(token=token is not None)), name="openapi"),
@@ -423,8 +602,8 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(cors_origins),
-                allow_methods=["GET"],
-                allow_headers=["Authorization", "Last-Event-ID"],
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Last-Event-ID", "Content-Type", ACTOR_HEADER],
             )
         )
     if token is not None:

@@ -1,4 +1,7 @@
-"""Query-string parameters of the API; a bad value raises :class:`BadRequest` (a 400)."""
+"""Query-string parameters of the API; a bad value raises :class:`BadRequest` (a 400).
+
+Any other refusal is an :class:`ApiError` with its status.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,19 @@ from sinks import workspace
 from .._errors import EventBusError
 from .._query import EventQuery
 
-__all__ = ["USAGE_KEYS", "BadRequest", "event_query", "parse_time", "positive_int"]
+__all__ = ["USAGE_KEYS", "ApiError", "BadRequest", "event_query", "parse_time", "positive_int"]
 
 #: The values ``by`` takes in ``/api/usage``: the fields, and their short names.
 USAGE_KEYS = (*workspace.USAGE_KEYS, *workspace.USAGE_ALIASES)
+
+
+class ApiError(EventBusError):
+    """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
 
 
 class BadRequest(EventBusError, ValueError):

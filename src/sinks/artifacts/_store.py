@@ -183,6 +183,15 @@ class ArtifactStore:
         """
         return load_artifact_file(key, self._checked(self._path(key)))
 
+    def artifact_bytes(self, key: str) -> bytes | None:
+        """Return the artifact ``key`` as stored (its JSON's bytes), or ``None`` if there is none.
+
+        :raises InvalidNameError: if ``key`` is not a valid artifact key
+        :raises NotARegularFileError: if a FIFO, a directory... is in the artifact's place
+        :raises UnsafeSymlinkError: if a symlink leads out of the workspace root
+        """
+        return self._read_bytes(key)
+
     def _read_bytes(self, key: str) -> bytes | None:
         """The stored bytes of the artifact ``key`` (for :class:`ArtifactSink`), checked."""
         return read_bytes(self._checked(self._path(key)))

@@ -7,8 +7,11 @@ module, ``sinks.workspace._workspace``.
 
 from .._layout import CONTROL_FILE_NAME
 from ._workspace import (
+    MAX_ARTIFACT_BYTES,
     USAGE_ALIASES,
     USAGE_KEYS,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
     InvalidTimeError,
     SessionNotFoundError,
     UnknownCommandError,
@@ -19,8 +22,11 @@ from ._workspace import (
 
 __all__ = [
     "CONTROL_FILE_NAME",
+    "MAX_ARTIFACT_BYTES",
     "USAGE_ALIASES",
     "USAGE_KEYS",
+    "ArtifactNotFoundError",
+    "ArtifactTooLargeError",
     "InvalidTimeError",
     "SessionNotFoundError",
     "UnknownCommandError",

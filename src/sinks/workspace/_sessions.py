@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .._layout import LOG_FILE_NAME, resolve_inside
+from .._layout import ARTIFACTS_DIR, LOG_FILE_NAME, resolve_inside
 from .._lines import iter_growth, open_log
 from ..artifacts._query import SessionArtifactQuery, SessionSummary
-from ..artifacts._summary import Tally
+from ..artifacts._summary import RUN_SUMMARY_KEY, Tally
 
 __all__: list[str] = []
 
@@ -97,6 +98,12 @@ class _Tallied:
         self.tally = Tally(session_id)
 
 
+_Made = tuple[dict[str, Any], float | None] | None  # a row and its start, as row() returns
+
+SETTLED_NS: Final = 2_000_000_000
+"""A session's row is reused only if its files are older than this (2 s, in ns)."""
+
+
 class SessionRows:
     """Makes the rows; remembers each log-only session's tally between calls.
 
@@ -107,12 +114,60 @@ class SessionRows:
         self.root = root
         self.query = SessionArtifactQuery(root)
         self._tallies: dict[str, _Tallied] = {}
+        self._made: dict[str, tuple[tuple[Any, ...], _Made]] = {}
 
     def row(self, session_id: str) -> tuple[dict[str, Any], float | None] | None:
         """Return the row of a valid session id and its start (epoch seconds).
 
-        ``None`` for a directory holding neither a log nor an artifact.
+        ``None`` for a directory holding neither a log nor an artifact. A row is
+        made again only when its files changed (their ``stat`` says so): a list
+        of 10,000 sessions costs a few ``stat`` calls per session.
         """
+        key = self._fingerprint(session_id)
+        if key is not None:
+            kept = self._made.get(session_id)
+            if kept is not None and kept[0] == key:
+                return None if kept[1] is None else (dict(kept[1][0]), kept[1][1])
+        made = self._row(session_id)
+        if key is not None:
+            self._made[session_id] = (key, made)
+            return None if made is None else (dict(made[0]), made[1])
+        self._made.pop(session_id, None)
+        return made
+
+    def _fingerprint(self, session_id: str) -> tuple[Any, ...] | None:
+        """What the files of a session look like (``None``: not sure, make the row).
+
+        Files changed in the last :data:`SETTLED_NS` are not trusted to look
+        different after a change (a timestamp's granularity, a reused inode):
+        their session's row is made every time.
+        """
+        directory = os.path.join(self.root, session_id)
+        recent = time.time_ns() - SETTLED_NS
+        parts: list[Any] = []
+        for path in (
+            directory,
+            os.path.join(directory, LOG_FILE_NAME),
+            os.path.join(directory, ARTIFACTS_DIR),
+            os.path.join(directory, ARTIFACTS_DIR, RUN_SUMMARY_KEY + ".json"),
+        ):
+            try:
+                status = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                parts.append(None)
+                continue
+            except OSError:
+                return None
+            if max(status.st_mtime_ns, status.st_ctime_ns) > recent:
+                return None
+            parts.append(
+                (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_mode)
+            )
+        if parts[0] is None:
+            return None
+        return tuple(parts)
+
+    def _row(self, session_id: str) -> tuple[dict[str, Any], float | None] | None:
         try:
             summary = self.query.get_session_summary(session_id)
         except OSError as exc:

@@ -39,6 +39,8 @@ Errors::
     EventBusError
     ├── SessionNotFoundError (LookupError)
     ├── UnknownCommandError (LookupError: a command id neither the inbox nor the log holds)
+    ├── ArtifactNotFoundError (LookupError)
+    ├── ArtifactTooLargeError (ValueError)
     ├── InvalidTimeError (ValueError)
     ├── UnknownEventTypeError (ValueError: a type neither this version nor any log knows)
     ├── InvalidNameError (ValueError, from eventbus: a bad session id)
@@ -57,6 +59,7 @@ with ``error`` saying why.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -94,11 +97,14 @@ from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
 from ._scan import Key, find_key, key_of, scan_log, types_in_logs
 from ._sessions import SessionRows
-from ._usage import none_last, total_of, usage_by, usage_values
+from ._usage import usage_table
 
 __all__ = [
+    "MAX_ARTIFACT_BYTES",
     "USAGE_ALIASES",
     "USAGE_KEYS",
+    "ArtifactNotFoundError",
+    "ArtifactTooLargeError",
     "InvalidTimeError",
     "SessionNotFoundError",
     "UnknownCommandError",
@@ -107,14 +113,18 @@ __all__ = [
     "parse_time",
 ]
 
-USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase")
-"""What :meth:`Workspace.usage` can group by."""
+USAGE_KEYS: Final = ("model", "agent_role", "task_id", "session_id", "phase", "day")
+"""What :meth:`Workspace.usage` can group by (``day``: the responses' UTC dates)."""
 
 USAGE_ALIASES: Final = {"role": "agent_role", "task": "task_id", "session": "session_id"}
 """Short names :meth:`Workspace.usage` also takes for ``by`` (its answer names the field)."""
 
+MAX_ARTIFACT_BYTES: Final = 16 * 1024 * 1024
+"""The largest artifact :meth:`Workspace.artifact` reads (16 MiB)."""
+
 logger = logging.getLogger("sinks.workspace")
 
+_USAGE_ANSWERS: Final = 64  # usage answers kept while the logs do not change
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
@@ -158,6 +168,31 @@ class UnknownCommandError(EventBusError, LookupError):
         super().__init__(
             f"no command {command_id!r} in session {session_id!r}: it was never sent "
             "to this session's inbox; check the command id and the session id"
+        )
+
+
+class ArtifactNotFoundError(EventBusError, LookupError):
+    """Raised when a session has no artifact with the key asked for."""
+
+    def __init__(self, session_id: str, key: str) -> None:
+        self.session_id = session_id
+        self.key = key
+        super().__init__(
+            f"session {session_id!r} has no artifact {key!r}: its artifacts are listed "
+            "by GET /api/sessions/{session_id} (eventbus sessions --json)"
+        )
+
+
+class ArtifactTooLargeError(EventBusError, ValueError):
+    """Raised when an artifact is larger than :data:`MAX_ARTIFACT_BYTES` (served whole or not)."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        self.key = key
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"artifact {key!r} is {size} bytes, more than the {limit} served: "
+            "read it from the workspace's files"
         )
 
 
@@ -273,6 +308,7 @@ class Workspace:
         self._index: EventIndex | None = None
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
+        self._usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
         self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
@@ -285,6 +321,7 @@ class Workspace:
                 self._index.close()
             self._index = None
             self._logs = {}
+            self._usage = {}
 
     def __enter__(self) -> Self:
         return self
@@ -321,6 +358,7 @@ class Workspace:
                 if built is not None:
                     if self._index is None:
                         self._index, self._logs = built
+                        self._usage = {}
                     else:  # a query built one meanwhile
                         built[0].close()
 
@@ -384,6 +422,30 @@ class Workspace:
         if made is None:
             raise SessionNotFoundError(session_id, os.fspath(self.root))
         return {**made[0], "artifacts": artifacts}
+
+    def artifact(self, session_id: str, key: str) -> bytes:
+        """Return the artifact ``key`` of a session as stored: its JSON's bytes.
+
+        :raises InvalidNameError: if ``session_id`` or ``key`` cannot be one.
+        :raises SessionNotFoundError: if the workspace has no such session.
+        :raises ArtifactNotFoundError: if the session has no artifact ``key``.
+        :raises ArtifactTooLargeError: if it is larger than :data:`MAX_ARTIFACT_BYTES`.
+        :raises UnsafeSymlinkError: if the session, its ``artifacts`` directory or
+            the artifact is a symlink leading out of the root.
+        """
+        self._check_session(session_id)
+        store = self._rows.query.store(session_id)
+        found = store.get_artifact_metadata(key)
+        if not found:
+            raise ArtifactNotFoundError(session_id, key)
+        if found["size_bytes"] > MAX_ARTIFACT_BYTES:
+            raise ArtifactTooLargeError(key, found["size_bytes"], MAX_ARTIFACT_BYTES)
+        data = store.artifact_bytes(key)
+        if data is None:  # removed in between
+            raise ArtifactNotFoundError(session_id, key)
+        if len(data) > MAX_ARTIFACT_BYTES:  # grew in between
+            raise ArtifactTooLargeError(key, len(data), MAX_ARTIFACT_BYTES)
+        return data
 
     # --- events -------------------------------------------------------------------------
 
@@ -564,18 +626,31 @@ class Workspace:
             {"by": "model",
              "rows": [{"key": "gpt-4o", "calls": 3, "prompt_tokens": 1200,
                        "cached_tokens": 800, "completion_tokens": 300,
-                       "total_tokens": 1500, "cost_usd": 0.02}, ...],
+                       "total_tokens": 1500, "cost_usd": 0.02,
+                       "cost_source": "producer"}, ...],
              "total": {"calls": ..., "prompt_tokens": ..., "cached_tokens": ...,
-                       "completion_tokens": ..., "total_tokens": ..., "cost_usd": ...}}
+                       "completion_tokens": ..., "total_tokens": ..., "cost_usd": ...,
+                       "cost_source": ...}}
 
         ``cached_tokens`` is the part of ``prompt_tokens`` the provider served
         from its prompt cache (0 when responses do not say).
 
         Rows come most expensive first (then most tokens, then by key);
-        responses without a value of ``by`` are under the key ``None``.
+        responses without a value of ``by`` are under the key ``None``. With
+        ``by="day"`` there is a row per UTC date of the responses' timestamps
+        (key ``"YYYY-MM-DD"``), in date order.
 
-        :param by: ``"model"``, ``"agent_role"``, ``"task_id"``, ``"session_id"``
-            or ``"phase"``, or a short name of :data:`USAGE_ALIASES` (``"role"``,
+        **Cost.** A response's ``cost_usd`` (the producer's) always wins. A
+        response without one is priced from the ``genai-prices`` table (the
+        ``web`` extra; imported only then) by its model, tokens and date;
+        a model the table does not know (the demo's ``sim-*`` models) gets
+        no computed cost. Every row and the total say where their cost
+        came from in ``cost_source``: ``"producer"`` (only given costs),
+        ``"genai-prices"`` (only computed ones), ``"mixed"``, or ``None``
+        (no cost known: without ``genai-prices``, never ``"genai-prices"``).
+
+        :param by: ``"model"``, ``"agent_role"``, ``"task_id"``, ``"session_id"``,
+            ``"phase"`` or ``"day"``, or a short name of :data:`USAGE_ALIASES` (``"role"``,
             ``"task"``, ``"session"``); the answer's ``"by"`` is the field's name.
         :param session_id: count only this session's responses.
         :raises ValueError: if ``by`` is not one of those.
@@ -586,27 +661,22 @@ class Workspace:
             names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
-        responses: list[Event] | None = None
         if not self._use_index():
-            responses = [event for event, _ in self._scan(query, None)]
-        else:
-            with self._lock:
-                if self._current().evicted:  # some responses are only in the logs now
-                    responses = self._indexed(query, None, None)[0]
-        if responses is not None:
-            groups = usage_by(responses, by)
-            total = total_of(responses)
-        else:
-            with self._lock:
-                index = self._current()
-                total = index.usage(session_id=query.session_id)
-                if by == "phase":
-                    groups = usage_by(index.query(query), "phase")
-                else:
-                    groups = index.usage_by(by, session_id=query.session_id)  # type: ignore[arg-type]
-        rows = [{"key": key, **usage_values(usage)} for key, usage in groups.items()]
-        rows.sort(key=lambda row: (-row["cost_usd"], -row["total_tokens"], none_last(row["key"])))
-        return {"by": by, "rows": rows, "total": usage_values(total)}
+            return usage_table([event for event, _ in self._scan(query, None)], by)
+        with self._lock:
+            index = self._current()
+            # An answer holds while no log changed: asked again (a page reloaded), it is
+            # not summed again.
+            state = tuple(sorted((log.path, log.ident, log.end) for log in self._logs.values()))
+            cached = self._usage.get((by, session_id))
+            if cached is not None and cached[0] == state:
+                return copy.deepcopy(cached[1])
+            # (with max_events, the responses the index dropped are read from the logs)
+            answer = usage_table(self._indexed(query, None, None, index=index)[0], by)
+            if len(self._usage) >= _USAGE_ANSWERS:
+                self._usage.clear()
+            self._usage[by, session_id] = (state, answer)
+        return copy.deepcopy(answer)
 
     # --- control ------------------------------------------------------------------------
 
@@ -972,6 +1042,7 @@ class Workspace:
             self._index.close()
             self._index = None
         self._index, self._logs = self._new_index()
+        self._usage = {}
 
     def _new_index(self) -> tuple[EventIndex, dict[str, _Log]]:
         """An index of every log, and where it read each up to (no lock needed)."""

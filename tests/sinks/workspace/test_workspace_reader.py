@@ -322,12 +322,14 @@ def test_usage_has_the_api_shape(root: Path, make: Callable[[Path], Workspace]) 
         "by": "model",
         "rows": [
             {"key": "m2", "calls": 1, "prompt_tokens": 7, "cached_tokens": 0,
-             "completion_tokens": 3, "total_tokens": 10, "cost_usd": 0.5},
+             "completion_tokens": 3, "total_tokens": 10, "cost_usd": 0.5,
+             "cost_source": "producer"},
             {"key": "m1", "calls": 1, "prompt_tokens": 10, "cached_tokens": 6,
-             "completion_tokens": 5, "total_tokens": 15, "cost_usd": 0.01},
+             "completion_tokens": 5, "total_tokens": 15, "cost_usd": 0.01,
+             "cost_source": "producer"},
         ],
         "total": {"calls": 2, "prompt_tokens": 17, "cached_tokens": 6, "completion_tokens": 8,
-                  "total_tokens": 25, "cost_usd": 0.51},
+                  "total_tokens": 25, "cost_usd": 0.51, "cost_source": "producer"},
     }  # fmt: skip
 
 
