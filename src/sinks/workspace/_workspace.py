@@ -28,7 +28,11 @@ what was appended since. That suits a server. ``Workspace(root,
 index=False)`` holds nothing and answers each query by reading the logs once,
 decoding only the fields queries filter on and then only the matching events:
 a selective query costs less than loading the logs with ``EventLog``. That
-suits a one-off command (the CLI).
+suits a one-off command (the CLI). ``Workspace(root, max_events=N)`` indexes
+only the newest N events and reads the logs for the part of an answer
+older than those (same answers, slower); :meth:`Workspace.build_index`
+builds the index in the calling thread while other threads' queries are
+answered from the logs (``eventbus serve`` answers at once that way).
 
 **Threads.** The methods block on the disk: from async code, call them in a
 worker thread (``anyio.to_thread.run_sync``). A :class:`Workspace` is safe
