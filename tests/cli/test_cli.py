@@ -675,3 +675,29 @@ async def test_the_dashboard_serves_from_its_own_thread_while_the_callers_loop_i
         response = httpx.get(f"{url}api/sessions", timeout=10)  # noqa: ASYNC210
     assert response.json() == {"sessions": []}
     assert out.getvalue() == f"dashboard: {url}\n"
+
+
+def test_serve_with_max_events_answers_every_event_from_a_bounded_index(tmp_path: Path) -> None:
+    """--max-events N: the index holds N events; the rest are answered from the logs."""
+    import httpx
+
+    events = [
+        Event(event_type=EventType.INFO, session_id="s1", message=f"event {n}") for n in range(7)
+    ]
+    with EventLog(tmp_path / "s1" / "events.jsonl") as log:
+        for event in events:
+            log.append(event)
+    command = [*CLI, "serve", str(tmp_path), "--port", "0", "--max-events", "2"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        first = httpx.get(f"{url}api/sessions/s1/events?limit=4", timeout=30).json()
+        rest = httpx.get(
+            f"{url}api/sessions/s1/events?limit=4&after={first['next']}", timeout=30
+        ).json()
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert first["ids"] + rest["ids"] == [event.id for event in events]
+    assert rest["next"] is None

@@ -30,8 +30,7 @@ import anyio.to_thread
 
 from sinks.workspace import Workspace
 
-from .._query import EventQuery
-from ._common import CommandError, Subparsers, import_extra, port
+from ._common import CommandError, Subparsers, import_extra, port, positive
 
 logger = logging.getLogger("eventbus.cli")
 
@@ -127,6 +126,14 @@ def add_parser(subparsers: Subparsers) -> None:
         help=f"require this token on /api (default: ${TOKEN_VARIABLE}, if set)",
     )
     serve.add_argument(
+        "--max-events",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="index at most the newest N events; older ones are answered from the logs "
+        "(slower, the same answers) (default: every event)",
+    )
+    serve.add_argument(
         "--read-only",
         action="store_true",
         help="take no commands: POST /api/sessions/ID/commands answers 403; the "
@@ -145,9 +152,9 @@ def _run(args: argparse.Namespace) -> int:
     uvicorn = import_extra("uvicorn", extra="web", command="eventbus serve")
     web = import_extra("eventbus.web", extra="web", command="eventbus serve")
     sock = bind(args.host, args.port)
-    workspace = Workspace(args.workspace)
-    # Build the query index while the server starts: on a large workspace the
-    # first request would otherwise wait for it (about 5 EventLog loads).
+    workspace = Workspace(args.workspace, max_events=args.max_events)
+    # Build the query index while the server runs: until it is built, requests
+    # are answered from the logs (index-free) instead of waiting for it.
     threading.Thread(
         target=_warm, args=(workspace,), name="eventbus index warm-up", daemon=True
     ).start()
@@ -215,6 +222,6 @@ async def dashboard(
 def _warm(workspace: Workspace) -> None:
     """Index the workspace's logs (in a thread); a failure is logged, requests retry it."""
     try:
-        workspace.events(EventQuery(), limit=1)
+        workspace.build_index()
     except Exception:
         logger.exception("building the index of %s failed", workspace.root)

@@ -30,7 +30,11 @@ what was appended since. That suits a server. ``Workspace(root,
 index=False)`` holds nothing and answers each query by reading the logs once,
 decoding only the fields queries filter on and then only the matching events:
 a selective query costs less than loading the logs with ``EventLog``. That
-suits a one-off command (the CLI).
+suits a one-off command (the CLI). ``Workspace(root, max_events=N)`` indexes
+only the newest N events and reads the logs for the part of an answer
+older than those (same answers, slower); :meth:`Workspace.build_index`
+builds the index in the calling thread while other threads' queries are
+answered from the logs (``eventbus serve`` answers at once that way).
 
 **Threads.** The methods block on the disk: from async code, call them in a
 worker thread (``anyio.to_thread.run_sync``). A :class:`Workspace` is safe
@@ -284,11 +288,27 @@ class Workspace:
         proportion to their answer. ``False``: hold nothing, and answer each
         query by reading the logs once, decoding only the events that match
         (cheaper than one log load): the choice for a one-off command.
+    :param max_events: index at most this many events, the newest (in time
+        order); ``None``: every event. The events the index drops are still
+        answered, from the logs: a query whose answer may hold some (a page
+        before the newest ``max_events``, ``after=`` one of them, usage)
+        reads the logs as with ``index=False`` for that part. Answers are
+        the same as without a bound, only slower.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, index: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        index: bool = True,
+        max_events: int | None = None,
+    ) -> None:
+        if max_events is not None and max_events < 1:
+            raise ValueError(f"max_events must be >= 1 or None, got {max_events!r}")
         self.root = Path(root)
         self.indexed = index
+        self.max_events = max_events
+        self._building = False  # build_index() is building the index in another thread
         self._root = os.path.abspath(root)
         self._answered: dict[str, bytes] = {}  # the lines of the last answer, by event id
         self._lock = threading.RLock()
@@ -320,6 +340,34 @@ class Workspace:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def build_index(self) -> None:
+        """Build the index now, in the calling thread, without holding up queries.
+
+        Until it is built, queries (from other threads) are answered by reading
+        the logs, as with ``index=False``: slower on a large workspace, but at
+        once, where they would otherwise wait for the whole build. ``eventbus
+        serve`` calls this in a thread as it starts. Does nothing with
+        ``index=False``, or if the index is built or being built.
+        """
+        if not self.indexed:
+            return
+        with self._lock:
+            if self._index is not None or self._building:
+                return
+            self._building = True
+        built: tuple[EventIndex, dict[str, _Log]] | None = None
+        try:
+            built = self._new_index()
+        finally:
+            with self._lock:
+                self._building = False
+                if built is not None:
+                    if self._index is None:
+                        self._index, self._logs = built
+                        self._usage = {}
+                    else:  # a query built one meanwhile
+                        built[0].close()
 
     # --- sessions -----------------------------------------------------------------------
 
@@ -430,7 +478,7 @@ class Workspace:
         :raises UnknownEventIdError: if no log holds an event with id ``after``.
         :raises UnsafeSymlinkError: if that session or its log leads out of the root.
         """
-        if not self.indexed:
+        if not self._use_index():
             found, next_id = self.event_lines(
                 query, session_id=session_id, after=after, limit=limit
             )
@@ -438,9 +486,8 @@ class Workspace:
         query = self._query(query, session_id)
         _check_limit(limit)
         with self._lock:
-            events = self._current().query(
-                query, after=after, limit=None if limit is None else limit + 1
-            )
+            events, lines = self._indexed(query, after, None if limit is None else limit + 1)
+        self._remember_lines(lines)
         if limit is not None and len(events) > limit:
             del events[limit:]
             return events, events[-1].id
@@ -458,9 +505,10 @@ class Workspace:
         query = self._query(query, session_id)
         _check_limit(limit)
         more = None if limit is None else limit + 1
-        if self.indexed:
+        if self._use_index():
             with self._lock:
-                events = self._current().query(query, after=after, limit=more)
+                events, lines = self._indexed(query, after, more)
+            self._remember_lines(lines)
             found = list(zip(events, self.read_lines(events), strict=True))
         else:
             found = self._scan(query, after)
@@ -488,9 +536,10 @@ class Workspace:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         query = self._query(query, session_id)
-        if self.indexed:
+        if self._use_index():
             with self._lock:
-                events = self._current().get_latest(n, query)
+                events, lines = self._indexed_latest(n, query)
+            self._remember_lines(lines)
             found = list(zip(events, self.read_lines(events), strict=True))
         else:
             found = self._scan(query, None, last=n)[-n:] if n else []
@@ -510,9 +559,29 @@ class Workspace:
         answered = self._answered
         if answered and all(event.id in answered for event in events):
             return [answered[event.id] for event in events]
+        if not self._use_index():
+            return self._scan_lines(events)
         with self._lock:
-            places = self._places(self._current(refresh=False), events)
-        return read_places(places, self._root)
+            index = self._current(refresh=False)
+            if not index.evicted:
+                return read_places(self._places(index, events), self._root)
+            lines: list[bytes | None] = [None] * len(events)
+            places, held = [], []
+            for i, event in enumerate(events):
+                line = answered.get(event.id)
+                if line is not None:
+                    lines[i] = line
+                    continue
+                try:
+                    places.append(index.locate(event.id))
+                except UnknownEventIdError:  # dropped by the bound: read below
+                    continue
+                held.append(i)
+        for i, line in zip(held, read_places(places, self._root), strict=True):
+            lines[i] = line
+        missing = [events[i] for i, line in enumerate(lines) if line is None]
+        found = iter(self._scan_lines(missing))
+        return [next(found) if line is None else line for line in lines]
 
     # --- event types ------------------------------------------------------------------
 
@@ -522,9 +591,11 @@ class Workspace:
         With the index this costs next to nothing; with ``index=False`` it
         reads the logs once, decoding only each line's type.
         """
-        if self.indexed:
+        if self._use_index():
             with self._lock:
-                return self._current().event_types()
+                index = self._current()
+                if not index.evicted:
+                    return index.event_types()
         return sorted(types_in_logs(self._log_paths(None), self._root))
 
     def check_types(self, types: Iterable[str] | None, *, seen: Iterable[str] = ()) -> None:
@@ -597,7 +668,7 @@ class Workspace:
             names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
-        if not self.indexed:
+        if not self._use_index():
             return usage_table([event for event, _ in self._scan(query, None)], by)
         with self._lock:
             index = self._current()
@@ -607,7 +678,8 @@ class Workspace:
             cached = self._usage.get((by, session_id))
             if cached is not None and cached[0] == state:
                 return copy.deepcopy(cached[1])
-            answer = usage_table(index.query(query), by)
+            # (with max_events, the responses the index dropped are read from the logs)
+            answer = usage_table(self._indexed(query, None, None, index=index)[0], by)
             if len(self._usage) >= _USAGE_ANSWERS:
                 self._usage.clear()
             self._usage[by, session_id] = (state, answer)
@@ -848,7 +920,7 @@ class Workspace:
         check_watchfiles()
         if not await anyio.Path(self._root).is_dir():
             raise FileNotFoundError(f"no workspace directory at {os.fspath(self.root)!r}")
-        if not self.indexed and (from_start or after is not None):
+        if not self._use_index() and (from_start or after is not None):
             ends = await anyio.to_thread.run_sync(self._complete_ends, query.session_id)
             stored = await anyio.to_thread.run_sync(self._scan, query, after, ends)
             for start in range(0, len(stored), _PAGE):
@@ -899,7 +971,7 @@ class Workspace:
     def _scan(
         self,
         query: EventQuery,
-        after: str | None,
+        after: str | Event | None,
         ends: dict[str, tuple[tuple[int, int], int]] | None = None,
         *,
         last: int | None = None,
@@ -911,7 +983,9 @@ class Workspace:
         """
         paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
         low: Key | None = None
-        if after is not None:
+        if isinstance(after, Event):
+            low = key_of(after)
+        elif after is not None:
             low = find_key(paths, self._root, after)
             if low is None:
                 raise UnknownEventIdError(after)
@@ -995,13 +1069,132 @@ class Workspace:
     def _build(self) -> None:
         if self._index is not None:
             self._index.close()
-        index = self._index = EventIndex(low_memory=True)
-        self._logs = {}
+            self._index = None
+        self._index, self._logs = self._new_index()
         self._usage = {}
+
+    def _new_index(self) -> tuple[EventIndex, dict[str, _Log]]:
+        """An index of every log, and where it read each up to (no lock needed)."""
+        index = EventIndex(low_memory=True, max_events=self.max_events)
+        logs = {}
         for session_id, path, ident, _ in self._log_files():
-            log = self._logs[session_id] = _Log(path, ident)
+            log = logs[session_id] = _Log(path, ident)
             self._read(index, log, bulk=True)
         index.settle()
+        return index, logs
+
+    def _use_index(self) -> bool:
+        """Whether to answer from the index (else from the logs, index-free)."""
+        return self.indexed and not self._building
+
+    def _indexed(
+        self,
+        query: EventQuery,
+        after: str | Event | None,
+        limit: int | None,
+        ends: dict[str, tuple[tuple[int, int], int]] | None = None,
+        *,
+        index: EventIndex | None = None,
+    ) -> tuple[list[Event], dict[str, bytes]]:
+        """The events matching ``query`` after ``after``, up to ``limit``, in order (lock held).
+
+        From the index; with ``max_events``, the events it dropped (all older
+        than every event it holds) are read from the logs (within ``ends``, if
+        given): their lines come back too, by event id.
+        """
+        if index is None:
+            index = self._current()
+        if not index.evicted:
+            return index.query(query, after=after, limit=limit), {}
+        if after is not None:
+            try:  # an event held: every event after it is held too
+                return index.query(query, after=after, limit=limit), {}
+            except UnknownEventIdError:
+                pass  # dropped, or in no log: the scan says which
+        oldest = index.query(EventQuery(), limit=1)
+        if not oldest:
+            return [], {}
+        horizon = key_of(oldest[0])
+        if after is None and query.start_time is not None and query.start_time > horizon[0]:
+            return index.query(query, limit=limit), {}
+        dropped = self._dropped(query, after, horizon, ends)
+        if limit is not None and len(dropped) >= limit:
+            del dropped[limit:]
+        events = [event for event, _ in dropped]
+        lines = {event.id: line for event, line in dropped}
+        if limit is None or len(events) < limit:
+            events += index.query(query, limit=None if limit is None else limit - len(events))
+        return events, lines
+
+    def _dropped(
+        self,
+        query: EventQuery,
+        after: str | Event | None,
+        horizon: Key,
+        ends: dict[str, tuple[tuple[int, int], int]] | None = None,
+        *,
+        last: int | None = None,
+    ) -> list[tuple[Event, bytes]]:
+        """The events matching ``query`` older than ``horizon`` (the index dropped them), from
+        the logs, each (timestamp, id) once, as the index would hold them."""
+        if query.start_time is not None and query.start_time > horizon[0]:
+            return []
+        end_time = horizon[0] if query.end_time is None else min(query.end_time, horizon[0])
+        found = self._scan(_until(query, end_time), after, ends, last=last)
+        unique: list[tuple[Event, bytes]] = []
+        previous: Key | None = None
+        for item in found:
+            key = key_of(item[0])
+            if key < horizon and key != previous:
+                unique.append(item)
+            previous = key
+        return unique
+
+    def _indexed_latest(self, n: int, query: EventQuery) -> tuple[list[Event], dict[str, bytes]]:
+        """The last ``n`` events matching ``query`` (lock held), as :meth:`_indexed` finds them."""
+        index = self._current()
+        events = index.get_latest(n, query)
+        if len(events) == n or not index.evicted:
+            return events, {}
+        oldest = index.query(EventQuery(), limit=1)
+        if not oldest:
+            return events, {}
+        dropped = self._dropped(query, None, key_of(oldest[0]), last=n)[len(events) - n :]
+        return [event for event, _ in dropped] + events, {e.id: line for e, line in dropped}
+
+    def _remember_lines(self, lines: dict[str, bytes]) -> None:
+        """Keep the lines of events an answer read from the logs, for :meth:`read_lines`."""
+        if lines:
+            self._answered = lines if len(lines) <= _REMEMBERED else {}
+
+    def _scan_lines(self, events: Sequence[Event]) -> list[bytes]:
+        """The lines of ``events`` read from their sessions' logs (no index needed)."""
+        if not events:
+            return []
+        found: dict[Key, bytes] = {}
+        by_session: dict[str, list[Event]] = {}
+        for event in events:
+            by_session.setdefault(event.session_id, []).append(event)
+        for session_id, members in sorted(by_session.items()):
+            window = EventQuery(
+                session_id=session_id,
+                start_time=min(event.timestamp for event in members),
+                end_time=max(event.timestamp for event in members),
+            )
+            path = os.path.join(self._root, session_id, LOG_FILE_NAME)
+            wanted = set(map(key_of, members))
+            for chunk in scan_log(path, self._root, window):
+                for event, line in chunk:
+                    key = key_of(event)
+                    if key in wanted:
+                        found.setdefault(key, line)
+        lines = []
+        for event in events:
+            stored = found.get(key_of(event))
+            if stored is None:
+                raise UnknownEventIdError(event.id)
+            lines.append(stored)
+        return lines
 
     def _refresh(self) -> bool:
         """Read what the logs gained; ``False`` if one was replaced or removed (rebuild)."""
@@ -1042,11 +1235,18 @@ class Workspace:
         """One page of stored events after ``cursor``, only those within the snapshot."""
         with self._lock:
             index = self._current(refresh=False)
-            page = index.query(query, after=cursor, limit=_PAGE)
-            places = self._places(index, page)
-        lines = read_places(places, self._root)
+            page, scanned = self._indexed(query, cursor, _PAGE, ends, index=index)
+            places = self._places(index, [event for event in page if event.id not in scanned])
+        lines = iter(read_places(places, self._root))
+        at = iter(places)
         kept = []
-        for event, line, (path, offset, length) in zip(page, lines, places, strict=True):
+        for event in page:
+            line = scanned.get(event.id)
+            if line is not None:  # read from the logs within the snapshot
+                kept.append((event, line))
+                continue
+            line = next(lines)
+            path, offset, length = next(at)
             end = ends.get(path)
             if end is not None and offset + length <= end[1]:
                 kept.append((event, line))
@@ -1066,6 +1266,20 @@ class Workspace:
             finally:
                 fd.close()
         return ends
+
+
+def _until(query: EventQuery, end_time: datetime) -> EventQuery:
+    """``query`` with ``end_time`` instead of its own."""
+    return EventQuery(
+        event_type=query.event_type,
+        session_id=query.session_id,
+        phase=query.phase,
+        task_id=query.task_id,
+        agent_role=query.agent_role,
+        model=query.model,
+        start_time=query.start_time,
+        end_time=end_time,
+    )
 
 
 def _check_limit(limit: int | None) -> None:

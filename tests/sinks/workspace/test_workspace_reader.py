@@ -79,11 +79,18 @@ def append_raw(root: Path, session: str, data: bytes) -> None:
         file.write(data)
 
 
-@pytest.fixture(params=[pytest.param(True, id="indexed"), pytest.param(False, id="scanning")])
+@pytest.fixture(
+    params=[
+        pytest.param((True, None), id="indexed"),
+        pytest.param((False, None), id="scanning"),
+        pytest.param((True, 2), id="bounded"),
+    ]
+)
 def make(request: pytest.FixtureRequest) -> Callable[[Path], Workspace]:
-    """Open a workspace with an index, or one that reads the logs for each query."""
-    indexed: bool = request.param
-    return lambda root: Workspace(root, index=indexed)
+    """Open a workspace with an index, one that reads the logs for each query, or one
+    whose index holds only the newest 2 events (the rest read from the logs)."""
+    indexed, bound = request.param
+    return lambda root: Workspace(root, index=indexed, max_events=bound)
 
 
 @pytest.fixture
