@@ -338,7 +338,8 @@ async def test_an_id_holding_a_line_break_is_never_written(
     tmp_path: Path, breaks: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Such an event is left out (a warning names it): no forged field reaches the client."""
-    bad = with_id(event(0), f"bad{breaks}event: forged{breaks}data: x")
+    # "evil" and "forged" cannot occur in a generated (hex) id
+    bad = with_id(event(0), f"evil{breaks}event: forged{breaks}data: x")
     good = event(1)
     stored = msgspec.json.encode(bad)  # as a writer that checks nothing would store it
     workspace = OneShotWorkspace([(bad, stored), (good, encode_event(good))])
@@ -355,7 +356,7 @@ async def test_an_id_holding_a_line_break_is_never_written(
                 if good.id.encode() in raw:
                     break
     assert b"forged" not in raw
-    assert b"bad" not in raw
+    assert b"evil" not in raw
     assert raw.count(b"id: ") == 1
     (warning,) = [r for r in caplog.records if r.name == "eventbus.web"]
     assert warning.levelno == logging.WARNING
