@@ -19,7 +19,14 @@ from typing import Any
 
 import msgspec
 
-from eventbus import Event, EventDecodeError, EventQuery, as_utc, decode_event
+from eventbus import (
+    Event,
+    EventDecodeError,
+    EventQuery,
+    as_utc,
+    decode_event,
+    decode_events,
+)
 
 from .._lines import BLANK, line_runs, open_log
 from .._segments import LogFile
@@ -75,10 +82,15 @@ class _Chunk:
 
     __slots__ = ("cut", "data", "lines", "offsets", "records", "start", "timed")
 
-    def __init__(self, data: bytes, cut: int, start: int, timed: bool) -> None:
+    def __init__(
+        self, data: bytes, cut: int, start: int, timed: bool, needles: list[bytes] | None = None
+    ) -> None:
         self.data, self.cut, self.start, self.timed = data, cut, start, timed
         self.lines: list[bytes] | None = None
         self.offsets: list[int] | None = None
+        if needles is not None:
+            self._candidates(needles)
+            return
         try:
             self.records: list[Any] = self._decoder.decode_lines(memoryview(data)[:cut])
         except _DECODE_ERRORS:
@@ -105,15 +117,48 @@ class _Chunk:
             self.offsets = list(accumulate(map(len, self.lines), _next_line, initial=self.start))
         return self.offsets
 
-    def _one_by_one(self) -> None:
-        """The slow path: skip blank and corrupt lines, keep records, lines, offsets aligned."""
+    def _candidates(self, needles: list[bytes]) -> None:
+        """Keep (aligned, with their offsets) only the lines holding one of ``needles``.
+
+        Each needle is searched for in the whole chunk (``bytes.find``): a line
+        costs Python work only if it holds one.
+        """
+        data, cut = self.data, self.cut
+        find, rfind = data.find, data.rfind
+        ends: dict[int, int] = {}  # where each kept line begins -> where it ends
+        for needle in needles:
+            if needle is _ESCAPE and find(b"\\", 0, cut) < 0:
+                continue  # no escape at all (one quick search for a byte)
+            at = find(needle, 0, cut)
+            while at >= 0:
+                end = find(b"\n", at, cut)  # found: data[:cut] ends with a newline
+                ends[rfind(b"\n", 0, at) + 1] = end
+                at = find(needle, end, cut)
+        begins = sorted(ends) if len(needles) > 1 else list(ends)
+        kept = [data[begin : ends[begin]] for begin in begins]
+        offsets = [self.start + begin for begin in begins]
+        try:
+            # no kept line is blank (each holds a needle): one record per line
+            self.records = self._decoder.decode_lines(b"\n".join(kept))
+            self.lines, self.offsets = kept, offsets
+        except _DECODE_ERRORS:
+            self._one_by_one(kept, offsets)
+
+    def _one_by_one(
+        self, lines: list[bytes] | None = None, starts: list[int] | None = None
+    ) -> None:
+        """The slow path: skip blank and corrupt lines, keep records, lines, offsets aligned.
+
+        ``lines``, at ``starts``: the lines to decode (default: every line of the chunk).
+        """
+        if lines is None or starts is None:
+            lines = _lines(self.data)
+            starts = list(accumulate(map(len, lines), _next_line, initial=self.start))
         decoder = self._decoder
         records: list[Any] = []
         kept: list[bytes] = []
         offsets: list[int] = []
-        position = self.start
-        for line in _lines(self.data):
-            here, position = position, position + len(line) + 1
+        for line, here in zip(lines, starts, strict=False):
             if not line.strip(BLANK):
                 continue
             try:
@@ -164,6 +209,27 @@ def _select(records: list[Any], query: EventQuery) -> list[int]:
 
 _TYPE = attrgetter("event_type")
 _TIME = attrgetter("timestamp")
+_ESCAPE = b"\\u"  # a line might spell a type with this escape: it stays a candidate
+_SHORT_ESCAPES = frozenset('"\\/\b\f\n\r\t')
+
+
+def _needles(query: EventQuery) -> list[bytes] | None:
+    """Byte strings one of which every line matching ``query`` holds (``None``: no such).
+
+    A matching line holds one of the query's types as a JSON string, written
+    as is, or with a ``\\u`` escape. A type that a writer may write with
+    another escape (a quote, a backslash, a slash, a control character) turns
+    the prefilter off.
+    """
+    types = query.event_type
+    if not types:
+        return None
+    if any(char in _SHORT_ESCAPES or char < " " for kind in types for char in kind):
+        return None
+    return [*sorted({_encode(kind) for kind in types}), _ESCAPE]
+
+
+_encode = msgspec.json.encode
 
 
 def scan_log(
@@ -180,9 +246,10 @@ def scan_log(
     if fd is None:
         return
     timed = query.start_time is not None or query.end_time is not None
+    needles = _needles(query)
     try:
         for data, cut, start in _regions(fd, 0, stop):
-            chunk = _Chunk(data, cut, start, timed)
+            chunk = _Chunk(data, cut, start, timed, needles)
             chosen = _select(chunk.records, query)
             if not chosen:
                 continue
@@ -192,6 +259,14 @@ def scan_log(
             assert lines is not None
             found = []
             if all(map(_get_id, map(records.__getitem__, chosen))):  # no id to derive
+                picked = list(map(lines.__getitem__, chosen))
+                try:  # at once; if a line is not an event, line by line below
+                    events = decode_events(b"\n".join(picked))
+                except EventDecodeError:
+                    events = []
+                if len(events) == len(picked):
+                    yield list(zip(events, picked, strict=True))
+                    continue
                 for i in chosen:
                     try:
                         found.append((decode_event(lines[i]), lines[i]))

@@ -15,6 +15,8 @@ from unittest import mock
 import anyio
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
 import factories
@@ -807,6 +809,61 @@ def test_an_unknown_after_id_is_refused_over_a_seed_format_log(seeded: Path) -> 
     """Deriving ids does not make an id that no line has known."""
     with pytest.raises(UnknownEventIdError, match=r"^after='0{32}': no event with this id"):
         Workspace(seeded, index=False).events(after="0" * 32)
+
+
+# --- a scan by event type reads only the lines that can hold the type -------------------------
+
+RESPONSE = EventType.LLM_RESPONSE_RECEIVED
+TYPED_LINES: dict[str, Callable[[int], bytes]] = {
+    # as EventLog writes it, with an id
+    "compact": lambda i: encode_event(info("s", f"r {i}", i, event_type=RESPONSE)) + b"\n",
+    # as another writer may: spaces after the colons, no id
+    "spaced": lambda i: seed_line("s", f"r {i}", i, event_type=RESPONSE),
+    # the type spelled with an escape
+    "escaped": lambda i: seed_line("s", f"r {i}", i, event_type=RESPONSE).replace(
+        b'"llm_response', b'"\\u006clm_response'
+    ),
+    # another type, quoting the type in its message
+    "quoting": lambda i: encode_event(info("s", f'see "{RESPONSE}" {i}', i)) + b"\n",
+    "quoting spaced": lambda i: seed_line("s", f'"{RESPONSE}" {i}', i, event_type="task_started"),
+    "other": lambda i: encode_event(info("s", f"i {i}", i)) + b"\n",
+    # not an event (no timestamp), holding the type
+    "timeless": lambda i: b'{"event_type": "llm_response_received", "session_id": "s"}\n',
+    "corrupt": lambda i: b'{"event_type": "llm_response_received", "sess\n',
+    "blank": lambda i: b"\n",
+}
+TYPE_QUERIES = [
+    EventQuery(event_type=RESPONSE),
+    EventQuery(event_type=[RESPONSE, "task_started"]),
+    EventQuery(event_type="task_started"),
+    EventQuery(event_type=EventType.INFO, start_time=at(5)),
+]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kinds=st.lists(st.sampled_from(sorted(TYPED_LINES)), max_size=60))
+def test_a_scan_by_type_answers_as_the_index(tmp_path_factory: Any, kinds: list[str]) -> None:
+    """However a line spells its type (or quotes another's), a scan by type finds what the
+    index finds: the same events, the same (derived) ids, in small chunks too."""
+    workspace = tmp_path_factory.mktemp("ws")
+    append_raw(workspace, "s", b"".join(TYPED_LINES[kind](i) for i, kind in enumerate(kinds)))
+    for query in TYPE_QUERIES:
+        indexed, _ = Workspace(workspace).events(query)
+        with mock.patch.object(sinks._lines, "CHUNK", 256):
+            scanned, _ = Workspace(workspace, index=False).events(query)
+        assert scanned == indexed
+        assert [e.id for e in scanned] == [e.id for e in indexed]
+    assert Workspace(workspace, index=False).usage() == Workspace(workspace).usage()
+
+
+def test_a_scan_by_type_finds_every_spelling_of_the_type(tmp_path: Path) -> None:
+    """Compact, spaced and escaped lines of the type are found; a message quoting it is not."""
+    workspace = tmp_path / "ws"
+    append_raw(workspace, "s", b"".join(make(i) for i, make in enumerate(TYPED_LINES.values())))
+    found, _ = Workspace(workspace, index=False).events(EventQuery(event_type=RESPONSE))
+    assert [e.message for e in found] == ["r 0", "r 1", "r 2"]
 
 
 # --- bad lines: nested too deep, forged ids, too long ----------------------------------------
