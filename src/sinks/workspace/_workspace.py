@@ -316,6 +316,7 @@ class Workspace:
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
         self._usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
+        self._scan_usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
         self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
@@ -329,6 +330,7 @@ class Workspace:
             self._index = None
             self._logs = {}
             self._usage = {}
+            self._scan_usage = {}
 
     def __enter__(self) -> Self:
         return self
@@ -669,7 +671,7 @@ class Workspace:
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
         if not self._use_index():
-            return usage_table([event for event, _ in self._scan(query, None)], by)
+            return self._scanned_usage(query, by)
         with self._lock:
             index = self._current()
             # An answer holds while no log changed: asked again (a page reloaded), it is
@@ -683,6 +685,25 @@ class Workspace:
             if len(self._usage) >= _USAGE_ANSWERS:
                 self._usage.clear()
             self._usage[by, session_id] = (state, answer)
+        return copy.deepcopy(answer)
+
+    def _scanned_usage(self, query: EventQuery, by: str) -> dict[str, Any]:
+        """:meth:`usage` read from the logs; kept while no log changes.
+
+        ``serve`` asks for it again and again while it builds its index: the
+        logs are read once per state of theirs, not once per request.
+        """
+        paths = self._log_paths(query.session_id)
+        state = tuple((path, log_stat(path)) for path in paths)  # taken before reading
+        with self._lock:
+            cached = self._scan_usage.get((by, query.session_id))
+        if cached is not None and cached[0] == state:
+            return copy.deepcopy(cached[1])
+        answer = usage_table([event for event, _ in self._scan(query, None)], by)
+        with self._lock:
+            if len(self._scan_usage) >= _USAGE_ANSWERS:
+                self._scan_usage.clear()
+            self._scan_usage[by, query.session_id] = (state, answer)
         return copy.deepcopy(answer)
 
     # --- control ------------------------------------------------------------------------

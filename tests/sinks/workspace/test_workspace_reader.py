@@ -23,6 +23,7 @@ import factories
 import sinks._lines
 import sinks.workspace._follow
 import sinks.workspace._scan
+import sinks.workspace._workspace
 from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameError, encode_event
 from eventbus.web import create_app
 from sinks._lines import Growth, iter_growth
@@ -864,6 +865,27 @@ def test_a_scan_by_type_finds_every_spelling_of_the_type(tmp_path: Path) -> None
     append_raw(workspace, "s", b"".join(make(i) for i, make in enumerate(TYPED_LINES.values())))
     found, _ = Workspace(workspace, index=False).events(EventQuery(event_type=RESPONSE))
     assert [e.message for e in found] == ["r 0", "r 1", "r 2"]
+
+
+def test_usage_without_an_index_reads_the_logs_once_per_state_of_theirs(tmp_path: Path) -> None:
+    """Asked again while no log changed, usage is not read again; a log grown is read."""
+    workspace = tmp_path / "ws"
+    append(workspace, response("a", 1, "m1", "PLAN", prompt_tokens=10, completion_tokens=1))
+    reader = Workspace(workspace, index=False)
+    with mock.patch.object(
+        sinks.workspace._workspace, "scan_log", wraps=sinks.workspace._scan.scan_log
+    ) as scan:
+        first = reader.usage()
+        assert reader.usage() == first
+        assert scan.call_count == 1
+        append(workspace, response("b", 2, "m1", "PLAN", prompt_tokens=5, completion_tokens=1))
+        grown = reader.usage()
+        assert scan.call_count == 3  # both logs: a session appeared
+    assert first["total"]["calls"] == 1
+    assert grown == Workspace(workspace).usage()
+    assert grown["total"]["calls"] == 2
+    append(workspace, response("a", 3, "m2", "PLAN", prompt_tokens=1, completion_tokens=1))
+    assert reader.usage()["total"]["calls"] == 3
 
 
 # --- bad lines: nested too deep, forged ids, too long ----------------------------------------
