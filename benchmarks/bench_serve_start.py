@@ -1,6 +1,6 @@
 """How soon ``eventbus serve`` answers on a large workspace, and how slowly while it indexes.
 
-Run: ``python benchmarks/bench_serve_start.py [--events N] [--sessions S]``
+Run: ``python benchmarks/bench_serve_start.py [--events N] [--sessions S] [--scans]``
 (default 1,000,000 events in 10 sessions).
 
 Writes a workspace of S interleaved sessions (with each one's
@@ -14,6 +14,11 @@ subprocess (``python -m eventbus serve DIR --port 0``) and prints:
    process takes to build it, measured first), requests in a loop (sessions, a
    page of events, the next page, usage by model): how many, and the worst time;
 3. the same requests once the index is built, for comparison.
+
+With ``--scans``, first the index-free answers a server gives while it builds
+(``Workspace(root, index=False)``): usage, and the events of one type, each
+against a scan for a rare task id (every line read, a few decoded) in the
+same run.
 
 Numbers are printed, never asserted. The workspace is removed at the end.
 """
@@ -29,12 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 
-from eventbus import Event, EventType, encode_jsonl
+from eventbus import Event, EventQuery, EventType, encode_jsonl
 from sinks.artifacts import ArtifactSink
 from sinks.workspace import Workspace
 
@@ -136,16 +142,50 @@ def requests(port: int, sessions: int, round_: int) -> list[tuple[str, float]]:
     return timings
 
 
+def best_of(call: Callable[[], object], times: int = 3) -> float:
+    """The best time of ``times`` calls, in seconds."""
+    best = float("inf")
+    for _ in range(times):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def scans(root: Path) -> None:
+    """The index-free answers, each against a scan that decodes few lines."""
+    workspace = Workspace(root, index=False)
+    baseline = best_of(lambda: workspace.events(EventQuery(task_id="t0")))
+    print(f"\n0. without an index: a scan for one task id {baseline:.2f} s (the baseline)")
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("usage()", workspace.usage),
+        (
+            "events(event_type=llm_response_received)",
+            lambda: workspace.events(EventQuery(event_type=EventType.LLM_RESPONSE_RECEIVED)),
+        ),
+        (
+            "events(event_type=task_started)",
+            lambda: workspace.events(EventQuery(event_type=EventType.TASK_STARTED)),
+        ),
+    ]
+    for name, call in calls:
+        took = best_of(call, 1)  # once: usage is kept while no log changes
+        print(f"   {name:42} {took:6.2f} s  ({took / baseline:.2f}x the baseline)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--no-summaries", action="store_true", help="no run_summary artifacts")
+    parser.add_argument("--scans", action="store_true", help="time index-free answers first")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"writing {args.events:,} events in {args.sessions} sessions ...")
         write_workspace(root, args.events, args.sessions, summaries=not args.no_summaries)
+        if args.scans:
+            scans(root)
         start = time.perf_counter()
         Workspace(root).events(limit=1)
         build = time.perf_counter() - start
