@@ -419,11 +419,10 @@ def decode_events(data: bytes | bytearray | memoryview, *, offset: int = 0) -> l
         events, missing = _counting(_decode_lines, data)
     except _DECODE_ERRORS as exc:
         raise EventDecodeError(_decode_reason(exc)) from exc
-    # ids: one look at them all joined (the common case: ASCII letters and digits)
-    if (
-        not "".join(map(_get_id, events)).encode().isalnum()
-        or not "".join(filter(None, map(_get_parent_id, events))).encode().isalnum()
-    ):
+    # ids: one look at them all joined (the common case: ASCII letters and digits);
+    # no parent id at all is the common case too (b"".isalnum() is False)
+    parents = "".join(filter(None, map(_get_parent_id, events))).encode()
+    if not "".join(map(_get_id, events)).encode().isalnum() or (parents and not parents.isalnum()):
         _check_ids(events)
     if not missing:
         return events
