@@ -11,13 +11,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import _polling as polling
 import factories
 from eventbus import Event, EventType
 from eventbus.cli import main
@@ -59,10 +59,7 @@ def status_of(argv: list[str]) -> int:
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     """Poll what another process writes, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    polling.wait_until(check, what, timeout)
 
 
 @pytest.fixture

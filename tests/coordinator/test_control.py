@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from _polling import poll_until
 from eventbus import Event, EventBus, EventType
 from eventbus.coordinator import (
     Agent,
@@ -240,8 +241,7 @@ def process_gone(pid: int) -> bool:
 async def poll(check: Callable[[], bool], what: str) -> None:
     """Wait (at most WAIT seconds) until ``check()`` holds: for what another process does."""
     with anyio.fail_after(WAIT):
-        while not check():  # noqa: ASYNC110 - another process changes it: nothing to wait on
-            await anyio.sleep(0.01)
+        await poll_until(check)
     assert check(), what
 
 

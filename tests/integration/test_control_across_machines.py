@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import _polling as polling
 from _nats_servers import PrivateServer, free_port, private_nats
 from eventbus import Event, EventType
 from sinks.jsonl import EventLog
@@ -42,10 +42,7 @@ SESSION = "h1"
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     """Poll what another process writes, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    polling.wait_until(check, what, timeout)
 
 
 def events(root: Path) -> list[Event]:

@@ -10,6 +10,7 @@ import nats
 import pytest
 
 from _nats_servers import machine_nats, machine_stream, stream_name
+from _polling import poll_until
 from eventbus.coordinator import Command, submit_command
 from sinks.nats import CommandForwarder, CommandReceiver
 
@@ -50,8 +51,7 @@ async def _forward(root: Path, url: str, stream: str, until: int) -> CommandForw
     ):
         group.start_soon(forwarder.run)
         with anyio.fail_after(10):
-            while forwarder.forwarded + forwarder.skipped < until:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
+            await poll_until(lambda: forwarder.forwarded + forwarder.skipped >= until)
         group.cancel_scope.cancel()
     return forwarder
 
@@ -65,8 +65,7 @@ async def _receive(root: Path, url: str, stream: str, session_id: str, until: in
     ):
         group.start_soon(receiver.run)
         with anyio.fail_after(10):
-            while receiver.received < until:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
+            await poll_until(lambda: receiver.received >= until)
         group.cancel_scope.cancel()
     return receiver.received
 

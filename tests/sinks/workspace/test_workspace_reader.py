@@ -24,6 +24,7 @@ import sinks._lines
 import sinks.workspace._follow
 import sinks.workspace._scan
 import sinks.workspace._workspace
+from _polling import poll_until
 from eventbus import MAX_LINE_BYTES, Event, EventQuery, EventType, InvalidNameError, encode_event
 from eventbus.web import create_app
 from sinks._lines import Growth, iter_growth
@@ -526,9 +527,8 @@ async def test_cancelling_the_caller_ends_follow(root: Path) -> None:
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Wait until another thread makes ``condition`` true (polled: call under fail_after)."""
-    while not condition():  # noqa: ASYNC110 - no event to wait on across threads
-        await anyio.sleep(0.01)
+    """Wait until another thread makes ``condition`` true (call under fail_after)."""
+    await poll_until(condition)
 
 
 async def attached(workspace: Workspace, followers: int) -> None:
