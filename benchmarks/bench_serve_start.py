@@ -12,7 +12,8 @@ subprocess (``python -m eventbus serve DIR --port 0``) and prints:
    then on a page of a session's events (``/api/sessions/{id}/events?limit=100``);
 2. while the index is being built (until twice the time a Workspace in this
    process takes to build it, measured first), requests in a loop (sessions, a
-   page of events, the next page, usage by model): how many, and the worst time;
+   page of events, the next page, usage by model): per route, how many, the
+   median and the worst time;
 3. the same requests once the index is built, for comparison.
 
 With ``--scans``, first the index-free answers a server gives while it builds
@@ -142,6 +143,21 @@ def requests(port: int, sessions: int, round_: int) -> list[tuple[str, float]]:
     return timings
 
 
+def route(path: str) -> str:
+    """``path`` with its session named ``{id}``."""
+    return re.sub(r"/sessions/[^/]+/", "/sessions/{id}/", path)
+
+
+def show(timings: dict[str, list[float]]) -> None:
+    """Per route: how many requests, the median and the worst time."""
+    for path, took in timings.items():
+        took.sort()
+        print(
+            f"   {path:50} {len(took):4} requests, median {took[len(took) // 2] * 1e3:7.1f} ms,"
+            f" worst {took[-1] * 1e3:7.1f} ms"
+        )
+
+
 def best_of(call: Callable[[], object], times: int = 3) -> float:
     """The best time of ``times`` calls, in seconds."""
     best = float("inf")
@@ -210,25 +226,22 @@ def main() -> None:
             print(f"   first 200 on /api/sessions:       {sessions_at:6.2f} s after the start")
             print(f"   first 200 on a page of events:     {page_at:6.2f} s after the start")
             window = 2 * build  # the server's build shares the CPU with the requests
-            worst: tuple[float, str] = (0.0, "")
-            count = 0
+            during: dict[str, list[float]] = {}
             round_ = 0
             while time.perf_counter() - started < window:
                 for path, took in requests(port, args.sessions, round_):
-                    worst = max(worst, (took, path))
-                    count += 1
+                    during.setdefault(route(path), []).append(took)
                 round_ += 1
-            print(
-                f"\n2. while indexing (the first {window:.1f} s): {count} requests, the worst "
-                f"{worst[0]:.2f} s ({worst[1]})"
-            )
+            count = sum(map(len, during.values()))
+            print(f"\n2. while indexing (the first {window:.1f} s): {count} requests")
+            show(during)
             time.sleep(max(0.0, started + 3 * build - time.perf_counter()))
-            after: list[float] = []
+            after: dict[str, list[float]] = {}
             for round_ in range(5):
-                after += [took for _, took in requests(port, args.sessions, round_)]
-            print(
-                f"\n3. once indexed: the worst of {len(after)} requests {max(after) * 1e3:.1f} ms"
-            )
+                for path, took in requests(port, args.sessions, round_):
+                    after.setdefault(route(path), []).append(took)
+            print("\n3. once indexed:")
+            show(after)
         finally:
             server.terminate()
             server.wait(10)

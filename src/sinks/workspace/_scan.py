@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate, compress, repeat
 from operator import attrgetter, eq
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -282,6 +282,72 @@ def scan_log(
             yield found
     finally:
         fd.close()
+
+
+Keyed = tuple[datetime, str, bytes, Event | None]
+"""A match's key (timestamp, id), its line, and its event if it had to be decoded already."""
+
+
+def scan_keys(
+    path: str, root: str, query: EventQuery, *, stop: int | None = None
+) -> Iterator[list[Keyed]]:
+    """Like :func:`scan_log`, without decoding events: per chunk, each match's key and line.
+
+    Only the fields queries filter on, the timestamp and the id are decoded
+    (a line without an id is decoded whole, to derive its id). A caller that
+    keeps few of the matches (a page) decodes only those. A line whose light
+    fields decode but that is not an event is among the matches: decoding it
+    later fails.
+    """
+    fd = open_log(path, root)
+    if fd is None:
+        return
+    needles = _needles(query)
+    try:
+        for data, cut, start in _regions(fd, 0, stop):
+            chunk = _Chunk(data, cut, start, True, needles)
+            chosen = _select(chunk.records, query)
+            if not chosen:
+                continue
+            if chunk.align():
+                chosen = _select(chunk.records, query)
+            records = list(map(chunk.records.__getitem__, chosen))
+            lines = list(map(cast("list[bytes]", chunk.lines).__getitem__, chosen))
+            times = list(map(_TIME, records))
+            if set(map(_ZONE, times)) != {UTC}:  # written with another offset, or none
+                times = list(map(as_utc, times))
+            ids = list(map(_get_id, records))
+            if all(ids):
+                yield list(zip(times, ids, lines, repeat(None)))
+                continue
+            offsets = chunk.offset_list()
+            found: list[Keyed] = []
+            for i, moment, event_id, line in zip(chosen, times, ids, lines, strict=True):
+                if event_id:
+                    found.append((moment, event_id, line, None))
+                    continue
+                try:
+                    event = decode_event(line, offset=offsets[i])
+                except EventDecodeError:
+                    continue
+                found.append((event.timestamp, event.id, line, event))
+            yield found
+    finally:
+        fd.close()
+
+
+def decode_keyed(items: list[Keyed]) -> list[tuple[Event, bytes]] | None:
+    """The events of ``items`` with their lines; ``None`` if a line is not an event."""
+    lines = [line for _, _, line, event in items if event is None]
+    try:
+        decoded = iter(decode_events(b"\n".join(lines)) if lines else [])
+        found = [(next(decoded) if event is None else event, line) for _, _, line, event in items]
+    except (EventDecodeError, StopIteration):
+        return None
+    return found
+
+
+_ZONE = attrgetter("tzinfo")
 
 
 def types_in_logs(paths: list[str], root: str) -> set[str]:

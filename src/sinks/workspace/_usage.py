@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-from eventbus import Event
+from eventbus import Event, as_utc
 
 from .._usage import PICO, given_cost, response_amounts
 from ._prices import PRICE_SOURCE, price_table
@@ -18,7 +18,7 @@ PRODUCER = "producer"
 MIXED = "mixed"
 
 
-class _Group:
+class Group:
     """One row's running totals, and the tokens of its responses that have no cost."""
 
     __slots__ = ("computed", "given", "sums", "unpriced")
@@ -48,12 +48,30 @@ class _Group:
             slot = (event.model, day or day_of(event))
             tokens = self.unpriced.get(slot)
             if tokens is None:
-                tokens = self.unpriced[slot] = [0, 0, 0, 0, event.timestamp]
+                tokens = self.unpriced[slot] = [0, 0, 0, 0, as_utc(event.timestamp)]
             tokens[0] += 1
             tokens[1] += prompt
             tokens[2] += completion
             tokens[3] += cached
-            tokens[4] = max(tokens[4], event.timestamp)
+            tokens[4] = max(tokens[4], as_utc(event.timestamp))
+
+    def add_cell(self, model: str | None, day: str, cell: list[Any]) -> None:
+        """Count a :class:`~._tally.UsageTally` cell: responses of one model and UTC ``day``."""
+        sums = self.sums
+        for i in range(6):
+            sums[i] += cell[i]
+        self.given += cell[6]
+        if cell[7] and model:
+            slot = (model, day)
+            tokens = self.unpriced.get(slot)
+            if tokens is None:
+                self.unpriced[slot] = cell[7:12]
+            else:
+                tokens[0] += cell[7]
+                tokens[1] += cell[8]
+                tokens[2] += cell[9]
+                tokens[3] += cell[10]
+                tokens[4] = max(tokens[4], cell[11])
 
     def price(self) -> None:
         """Add the table's price of the responses without a cost (if the table knows them)."""
@@ -110,15 +128,20 @@ def usage_table(responses: Sequence[Event], by: str) -> dict[str, Any]:
     The total is the sum of the rows, ``cost_source`` included.
     """
     key_of: Callable[[Event], Any] = day_of if by == "day" else attrgetter(by)
-    groups: dict[str | None, _Group] = {}
+    groups: dict[str | None, Group] = {}
     by_day = by == "day"
     for event in responses:
         key = key_of(event)
         group = groups.get(key)
         if group is None:
-            group = groups[key] = _Group()
+            group = groups[key] = Group()
         group.add(event, key if by_day else None)
-    total = _Group()
+    return groups_table(groups, by)
+
+
+def groups_table(groups: dict[str | None, Group], by: str) -> dict[str, Any]:
+    """The answer of ``Workspace.usage`` from its groups: priced, sorted, with the total."""
+    total = Group()
     for group in groups.values():
         group.price()
         for i, amount in enumerate(group.sums):

@@ -35,6 +35,10 @@ only the newest N events and reads the logs for the part of an answer
 older than those (same answers, slower); :meth:`Workspace.build_index`
 builds the index in the calling thread while other threads' queries are
 answered from the logs (``eventbus serve`` answers at once that way).
+:meth:`Workspace.usage` needs no index, in every mode: it keeps, per log,
+sums per (session, model, role, task, phase, day) of the responses read so
+far, and reads on from where it stopped (a log replaced or cleared is read
+again); the first answer reads only the lines naming the response type.
 
 **Threads.** The methods block on the disk: from async code, call them in a
 worker thread (``anyio.to_thread.run_sync``). A :class:`Workspace` is safe
@@ -65,7 +69,6 @@ with ``error`` saying why.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -73,9 +76,10 @@ import threading
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
 import anyio
 import anyio.to_thread
@@ -102,9 +106,9 @@ from .._segments import log_stat
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
 from ._prune import DEFAULT_STALE, PruneReport, prune
-from ._scan import Key, find_key, key_of, scan_log, types_in_logs
+from ._scan import Key, Keyed, decode_keyed, find_key, key_of, scan_keys, scan_log, types_in_logs
 from ._sessions import SessionRows
-from ._usage import usage_table
+from ._tally import UsageTally
 
 __all__ = [
     "MAX_ARTIFACT_BYTES",
@@ -131,7 +135,6 @@ MAX_ARTIFACT_BYTES: Final = 16 * 1024 * 1024
 
 logger = logging.getLogger("sinks.workspace")
 
-_USAGE_ANSWERS: Final = 64  # usage answers kept while the logs do not change
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
@@ -291,8 +294,8 @@ class Workspace:
     :param max_events: index at most this many events, the newest (in time
         order); ``None``: every event. The events the index drops are still
         answered, from the logs: a query whose answer may hold some (a page
-        before the newest ``max_events``, ``after=`` one of them, usage)
-        reads the logs as with ``index=False`` for that part. Answers are
+        before the newest ``max_events``, ``after=`` one of them) reads the
+        logs as with ``index=False`` for that part. Answers are
         the same as without a bound, only slower.
     """
 
@@ -315,8 +318,7 @@ class Workspace:
         self._index: EventIndex | None = None
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
-        self._usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
-        self._scan_usage: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
+        self._tally = UsageTally(self._root)  # token usage, read on from where it stopped
         self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
@@ -329,8 +331,7 @@ class Workspace:
                 self._index.close()
             self._index = None
             self._logs = {}
-            self._usage = {}
-            self._scan_usage = {}
+        self._tally.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -360,6 +361,8 @@ class Workspace:
             self._building = True
         built: tuple[EventIndex, dict[str, _Log]] | None = None
         try:
+            # Usage first: about a tenth of the build, then answered at once meanwhile.
+            self._tally.refresh(self._log_paths(None))
             built = self._new_index()
         finally:
             with self._lock:
@@ -367,7 +370,6 @@ class Workspace:
                 if built is not None:
                     if self._index is None:
                         self._index, self._logs = built
-                        self._usage = {}
                     else:  # a query built one meanwhile
                         built[0].close()
 
@@ -513,7 +515,7 @@ class Workspace:
             self._remember_lines(lines)
             found = list(zip(events, self.read_lines(events), strict=True))
         else:
-            found = self._scan(query, after)
+            found = self._scan(query, after, first=more)
             del found[len(found) if more is None else more :]
             self._remember(found)
         if limit is not None and len(found) > limit:
@@ -670,41 +672,7 @@ class Workspace:
             names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
-        if not self._use_index():
-            return self._scanned_usage(query, by)
-        with self._lock:
-            index = self._current()
-            # An answer holds while no log changed: asked again (a page reloaded), it is
-            # not summed again.
-            state = tuple(sorted((log.path, log.ident, log.end) for log in self._logs.values()))
-            cached = self._usage.get((by, session_id))
-            if cached is not None and cached[0] == state:
-                return copy.deepcopy(cached[1])
-            # (with max_events, the responses the index dropped are read from the logs)
-            answer = usage_table(self._indexed(query, None, None, index=index)[0], by)
-            if len(self._usage) >= _USAGE_ANSWERS:
-                self._usage.clear()
-            self._usage[by, session_id] = (state, answer)
-        return copy.deepcopy(answer)
-
-    def _scanned_usage(self, query: EventQuery, by: str) -> dict[str, Any]:
-        """:meth:`usage` read from the logs; kept while no log changes.
-
-        ``serve`` asks for it again and again while it builds its index: the
-        logs are read once per state of theirs, not once per request.
-        """
-        paths = self._log_paths(query.session_id)
-        state = tuple((path, log_stat(path)) for path in paths)  # taken before reading
-        with self._lock:
-            cached = self._scan_usage.get((by, query.session_id))
-        if cached is not None and cached[0] == state:
-            return copy.deepcopy(cached[1])
-        answer = usage_table([event for event, _ in self._scan(query, None)], by)
-        with self._lock:
-            if len(self._scan_usage) >= _USAGE_ANSWERS:
-                self._scan_usage.clear()
-            self._scan_usage[by, query.session_id] = (state, answer)
-        return copy.deepcopy(answer)
+        return self._tally.table(self._log_paths(query.session_id), by, query.session_id)
 
     # --- control ------------------------------------------------------------------------
 
@@ -995,12 +963,14 @@ class Workspace:
         after: str | Event | None,
         ends: dict[str, tuple[tuple[int, int], int]] | None = None,
         *,
+        first: int | None = None,
         last: int | None = None,
     ) -> list[tuple[Event, bytes]]:
         """Every event matching ``query`` (after ``after``) in time order, read from the logs.
 
-        With ``last``, at least the last ``last`` of them (holding no more than
-        a few times that many at once).
+        With ``first`` (or ``last``), at least the first (last) that many of
+        them, holding no more than a few times that many at once; only the
+        events returned are decoded whole.
         """
         paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
         low: Key | None = None
@@ -1010,6 +980,10 @@ class Workspace:
             low = find_key(paths, self._root, after)
             if low is None:
                 raise UnknownEventIdError(after)
+        if first is not None or last is not None:
+            page = self._scan_page(query, paths, low, ends, first, last)
+            if page is not None:
+                return page
         found: list[tuple[Event, bytes]] = []
         for path in paths:
             stop = None if ends is None else ends[path][1]
@@ -1023,6 +997,39 @@ class Workspace:
                     del found[:-last]
         found.sort(key=_item_key)
         return found
+
+    def _scan_page(
+        self,
+        query: EventQuery,
+        paths: list[str],
+        low: Key | None,
+        ends: dict[str, tuple[tuple[int, int], int]] | None,
+        first: int | None,
+        last: int | None,
+    ) -> list[tuple[Event, bytes]] | None:
+        """At least the first ``first`` (or last ``last``) events of :meth:`_scan`, decoding
+        only a few times that many.
+
+        ``None`` if one of them turns out not to be an event (the caller then
+        decodes every match, which passes such lines over).
+        """
+        count = cast(int, first if first is not None else last)
+        found: list[Keyed] = []
+        for path in paths:
+            stop = None if ends is None else ends[path][1]
+            for chunk in scan_keys(path, self._root, query, stop=stop):
+                if low is None:
+                    found += chunk
+                else:
+                    found += [item for item in chunk if (item[0], item[1]) > low]
+                if len(found) > 4 * count + 1024:
+                    found.sort(key=_keyed_key)
+                    if first is not None:
+                        del found[count:]
+                    else:
+                        del found[: len(found) - count]
+        found.sort(key=_keyed_key)
+        return decode_keyed(found)
 
     def _check_session(self, session_id: str, *, log: bool = False) -> None:
         """Refuse a bad id, a missing session, and one (or, with ``log``, a log) leading out."""
@@ -1092,7 +1099,6 @@ class Workspace:
             self._index.close()
             self._index = None
         self._index, self._logs = self._new_index()
-        self._usage = {}
 
     def _new_index(self) -> tuple[EventIndex, dict[str, _Log]]:
         """An index of every log, and where it read each up to (no lock needed)."""
@@ -1306,6 +1312,9 @@ def _until(query: EventQuery, end_time: datetime) -> EventQuery:
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+
+
+_keyed_key = itemgetter(0, 1)
 
 
 def _item_key(item: tuple[Event, bytes]) -> Key:

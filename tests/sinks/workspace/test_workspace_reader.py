@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
+import eventbus
 import factories
 import sinks._lines
 import sinks.workspace._follow
@@ -867,25 +868,42 @@ def test_a_scan_by_type_finds_every_spelling_of_the_type(tmp_path: Path) -> None
     assert [e.message for e in found] == ["r 0", "r 1", "r 2"]
 
 
-def test_usage_without_an_index_reads_the_logs_once_per_state_of_theirs(tmp_path: Path) -> None:
-    """Asked again while no log changed, usage is not read again; a log grown is read."""
+def test_a_page_without_an_index_decodes_only_a_few_times_its_size(tmp_path: Path) -> None:
+    """Pages and the latest events read every line's keys but decode few events whole."""
     workspace = tmp_path / "ws"
-    append(workspace, response("a", 1, "m1", "PLAN", prompt_tokens=10, completion_tokens=1))
-    reader = Workspace(workspace, index=False)
-    with mock.patch.object(
-        sinks.workspace._workspace, "scan_log", wraps=sinks.workspace._scan.scan_log
-    ) as scan:
-        first = reader.usage()
-        assert reader.usage() == first
-        assert scan.call_count == 1
-        append(workspace, response("b", 2, "m1", "PLAN", prompt_tokens=5, completion_tokens=1))
-        grown = reader.usage()
-        assert scan.call_count == 3  # both logs: a session appeared
-    assert first["total"]["calls"] == 1
-    assert grown == Workspace(workspace).usage()
-    assert grown["total"]["calls"] == 2
-    append(workspace, response("a", 3, "m2", "PLAN", prompt_tokens=1, completion_tokens=1))
-    assert reader.usage()["total"]["calls"] == 3
+    append(workspace, *(info("s", f"e{i}", i) for i in range(3000)))
+    append(workspace, *(info("t", f"f{i}", i + 0.5) for i in range(3000)))
+    reader, indexed = Workspace(workspace, index=False), Workspace(workspace)
+    decoded: list[int] = []
+    real = eventbus.decode_events
+
+    def counting(data: bytes, **kwargs: Any) -> list[Event]:
+        events = real(data, **kwargs)
+        decoded.append(len(events))
+        return events
+
+    with mock.patch.object(sinks.workspace._scan, "decode_events", counting):
+        page, next_id = reader.events(limit=10)
+        assert (page, next_id) == indexed.events(limit=10)
+        assert next_id is not None
+        assert reader.events(after=next_id, limit=10) == indexed.events(after=next_id, limit=10)
+        assert reader.latest(5, session_id="t") == indexed.latest(5, session_id="t")
+    assert sum(decoded) <= 3 * (4 * 11 + 1024)  # of 6,000 lines, three times
+
+
+def test_a_line_with_an_events_keys_that_is_not_an_event_is_passed_over_in_a_page(
+    tmp_path: Path,
+) -> None:
+    """A line whose type, timestamp and id decode but whose message does not is not
+    an event: a page read without an index passes over it, as the index does."""
+    workspace = tmp_path / "ws"
+    stored = json.loads(encode_event(info("s", "x", 0)))
+    append_raw(workspace, "s", json.dumps({**stored, "message": 7}).encode() + b"\n")
+    append(workspace, *(info("s", f"e{i}", i + 1) for i in range(5)))
+    expected = Workspace(workspace).events(limit=3)
+    assert [e.message for e in expected[0]] == ["e0", "e1", "e2"]
+    assert Workspace(workspace, index=False).events(limit=3) == expected
+    assert Workspace(workspace, index=False).latest(6) == Workspace(workspace).latest(6)
 
 
 # --- bad lines: nested too deep, forged ids, too long ----------------------------------------
