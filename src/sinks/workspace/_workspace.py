@@ -73,8 +73,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncGenerator, Iterable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
@@ -101,7 +101,7 @@ from .._layout import (
     report_once,
     resolve_inside,
 )
-from .._lines import complete_end, open_log, read_places
+from .._lines import complete_end, iter_growth, open_log, read_places
 from .._segments import log_stat
 from ..index import EventIndex, UnknownEventIdError
 from ._follow import ChangeHub, Tail, check_watchfiles
@@ -137,6 +137,7 @@ logger = logging.getLogger("sinks.workspace")
 
 _REMEMBERED: Final = 10_000  # lines of the last scanned answer kept for read_lines
 _PAGE: Final = 1000  # events per page when follow replays the stored ones
+_GIVE_WAY: Final = 0.2  # the longest the build waits, between chunks, for queries to finish
 _RESPONSE: Final = EventType.LLM_RESPONSE_RECEIVED
 _BUILTIN_TYPES: Final = frozenset(kind.value for kind in EventType)
 _ENDS: Final = (EventType.SESSION_COMPLETED, EventType.SESSION_FAILED, EventType.SESSION_ABORTED)
@@ -319,6 +320,8 @@ class Workspace:
         self._logs: dict[str, _Log] = {}
         self._rows = SessionRows(self._root)
         self._tally = UsageTally(self._root)  # token usage, read on from where it stopped
+        self._asking = 0  # queries reading the logs meanwhile: the build gives way to them
+        self._quiet = threading.Condition()
         self._hub: ChangeHub | None = None
 
     def __repr__(self) -> str:
@@ -361,7 +364,8 @@ class Workspace:
             self._building = True
         built: tuple[EventIndex, dict[str, _Log]] | None = None
         try:
-            # Usage first: about a tenth of the build, then answered at once meanwhile.
+            # Usage first (about a tenth of the build, not giving way: usage asked
+            # meanwhile waits for it), then answered at once while the index is built.
             self._tally.refresh(self._log_paths(None))
             built = self._new_index()
         finally:
@@ -672,6 +676,7 @@ class Workspace:
             names = ", ".join([*USAGE_KEYS, *USAGE_ALIASES])
             raise ValueError(f"cannot group usage by {by!r}: use one of {names}")
         query = self._query(EventQuery(event_type=_RESPONSE), session_id)
+        # (not a query the build gives way to: while the build tallies, this waits for it)
         return self._tally.table(self._log_paths(query.session_id), by, query.session_id)
 
     # --- control ------------------------------------------------------------------------
@@ -972,6 +977,18 @@ class Workspace:
         them, holding no more than a few times that many at once; only the
         events returned are decoded whole.
         """
+        with self._asked():
+            return self._scan_logs(query, after, ends, first=first, last=last)
+
+    def _scan_logs(
+        self,
+        query: EventQuery,
+        after: str | Event | None,
+        ends: dict[str, tuple[tuple[int, int], int]] | None,
+        *,
+        first: int | None,
+        last: int | None,
+    ) -> list[tuple[Event, bytes]]:
         paths = self._log_paths(query.session_id) if ends is None else sorted(ends)
         low: Key | None = None
         if isinstance(after, Event):
@@ -1106,9 +1123,45 @@ class Workspace:
         logs = {}
         for session_id, path, ident, _ in self._log_files():
             log = logs[session_id] = _Log(path, ident)
-            self._read(index, log, bulk=True)
+            fd = open_log(path, self._root)
+            if fd is None:
+                continue
+            try:
+                for growth in iter_growth(fd, 0):
+                    self._give_way()
+                    if growth.events:
+                        index.add_located(
+                            growth.events, path, growth.offsets, growth.lengths, bulk=True
+                        )
+                    log.end = growth.end
+            finally:
+                fd.close()
         index.settle()
         return index, logs
+
+    @contextmanager
+    def _asked(self) -> Iterator[None]:
+        """Mark a query reading the logs: a build in another thread waits while it runs."""
+        with self._quiet:
+            self._asking += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._asking -= 1
+                if not self._asking:
+                    self._quiet.notify_all()
+
+    def _give_way(self) -> None:
+        """Between chunks of the build: wait (a little) while queries read the logs.
+
+        They share the interpreter with the build: waiting, it leaves them
+        all of it, so a query answers about as fast as with no build going
+        on, and the build still moves on at least a chunk per ``_GIVE_WAY`` s.
+        """
+        with self._quiet:
+            if self._asking:
+                self._quiet.wait_for(lambda: not self._asking, _GIVE_WAY)
 
     def _use_index(self) -> bool:
         """Whether to answer from the index (else from the logs, index-free)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 
 import sinks._lines
 import sinks.workspace._tally
+import sinks.workspace._workspace
 from eventbus import Event, EventQuery, EventType, encode_event
+from sinks.index import EventIndex
 from sinks.jsonl import EventLog
 from sinks.workspace import USAGE_KEYS, Workspace
 from sinks.workspace._usage import usage_table
@@ -182,3 +185,39 @@ def test_amounts_follow_the_one_rule_set() -> None:
     )
     assert table["total"]["prompt_tokens"] == 0
     assert table["total"]["cost_usd"] == 1.0
+
+
+def test_the_build_gives_way_to_a_query_reading_the_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a query reads the logs, the build (in another thread) waits between chunks,
+    leaving the interpreter to the query; it goes on once the query is done."""
+    write(tmp_path, [response(i, "s1") for i in range(3)])
+    monkeypatch.setattr(sinks.workspace._workspace, "_GIVE_WAY", 60.0)
+    workspace = Workspace(tmp_path)
+    seen: list[str] = []
+    waiting = threading.Event()
+    quiet = workspace._quiet
+    real_wait_for = quiet.wait_for
+
+    def wait_for(predicate: Any, timeout: float | None = None) -> bool:
+        waiting.set()
+        return bool(real_wait_for(predicate, timeout))
+
+    monkeypatch.setattr(quiet, "wait_for", wait_for)
+    real_add = EventIndex.add_located
+
+    def add_located(index: EventIndex, *args: Any, **kwargs: Any) -> int:
+        seen.append("indexed")
+        return real_add(index, *args, **kwargs)
+
+    monkeypatch.setattr(EventIndex, "add_located", add_located)
+    with workspace._asked():
+        build = threading.Thread(target=workspace.build_index)
+        build.start()
+        assert waiting.wait(30)
+        seen.append("query done")
+    build.join(30)
+    assert not build.is_alive()
+    assert seen == ["query done", "indexed"]
+    assert workspace.events()[0] == Workspace(tmp_path, index=False).events()[0]
