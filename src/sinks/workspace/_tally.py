@@ -50,6 +50,7 @@ _KEY_FIELDS: Final = {
 }
 _NEEDLE: Final = b'"' + RESPONSE.value.encode() + b'"'  # the type as a JSON string
 _ZERO: Final = timedelta(0)
+_ANSWERS: Final = 64  # answers kept while the logs do not change
 _PICO_FLOAT: Final = float(PICO)
 _FIELDS: Final = tuple(map(attrgetter, ("session_id", "model", "agent_role", "task_id", "phase")))
 _get_metadata = attrgetter("metadata")
@@ -80,11 +81,14 @@ class UsageTally:
         self._root = root
         self._logs: dict[str, _Log] = {}
         self._lock = threading.Lock()
+        # answers, kept while no log they read changed: (by, session) -> (state, answer)
+        self._answers: dict[tuple[str, str | None], tuple[Any, dict[str, Any]]] = {}
 
     def clear(self) -> None:
         """Forget every tally (the next answer reads the logs again)."""
         with self._lock:
             self._logs = {}
+            self._answers = {}
 
     def refresh(self, paths: Iterable[str]) -> None:
         """Read what the logs at ``paths`` gained since they were last read."""
@@ -102,6 +106,11 @@ class UsageTally:
         with self._lock:
             for path in paths:
                 self._refresh(path)
+            logs = self._logs
+            state = [(path, log.ident, log.end) for path in paths if (log := logs.get(path))]
+            kept = self._answers.get((by, session_id))
+            if kept is not None and kept[0] == state:
+                return _copy(kept[1])
             for path in paths:
                 log = self._logs.get(path)
                 if log is None:
@@ -114,7 +123,11 @@ class UsageTally:
                     if group is None:
                         group = groups[value] = Group()
                     group.add_cell(key[1], key[5], cell)
-        return groups_table(groups, by)
+            answer = groups_table(groups, by)
+            if len(self._answers) >= _ANSWERS:
+                self._answers.clear()
+            self._answers[by, session_id] = (state, answer)
+        return _copy(answer)
 
     def _refresh(self, path: str) -> None:
         status = log_stat(path)
@@ -140,6 +153,15 @@ class UsageTally:
                 log.end = start + cut
         finally:
             fd.close()
+
+
+def _copy(answer: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``answer`` the caller may change."""
+    return {
+        "by": answer["by"],
+        "rows": [dict(row) for row in answer["rows"]],
+        "total": dict(answer["total"]),
+    }
 
 
 def _responses(data: bytes) -> list[Event]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import sinks._lines
 import sinks.workspace._tally
+import sinks.workspace._usage
 import sinks.workspace._workspace
 from eventbus import Event, EventQuery, EventType, encode_event
 from sinks.index import EventIndex
@@ -221,3 +222,22 @@ def test_the_build_gives_way_to_a_query_reading_the_logs(
     assert not build.is_alive()
     assert seen == ["query done", "indexed"]
     assert workspace.events()[0] == Workspace(tmp_path, index=False).events()[0]
+
+
+def test_an_answer_is_kept_while_no_log_changes_and_handed_out_as_a_copy(tmp_path: Path) -> None:
+    """Asked again with no log changed, the answer is not summed again; changing the
+    answer given does not change the next one; a log grown is summed again."""
+    write(tmp_path, [response(0, "s1"), response(1, "s2")])
+    workspace = Workspace(tmp_path, index=False)
+    real = sinks.workspace._usage.groups_table
+    with mock.patch.object(sinks.workspace._tally, "groups_table", wraps=real) as summed:
+        first = workspace.usage("task")
+        first["rows"][0]["calls"] = 99
+        first["total"]["calls"] = 99
+        again = workspace.usage("task")
+        assert summed.call_count == 1
+        assert again["total"]["calls"] == 2
+        assert again["rows"][0]["calls"] == 2
+        write(tmp_path, [response(2, "s1")])
+        assert workspace.usage("task")["total"]["calls"] == 3
+        assert summed.call_count == 2
