@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import mul
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -141,12 +141,23 @@ def token_column(metadata: Sequence[dict[str, Any]], key: str) -> list[Any]:
 
 def picodollar_column(metadata: Sequence[dict[str, Any]]) -> list[int]:
     """The costs of many responses in picodollars, by :func:`picodollars`."""
+    costs = given_cost_column(metadata)
+    if None in costs:
+        return [cost or 0 for cost in costs]
+    return cast("list[int]", costs)
+
+
+def given_cost_column(metadata: Sequence[dict[str, Any]]) -> list[int | None]:
+    """The given costs of many responses in picodollars, by :func:`given_cost`.
+
+    Checked for the whole column at once when every cost is a ``float``.
+    """
     costs: list[Any] = list(map(dict.get, metadata, repeat("cost_usd")))
     if costs and set(map(type, costs)) == {float}:
         scaled = list(map(mul, costs, repeat(_PICO_FLOAT)))
         if all(map(math.isfinite, scaled)) and min(scaled) >= 0 and max(scaled) < LIMIT:
             return list(map(round, scaled))
-    return list(map(picodollars, costs))
+    return list(map(given_cost, costs))
 
 
 class Sums:

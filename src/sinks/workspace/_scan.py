@@ -242,10 +242,42 @@ def scan_log(
     nothing. A line without an id gets the one its offset derives (as
     :class:`~sinks.jsonl.EventLog` gives it).
     """
+    timed = query.start_time is not None or query.end_time is not None
+    for chunk, chosen in _matching(path, root, query, stop, timed):
+        records, lines = chunk.records, cast("list[bytes]", chunk.lines)
+        found = []
+        if all(map(_get_id, map(records.__getitem__, chosen))):  # no id to derive
+            picked = list(map(lines.__getitem__, chosen))
+            try:  # at once; if a line is not an event, line by line below
+                events = decode_events(b"\n".join(picked))
+            except EventDecodeError:
+                events = []
+            if len(events) == len(picked):
+                yield list(zip(events, picked, strict=True))
+                continue
+            for i in chosen:
+                try:
+                    found.append((decode_event(lines[i]), lines[i]))
+                except EventDecodeError:  # a line with the light fields but not an event
+                    continue
+        else:
+            offsets = chunk.offset_list()
+            for i in chosen:
+                try:
+                    found.append((decode_event(lines[i], offset=offsets[i]), lines[i]))
+                except EventDecodeError:
+                    continue
+        yield found
+
+
+def _matching(
+    path: str, root: str, query: EventQuery, stop: int | None, timed: bool
+) -> Iterator[tuple[_Chunk, list[int]]]:
+    """Per chunk of the log holding a match of ``query``: the chunk (its lines split) and
+    the indices of its matching records. Nothing for a missing or refused log."""
     fd = open_log(path, root)
     if fd is None:
         return
-    timed = query.start_time is not None or query.end_time is not None
     needles = _needles(query)
     try:
         for data, cut, start in _regions(fd, 0, stop):
@@ -255,31 +287,7 @@ def scan_log(
                 continue
             if chunk.align():
                 chosen = _select(chunk.records, query)
-            records, lines = chunk.records, chunk.lines
-            assert lines is not None
-            found = []
-            if all(map(_get_id, map(records.__getitem__, chosen))):  # no id to derive
-                picked = list(map(lines.__getitem__, chosen))
-                try:  # at once; if a line is not an event, line by line below
-                    events = decode_events(b"\n".join(picked))
-                except EventDecodeError:
-                    events = []
-                if len(events) == len(picked):
-                    yield list(zip(events, picked, strict=True))
-                    continue
-                for i in chosen:
-                    try:
-                        found.append((decode_event(lines[i]), lines[i]))
-                    except EventDecodeError:  # a line with the light fields but not an event
-                        continue
-            else:
-                offsets = chunk.offset_list()
-                for i in chosen:
-                    try:
-                        found.append((decode_event(lines[i], offset=offsets[i]), lines[i]))
-                    except EventDecodeError:
-                        continue
-            yield found
+            yield chunk, chosen
     finally:
         fd.close()
 
@@ -299,41 +307,28 @@ def scan_keys(
     fields decode but that is not an event is among the matches: decoding it
     later fails.
     """
-    fd = open_log(path, root)
-    if fd is None:
-        return
-    needles = _needles(query)
-    try:
-        for data, cut, start in _regions(fd, 0, stop):
-            chunk = _Chunk(data, cut, start, True, needles)
-            chosen = _select(chunk.records, query)
-            if not chosen:
+    for chunk, chosen in _matching(path, root, query, stop, True):
+        records = list(map(chunk.records.__getitem__, chosen))
+        lines = list(map(cast("list[bytes]", chunk.lines).__getitem__, chosen))
+        times = list(map(_TIME, records))
+        if set(map(_ZONE, times)) != {UTC}:  # written with another offset, or none
+            times = list(map(as_utc, times))
+        ids = list(map(_get_id, records))
+        if all(ids):
+            yield list(zip(times, ids, lines, repeat(None)))
+            continue
+        offsets = chunk.offset_list()
+        found: list[Keyed] = []
+        for i, moment, event_id, line in zip(chosen, times, ids, lines, strict=True):
+            if event_id:
+                found.append((moment, event_id, line, None))
                 continue
-            if chunk.align():
-                chosen = _select(chunk.records, query)
-            records = list(map(chunk.records.__getitem__, chosen))
-            lines = list(map(cast("list[bytes]", chunk.lines).__getitem__, chosen))
-            times = list(map(_TIME, records))
-            if set(map(_ZONE, times)) != {UTC}:  # written with another offset, or none
-                times = list(map(as_utc, times))
-            ids = list(map(_get_id, records))
-            if all(ids):
-                yield list(zip(times, ids, lines, repeat(None)))
+            try:
+                event = decode_event(line, offset=offsets[i])
+            except EventDecodeError:
                 continue
-            offsets = chunk.offset_list()
-            found: list[Keyed] = []
-            for i, moment, event_id, line in zip(chosen, times, ids, lines, strict=True):
-                if event_id:
-                    found.append((moment, event_id, line, None))
-                    continue
-                try:
-                    event = decode_event(line, offset=offsets[i])
-                except EventDecodeError:
-                    continue
-                found.append((event.timestamp, event.id, line, event))
-            yield found
-    finally:
-        fd.close()
+            found.append((event.timestamp, event.id, line, event))
+        yield found
 
 
 def decode_keyed(items: list[Keyed]) -> list[tuple[Event, bytes]] | None:

@@ -15,19 +15,18 @@ far less than the events.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from itertools import groupby, repeat
-from operator import attrgetter, methodcaller, mul
+from itertools import groupby
+from operator import attrgetter, methodcaller
 from typing import Any, Final, TypeAlias, cast
 
 from eventbus import Event, EventDecodeError, as_utc, decode_event, decode_events
 
 from .._lines import line_runs, open_log
 from .._segments import log_stat
-from .._usage import LIMIT, PICO, RESPONSE, given_cost, token_column
+from .._usage import RESPONSE, given_cost_column, token_column
 from ._usage import Group, day_of, groups_table
 
 __all__: list[str] = []
@@ -51,7 +50,6 @@ _KEY_FIELDS: Final = {
 _NEEDLE: Final = b'"' + RESPONSE.value.encode() + b'"'  # the type as a JSON string
 _ZERO: Final = timedelta(0)
 _ANSWERS: Final = 64  # answers kept while the logs do not change
-_PICO_FLOAT: Final = float(PICO)
 _FIELDS: Final = tuple(map(attrgetter, ("session_id", "model", "agent_role", "task_id", "phase")))
 _get_metadata = attrgetter("metadata")
 _get_timestamp = attrgetter("timestamp")
@@ -208,7 +206,7 @@ def _add(cells: dict[CellKey, Cell], responses: list[Event]) -> None:
         totals = [
             p + c if t is None else t for p, c, t in zip(prompts, completions, totals, strict=True)
         ]
-    costs = _given_costs(metadata)
+    costs = given_cost_column(metadata)
     stamps = list(map(_get_timestamp, responses))
     columns = [list(map(get, responses)) for get in _FIELDS]
     keys = list(zip(*columns, _days(responses, stamps), strict=True))
@@ -242,16 +240,6 @@ def _add(cells: dict[CellKey, Cell], responses: list[Event]) -> None:
                     if cell[11] is None or stamp > cell[11]:
                         cell[11] = stamp
         start = end
-
-
-def _given_costs(metadata: list[dict[str, Any]]) -> list[int | None]:
-    """Each response's given cost in picodollars (``None``: none that counts), by column."""
-    costs: list[Any] = list(map(dict.get, metadata, repeat("cost_usd")))
-    if costs and set(map(type, costs)) == {float}:
-        scaled = list(map(mul, costs, repeat(_PICO_FLOAT)))
-        if all(map(math.isfinite, scaled)) and min(scaled) >= 0 and max(scaled) < LIMIT:
-            return list(map(round, scaled))
-    return list(map(given_cost, costs))
 
 
 def _days(responses: list[Event], stamps: list[datetime]) -> list[str]:
