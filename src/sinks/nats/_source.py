@@ -48,6 +48,8 @@ __all__ = ["ConsumerConfigError", "JetStreamSource", "SourceStats", "Start"]
 
 _logger = logging.getLogger("eventbus.nats")
 
+_ACK = b"+ACK"  # the payload of an ack (JetStream's AckAck)
+
 #: Where a new consumer starts: every message, only new ones, a stream sequence, or a time.
 Start = Literal["all", "new"] | int | datetime
 
@@ -83,11 +85,27 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     invalid: int
 
 
+class _Message(NamedTuple):
+    """A message as the server sent it: what the source needs of it, nothing parsed."""
+
+    subject: bytes
+    reply: bytes  # the subject an ack goes to
+    data: bytes
+    status: bytes | None  # a status message's code (b"408": a pull request expired), else None
+
+
 class _Published(NamedTuple):
     """A batch published on the bus, waiting for its flush and its ack."""
 
-    messages: list[nats.aio.msg.Msg]
+    replies: list[bytes]  # the ack subjects of the batch's messages
     events: list[Event]
+
+
+def _status(headers: bytes | None) -> bytes | None:
+    """The status code of a message's header block (``NATS/1.0 408 ...``), or None."""
+    if headers is None or headers[8:9] != b" ":  # b"NATS/1.0\r\n...": no status
+        return None
+    return headers[9:12]
 
 
 class JetStreamSource:
@@ -107,7 +125,9 @@ class JetStreamSource:
     arrived meanwhile (up to ``batch``), so a trickle is not held back to
     fill one. A consumer this class creates acks with ``AckPolicy.ALL``: one
     ack per batch, for its last message (one made with explicit acks gets
-    one ack per message).
+    one ack per message). The messages of those pull requests skip nats-py's
+    ``Msg`` objects and header parsing (:attr:`raw_messages` says whether
+    the nats-py in use allows it).
 
     **Durable** (``durable="name"``): the server remembers the position;
     a restarted source resumes after the last acked message. Messages
@@ -188,7 +208,9 @@ class JetStreamSource:
         self._last_sequence = 0  # consumer sequence of the last message handled (ordered)
         # Durable: the messages pushed for our pull requests, and those requests.
         self._js: Any = None
-        self._arrived: deque[nats.aio.msg.Msg] = deque()
+        self._arrived: deque[_Message] = deque()
+        #: Whether the pulled messages skip nats-py's ``Msg`` (set on entering; see _take_over).
+        self.raw_messages = False
         self._wakeup = asyncio.Event()
         self._requests: deque[list[float]] = deque()  # [messages still due, deadline], oldest first
         self._next_subject = ""
@@ -287,6 +309,7 @@ class JetStreamSource:
                 self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
                 self._inbox = nc.new_inbox()
                 self._sub = await nc.subscribe(self._inbox, cb=self._arrive)
+                self.raw_messages = self._take_over(nc, self._sub)
         except BaseException:
             await self._close()
             raise
@@ -353,8 +376,49 @@ class JetStreamSource:
 
     async def _arrive(self, msg: nats.aio.msg.Msg) -> None:
         """Take a message pushed for a pull request (nats-py calls this in order)."""
-        self._arrived.append(msg)
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        self._arrived.append(
+            _Message(
+                msg.subject.encode(),
+                msg.reply.encode(),
+                msg.data,
+                None if status is None else status.encode(),
+            )
+        )
         self._wakeup.set()
+
+    def _take_over(self, nc: nats.aio.client.Client, sub: Any) -> bool:
+        """Take the messages of ``sub`` from nats-py's parser as they are read.
+
+        nats-py turns each message into a ``Msg`` (its headers parsed into a
+        dict), puts it on the subscription's queue, and a task of its own
+        calls :meth:`_arrive`: most of a relay's CPU. Messages of our pull
+        requests only need their reply subject, their payload and, for the
+        server's status messages, the status code, so they go straight to
+        ``_arrived``. This hooks ``Client._process_msg(sid, subject, reply,
+        data, headers)``, called by nats-py's parser for every message; with
+        a nats-py that has no such method, messages take the callback path.
+        Returns whether the hook is in place.
+        """
+        process = getattr(nc, "_process_msg", None)
+        sid = getattr(sub, "_id", None)
+        if process is None or not isinstance(sid, int):
+            return False
+        arrived, wakeup = self._arrived, self._wakeup
+
+        async def process_msg(
+            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if msg_sid != sid:
+                await process(msg_sid, subject, reply, data, headers)
+                return
+            arrived.append(_Message(subject, reply, data, _status(headers)))
+            if not wakeup.is_set():
+                wakeup.set()
+
+        nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
+        return True
 
     async def _request_more(self) -> None:
         """Keep a batch or more asked for: up to two pull requests open at once."""
@@ -369,26 +433,26 @@ class JetStreamSource:
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._inbox)
         requests.append([self.batch, now + expires + 1.0])
 
-    def _take_arrived(self) -> list[nats.aio.msg.Msg]:
+    def _take_arrived(self) -> list[_Message]:
         """The messages that arrived (up to a batch), minus the servers' status messages."""
         arrived, requests = self._arrived, self._requests
-        messages: list[nats.aio.msg.Msg] = []
+        messages: list[_Message] = []
         while arrived and len(messages) < self.batch:
             msg = arrived.popleft()
-            status = msg.headers.get("Status") if msg.headers else None
+            status = msg.status
             if status is None:
                 messages.append(msg)
                 if requests:
                     requests[0][0] -= 1
                     if requests[0][0] <= 0:
                         requests.popleft()
-            elif status != "100" and requests:  # 408 expired, 409 ...: the oldest is done
+            elif status != b"100" and requests:  # 408 expired, 409 ...: the oldest is done
                 requests.popleft()
         if not arrived:
             self._wakeup.clear()
         return messages
 
-    async def _pull(self) -> list[nats.aio.msg.Msg]:
+    async def _pull(self) -> list[_Message]:
         await self._request_more()
         if not self._arrived:
             with contextlib.suppress(TimeoutError):
@@ -398,14 +462,14 @@ class JetStreamSource:
         await self._request_more()  # the next batch comes while this one is written
         return messages
 
-    async def _next_batch(self) -> list[nats.aio.msg.Msg]:
+    async def _next_batch(self) -> list[_Message]:
         sub = self._sub
         try:
             if self.durable is not None:
                 return await self._pull()
-            messages = [await sub.next_msg(timeout=self.fetch_timeout)]
+            messages = [self._ordered(await sub.next_msg(timeout=self.fetch_timeout))]
             while len(messages) < self.batch and sub.pending_msgs > 0:
-                messages.append(await sub.next_msg(timeout=self.fetch_timeout))
+                messages.append(self._ordered(await sub.next_msg(timeout=self.fetch_timeout)))
             return messages
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
             return []
@@ -415,6 +479,11 @@ class JetStreamSource:
         except nats.js.errors.APIError as exc:  # e.g. the server restarting: try again
             _logger.info("fetch from %s failed, retrying: %r", self.stream, exc)
             return []
+
+    def _ordered(self, msg: nats.aio.msg.Msg) -> _Message:
+        """A message of the ordered consumer, its consumer sequence noted."""
+        self._last_sequence = msg.metadata.sequence.consumer
+        return _Message(msg.subject.encode(), b"", msg.data, None)
 
     async def _idle(self) -> bool:
         try:
@@ -431,21 +500,21 @@ class JetStreamSource:
             return bool(info.num_pending == 0 and self._last_sequence >= delivered)
         return bool(info.num_pending == 0 and (info.num_ack_pending or 0) == 0)
 
-    async def _publish(self, bus: EventBus, messages: list[nats.aio.msg.Msg]) -> _Published:
+    async def _publish(self, bus: EventBus, messages: list[_Message]) -> _Published:
         """Publish the batch's new events on ``bus`` (not flushed yet)."""
         self._received += len(messages)
         fresh: list[Event] = []
         batch_ids: set[str] = set()
         seen = self._seen
         for msg in messages:
-            if self.durable is None:
-                self._last_sequence = msg.metadata.sequence.consumer
             try:
                 event = decode_event(msg.data)
                 validate_session_id(event.session_id)
             except (EventDecodeError, InvalidNameError) as exc:
                 _logger.warning(
-                    "dropping a message of %s that is not an event: %s", msg.subject, exc
+                    "dropping a message of %s that is not an event: %s",
+                    msg.subject.decode(errors="replace"),
+                    exc,
                 )
                 self._invalid += 1
                 continue
@@ -470,11 +539,11 @@ class JetStreamSource:
             else:
                 published.append(event)
         self._in_flight.update(event.id for event in published)
-        return _Published(messages, published)
+        return _Published([msg.reply for msg in messages], published)
 
     async def _settle(self, bus: EventBus, batch: _Published) -> None:
         """Flush the batch's events, then ack its messages."""
-        messages, published = batch.messages, batch.events
+        replies, published = batch.replies, batch.events
         try:
             await bus.flush()
         except BaseException:
@@ -485,11 +554,12 @@ class JetStreamSource:
         self.remember(event.id for event in published)
         if self.durable is None:
             return
+        nc = self._nc
+        assert nc is not None
         try:
-            for msg in messages[-1:] if self._ack_all else messages:
-                await msg.ack()
-            assert self._nc is not None
-            await self._nc.flush(timeout=max(1, round(self.ack_wait)))
+            for reply in replies[-1:] if self._ack_all else replies:
+                await nc.publish(reply.decode(), _ACK)
+            await nc.flush(timeout=max(1, round(self.ack_wait)))
         except (nats.errors.Error, TimeoutError) as exc:  # redelivered, then dropped by id
             _logger.info(
                 "acks to %s may be lost (%r); they come back and are dropped", self.stream, exc

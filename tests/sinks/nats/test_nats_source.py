@@ -239,3 +239,38 @@ async def test_deep_and_forged_messages_are_acked_and_dropped_and_the_rest_writt
     again = MemorySink()
     await _consume(url, stream, again)
     assert again.events == []
+
+
+@pytest.mark.anyio
+async def test_pulled_messages_skip_nats_py_message_objects(
+    machine_stream: tuple[str, str],
+) -> None:
+    """The messages of the pull requests go straight from nats-py's parser to the source:
+    none reaches the subscription (no Msg made, no headers parsed), all are published."""
+    url, stream = machine_stream
+    events = _events(500)
+    await _publish(url, stream, events)
+    sink = MemorySink()
+    source = await _consume(url, stream, sink, batch=64)
+    assert sink.events == events
+    assert source.raw_messages
+    assert source._sub.delivered == 0
+
+
+@pytest.mark.anyio
+async def test_without_the_parser_hook_messages_come_through_the_subscription(
+    machine_stream: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nats-py without the hook the source uses: every event still arrives, acked once."""
+    url, stream = machine_stream
+    events = _events(300)
+    await _publish(url, stream, events)
+    monkeypatch.setattr(JetStreamSource, "_take_over", lambda self, nc, sub: False)
+    sink = MemorySink()
+    source = await _consume(url, stream, sink, batch=64)
+    assert sink.events == events
+    assert not source.raw_messages
+    assert source._sub.delivered >= 300
+    again = MemorySink()
+    await _consume(url, stream, again)
+    assert again.events == []
