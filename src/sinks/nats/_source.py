@@ -48,7 +48,10 @@ __all__ = ["ConsumerConfigError", "JetStreamSource", "SourceStats", "Start"]
 
 _logger = logging.getLogger("eventbus.nats")
 
-_ACK = b"+ACK"  # the payload of an ack (JetStream's AckAck)
+_MAX_VALID_SESSIONS = 4096  # session ids remembered as valid (then forgotten at once)
+_ACK = b"+ACK"
+# Batches published and waiting for the one being flushed: the next flush takes them all.
+_QUEUED_BATCHES = 4  # the payload of an ack (JetStream's AckAck)
 
 #: Where a new consumer starts: every message, only new ones, a stream sequence, or a time.
 Start = Literal["all", "new"] | int | datetime
@@ -75,7 +78,9 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     event id was seen already; ``filtered``: events not matching ``sessions``
     or ``types``; ``invalid``: messages that are not events, or events
     publishing refuses (ids with control characters, JSON nested too deep,
-    metadata over ``MAX_METADATA_DEPTH``...): logged, acked and dropped.
+    metadata over ``MAX_METADATA_DEPTH``...): logged, acked and dropped;
+    ``acks``: acks sent (with ``AckPolicy.ALL``, one per flush of the bus,
+    however many batches it covered).
     """
 
     received: int
@@ -83,6 +88,7 @@ class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: int
     filtered: int
     invalid: int
+    acks: int = 0
 
 
 class _Message(NamedTuple):
@@ -123,11 +129,15 @@ class JetStreamSource:
     consumer keeps up to two pull requests of ``batch`` messages open, so
     the next batch arrives while this one is written; a batch is what
     arrived meanwhile (up to ``batch``), so a trickle is not held back to
-    fill one. A consumer this class creates acks with ``AckPolicy.ALL``: one
-    ack per batch, for its last message (one made with explicit acks gets
-    one ack per message). The messages of those pull requests skip nats-py's
-    ``Msg`` objects and header parsing (:attr:`raw_messages` says whether
-    the nats-py in use allows it).
+    fill one. Batches are published while earlier ones are flushed: one
+    ``flush`` covers every batch published meanwhile, and so does one ack
+    (a consumer this class creates acks with ``AckPolicy.ALL``: the last
+    message's ack acks all before it; one made with explicit acks gets one
+    ack per message). An ack therefore means: every lossless sink of the
+    bus wrote the message's event (durably, for durable sinks), or the
+    event was dropped (a duplicate, filtered out, or not an event). The
+    pulled messages skip nats-py's ``Msg`` objects and header parsing
+    (:attr:`raw_messages` says whether the nats-py in use allows it).
 
     **Durable** (``durable="name"``): the server remembers the position;
     a restarted source resumes after the last acked message. Messages
@@ -171,7 +181,7 @@ class JetStreamSource:
         sessions: Iterable[str] | None = None,
         types: Iterable[str | EventType] | None = None,
         start: Start = "all",
-        batch: int = 256,
+        batch: int = 1024,
         ack_wait: float = 30.0,
         remember: int = 100_000,
         fetch_timeout: float = 1.0,
@@ -204,7 +214,7 @@ class JetStreamSource:
         self._nc: nats.aio.client.Client | None = None
         self._sub: Any = None
         self._received = self._published = self._duplicates = 0
-        self._filtered = self._invalid = 0
+        self._filtered = self._invalid = self._acks = 0
         self._last_sequence = 0  # consumer sequence of the last message handled (ordered)
         # Durable: the messages pushed for our pull requests, and those requests.
         self._js: Any = None
@@ -217,6 +227,7 @@ class JetStreamSource:
         self._inbox = ""
         self._ack_all = False
         self._in_flight: set[str] = set()  # ids published, not flushed yet
+        self._valid_sessions: set[str] = set()  # session ids that passed validate_session_id
         self._unsettled = 0  # batches published, not flushed and acked yet
         self._settled: anyio.Event | None = None  # set while nothing waits to be settled
 
@@ -241,6 +252,7 @@ class JetStreamSource:
             duplicates=self._duplicates,
             filtered=self._filtered,
             invalid=self._invalid,
+            acks=self._acks,
         )
 
     def remember(self, event_ids: Iterable[str]) -> None:
@@ -340,9 +352,10 @@ class JetStreamSource:
         require_asyncio(type(self).__name__)
         if self._nc is None:
             raise JetStreamError("use the source as 'async with JetStreamSource(...) as source'")
-        # Two stages: this task fetches and publishes a batch while the previous one
-        # is flushed and acked by the other (one batch may wait between them).
-        send, receive = anyio.create_memory_object_stream[_Published](1)
+        # Two stages: this task fetches and publishes batches while the other flushes
+        # and acks those before them (up to _QUEUED_BATCHES wait between the stages;
+        # one flush covers every batch waiting, one ack acks them with AckPolicy.ALL).
+        send, receive = anyio.create_memory_object_stream[_Published](_QUEUED_BATCHES)
         self._settled = anyio.Event()
         self._settled.set()
         try:
@@ -369,8 +382,14 @@ class JetStreamSource:
     ) -> None:
         async with receive:
             async for published in receive:
-                await self._settle(bus, published)
-                self._unsettled -= 1
+                batches = [published]
+                while True:  # what was published meanwhile: one flush covers it all
+                    try:
+                        batches.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self._settle(bus, batches)
+                self._unsettled -= len(batches)
                 if not self._unsettled and self._settled is not None:
                     self._settled.set()
 
@@ -505,11 +524,15 @@ class JetStreamSource:
         self._received += len(messages)
         fresh: list[Event] = []
         batch_ids: set[str] = set()
-        seen = self._seen
+        seen, valid_sessions = self._seen, self._valid_sessions
         for msg in messages:
             try:
                 event = decode_event(msg.data)
-                validate_session_id(event.session_id)
+                if event.session_id not in valid_sessions:
+                    validate_session_id(event.session_id)
+                    if len(valid_sessions) >= _MAX_VALID_SESSIONS:
+                        valid_sessions.clear()
+                    valid_sessions.add(event.session_id)
             except (EventDecodeError, InvalidNameError) as exc:
                 _logger.warning(
                     "dropping a message of %s that is not an event: %s",
@@ -541,24 +564,30 @@ class JetStreamSource:
         self._in_flight.update(event.id for event in published)
         return _Published([msg.reply for msg in messages], published)
 
-    async def _settle(self, bus: EventBus, batch: _Published) -> None:
-        """Flush the batch's events, then ack its messages."""
-        replies, published = batch.replies, batch.events
+    async def _settle(self, bus: EventBus, batches: list[_Published]) -> None:
+        """Flush the batches' events (one ``flush`` for all), then ack their messages."""
         try:
             await bus.flush()
         except BaseException:
             self._in_flight.clear()  # not written: taken again if delivered again
             raise
-        self._in_flight.difference_update(event.id for event in published)
-        self._published += len(published)
-        self.remember(event.id for event in published)
+        for batch in batches:
+            published = batch.events
+            self._in_flight.difference_update(event.id for event in published)
+            self._published += len(published)
+            self.remember(event.id for event in published)
         if self.durable is None:
             return
+        if self._ack_all:  # the last message's ack acks every one before it
+            replies = batches[-1].replies[-1:]
+        else:
+            replies = [reply for batch in batches for reply in batch.replies]
         nc = self._nc
         assert nc is not None
         try:
-            for reply in replies[-1:] if self._ack_all else replies:
+            for reply in replies:
                 await nc.publish(reply.decode(), _ACK)
+                self._acks += 1
             await nc.flush(timeout=max(1, round(self.ack_wait)))
         except (nats.errors.Error, TimeoutError) as exc:  # redelivered, then dropped by id
             _logger.info(

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -274,3 +275,72 @@ async def test_without_the_parser_hook_messages_come_through_the_subscription(
     again = MemorySink()
     await _consume(url, stream, again)
     assert again.events == []
+
+
+@pytest.mark.anyio
+async def test_messages_of_a_session_id_that_cannot_name_a_directory_are_dropped_each_time(
+    machine_stream: tuple[str, str],
+) -> None:
+    """Every message whose session id is refused is dropped, however often it comes;
+    the valid sessions' events around them are published."""
+    url, stream = machine_stream
+    first, last = _events(2)
+    await _publish(url, stream, [first])
+    fields = json.loads(encode_event(first))
+    nc = await nats.connect(url)
+    try:
+        for n in range(3):
+            forged = {**fields, "id": f"f{n}", "session_id": "../escape"}
+            await nc.jetstream().publish(f"{stream.lower()}.s1.info", json.dumps(forged).encode())
+    finally:
+        await nc.close()
+    await _publish(url, stream, [last])
+    sink = MemorySink()
+    source = await _consume(url, stream, sink)
+    assert sink.events == [first, last]
+    assert source.stats().invalid == 3
+
+
+class _HeldSink(MemorySink):
+    """A sink whose first write waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self.release.wait()
+        await super().write(events)
+
+
+@pytest.mark.anyio
+async def test_batches_published_during_a_flush_are_flushed_and_acked_together(
+    machine_stream: tuple[str, str],
+) -> None:
+    """While one batch is being written, the next ones are published; the flush after it
+    covers them all and one ack (AckPolicy.ALL) acks them all. (Forty events: the
+    server delivers at most four batches unacked.)"""
+    url, stream = machine_stream
+    events = _events(40)
+    await _publish(url, stream, events)
+    sink = _HeldSink()
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        bus.subscribe(sink)
+
+        async def release_when_all_published() -> None:
+            async with bus.listen() as live:
+                seen = 0
+                async for _ in live:
+                    seen += 1
+                    if seen == len(events):
+                        sink.release.set()
+                        return
+
+        group.start_soon(release_when_all_published)
+        await anyio.wait_all_tasks_blocked()
+        source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower(), batch=10)
+        with anyio.fail_after(20):
+            async with source:
+                await source.run(bus, until_idle=True)
+    assert sink.events == events
+    assert 2 <= source.stats().acks <= 3  # four batches: the first, then the rest at once
