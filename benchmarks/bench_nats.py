@@ -52,6 +52,7 @@ PRODUCERS = 4
 OFFERED = 5_000  # events/s, all producers together
 SECONDS = 4
 REPEATS = 3
+STARTUP = 3.0  # seconds for the producer processes to start (Python, imports, a connection)
 
 
 def _event(i: int) -> Event:
@@ -127,14 +128,18 @@ class _LoggedClock(JsonlSink):
         self.written += len(events)
 
 
-async def _produce(stream: str, producer: int, rate: float) -> int:
+async def _produce(stream: str, producer: int, rate: float, start_at: float) -> int:
     """One producer process: ``rate`` events/s for SECONDS, flushed (PubAcks awaited) every 10 ms.
 
+    It starts at ``start_at`` (a wall-clock time, the same for every producer).
     Each event is created (its timestamp taken) just before it is published.
     Returns how many events it published.
     """
+    sink = JetStreamSink(URL, stream=stream, subject_prefix=stream.lower())
+    await sink.connect()
     async with EventBus() as bus:
-        bus.subscribe(JetStreamSink(URL, stream=stream, subject_prefix=stream.lower()))
+        bus.subscribe(sink)
+        await anyio.sleep(max(0.0, start_at - time.time()))
         start, done = time.perf_counter(), 0
         while (elapsed := time.perf_counter() - start) < SECONDS:
             due = int(elapsed * rate)
@@ -146,10 +151,12 @@ async def _produce(stream: str, producer: int, rate: float) -> int:
     return done
 
 
-def _producer_process(stream: str, producer: int, rate: float) -> subprocess.Popen[str]:
+def _producer_process(
+    stream: str, producer: int, rate: float, start_at: float
+) -> subprocess.Popen[str]:
     """Start a producer in a process of its own: its CPU is not the aggregator's GIL."""
     return subprocess.Popen(
-        [sys.executable, __file__, "--produce", stream, str(producer), str(rate)],
+        [sys.executable, __file__, "--produce", stream, str(producer), str(rate), str(start_at)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -164,17 +171,18 @@ async def _latency(stream: str, durable: str) -> tuple[float, float, int]:
     """
     with tempfile.TemporaryDirectory() as root:
         clock = _LoggedClock(root)
-        async with EventBus() as aggregator, anyio.create_task_group() as tg:
+        source = JetStreamSource(
+            URL, stream=stream, subject_prefix=stream.lower(), durable=durable, start="new"
+        )
+        async with EventBus() as aggregator, source:
             aggregator.subscribe(clock)
             aggregator.subscribe(EventIndex())
             aggregator.subscribe(ArtifactSink(root))
-            source = JetStreamSource(
-                URL, stream=stream, subject_prefix=stream.lower(), durable=durable, start="new"
-            )
-            async with source:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(source.run, aggregator)
+                start_at = time.time() + STARTUP  # all producers start together
                 producers = [
-                    _producer_process(stream, producer, OFFERED / PRODUCERS)
+                    _producer_process(stream, producer, OFFERED / PRODUCERS, start_at)
                     for producer in range(PRODUCERS)
                 ]
                 sent = 0
@@ -268,6 +276,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--produce"]:
-        print(anyio.run(_produce, sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+        args = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+        print(anyio.run(_produce, *args))
     else:
         anyio.run(main, backend="asyncio")
