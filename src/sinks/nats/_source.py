@@ -49,9 +49,7 @@ __all__ = ["ConsumerConfigError", "JetStreamSource", "SourceStats", "Start"]
 _logger = logging.getLogger("eventbus.nats")
 
 _MAX_VALID_SESSIONS = 4096  # session ids remembered as valid (then forgotten at once)
-_ACK = b"+ACK"
-# Batches published and waiting for the one being flushed: the next flush takes them all.
-_QUEUED_BATCHES = 4  # the payload of an ack (JetStream's AckAck)
+_ACK = b"+ACK"  # the payload of an ack (JetStream's AckAck)
 
 #: Where a new consumer starts: every message, only new ones, a stream sequence, or a time.
 Start = Literal["all", "new"] | int | datetime
@@ -353,9 +351,13 @@ class JetStreamSource:
         if self._nc is None:
             raise JetStreamError("use the source as 'async with JetStreamSource(...) as source'")
         # Two stages: this task fetches and publishes batches while the other flushes
-        # and acks those before them (up to _QUEUED_BATCHES wait between the stages;
-        # one flush covers every batch waiting, one ack acks them with AckPolicy.ALL).
-        send, receive = anyio.create_memory_object_stream[_Published](_QUEUED_BATCHES)
+        # and acks those before them; one flush covers every batch waiting, one ack
+        # acks them with AckPolicy.ALL. A slow flush (fsyncs) never stops the
+        # publishing of what arrives meanwhile, however small its batches: what
+        # bounds them is the server, which delivers at most max_ack_pending messages
+        # (4 x batch for the consumers made here) before an ack, so at most that
+        # many batches wait.
+        send, receive = anyio.create_memory_object_stream[_Published](4 * self.batch)
         self._settled = anyio.Event()
         self._settled.set()
         try:

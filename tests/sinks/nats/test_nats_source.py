@@ -344,3 +344,33 @@ async def test_batches_published_during_a_flush_are_flushed_and_acked_together(
                 await source.run(bus, until_idle=True)
     assert sink.events == events
     assert 2 <= source.stats().acks <= 3  # four batches: the first, then the rest at once
+
+
+@pytest.mark.anyio
+async def test_a_slow_flush_does_not_hold_back_what_arrives_meanwhile(
+    machine_stream: tuple[str, str],
+) -> None:
+    """While a write is stuck, each event arriving alone (a batch of one) is still published
+    on the bus at once, however many such batches wait for the flush."""
+    url, stream = machine_stream
+    events = _events(12)
+    sink = _HeldSink()
+    producer = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
+    source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower(), batch=10)
+    try:
+        async with EventBus() as bus, source, anyio.create_task_group() as group:
+            bus.subscribe(sink)
+            async with bus.listen() as live:
+                group.start_soon(source.run, bus)
+                arrivals = aiter(live)
+                for event in events:
+                    await producer.write(EventBatch([event]))
+                    with anyio.fail_after(10):
+                        assert await anext(arrivals) == event  # on the bus: a batch of its own
+            sink.release.set()
+            with anyio.fail_after(10):
+                await bus.flush()
+            group.cancel_scope.cancel()
+    finally:
+        await producer.aclose()
+    assert sink.events == events
