@@ -369,7 +369,7 @@ class JetStreamSource:
                         self._unsettled += 1
                         self._settled = anyio.Event()
                         await send.send(await self._publish(bus, messages))
-                    if until_idle and len(messages) < self.batch:
+                    if until_idle and len(messages) < self.batch and not self._more(messages):
                         await self._settled.wait()  # acked: else the server counts it pending
                         if await self._idle():
                             group.cancel_scope.cancel()
@@ -504,7 +504,25 @@ class JetStreamSource:
     def _ordered(self, msg: nats.aio.msg.Msg) -> _Message:
         """A message of the ordered consumer, its consumer sequence noted."""
         self._last_sequence = msg.metadata.sequence.consumer
-        return _Message(msg.subject.encode(), b"", msg.data, None)
+        return _Message(msg.subject.encode(), msg.reply.encode(), msg.data, None)
+
+    def _more(self, messages: list[_Message]) -> bool:
+        """Whether more messages are surely on their way after ``messages``.
+
+        The reply subject of a JetStream message says how many messages the
+        consumer still had pending when it was sent: a short batch is not the
+        end of the stream when that is not zero. In doubt, False (``run``
+        then asks the server).
+        """
+        if self._arrived:
+            return True
+        if not messages:
+            return False
+        try:
+            metadata = nats.aio.msg.Msg.Metadata._from_reply(messages[-1].reply.decode())
+        except (nats.errors.Error, ValueError, IndexError):
+            return False
+        return metadata.num_pending > 0
 
     async def _idle(self) -> bool:
         try:
