@@ -114,12 +114,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _recent_ids(root: Path, per_log: int) -> list[str]:
-    """The ids of the last ``per_log`` events of every log under ``root``."""
+    """The ids of the last ``per_log`` events of every log under ``root``, oldest first.
+
+    Event ids sort by creation time, so a source that remembers fewer ids
+    than this keeps the newest: those that may have been written but not
+    acked before a crash.
+    """
     from sinks.jsonl import LOG_FILE_NAME, EventLog
 
     ids: list[str] = []
-    for path in sorted(root.glob(f"*/{LOG_FILE_NAME}")):
+    for path in root.glob(f"*/{LOG_FILE_NAME}"):
         ids.extend(event.id for event in EventLog(path).get_latest(per_log))
+    ids.sort()
     return ids
 
 
