@@ -21,6 +21,7 @@ from eventbus import (
     MemorySink,
     RetryPolicy,
     SinkFailedError,
+    decode_event,
     encode_event,
 )
 from factories import events as _events
@@ -374,3 +375,26 @@ async def test_a_slow_flush_does_not_hold_back_what_arrives_meanwhile(
     finally:
         await producer.aclose()
     assert sink.events == events
+
+
+@pytest.mark.anyio
+async def test_a_message_without_an_id_gets_the_id_its_own_line_derives_in_any_batch(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A line in the seed's format (no id) among others: its event gets the id derived from
+    that line alone, as decode_event gives it, however the messages are batched."""
+    url, stream = machine_stream
+    first, last = _events(2)
+    fields = json.loads(encode_event(first))
+    del fields["id"]
+    seed_line = json.dumps({**fields, "message": "no id"}).encode()
+    await _publish(url, stream, [first])
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().publish(f"{stream.lower()}.s1.info", seed_line)
+    finally:
+        await nc.close()
+    await _publish(url, stream, [last])
+    sink = MemorySink()
+    await _consume(url, stream, sink)
+    assert [event.id for event in sink.events] == [first.id, decode_event(seed_line).id, last.id]
