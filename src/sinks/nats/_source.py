@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
@@ -19,6 +19,7 @@ import nats.aio.client
 import nats.aio.msg
 import nats.errors
 import nats.js.errors
+import nats.protocol.parser
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -52,6 +53,8 @@ _logger = logging.getLogger("eventbus.nats")
 
 _MAX_VALID_SESSIONS = 4096  # session ids remembered as valid (then forgotten at once)
 _ACK = b"+ACK"  # the payload of an ack (JetStream's AckAck)
+_AWAITING_CONTROL_LINE = nats.protocol.parser.AWAITING_CONTROL_LINE
+_AWAITING_MSG_PAYLOAD = nats.protocol.parser.AWAITING_MSG_PAYLOAD
 
 #: Where a new consumer starts: every message, only new ones, a stream sequence, or a time.
 Start = Literal["all", "new"] | int | datetime
@@ -136,6 +139,95 @@ def _decode_all(messages: Sequence[_Message]) -> list[Event | EventDecodeError]:
         except EventDecodeError as exc:
             decoded.append(exc)
     return decoded
+
+
+def _fast_parse(
+    parser: nats.protocol.parser.Parser,
+    sid: int,
+    take: Callable[[bytes, bytes, bytes, bytes | None], None],
+    process: Callable[[int, bytes, bytes, bytes, bytes | None], Awaitable[None]],
+) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+    """A ``parse`` for nats-py's ``parser`` that cuts messages from the bytes read itself.
+
+    nats-py's parser matches two regular expressions per message and awaits
+    a coroutine for each. This one splits each ``MSG``/``HMSG`` control line
+    on spaces and hands each message of subscription ``sid`` to ``take``
+    (others to ``process``, nats-py's ``_process_msg``, in order); a message
+    cut by the end of a read waits in the parser's own state for the next.
+    Whatever else comes (``PING``, ``+OK``, ``-ERR``, ``INFO``, a line it does
+    not expect) is left, from there on, to nats-py's own ``parse``, which
+    keeps its protocol handling and its errors.
+    """
+    original = parser.parse
+
+    async def parse(data: bytes = b"") -> None:
+        buf = parser.buf
+        buf.extend(data)
+        if parser.state == _AWAITING_MSG_PAYLOAD:  # the rest of a message cut by a read
+            needed, header_size = parser.needed, parser.header_needed
+            if len(buf) < needed + 2:
+                return
+            headers = bytes(buf[:header_size]) if header_size else None
+            payload = bytes(buf[header_size:needed])
+            del buf[: needed + 2]
+            parser.header_needed = 0
+            parser.state = _AWAITING_CONTROL_LINE
+            arg = parser.msg_arg
+            if arg["sid"] == sid:
+                take(arg["subject"], arg["reply"], payload, headers)
+            else:
+                await process(arg["sid"], arg["subject"], arg["reply"], payload, headers)
+        pos, size = 0, len(buf)
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break  # the line is not all here
+            if buf.startswith(b"HMSG ", pos):
+                fields = bytes(buf[pos + 5 : end]).split(b" ")
+                if len(fields) == 5:
+                    subject, msg_sid, reply, header_bytes, total = fields
+                elif len(fields) == 4:
+                    subject, msg_sid, header_bytes, total = fields
+                    reply = b""
+                else:
+                    break
+            elif buf.startswith(b"MSG ", pos):
+                fields = bytes(buf[pos + 4 : end]).split(b" ")
+                header_bytes = b"0"
+                if len(fields) == 4:
+                    subject, msg_sid, reply, total = fields
+                elif len(fields) == 3:
+                    subject, msg_sid, total = fields
+                    reply = b""
+                else:
+                    break
+            else:
+                break
+            if not (msg_sid.isdigit() and header_bytes.isdigit() and total.isdigit()):
+                break
+            start = end + 2
+            header_size, needed = int(header_bytes), int(total)
+            if start + needed + 2 > size:  # cut by the end of the read: wait for the rest
+                parser.msg_arg.update(subject=subject, sid=int(msg_sid), reply=reply)
+                parser.needed, parser.header_needed = needed, header_size
+                parser.state = _AWAITING_MSG_PAYLOAD
+                pos = start
+                break
+            headers = bytes(buf[start : start + header_size]) if header_size else None
+            payload = bytes(buf[start + header_size : start + needed])
+            pos = start + needed + 2
+            if int(msg_sid) == sid:
+                take(subject, reply, payload, headers)
+            else:  # another subscription's: nats-py's way, after what came before it
+                del buf[:pos]
+                pos, size = 0, len(buf)
+                await process(int(msg_sid), subject, reply, payload, headers)
+        if pos:
+            del buf[:pos]
+        if buf and parser.state == _AWAITING_CONTROL_LINE:
+            await original()
+
+    return parse
 
 
 def _status(headers: bytes | None) -> bytes | None:
@@ -252,6 +344,8 @@ class JetStreamSource:
         self._arrived: deque[_Message] = deque()
         #: Whether the pulled messages skip nats-py's ``Msg`` (set on entering; see _take_over).
         self.raw_messages = False
+        #: Whether they are also cut from the bytes read without nats-py's parser (see _fast_parse).
+        self.fast_parse = False
         self._wakeup = asyncio.Event()
         self._requests: deque[list[float]] = deque()  # [messages still due, deadline], oldest first
         self._next_subject = ""
@@ -472,6 +566,16 @@ class JetStreamSource:
                 wakeup.set()
 
         nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
+
+        def take(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            arrived.append(_Message(subject, reply, data, _status(headers)))
+            if not wakeup.is_set():
+                wakeup.set()
+
+        parser = getattr(nc, "_ps", None)
+        if isinstance(parser, nats.protocol.parser.Parser):
+            parser.parse = _fast_parse(parser, sid, take, process_msg)  # type: ignore[method-assign,assignment]
+            self.fast_parse = True
         return True
 
     async def _request_more(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import nats
+import nats.protocol.parser
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -26,6 +27,7 @@ from eventbus import (
 )
 from factories import events as _events
 from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
+from sinks.nats._source import _fast_parse
 
 __all__ = ["machine_nats", "machine_stream", "stream_name"]  # fixtures, imported for pytest
 
@@ -256,6 +258,7 @@ async def test_pulled_messages_skip_nats_py_message_objects(
     source = await _consume(url, stream, sink, batch=64)
     assert sink.events == events
     assert source.raw_messages
+    assert source.fast_parse
     assert source._sub.delivered == 0
 
 
@@ -398,3 +401,83 @@ async def test_a_message_without_an_id_gets_the_id_its_own_line_derives_in_any_b
     sink = MemorySink()
     await _consume(url, stream, sink)
     assert [event.id for event in sink.events] == [first.id, decode_event(seed_line).id, last.id]
+
+
+class _Client:
+    """What nats-py's parser calls on its client, recorded in one log with what is taken."""
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.log: list[tuple[object, ...]] = []
+
+    def take(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self.log.append(("take", subject, reply, data, headers))
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        if sid == self.sid:
+            self.take(subject, reply, data, headers)
+        else:
+            self.log.append(("other", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.log.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.log.append(("pong",))
+
+
+def _hmsg(subject: bytes, sid: bytes, reply: bytes, headers: bytes, data: bytes) -> bytes:
+    fields = [subject, sid, *([reply] if reply else []), b"%d" % len(headers)]
+    return b"HMSG %s %d\r\n%s%s\r\n" % (b" ".join(fields), len(headers + data), headers, data)
+
+
+_WIRE = (
+    _hmsg(
+        b"_INBOX.a",
+        b"7",
+        b"$JS.ACK.S.c.1.1.1.1.0",
+        b"NATS/1.0\r\nNats-Msg-Id: x1\r\n\r\n",
+        b'{"a"}',
+    )
+    + b"PING\r\n"
+    + b"MSG other.subject 3 5\r\nhello\r\n"
+    + _hmsg(b"_INBOX.a", b"7", b"", b"NATS/1.0 408 Request Timeout\r\n\r\n", b"")
+    + b"+OK\r\n"
+    + b"MSG _INBOX.a 7 reply.to 3\r\nabc\r\n"
+    + _hmsg(b"_INBOX.a ", b"7", b"", b"NATS/1.0\r\n\r\n", b"{}")  # two spaces: nats-py's
+    + b"PONG\r\n"
+)
+_EXPECTED = [
+    (
+        "take",
+        b"_INBOX.a",
+        b"$JS.ACK.S.c.1.1.1.1.0",
+        b'{"a"}',
+        b"NATS/1.0\r\nNats-Msg-Id: x1\r\n\r\n",
+    ),
+    ("ping",),
+    ("other", 3, b"other.subject", b"", b"hello", None),
+    ("take", b"_INBOX.a", b"", b"", b"NATS/1.0 408 Request Timeout\r\n\r\n"),
+    ("take", b"_INBOX.a", b"reply.to", b"abc", None),
+    ("take", b"_INBOX.a", b"", b"{}", b"NATS/1.0\r\n\r\n"),
+    ("pong",),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 41, len(_WIRE)])
+@pytest.mark.anyio
+async def test_messages_are_cut_from_reads_of_any_size_in_order_with_the_rest(
+    chunk: int,
+) -> None:
+    """The source's parse takes its subscription's messages (headers, statuses, no reply)
+    whole however the bytes are split across reads, in order with nats-py's handling of
+    everything else (other subscriptions, PING, +OK, PONG, a line it does not expect)."""
+    client = _Client(7)
+    parser = nats.protocol.parser.Parser(client)
+    parse = _fast_parse(parser, 7, client.take, client._process_msg)
+    for start in range(0, len(_WIRE), chunk):
+        await parse(_WIRE[start : start + chunk])
+    assert client.log == _EXPECTED
+    assert not parser.buf
