@@ -30,4 +30,12 @@ def test_recent_ids_come_oldest_first_across_logs_so_the_newest_are_kept(tmp_pat
     newer = [new_event_id() for _ in range(3)]
     _log(tmp_path, "a-newer", newer)
     _log(tmp_path, "b-older", older)
-    assert _recent_ids(tmp_path, 2) == [*older[1:], *newer[1:]]
+    assert _recent_ids(tmp_path, 2, 10) == [*older[1:], *newer[1:]]
+
+
+def test_recent_ids_are_the_newest_up_to_the_limit_however_many_logs(tmp_path: Path) -> None:
+    """With more logs than the source remembers ids, the newest of all are returned."""
+    ids = [new_event_id() for _ in range(40)]
+    for n in range(8):
+        _log(tmp_path, f"s{n}", ids[n::8])
+    assert _recent_ids(tmp_path, 5, 12) == ids[-12:]
