@@ -287,7 +287,9 @@ class JetStreamSource:
     :param sessions: consume only these sessions (None: all).
     :param types: consume only these event types (None: all).
     :param start: where a new consumer starts.
-    :param batch: the most messages fetched (and flushed, then acked) at once.
+    :param batch: the most messages taken and published as one batch; a
+        consumer made here lets the server deliver up to ``4 * batch``
+        messages before they are acked.
     :param ack_wait: seconds before the server redelivers an unacked message.
     :param remember: how many recent event ids are kept to drop redeliveries.
     :param fetch_timeout: seconds a pull request (or an ordered fetch) waits for messages.
