@@ -36,6 +36,7 @@ from ._serve import bind, check_token, dashboard
 __all__ = ["add_parser", "relay", "run"]
 
 _COMMAND = "eventbus relay"
+_REMEMBER = 100_000  # event ids kept to drop redeliveries (the newest of the logs' on start)
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -113,14 +114,23 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _recent_ids(root: Path, per_log: int) -> list[str]:
-    """The ids of the last ``per_log`` events of every log under ``root``."""
+def _recent_ids(root: Path, per_log: int, limit: int = _REMEMBER) -> list[str]:
+    """The ids of the last ``per_log`` events of every log under ``root``: the newest
+    ``limit`` of them, oldest first.
+
+    Event ids sort by creation time, so these are the ones most recently
+    written: those that may have been written but not acked before a crash.
+    """
     from sinks.jsonl import LOG_FILE_NAME, EventLog
 
     ids: list[str] = []
-    for path in sorted(root.glob(f"*/{LOG_FILE_NAME}")):
+    for path in root.glob(f"*/{LOG_FILE_NAME}"):
         ids.extend(event.id for event in EventLog(path).get_latest(per_log))
-    return ids
+        if len(ids) > 2 * limit:  # bounded, however many logs there are
+            ids.sort()
+            del ids[:-limit]
+    ids.sort()
+    return ids[-limit:]
 
 
 async def relay(args: argparse.Namespace, out: TextIO) -> int:
@@ -138,8 +148,10 @@ async def relay(args: argparse.Namespace, out: TextIO) -> int:
         durable=args.durable,
         subject_prefix=args.subject_prefix,
         ack_wait=args.ack_wait,
+        remember=_REMEMBER,
     )
-    source.remember(_recent_ids(root, 4 * source.batch))
+    # A consumer made by the source delivers at most 4 x batch messages unacked.
+    source.remember(_recent_ids(root, 4 * source.batch, _REMEMBER))
     async with EventBus() as bus, source, AsyncExitStack() as stack:
         bus.subscribe(JsonlSink(root))
         bus.subscribe(index)

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,49 +144,75 @@ def replace_atomic(directory: str, target: str, data: bytes, durable: bool) -> N
 def replace_all_atomic(directory: str, files: Sequence[tuple[str, bytes]], durable: bool) -> None:
     """Replace each ``(target, data)`` of ``files`` (in ``directory``) as :func:`replace_atomic`.
 
-    Every temporary file is written first, then (when ``durable``) all are
-    fsynced at once from a few threads, so that the file system commits them
-    together (one journal commit rather than one per file), then each is
-    renamed over its target, in order. A failure before the renames replaces
-    nothing; the caller checks the targets first and fsyncs the directory after.
+    Every temporary file is created, written and (when ``durable``) fsynced
+    at once from a few threads, so that the file system commits them
+    together (one journal commit rather than one per file) and no file
+    waits for the one before; then each is renamed over its target, in
+    order. A failure before the renames replaces nothing; the caller checks
+    the targets first and fsyncs the directory after.
     """
     if len(files) < 2:
         for target, data in files:
             replace_atomic(directory, target, data, durable)
         return
-    staged: list[tuple[str, str]] = []  # (temporary file, target)
+    if not os.path.isdir(directory):
+        _make_directory(directory, durable)
+    staged = list(_file_threads().map(_stage, itertools.repeat((directory, durable)), files))
     try:
-        for target, data in files:
-            try:
-                fd, temp = _open_temp(directory)
-            except FileNotFoundError:
-                _make_directory(directory, durable)
-                fd, temp = _open_temp(directory)
-            staged.append((temp, target))
-            with open(fd, "wb", buffering=0) as file:
-                view = memoryview(data)
-                while view:
-                    view = view[file.write(view) :]
-        if durable:
-            with ThreadPoolExecutor(min(_MAX_SYNC_THREADS, len(staged))) as pool:
-                list(pool.map(_fsync_path, [temp for temp, _ in staged]))
+        for temp, _ in staged:
+            if isinstance(temp, Exception):
+                raise temp
         while staged:
             temp, target = staged[0]
+            assert isinstance(temp, str)
             os.replace(temp, target)
             del staged[0]
     except BaseException:
         for temp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            if isinstance(temp, str):
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
         raise
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+def _stage(where: tuple[str, bool], file: tuple[str, bytes]) -> tuple[str | Exception, str]:
+    """Write ``file``'s data to a new temporary file of the directory, fsynced if durable.
+
+    Returns the temporary file's path, or the error that stopped it (which
+    left no file behind), with the target.
+    """
+    directory, durable = where
+    target, data = file
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd, temp = _open_temp(directory)
+    except Exception as exc:  # handed back, raised by the caller
+        return exc, target
+    try:
+        with open(fd, "wb", buffering=0) as out:
+            view = memoryview(data)
+            while view:
+                view = view[out.write(view) :]
+            if durable:
+                os.fsync(out.fileno())
+    except Exception as exc:  # handed back, raised by the caller
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        return exc, target
+    return temp, target
+
+
+_threads: ThreadPoolExecutor | None = None
+_threads_lock = threading.Lock()
+
+
+def _file_threads() -> ThreadPoolExecutor:
+    """The threads that write and fsync a batch's files together (made once, kept)."""
+    global _threads  # one pool for the process, made on first use
+    if _threads is None:
+        with _threads_lock:
+            if _threads is None:
+                _threads = ThreadPoolExecutor(_MAX_SYNC_THREADS, "artifact-files")
+    return _threads
 
 
 def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:

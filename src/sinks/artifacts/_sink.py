@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -313,8 +314,21 @@ def _save_sessions(sessions: list[_Session]) -> list[OSError | EventBusError | N
     """
     if len(sessions) < 2:
         return [_save_one(session) for session in sessions]
-    with ThreadPoolExecutor(min(_MAX_SESSION_THREADS, len(sessions))) as pool:
-        return list(pool.map(_save_one, sessions))
+    return list(_session_threads().map(_save_one, sessions))
+
+
+_threads: ThreadPoolExecutor | None = None
+_threads_lock = threading.Lock()
+
+
+def _session_threads() -> ThreadPoolExecutor:
+    """The threads that save a batch's sessions together (made once, kept)."""
+    global _threads  # one pool for the process, made on first use
+    if _threads is None:
+        with _threads_lock:
+            if _threads is None:
+                _threads = ThreadPoolExecutor(_MAX_SESSION_THREADS, "artifact-sessions")
+    return _threads
 
 
 def _artifact_key_problem(key: object) -> str | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sinks.artifacts._files
 from eventbus import Event, EventBusError, EventType, InvalidNameError, encode_jsonl
 from sinks.artifacts import (
     ArtifactEncodeError,
@@ -520,3 +523,47 @@ async def test_async_twins_match_the_sync_methods(root: Path) -> None:
     assert [s["session_id"] for s in await query.aquery_sessions_by_date()] == ["s1"]
     assert [s["session_id"] for s in await query.aquery_session_summaries()] == ["s1"]
     assert await store.adelete_artifact("build_spec") is True
+
+
+def test_a_batch_of_files_is_written_from_several_threads_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replace_all_atomic writes (and fsyncs) its files together: no file waits for the one
+    before it to be created (two creations meet at a barrier, which one thread never passes)."""
+    barrier = threading.Barrier(2, timeout=10)
+    open_temp = sinks.artifacts._files._open_temp
+
+    def meeting(directory: str) -> tuple[int, str]:
+        barrier.wait()
+        return open_temp(directory)
+
+    monkeypatch.setattr(sinks.artifacts._files, "_open_temp", meeting)
+    files = [(str(tmp_path / f"a{n}.json"), b"[%d]" % n) for n in range(2)]
+    sinks.artifacts._files.replace_all_atomic(str(tmp_path), files, durable=True)
+    assert sorted(os.listdir(tmp_path)) == ["a0.json", "a1.json"]
+    assert (tmp_path / "a1.json").read_bytes() == b"[1]"
+
+
+def test_a_batch_with_a_file_that_cannot_be_written_replaces_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file of a batch fails: no target is replaced and no temporary file is left."""
+    for n in range(3):
+        (tmp_path / f"a{n}.json").write_bytes(b"old")
+    open_temp = sinks.artifacts._files._open_temp
+    calls = itertools.count()
+    lock = threading.Lock()
+
+    def failing_second(directory: str) -> tuple[int, str]:
+        with lock:
+            call = next(calls)
+        if call == 1:
+            raise OSError(28, "No space left on device")
+        return open_temp(directory)
+
+    monkeypatch.setattr(sinks.artifacts._files, "_open_temp", failing_second)
+    files = [(str(tmp_path / f"a{n}.json"), b"new") for n in range(3)]
+    with pytest.raises(OSError, match="No space left"):
+        sinks.artifacts._files.replace_all_atomic(str(tmp_path), files, durable=True)
+    assert sorted(os.listdir(tmp_path)) == ["a0.json", "a1.json", "a2.json"]
+    assert {(tmp_path / f"a{n}.json").read_bytes() for n in range(3)} == {b"old"}

@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import nats
+import nats.protocol.parser
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -20,10 +22,12 @@ from eventbus import (
     MemorySink,
     RetryPolicy,
     SinkFailedError,
+    decode_event,
     encode_event,
 )
 from factories import events as _events
 from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
+from sinks.nats._source import _fast_parse
 
 __all__ = ["machine_nats", "machine_stream", "stream_name"]  # fixtures, imported for pytest
 
@@ -239,3 +243,241 @@ async def test_deep_and_forged_messages_are_acked_and_dropped_and_the_rest_writt
     again = MemorySink()
     await _consume(url, stream, again)
     assert again.events == []
+
+
+@pytest.mark.anyio
+async def test_pulled_messages_skip_nats_py_message_objects(
+    machine_stream: tuple[str, str],
+) -> None:
+    """The messages of the pull requests go straight from nats-py's parser to the source:
+    none reaches the subscription (no Msg made, no headers parsed), all are published."""
+    url, stream = machine_stream
+    events = _events(500)
+    await _publish(url, stream, events)
+    sink = MemorySink()
+    source = await _consume(url, stream, sink, batch=64)
+    assert sink.events == events
+    assert source.raw_messages
+    assert source.fast_parse
+    assert source._sub.delivered == 0
+
+
+@pytest.mark.anyio
+async def test_without_the_parser_hook_messages_come_through_the_subscription(
+    machine_stream: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nats-py without the hook the source uses: every event still arrives, acked once."""
+    url, stream = machine_stream
+    events = _events(300)
+    await _publish(url, stream, events)
+    monkeypatch.setattr(JetStreamSource, "_take_over", lambda self, nc, sub: False)
+    sink = MemorySink()
+    source = await _consume(url, stream, sink, batch=64)
+    assert sink.events == events
+    assert not source.raw_messages
+    assert source._sub.delivered >= 300
+    again = MemorySink()
+    await _consume(url, stream, again)
+    assert again.events == []
+
+
+@pytest.mark.anyio
+async def test_messages_of_a_session_id_that_cannot_name_a_directory_are_dropped_each_time(
+    machine_stream: tuple[str, str],
+) -> None:
+    """Every message whose session id is refused is dropped, however often it comes;
+    the valid sessions' events around them are published."""
+    url, stream = machine_stream
+    first, last = _events(2)
+    await _publish(url, stream, [first])
+    fields = json.loads(encode_event(first))
+    nc = await nats.connect(url)
+    try:
+        for n in range(3):
+            forged = {**fields, "id": f"f{n}", "session_id": "../escape"}
+            await nc.jetstream().publish(f"{stream.lower()}.s1.info", json.dumps(forged).encode())
+    finally:
+        await nc.close()
+    await _publish(url, stream, [last])
+    sink = MemorySink()
+    source = await _consume(url, stream, sink)
+    assert sink.events == [first, last]
+    assert source.stats().invalid == 3
+
+
+class _HeldSink(MemorySink):
+    """A sink whose first write waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self.release.wait()
+        await super().write(events)
+
+
+@pytest.mark.anyio
+async def test_batches_published_during_a_flush_are_flushed_and_acked_together(
+    machine_stream: tuple[str, str],
+) -> None:
+    """While one batch is being written, the next ones are published; the flush after it
+    covers them all and one ack (AckPolicy.ALL) acks them all. (Forty events: the
+    server delivers at most four batches unacked.)"""
+    url, stream = machine_stream
+    events = _events(40)
+    await _publish(url, stream, events)
+    sink = _HeldSink()
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        bus.subscribe(sink)
+
+        async def release_when_all_published() -> None:
+            async with bus.listen() as live:
+                seen = 0
+                async for _ in live:
+                    seen += 1
+                    if seen == len(events):
+                        sink.release.set()
+                        return
+
+        group.start_soon(release_when_all_published)
+        await anyio.wait_all_tasks_blocked()
+        source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower(), batch=10)
+        with anyio.fail_after(20):
+            async with source:
+                await source.run(bus, until_idle=True)
+    assert sink.events == events
+    assert 2 <= source.stats().acks <= 3  # four batches: the first, then the rest at once
+
+
+@pytest.mark.anyio
+async def test_a_slow_flush_does_not_hold_back_what_arrives_meanwhile(
+    machine_stream: tuple[str, str],
+) -> None:
+    """While a write is stuck, each event arriving alone (a batch of one) is still published
+    on the bus at once, however many such batches wait for the flush."""
+    url, stream = machine_stream
+    events = _events(12)
+    sink = _HeldSink()
+    producer = JetStreamSink(url, stream=stream, subject_prefix=stream.lower())
+    source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower(), batch=10)
+    try:
+        async with EventBus() as bus, source, anyio.create_task_group() as group:
+            bus.subscribe(sink)
+            async with bus.listen() as live:
+                group.start_soon(source.run, bus)
+                arrivals = aiter(live)
+                for event in events:
+                    await producer.write(EventBatch([event]))
+                    with anyio.fail_after(10):
+                        assert await anext(arrivals) == event  # on the bus: a batch of its own
+            sink.release.set()
+            with anyio.fail_after(10):
+                await bus.flush()
+            group.cancel_scope.cancel()
+    finally:
+        await producer.aclose()
+    assert sink.events == events
+
+
+@pytest.mark.anyio
+async def test_a_message_without_an_id_gets_the_id_its_own_line_derives_in_any_batch(
+    machine_stream: tuple[str, str],
+) -> None:
+    """A line in the seed's format (no id) among others: its event gets the id derived from
+    that line alone, as decode_event gives it, however the messages are batched."""
+    url, stream = machine_stream
+    first, last = _events(2)
+    fields = json.loads(encode_event(first))
+    del fields["id"]
+    seed_line = json.dumps({**fields, "message": "no id"}).encode()
+    await _publish(url, stream, [first])
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().publish(f"{stream.lower()}.s1.info", seed_line)
+    finally:
+        await nc.close()
+    await _publish(url, stream, [last])
+    sink = MemorySink()
+    await _consume(url, stream, sink)
+    assert [event.id for event in sink.events] == [first.id, decode_event(seed_line).id, last.id]
+
+
+class _Client:
+    """What nats-py's parser calls on its client, recorded in one log with what is taken."""
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.log: list[tuple[object, ...]] = []
+
+    def take(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self.log.append(("take", subject, reply, data, headers))
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        if sid == self.sid:
+            self.take(subject, reply, data, headers)
+        else:
+            self.log.append(("other", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.log.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.log.append(("pong",))
+
+
+def _hmsg(subject: bytes, sid: bytes, reply: bytes, headers: bytes, data: bytes) -> bytes:
+    fields = [subject, sid, *([reply] if reply else []), b"%d" % len(headers)]
+    return b"HMSG %s %d\r\n%s%s\r\n" % (b" ".join(fields), len(headers + data), headers, data)
+
+
+_WIRE = (
+    _hmsg(
+        b"_INBOX.a",
+        b"7",
+        b"$JS.ACK.S.c.1.1.1.1.0",
+        b"NATS/1.0\r\nNats-Msg-Id: x1\r\n\r\n",
+        b'{"a"}',
+    )
+    + b"PING\r\n"
+    + b"MSG other.subject 3 5\r\nhello\r\n"
+    + _hmsg(b"_INBOX.a", b"7", b"", b"NATS/1.0 408 Request Timeout\r\n\r\n", b"")
+    + b"+OK\r\n"
+    + b"MSG _INBOX.a 7 reply.to 3\r\nabc\r\n"
+    + _hmsg(b"_INBOX.a ", b"7", b"", b"NATS/1.0\r\n\r\n", b"{}")  # two spaces: nats-py's
+    + b"PONG\r\n"
+)
+_EXPECTED = [
+    (
+        "take",
+        b"_INBOX.a",
+        b"$JS.ACK.S.c.1.1.1.1.0",
+        b'{"a"}',
+        b"NATS/1.0\r\nNats-Msg-Id: x1\r\n\r\n",
+    ),
+    ("ping",),
+    ("other", 3, b"other.subject", b"", b"hello", None),
+    ("take", b"_INBOX.a", b"", b"", b"NATS/1.0 408 Request Timeout\r\n\r\n"),
+    ("take", b"_INBOX.a", b"reply.to", b"abc", None),
+    ("take", b"_INBOX.a", b"", b"{}", b"NATS/1.0\r\n\r\n"),
+    ("pong",),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 41, len(_WIRE)])
+@pytest.mark.anyio
+async def test_messages_are_cut_from_reads_of_any_size_in_order_with_the_rest(
+    chunk: int,
+) -> None:
+    """The source's parse takes its subscription's messages (headers, statuses, no reply)
+    whole however the bytes are split across reads, in order with nats-py's handling of
+    everything else (other subscriptions, PING, +OK, PONG, a line it does not expect)."""
+    client = _Client(7)
+    parser = nats.protocol.parser.Parser(client)
+    parse = _fast_parse(parser, 7, client.take, client._process_msg)
+    for start in range(0, len(_WIRE), chunk):
+        await parse(_WIRE[start : start + chunk])
+    assert client.log == _EXPECTED
+    assert not parser.buf
