@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import json
 import logging
 import time
@@ -11,7 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Final, Literal, NamedTuple, Self
 
 import anyio
 import msgspec
@@ -139,6 +141,20 @@ def _decode_all(messages: Sequence[_Message]) -> list[Event | EventDecodeError]:
         except EventDecodeError as exc:
             decoded.append(exc)
     return decoded
+
+
+HOOKED_RELEASES: Final = ("2.16",)
+"""The nats-py releases (major.minor) whose private parser hooks the source takes over."""
+
+
+@functools.cache
+def hooks_known() -> bool:
+    """Whether the installed nats-py is one of :data:`HOOKED_RELEASES`."""
+    try:
+        release = importlib.metadata.version("nats-py")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return ".".join(release.split(".")[:2]) in HOOKED_RELEASES
 
 
 def _fast_parse(
@@ -547,13 +563,16 @@ class JetStreamSource:
         requests only need their reply subject, their payload and, for the
         server's status messages, the status code, so they go straight to
         ``_arrived``. This hooks ``Client._process_msg(sid, subject, reply,
-        data, headers)``, called by nats-py's parser for every message; with
-        a nats-py that has no such method, messages take the callback path.
-        Returns whether the hook is in place.
+        data, headers)``, called by nats-py's parser for every message, and
+        its parser's ``parse`` (see :func:`_fast_parse`). Both are private to
+        nats-py: only with a release they were checked against
+        (:data:`HOOKED_RELEASES`) are they hooked; with another, or one that
+        has no such method, messages take the callback path (slower, the same
+        messages). Returns whether the hook is in place.
         """
         process = getattr(nc, "_process_msg", None)
         sid = getattr(sub, "_id", None)
-        if process is None or not isinstance(sid, int):
+        if not hooks_known() or process is None or not isinstance(sid, int):
             return False
         arrived, wakeup = self._arrived, self._wakeup
 
