@@ -746,8 +746,8 @@ class EventBus:
         Once nothing is left for an idle task, the wake-up ``publish``
         scheduled is called off (asyncio).
         """
-        shared: EventBatch | None = None  # the unfiltered batch from shared_start
-        shared_start = -1
+        shared: EventBatch | None = None  # the unfiltered batch of shared_start:shared_stop
+        shared_start = shared_stop = -1
         moved = False
         try:
             for sub in tuple(self._active):
@@ -762,17 +762,19 @@ class EventBus:
                     cursor = sub._cursor
                     if sub.query is None and not sub._failed_sessions:
                         stop = min(self._head, cursor + sub.max_batch)
-                        if shared is None or shared_start != cursor or len(shared) != stop - cursor:
+                        if shared is None or shared_start != cursor or shared_stop != stop:
                             start = cursor - self._base
                             shared = EventBatch(
                                 self._events[start : stop - self._base],
                                 self._lines[start : stop - self._base],
                             )
-                            shared_start = cursor
+                            shared_start, shared_stop = cursor, stop
                         batch, count, dropped = shared, stop - cursor, 0
+                        size = count
                     else:
                         batch, count, dropped = self._take(sub)
-                        if not batch:
+                        size = len(batch)
+                        if not size:
                             self._delivered(sub, batch, count, dropped)
                             continue
                     sub._writing = sub._inline = True
@@ -785,7 +787,7 @@ class EventBus:
                         sub._handoff = (batch, exc, count, dropped)
                     else:  # _delivered, with the floor moved once at the end
                         sub._session_dropped += dropped
-                        sub._delivered += len(batch)
+                        sub._delivered += size
                         sub._cursor += count
                         moved = True
                     finally:

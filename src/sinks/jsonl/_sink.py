@@ -23,10 +23,12 @@ import msgspec
 
 from eventbus import (
     Event,
+    EventBatch,
     EventBusError,
     EventsLostError,
     EventType,
     PartialWriteError,
+    encode_event,
     encoded_lines,
     validate_session_id,
 )
@@ -382,7 +384,8 @@ class JsonlSink:
         writer = self._files.get(session_id)
         if writer is None:
             return False
-        line = encoded_lines(events)[0] + b"\n"
+        # encoded_lines(events)[0], without its call: the bus's batches hold the encoding
+        line = (events.lines[0] if type(events) is EventBatch else encode_event(event)) + b"\n"
         if len(line) > _INLINE_BYTES or not self._lock.acquire(blocking=False):
             return False
         try:
