@@ -20,7 +20,7 @@ Then the publish latency with a listener that never reads, measured per call
 in the first and second half of a long run: it must not grow with the stall.
 
 ``--against DIR`` compares the bursts with another source tree (a git
-worktree of an older commit, e.g. ``git worktree add /tmp/old REV``): it runs
+worktree of an older commit, e.g. ``git worktree add ../old REV``): it runs
 the floor and the bursts (this module's code, importing ``eventbus`` and
 ``sinks`` from ``DIR/src`` or from this tree's) in alternating subprocesses,
 ``--repeats`` of each, and prints the medians of bursts / floor, each ratio
