@@ -18,6 +18,13 @@ the same process and run, so the ratios compare like with like:
 
 Then the publish latency with a listener that never reads, measured per call
 in the first and second half of a long run: it must not grow with the stall.
+
+``--against DIR`` compares the bursts with another source tree (a git
+worktree of an older commit, e.g. ``git worktree add ../old REV``): it runs
+the floor and the bursts (this module's code, importing ``eventbus`` and
+``sinks`` from ``DIR/src`` or from this tree's) in alternating subprocesses,
+``--repeats`` of each, and prints the medians of bursts / floor, each ratio
+measured within one process. The machine's load moves both trees alike.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import argparse
 import asyncio
 import gc
 import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -269,13 +281,51 @@ def percentile(values: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
 
 
+def bursts_over_floor(n: int, backend: str) -> float:
+    """One measurement of the bursts' rate over the floor's, in this process."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        floor = run_floor(n, tmp)
+        bursts = anyio.run(lambda: run_bus(n, tmp, bursts=True), backend=backend)
+    return floor / bursts
+
+
+def against(tree: Path, n: int, repeats: int, backend: str) -> None:
+    """Bursts / floor from this tree and from ``tree``, in alternating subprocesses."""
+    here = Path(__file__).resolve().parent
+    trees = {"this tree": here.parent, os.fspath(tree): tree}
+    ratios: dict[str, list[float]] = {name: [] for name in trees}
+    for repeat in range(repeats):
+        order = list(trees.items()) if repeat % 2 == 0 else list(trees.items())[::-1]
+        for name, root in order:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(here)])}
+            command = [sys.executable, __file__, "--one-ratio", f"--events={n}"]
+            result = subprocess.run(
+                [*command, f"--backend={backend}"], env=env, capture_output=True, check=True
+            )
+            ratios[name].append(json.loads(result.stdout))
+    print(f"\npublish_nowait bursts / floor, {n} events, backend {backend}, {repeats} runs each")
+    print(f"{'source tree':<44}{'median':>8}{'min':>8}{'max':>8}")
+    for name, values in ratios.items():
+        print(f"{name:<44}{statistics.median(values):>8.3f}{min(values):>8.3f}{max(values):>8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--peer-events", type=int, default=20_000)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another source tree")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per tree (--against)")
+    parser.add_argument("--one-ratio", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, peer_n = args.events, args.peer_events
+    if args.one_ratio:
+        print(json.dumps(bursts_over_floor(n, args.backend)))
+        return
+    if args.against is not None:
+        against(args.against, n, args.repeats, args.backend)
+        return
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -293,7 +293,8 @@ class EventBus:
         self._asyncio = False
         # Runs a callback on the loop's next turn: asyncio's call_soon; elsewhere
         # the waker task (see _run_waker) stands in for it.
-        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._call_soon: Callable[[Callable[[], None]], asyncio.Handle | None] | None = None
+        self._wake_handle: asyncio.Handle | None = None  # the one _wake_idle_soon scheduled
         self._waker: Signal | None = None
         self._waker_scope: anyio.CancelScope | None = None
         self._inline_writes = 0  # flushers writing for a subscription
@@ -724,7 +725,12 @@ class EventBus:
                 await asyncio.sleep(0)  # anyio's checkpoint, without looking up the backend
             else:
                 await anyio.lowlevel.checkpoint()
-            while any(sub._cursor < target for sub in self._active):
+            while True:  # until no active subscription is behind target
+                for sub in self._active:
+                    if sub._cursor < target:
+                        break
+                else:
+                    break
                 await self._wait_progress()
         if self._troubled or self._interrupt is not None:
             self._raise_if_failed()
@@ -735,35 +741,74 @@ class EventBus:
         One attempt per batch: a failure is handed to the subscription's
         task, which retries it as if it had made the attempt. If the caller
         is cancelled meanwhile, the batch stays for the task to write.
+        Subscriptions without a filter share one batch; the floor moves once,
+        at the end (until then it is lower than it could be: never unsafe).
+        Once nothing is left for an idle task, the wake-up ``publish``
+        scheduled is called off (asyncio).
         """
-        for sub in tuple(self._active):
-            while (
-                sub._cursor < target
-                and sub._ready is not None
-                and not sub._writing
-                and sub._handoff is None
-                and not sub._removed
-                and self._state == "running"
-            ):
-                batch, count, dropped = self._take(sub)
-                if not batch:
-                    self._delivered(sub, batch, count, dropped)
-                    continue
-                sub._writing = sub._inline = True
-                self._inline_writes += 1
-                try:
-                    await sub.sink.write(batch)
-                except BaseException as exc:
-                    if isinstance(exc, self._cancelled) and self._caller_cancelled():
-                        raise  # the flusher was cancelled: the task writes the batch
-                    sub._handoff = (batch, exc, count, dropped)
-                else:
-                    self._delivered(sub, batch, count, dropped)
-                finally:
-                    self._inline_writes -= 1
-                    self._release(sub)
-                if sub._handoff is not None:
+        shared: EventBatch | None = None  # the unfiltered batch of shared_start:shared_stop
+        shared_start = shared_stop = -1
+        moved = False
+        try:
+            for sub in tuple(self._active):
+                while (
+                    sub._cursor < target
+                    and sub._ready is not None
+                    and not sub._writing
+                    and sub._handoff is None
+                    and not sub._removed
+                    and self._state == "running"
+                ):
+                    cursor = sub._cursor
+                    if sub.query is None and not sub._failed_sessions:
+                        stop = min(self._head, cursor + sub.max_batch)
+                        if shared is None or shared_start != cursor or shared_stop != stop:
+                            start = cursor - self._base
+                            shared = EventBatch(
+                                self._events[start : stop - self._base],
+                                self._lines[start : stop - self._base],
+                            )
+                            shared_start, shared_stop = cursor, stop
+                        batch, count, dropped = shared, stop - cursor, 0
+                        size = count
+                    else:
+                        batch, count, dropped = self._take(sub)
+                        size = len(batch)
+                        if not size:
+                            self._delivered(sub, batch, count, dropped)
+                            continue
+                    sub._writing = sub._inline = True
+                    self._inline_writes += 1
+                    try:
+                        await sub.sink.write(batch)
+                    except BaseException as exc:
+                        if isinstance(exc, self._cancelled) and self._caller_cancelled():
+                            raise  # the flusher was cancelled: the task writes the batch
+                        sub._handoff = (batch, exc, count, dropped)
+                    else:  # _delivered, with the floor moved once at the end
+                        sub._session_dropped += dropped
+                        sub._delivered += size
+                        sub._cursor += count
+                        moved = True
+                    finally:
+                        self._inline_writes -= 1
+                        self._release(sub)
+                    if sub._handoff is not None:
+                        break
+        finally:
+            if moved:
+                self._update_floor()
+                self._notify_progress()
+        handle = self._wake_handle
+        if handle is not None and self._wake_scheduled:
+            head = self._head
+            for sub in self._active:
+                if sub._ready is not None and sub._cursor < head:
                     break
+            else:  # the scheduled _wake_idle would find nothing to do
+                handle.cancel()
+                self._wake_handle = None
+                self._wake_scheduled = False
 
     def _caller_cancelled(self) -> bool:
         """Whether the current task is being cancelled (not a sink's stray cancellation)."""
@@ -979,12 +1024,21 @@ class EventBus:
             self._notify_progress()
 
     def _update_floor(self) -> None:
-        self._floor = min((sub._cursor for sub in self._active), default=self._head)
-        drop = self._floor - self._base
-        if drop and (drop >= _TRIM_THRESHOLD or drop == len(self._events)):
-            del self._events[:drop]
-            del self._lines[:drop]
-            self._base = self._floor
+        floor = self._head
+        for sub in self._active:  # a loop: quicker than min() of a generator for a few
+            if sub._cursor < floor:
+                floor = sub._cursor
+        self._floor = floor
+        drop = floor - self._base
+        if drop:
+            if drop == len(self._events):  # every event handled (the live path: one)
+                self._events.clear()
+                self._lines.clear()
+                self._base = floor
+            elif drop >= _TRIM_THRESHOLD:
+                del self._events[:drop]
+                del self._lines[:drop]
+                self._base = floor
 
     def _fail(
         self, sub: Subscription, exc: BaseException, batch: EventBatch, attempts: int
@@ -1088,7 +1142,7 @@ class EventBus:
         """
         assert self._call_soon is not None
         self._wake_scheduled = True
-        self._call_soon(self._wake_idle)
+        self._wake_handle = self._call_soon(self._wake_idle)
 
     def _set_waker(self, callback: Callable[[], None]) -> None:
         """``call_soon`` where there is none (trio): :meth:`_run_waker` runs ``_wake_idle``;
@@ -1117,6 +1171,7 @@ class EventBus:
     def _wake_idle(self) -> None:
         """Wake every idle task with events to write (not those a flusher writes for)."""
         self._wake_scheduled = False
+        self._wake_handle = None
         for sub in self._active:
             if sub._ready is not None and sub._cursor < self._head and not sub._inline:
                 self._wake(sub)

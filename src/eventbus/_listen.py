@@ -101,7 +101,12 @@ class Listener(AsyncIterator["Event | Gap"]):
                 return buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
-            await self._waiters.wait()
+            signal = self._waiters.add()  # self._waiters.wait(), without its coroutine
+            try:
+                await signal.wait()
+            except BaseException:
+                self._waiters.discard(signal)
+                raise
 
     def get_nowait(self) -> list[Event | Gap]:
         """Return everything buffered now (gap first, if any) without waiting."""

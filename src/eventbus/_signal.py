@@ -13,6 +13,7 @@ future like any other await.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -58,7 +59,7 @@ def signal_factory() -> Callable[[], Signal]:
     except RuntimeError:
         pass
     else:
-        return lambda: _FutureSignal(loop)
+        return functools.partial(_FutureSignal, loop)
     if _running_trio():
         import trio
 
@@ -95,19 +96,33 @@ class Waiters(list[Signal]):
 
     async def wait(self) -> None:
         """Wait until :meth:`wake` is called (signals are made in the caller's event loop)."""
+        signal = self.add()
+        try:
+            await signal.wait()
+        except BaseException:
+            self.discard(signal)
+            raise
+
+    def add(self) -> Signal:
+        """Return a new signal, already waiting here: what :meth:`wait` does, for a caller
+        that awaits ``signal.wait()`` itself (one coroutine less per wait) and must
+        :meth:`discard` the signal if that raises (a cancellation)."""
         if self._make is None:
             self._make = signal_factory()
         signal = self._make()
         self.append(signal)
-        try:
-            await signal.wait()
-        except BaseException:
-            if signal in self:  # not woken: cancelled
-                self.remove(signal)
-            raise
+        return signal
+
+    def discard(self, signal: Signal) -> None:
+        """Forget ``signal`` if it was not woken (its waiter was cancelled)."""
+        if signal in self:
+            self.remove(signal)
 
     def wake(self) -> None:
         """Wake every task waiting now."""
+        if len(self) == 1:  # the usual case: one reader, one flusher
+            self.pop().set()
+            return
         signals = self.copy()
         self.clear()
         for signal in signals:

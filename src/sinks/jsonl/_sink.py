@@ -23,10 +23,12 @@ import msgspec
 
 from eventbus import (
     Event,
+    EventBatch,
     EventBusError,
     EventsLostError,
     EventType,
     PartialWriteError,
+    encode_event,
     encoded_lines,
     validate_session_id,
 )
@@ -375,31 +377,36 @@ class JsonlSink:
         Does what the general path does for such a batch, without grouping:
         the same checks, the same bookkeeping, the same errors.
         """
-        if self._partial is not None or self.durability == "fsync" or self._unannounced:
+        if self._partial is not None or self._unannounced:
             return False
         event = events[0]
         session_id = event.session_id
         writer = self._files.get(session_id)
-        if writer is None or writer.closed:
+        if writer is None:
             return False
-        line = encoded_lines(events)[0] + b"\n"
+        # encoded_lines(events)[0], without its call: the bus's batches hold the encoding
+        line = (events.lines[0] if type(events) is EventBatch else encode_event(event)) + b"\n"
         if len(line) > _INLINE_BYTES or not self._lock.acquire(blocking=False):
             return False
         try:
-            if writer.moved() is not None:  # deleted or replaced: the general path reopens
-                return False
-            try:
+            if self.durability == "flush":  # a stat and a write (None: the general path)
+                start = writer.append_here(line)
+                if start is None:
+                    return False
+            else:
+                if self.durability == "fsync" or writer.closed or writer.moved() is not None:
+                    return False  # fsync: a thread; deleted or replaced: the general path reopens
                 start = writer.write(line, 1)
-            except EventsLostError as exc:
-                self._fail(exc)
-                raise
-            except Exception as exc:
-                logger.warning(
-                    "%s: could not write 1 events of session %r: %r", self.name, session_id, exc
-                )
-                self._partial = ((1, event.id, event.id), set())
-                self._failed_sessions[session_id] = exc
-                raise PartialWriteError({session_id: exc}) from None
+        except EventsLostError as exc:
+            self._fail(exc)
+            raise
+        except Exception as exc:
+            logger.warning(
+                "%s: could not write 1 events of session %r: %r", self.name, session_id, exc
+            )
+            self._partial = ((1, event.id, event.id), set())
+            self._failed_sessions[session_id] = exc
+            raise PartialWriteError({session_id: exc}) from None
         finally:
             self._lock.release()
         self._files.move_to_end(session_id)

@@ -48,6 +48,7 @@ DEFAULT_LOCK_TIMEOUT = 2.0  # seconds a writer waits for a lock someone else hol
 _FIRST_LOCK_WAIT = 0.001  # seconds; doubled after each try, up to _MAX_LOCK_WAIT
 _MAX_LOCK_WAIT = 0.05
 APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+_stat = os.stat
 
 
 # --- errors -------------------------------------------------------------------
@@ -337,6 +338,39 @@ class LogWriter:
         if current is None:
             return "is gone (its directory was deleted, moved or replaced)"
         return "was replaced by another file"
+
+    def append_here(self, data: bytes) -> int | None:
+        """The live path of ``"flush"`` mode: append complete lines if the file is still at
+        its path; ``None`` when :meth:`write` must do it (another mode, a seal due, a
+        failed write to cut first) or the file left its path (see :meth:`moved`).
+
+        One ``stat`` of the path and one ``write``: what :meth:`moved` and
+        :meth:`write` do for such lines, without their set-up.
+
+        :returns: the log offset ``data`` starts at.
+        """
+        size = self.size
+        limit = self.segment_bytes
+        if (
+            self.durability != "flush"
+            or self._cut_pending
+            or (limit is not None and size > 0 and size + len(data) > limit)
+            or not self._finalizer.alive
+        ):
+            return None
+        try:
+            current = _stat(self._where)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if current.st_ino != self._identity[1] or current.st_dev != self._identity[0]:
+            return None
+        try:
+            _write_all(self.fd, data)
+        except BaseException as exc:
+            self._undo(size, exc)
+            raise
+        self.size = size + len(data)
+        return self.base + size
 
     def write(self, data: bytes, count: int) -> int:
         """Append complete lines (``count`` events), as far as the durability mode says.

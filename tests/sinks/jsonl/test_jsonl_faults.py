@@ -267,6 +267,34 @@ async def test_log_removed_under_the_sink_is_recreated_and_reported(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "remove",
+    [delete_file, delete_directory, replace_directory, replace_file],
+    ids=lambda f: f.__name__,
+)
+async def test_log_removed_between_single_events_is_recreated(
+    tmp_path: Path, remove: Callable[[Path], None]
+) -> None:
+    """The live path (one event per flush, written on the loop) notices a log deleted or
+    replaced before its next line, like a batch does: never a line in the old file."""
+    first, second = make_event(0), make_event(1)
+    watcher = MemorySink()
+    async with EventBus() as bus:
+        sink = JsonlSink(tmp_path, on_recovery=bus.publish_nowait)
+        bus.subscribe(sink)
+        bus.subscribe(watcher)
+        await bus.publish(first)
+        await bus.flush()
+        remove(tmp_path)
+        await bus.publish(second)
+        await bus.flush()
+        await bus.flush()  # the warning was published during the write
+    (warning,) = [e for e in watcher.events if e.event_type == EventType.WARNING]
+    assert logged(tmp_path, "s1") == [second, warning]
+    assert sink.stats().reopened == 1
+
+
+@pytest.mark.anyio
 async def test_buffered_events_of_a_deleted_log_go_to_the_new_file(tmp_path: Path) -> None:
     """In "none" mode, what was buffered for a deleted log is written to its new file."""
     sink = JsonlSink(tmp_path, durability="none")
