@@ -37,7 +37,14 @@ import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup
 
-from ._codec import EventBatch, _encode, _explain_encode_error, encode_event
+from ._codec import (
+    MAX_LINE_BYTES,
+    MAX_METADATA_DEPTH,
+    EventBatch,
+    _encode,
+    _explain_encode_error,
+    encode_event,
+)
 from ._errors import (
     BusClosedError,
     BusFullError,
@@ -628,6 +635,44 @@ class EventBus:
             line = _encode(event)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise _explain_encode_error(event, exc) from exc
+        await self._accept(event, line)
+
+    async def publish_line(self, event: Event, line: bytes) -> None:
+        """Publish ``event``, decoded from ``line``, keeping ``line`` as its encoding.
+
+        For a relay: ``line`` is the JSON the event arrived as, and the caller
+        decoded ``event`` from it (:func:`~eventbus.decode_event`), which
+        checked most of what publishing checks (field types, ids; JSON holds
+        no NaN). Sinks get ``line`` as given instead of an encoding made
+        again: a log stores the bytes the producer sent. A ``line`` that is
+        not one line of at most :data:`MAX_LINE_BYTES` (it holds a line
+        break, as pretty-printed JSON may), or that holds more brackets than
+        :data:`MAX_METADATA_DEPTH` (its metadata might nest too deep), is not
+        kept: the event is checked and encoded as :meth:`publish` does. That
+        ``event`` is what ``line`` decodes to is the caller's promise. Waits
+        and raises like :meth:`publish`.
+        """
+        if self._state != "running":
+            raise BusClosedError("publish", self._state)
+        if type(event) is not Event:
+            _reject(event)
+        if (
+            type(line) is not bytes
+            or b"\n" in line
+            or b"\r" in line
+            or len(line) > MAX_LINE_BYTES
+            # decoding allows deeper metadata than publishing: with this few brackets
+            # (strings' included) it cannot be too deep, else the full checks say
+            or line.count(b"{") + line.count(b"[") > MAX_METADATA_DEPTH
+        ):
+            try:
+                line = _encode(event)
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                raise _explain_encode_error(event, exc) from exc
+        await self._accept(event, line)
+
+    async def _accept(self, event: Event, line: bytes) -> None:
+        """Take ``event`` (encoded as ``line``), waiting while the buffer is full."""
         if event.session_id not in self._valid_sessions:
             self._check_session(event.session_id)
         while self._head - self._floor >= self._capacity:

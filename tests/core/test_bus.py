@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -28,6 +29,7 @@ from eventbus import (
     MemorySink,
     RetryPolicy,
     SinkFailedError,
+    decode_event,
     encode_event,
     encode_jsonl,
 )
@@ -578,3 +580,86 @@ class TestRetryPolicy:
         assert RetryPolicy(retries=5, initial_delay=1, multiplier=10, max_delay=5).delays() == [
             1, 5, 5, 5, 5,
         ]  # fmt: skip
+
+
+class LineSink(MemorySink):
+    """Keeps the encoded line of every event it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[bytes] = []
+
+    async def write(self, events: Sequence[Event]) -> None:
+        assert isinstance(events, EventBatch)
+        self.lines += events.lines
+        await super().write(events)
+
+
+async def test_publish_line_hands_sinks_the_line_as_received() -> None:
+    """A relay's line (here spaced, as another producer may write it) reaches the sinks as
+    received, with the event decoded from it; nothing is encoded again."""
+    event = ev(1)
+    spaced = b'{"event_type": "info", "session_id": "s1", "message": "1", "timestamp": "'
+    spaced += event.timestamp.isoformat().encode() + b'", "id": "' + event.id.encode() + b'"}'
+    decoded = decode_event(spaced)
+    sink = LineSink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        await bus.publish_line(decoded, spaced)
+        await bus.flush()
+    assert sink.lines == [spaced]
+    assert sink.events == [decoded]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b'{"a": 1,\n "b": 2}', id="line-feed"),
+        pytest.param(b'{"a": 1,\r "b": 2}', id="carriage-return"),
+        pytest.param(bytearray(b"{}"), id="not-bytes"),
+        pytest.param(b" " * (eventbus._codec.MAX_LINE_BYTES + 1), id="over-the-cap"),
+    ],
+)
+async def test_publish_line_encodes_the_event_when_its_line_is_not_one_line(
+    line: bytes,
+) -> None:
+    """A line that cannot go into a log as one line is not kept: the event is encoded."""
+    event = ev(2)
+    sink = LineSink()
+    async with EventBus() as bus:
+        bus.subscribe(sink)
+        await bus.publish_line(event, line)
+        await bus.flush()
+    assert sink.lines == [encode_event(event)]
+
+
+async def test_publish_line_refuses_what_publish_refuses() -> None:
+    """Not an Event, a session id that names no directory, a closed bus: as publish."""
+    bus = EventBus()
+    with pytest.raises(BusClosedError):
+        await bus.publish_line(ev(0), encode_event(ev(0)))
+    async with bus:
+        with pytest.raises(TypeError):
+            await bus.publish_line({"id": "x"}, b"{}")  # type: ignore[arg-type]
+        bad = ev(0, "../up")
+        with pytest.raises(InvalidNameError):
+            await bus.publish_line(bad, b'{"session_id": "../up"}')
+
+
+async def test_publish_line_checks_a_line_with_many_brackets_as_publish_does() -> None:
+    """Decoding lets metadata nest deeper than publishing does: a line with more brackets
+    than MAX_METADATA_DEPTH has the event checked, and refused if too deep."""
+    deep: list[Any] = []
+    for _ in range(eventbus._codec.MAX_METADATA_DEPTH):
+        deep = [deep]
+    event = ev(3, metadata={"a": deep})
+    line = eventbus._codec._encode_unchecked(event)
+    async with EventBus() as bus:
+        with pytest.raises(EventEncodeError, match="MAX_METADATA_DEPTH"):
+            await bus.publish_line(event, line)
+        wide = ev(4, metadata={"a": [[1]] * 100})  # many brackets, shallow: kept, re-encoded
+        sink = LineSink()
+        bus.subscribe(sink)
+        await bus.publish_line(wide, b" " + encode_event(wide))
+        await bus.flush()
+    assert sink.lines == [encode_event(wide)]

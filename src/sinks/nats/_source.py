@@ -700,7 +700,7 @@ class JetStreamSource:
     async def _publish(self, bus: EventBus, messages: list[_Message]) -> _Published:
         """Publish the batch's new events on ``bus`` (not flushed yet)."""
         self._received += len(messages)
-        fresh: list[Event] = []
+        fresh: list[tuple[Event, bytes]] = []
         batch_ids: set[str] = set()
         seen, valid_sessions = self._seen, self._valid_sessions
         for msg, decoded in zip(messages, _decode_all(messages), strict=True):
@@ -729,11 +729,16 @@ class JetStreamSource:
                 self._filtered += 1
             else:
                 batch_ids.add(event.id)
-                fresh.append(event)
+                fresh.append((event, msg.data))
         published: list[Event] = []
-        for event in fresh:
+        for event, data in fresh:
             try:
-                await bus.publish(event)
+                # the payload is the line (as JetStreamSink sends it): stored as received,
+                # not encoded again; one without its id (derived here) is encoded again
+                if b'"' + event.id.encode() + b'"' in data:
+                    await bus.publish_line(event, data)
+                else:
+                    await bus.publish(event)
             except EventEncodeError as exc:  # decodes, but publishing refuses it (too deep...)
                 _logger.warning(
                     "dropping an event of %s that cannot be published: %s", self.stream, exc

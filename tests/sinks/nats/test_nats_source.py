@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ from eventbus import (
     encode_event,
 )
 from factories import events as _events
+from sinks.jsonl import JsonlSink
 from sinks.nats import ConsumerConfigError, JetStreamSink, JetStreamSource
 from sinks.nats._source import _fast_parse, hooks_known
 
@@ -404,6 +406,35 @@ async def test_a_message_without_an_id_gets_the_id_its_own_line_derives_in_any_b
     sink = MemorySink()
     await _consume(url, stream, sink)
     assert [event.id for event in sink.events] == [first.id, decode_event(seed_line).id, last.id]
+
+
+@pytest.mark.anyio
+async def test_the_relay_stores_each_payload_as_received_and_a_line_without_its_id_encoded(
+    machine_stream: tuple[str, str], tmp_path: Path
+) -> None:
+    """A payload that holds its id (spaced, as another producer may write it) is the
+    aggregator's log line byte for byte; one without an id is stored with the id derived."""
+    url, stream = machine_stream
+    first, second = _events(2)
+    stored = json.loads(encode_event(second))
+    spaced = json.dumps(stored).encode()
+    del stored["id"]
+    seed_line = json.dumps(stored).encode()
+    await _publish(url, stream, [first])
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().publish(f"{stream.lower()}.s1.info", spaced)
+        await nc.jetstream().publish(f"{stream.lower()}.s1.info", seed_line)
+    finally:
+        await nc.close()
+    async with EventBus(retry=RetryPolicy(retries=0)) as bus:
+        bus.subscribe(JsonlSink(tmp_path))
+        source = JetStreamSource(url, stream=stream, subject_prefix=stream.lower())
+        async with source:
+            await source.run(bus, until_idle=True)
+    lines = (tmp_path / first.session_id / "events.jsonl").read_bytes().splitlines()
+    derived = decode_event(seed_line)
+    assert lines == [encode_event(first), spaced, encode_event(derived)]
 
 
 class _Client:
