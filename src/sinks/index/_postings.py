@@ -264,6 +264,9 @@ class Postings:
         self._append_one: Callable[[MutableSequence[int], int], None] = (
             array.append if arrays else list.append  # type: ignore[assignment]
         )
+        self._extend: Callable[[MutableSequence[int], Sequence[int]], None] = (
+            array.fromlist if arrays else list.extend  # type: ignore[assignment]
+        )
         # session -> (type -> the posting of the pair), sharing the postings.
         self._pairs = _Made(self._pairs_of)
 
@@ -324,7 +327,7 @@ class Postings:
         postings = self.lists[field]
         if values[-1] == first and values.count(first) == n:  # one value: one extend
             if first is not None:
-                postings[first].extend(positions)
+                self._extend(postings[first], positions)
             return
         if field in SPARSE:  # often None: skip the Nones in C
             present = list(map(is_not, values, repeat(None)))
