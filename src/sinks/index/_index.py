@@ -423,10 +423,13 @@ class EventIndex:
         events, ids, stamps, located, late, insert = prepared
         n, first = len(events), len(time.ts)
         columns: list[list[Any]] | None = None
+        coded: tuple[list[list[int]], list[list[Any]]] | None = None
         rows = self._rows
         if type(rows) is MemoryRows:
             columns = columns_of(events) if n > FEW else None  # shared with the postings
-            rows.append(events, columns)
+            codes = rows.append(events, columns)
+            if codes is not None:
+                coded = codes, rows.values
         else:
             assert isinstance(rows, LogRows)
             assert located is not None
@@ -438,7 +441,7 @@ class EventIndex:
         # Postings: append what sorts after the newest event, insert the rest in place.
         start = late if insert else 0
         if start == 0:
-            self._postings.append_all(events, positions, columns)
+            self._postings.append_all(events, positions, columns, coded)
         elif start < n:
             self._postings.append_all(events[start:], positions[start:])
         if insert:

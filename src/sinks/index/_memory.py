@@ -30,7 +30,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import accumulate, chain, compress, islice, repeat
 from math import isfinite
-from operator import and_, attrgetter, eq, is_, itemgetter, not_
+from operator import and_, attrgetter, eq, is_, not_
 from typing import Any, Final
 
 import msgspec
@@ -50,24 +50,23 @@ CACHE: Final = 16384
 _ID_BYTES: Final = 16
 _ID_DIGITS: Final = 2 * _ID_BYTES
 _NO_ID: Final = bytes(_ID_BYTES)  # in the place of the id of an event kept whole
-_EMPTY: Final[dict[str, Any]] = {}
 _ENCODE_ERRORS: Final = (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError)
 
 _encode = msgspec.msgpack.Encoder().encode
 _Extra = tuple[dict[Any, Any], str | None]  # (metadata, parent_id)
 _decode_extras = msgspec.msgpack.Decoder(list[_Extra]).decode
+_EMPTY: Final[dict[str, Any]] = {}
+_get_message = attrgetter("message")
+_get_metadata = attrgetter("metadata")
+_get_parent_id = attrgetter("parent_id")
 _FLAT: Final = frozenset({str, int, bool, type(None)})  # read back equal and of the same type
 _JSON: Final = _FLAT | {float, list, dict}
+_NUMBERS: Final = _FLAT | {float}
 _DICT: Final = {dict}
 _STR: Final = {str}
 _PARENT: Final = {str, type(None)}
 _MAX_DEPTH: Final = 64
-_first = itemgetter(0)
-_second = itemgetter(1)
 _get_id = attrgetter("id")
-_get_message = attrgetter("message")
-_get_metadata = attrgetter("metadata")
-_get_parent_id = attrgetter("parent_id")
 # Stands in for the event of a dead row until the row is dropped.
 _GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
@@ -101,12 +100,14 @@ def _exact(extras: list[_Extra]) -> bool:
 
     That is: metadata a dict with str keys holding str, int, bool, None,
     finite floats, and lists and dicts of those; parent ids str or None. (An
-    int msgpack cannot hold raises when encoded.)
+    int msgpack cannot hold, or a str with a lone surrogate, raises when encoded.)
     """
-    metadata = list(map(_first, extras))
-    if set(map(type, metadata)) != _DICT or not set(map(type, map(_second, extras))) <= _PARENT:
-        return False
-    if not set(map(type, chain.from_iterable(metadata))) <= _STR:
+    metadata, parents = zip(*extras, strict=True)
+    if (
+        set(map(type, metadata)) != _DICT
+        or not set(map(type, parents)) <= _PARENT
+        or not set(map(type, chain.from_iterable(metadata))) <= _STR
+    ):
         return False
     values = list(chain.from_iterable(map(dict.values, metadata)))
     kinds = set(map(type, values))
@@ -114,6 +115,8 @@ def _exact(extras: list[_Extra]) -> bool:
         return True
     if not kinds <= _JSON:
         return False
+    if kinds <= _NUMBERS:  # floats are the only others: finite if their sum is
+        return isfinite(sum(compress(values, map(is_, map(type, values), repeat(float)))))
     return all(map(_exact_value, (v for v in values if type(v) not in _FLAT)))
 
 
@@ -170,14 +173,20 @@ class MemoryRows(Rows):
 
     # --- adding, encoding and compacting ----------------------------------------------------
 
-    def append(self, events: list[Event], columns: Sequence[Sequence[Any]] | None = None) -> None:
+    def append(
+        self, events: list[Event], columns: Sequence[Sequence[Any]] | None = None
+    ) -> list[list[int]] | None:
         """Add rows for ``events``: their codes now if ``columns`` (their values per field)
-        are given, else when first needed."""
+        are given (then return them, per field), else when first needed."""
+        coded = None
         if columns is not None and self.coded == len(self):
-            for field, values in enumerate(columns[: len(self.columns)]):
+            coded = [
                 self._append_codes(field, values)
+                for field, values in enumerate(columns[: len(self.columns)])
+            ]
             self.coded += len(events)
         self.young.extend(events)
+        return coded
 
     def settle(self) -> None:
         """Encode the oldest young rows once twice :data:`WINDOW` are held (after a batch)."""
@@ -248,7 +257,8 @@ class MemoryRows(Rows):
             plain = map(and_, map(eq, metadata, repeat(_EMPTY)), map(is_, parents, repeat(None)))
             having = list(compress(range(n), map(not_, plain)))
         if not having:
-            self.extra_ends = _ends(self.extra_ends, repeat(0, n), len(self.extra))
+            ends = self.extra_ends
+            ends.frombytes(bytes(array(ends.typecode, [ends[-1]]) * n))
             return
         extras = [(metadata[i], parents[i]) for i in having]
         blobs: list[bytes] = []

@@ -79,7 +79,8 @@ class Rows:
 
     # --- adding and compacting ------------------------------------------------------------
 
-    def _append_codes(self, field: int, values: Sequence[Any]) -> None:
+    def _append_codes(self, field: int, values: Sequence[Any]) -> list[int]:
+        """Append the codes of ``values`` to the column of ``field``; return them."""
         codes = self.codes[field]
         coded = list(map(codes.__getitem__, values))
         column = self.columns[field]
@@ -89,6 +90,7 @@ class Rows:
             column.frombytes(bytes(coded))  # quicker than converting item by item
         else:
             column.fromlist(coded)
+        return coded
 
     def truncate(self, rows: int) -> None:
         """Forget the codes and hashes of every row from ``rows`` on (a batch that failed).
