@@ -378,25 +378,30 @@ class MemoryRows(Rows):
         elif min(positions) >= base:
             return list(map(young.__getitem__, map((-base).__add__, positions)))
         cache = self.cache
+        try:  # a page asked for again: one pass
+            return list(map(cache.__getitem__, positions))
+        except KeyError:
+            pass
         found: list[Any] = list(map(cache.get, positions))
-        if all(found):
-            return found
+        missing = list(compress(range(len(found)), map(is_, found, repeat(None))))
+        rows = [positions[i] for i in missing]
         older, whole = self.older, self.whole
-        wanted: list[int] = []  # indexes in positions of the rows to decode
-        for i in compress(range(len(found)), map(is_, found, repeat(None))):
-            position = positions[i]
-            if position >= base:
-                found[i] = young[position - base]
-            elif (event := older.get(position) or whole.get(position)) is not None:
-                found[i] = event
-                if position not in whole:
-                    cache[position] = event
-            else:
-                wanted.append(i)
-        if wanted:
-            rows = [positions[i] for i in wanted]
+        if older or whole or max(rows) >= base:  # some may be found without decoding
+            wanted: list[int] = []  # indexes in positions of the rows to decode
+            for i, position in zip(missing, rows, strict=True):
+                if position >= base:
+                    found[i] = young[position - base]
+                elif (event := older.get(position) or whole.get(position)) is not None:
+                    found[i] = event
+                    if position not in whole:
+                        cache[position] = event
+                else:
+                    wanted.append(i)
+            missing = wanted
+            rows = [positions[i] for i in missing]
+        if rows:
             events = self._decode(rows, ts)
-            for i, event in zip(wanted, events, strict=True):
+            for i, event in zip(missing, events, strict=True):
                 found[i] = event
             cache.update(zip(rows, events, strict=True))
         if len(cache) > CACHE:
