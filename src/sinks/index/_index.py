@@ -897,7 +897,7 @@ class EventIndex:
         return scan(*plan, None, newest_first=False)
 
     def _usage_value(self, field: str, position: int) -> Any:
-        return self._values_at(_FIELD_INDEX[field], [position])[0]
+        return self._rows.value_at(_FIELD_INDEX[field], position)
 
 
 def _checked(events: Iterable[Event]) -> list[Event]:

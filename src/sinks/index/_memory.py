@@ -37,7 +37,7 @@ import msgspec
 
 from eventbus import Event, EventType
 
-from ._postings import Check, columns_of
+from ._postings import Check, columns_of, increasing
 from ._rows import Rows, fit
 
 __all__: list[str] = []
@@ -330,6 +330,12 @@ class MemoryRows(Rows):
         self._catch_up()
         return super().values_at(field, positions)
 
+    def value_at(self, field: int, position: int) -> Any:
+        """Return the value of ``field`` at ``position``."""
+        if position >= self.coded:
+            self._catch_up()
+        return self.values[field][self.columns[field][position]]
+
     def holds(self, field: int, value: Any) -> bool:
         """Whether some row (live or not) was given ``value`` in ``field``."""
         self._catch_up()
@@ -360,9 +366,18 @@ class MemoryRows(Rows):
         return list(map(self.id_at, positions))
 
     def _hashes(self) -> array[int]:
-        hashes = self.hashes
+        hashes, base = self.hashes, self.base
+        have = len(hashes)
+        if have < base:  # encoded rows: their ids from the 16 bytes, a pass in C
+            digits = self.ids[_ID_BYTES * have : _ID_BYTES * base].hex()
+            ends = range(_ID_DIGITS, len(digits) + 1, _ID_DIGITS)
+            ids = list(map(digits.__getitem__, map(slice, range(0, len(digits), _ID_DIGITS), ends)))
+            for position, event in self.whole.items():
+                if position >= have:
+                    ids[position - have] = event.id
+            hashes.fromlist(list(map(hash, ids)))
         if len(hashes) < len(self):
-            hashes.extend(map(hash, self.ids_at(range(len(hashes), len(self)))))
+            hashes.fromlist(list(map(hash, map(_get_id, self.young[len(hashes) - base :]))))
         return hashes
 
     # --- events -------------------------------------------------------------------------------
@@ -373,10 +388,23 @@ class MemoryRows(Rows):
             return []
         base, young = self.base, self.young
         if type(positions) is range:
-            if positions.start >= base:
-                return young[positions.start - base : positions.stop - base]
-        elif min(positions) >= base:
-            return list(map(young.__getitem__, map((-base).__add__, positions)))
+            start, stop = positions.start, positions.stop
+            if start >= base:
+                return young[start - base : stop - base]
+            if stop > base:  # the older ones, then the young ones
+                return self._older_at(range(start, base), ts) + young[: stop - base]
+        elif positions[-1] >= base:
+            if min(positions) >= base:
+                return list(map(young.__getitem__, map((-base).__add__, positions)))
+            if increasing(positions):  # the older ones, then the young ones
+                split = bisect_left(positions, base)
+                older = self._older_at(positions[:split], ts)
+                return older + list(map(young.__getitem__, map((-base).__add__, positions[split:])))
+        return self._older_at(positions, ts)
+
+    def _older_at(self, positions: Sequence[int], ts: Sequence[Any]) -> list[Event]:
+        """:meth:`events_at` for positions mostly before :attr:`base`: cached, or decoded."""
+        base, young = self.base, self.young
         cache = self.cache
         try:  # a page asked for again: one pass
             return list(map(cache.__getitem__, positions))
@@ -386,7 +414,7 @@ class MemoryRows(Rows):
         missing = list(compress(range(len(found)), map(is_, found, repeat(None))))
         rows = [positions[i] for i in missing]
         older, whole = self.older, self.whole
-        if older or whole or max(rows) >= base:  # some may be found without decoding
+        if rows and (older or whole or max(rows) >= base):  # some may be found without decoding
             wanted: list[int] = []  # indexes in positions of the rows to decode
             for i, position in zip(missing, rows, strict=True):
                 if position >= base:

@@ -142,6 +142,10 @@ class Rows:
         column = self.columns[field]
         return list(map(self.values[field].__getitem__, map(column.__getitem__, positions)))
 
+    def value_at(self, field: int, position: int) -> Any:
+        """Return the value of ``field`` at ``position``."""
+        return self.values[field][self.columns[field][position]]
+
     def holds(self, field: int, value: Any) -> bool:
         """Whether some row (live or not) was given ``value`` in ``field``."""
         return value in self.codes[field]
