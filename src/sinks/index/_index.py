@@ -362,7 +362,8 @@ class EventIndex:
             last = time.last
             first = time.append_newest(list(map(_get_timestamp, events)), events[-1].id)
             if first >= 0:
-                rows.append(events)
+                young = rows.young
+                young.extend(events)
                 positions = list(range(first, first + given))  # shared by every posting
                 usage_rows = -1
                 try:
@@ -380,7 +381,8 @@ class EventIndex:
                 self._live += given
                 if not bulk and (self._max_events is not None or not time.sorted):
                     self._settle()
-                rows.settle()
+                if len(young) >= rows.full:
+                    rows.settle()
                 return given
         duplicates = time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)

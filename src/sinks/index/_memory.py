@@ -157,6 +157,7 @@ class MemoryRows(Rows):
     def __init__(self, fields: int) -> None:
         super().__init__(fields)
         self.young: list[Event] = []
+        self.full = 2 * WINDOW  # how many young rows make settle() encode the older half
         self.base = 0
         self.coded = 0  # rows whose field values are in the columns
         self.ids = bytearray()  # 16 bytes per encoded row
@@ -189,8 +190,8 @@ class MemoryRows(Rows):
         return coded
 
     def settle(self) -> None:
-        """Encode the oldest young rows once twice :data:`WINDOW` are held (after a batch)."""
-        if len(self.young) >= 2 * WINDOW:
+        """Encode the oldest young rows once :attr:`full` are held (after a batch)."""
+        if len(self.young) >= self.full:
             self._catch_up()
             self._encode(len(self.young) - WINDOW)
 
