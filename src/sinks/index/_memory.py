@@ -197,7 +197,7 @@ class MemoryRows(Rows):
 
     def _catch_up(self) -> None:
         """Fill the codes of the rows added since they were last needed, a field at a time."""
-        rows = len(self)
+        rows = self.base + len(self.young)
         if self.coded < rows:
             for field, values in enumerate(columns_of(self.young[self.coded - self.base :])):
                 self._append_codes(field, values)
