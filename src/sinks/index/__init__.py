@@ -27,8 +27,8 @@ index holds (same id and timestamp) is skipped: an event in order cannot be
 one, so only late ones are checked. Token usage is kept per response and
 folded into per-session, -model, -role and -task totals when read.
 
-Memory. By default events are held in memory, compactly: the newest 8,192
-to 16,384 as the :class:`~eventbus.Event` objects given (what a live
+Memory. By default events are held in memory, compactly: the newest 16,384
+to 32,768 as the :class:`~eventbus.Event` objects given (what a live
 dashboard asks for again and again), older ones encoded (field values as
 small codes, the id as 16 bytes, the message as UTF-8, metadata and parent
 id as msgpack; about 190 bytes an event all told for small events, against

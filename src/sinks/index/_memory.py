@@ -42,7 +42,7 @@ from ._rows import Rows, fit
 
 __all__: list[str] = []
 
-WINDOW: Final = 8192
+WINDOW: Final = 16_384
 """The newest rows, at least this many and fewer than twice, are kept as the events given."""
 CACHE: Final = 16384
 """The most events decoded lately kept per generation of the cache (two generations)."""
