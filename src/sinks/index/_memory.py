@@ -19,8 +19,9 @@ more at a time, into a few bytes each:
   a datetime ...) is kept whole instead.
 
 A query decodes the encoded rows it returns (all of them in one pass), and
-keeps them in a bounded cache (two generations of up to :data:`CACHE`
-events: a lookup finds the newer first, and a full one becomes the older).
+keeps them, the last :data:`CACHE` to :data:`CACHE` times two decoded, in a
+list by row (``None`` where not decoded), so a page asked for again costs a
+list lookup per event, as when every event was held.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ __all__: list[str] = []
 WINDOW: Final = 16_384
 """The newest rows, at least this many and fewer than twice, are kept as the events given."""
 CACHE: Final = 16384
-"""The most events decoded lately kept per generation of the cache (two generations)."""
+"""At least this many events decoded lately are kept (at most twice as many)."""
 
 _ID_BYTES: Final = 16
 _ID_DIGITS: Final = 2 * _ID_BYTES
@@ -166,8 +167,9 @@ class MemoryRows(Rows):
         self.extra = bytearray()  # msgpack (metadata, parent_id) of the rows having either
         self.extra_ends: array[int] = array("B", [0])
         self.whole: dict[int, Event] = {}  # encoded rows kept as events: they would not read back
-        self.cache: dict[int, Event] = {}  # events decoded lately, by row
-        self.older: dict[int, Event] = {}
+        # By encoded row: its event if decoded lately (or kept whole), else None.
+        self.decoded: list[Event | None] = []
+        self.cached: array[int] = array("q")  # the rows decoded lately, oldest first
 
     def __len__(self) -> int:
         return self.base + len(self.young)
@@ -213,6 +215,10 @@ class MemoryRows(Rows):
         self.ids += raw
         self._encode_messages(first, events)
         self._encode_extras(first, events)
+        self.decoded.extend(repeat(None, count))
+        for position, event in self.whole.items():
+            if position >= first:
+                self.decoded[position] = event
         del self.young[:count]
         self.base += count
 
@@ -321,7 +327,10 @@ class MemoryRows(Rows):
         self.text, self.text_ends = _kept(self.text, self.text_ends, old)
         self.extra, self.extra_ends = _kept(self.extra, self.extra_ends, old)
         self.base, self.coded = len(old), len(live)
-        self.cache, self.older = {}, {}
+        self.decoded = [None] * self.base
+        for position, event in self.whole.items():
+            self.decoded[position] = event
+        self.cached = array("q")
         super().keep(live)
 
     # --- field values and ids ---------------------------------------------------------------
@@ -404,37 +413,28 @@ class MemoryRows(Rows):
         return self._older_at(positions, ts)
 
     def _older_at(self, positions: Sequence[int], ts: Sequence[Any]) -> list[Event]:
-        """:meth:`events_at` for positions mostly before :attr:`base`: cached, or decoded."""
-        base, young = self.base, self.young
-        cache = self.cache
-        try:  # a page asked for again: one pass
-            return list(map(cache.__getitem__, positions))
-        except KeyError:
-            pass
-        found: list[Any] = list(map(cache.get, positions))
+        """:meth:`events_at` for positions mostly before :attr:`base`: decoded lately, or now."""
+        base, young, decoded = self.base, self.young, self.decoded
+        try:
+            found: list[Any] = list(map(decoded.__getitem__, positions))
+        except IndexError:  # some are young (positions out of order: late events)
+            found = [decoded[p] if p < base else young[p - base] for p in positions]
+        if all(found):  # events are true
+            return found
         missing = list(compress(range(len(found)), map(is_, found, repeat(None))))
         rows = [positions[i] for i in missing]
-        older, whole = self.older, self.whole
-        if rows and (older or whole or max(rows) >= base):  # some may be found without decoding
-            wanted: list[int] = []  # indexes in positions of the rows to decode
-            for i, position in zip(missing, rows, strict=True):
-                if position >= base:
-                    found[i] = young[position - base]
-                elif (event := older.get(position) or whole.get(position)) is not None:
-                    found[i] = event
-                    if position not in whole:
-                        cache[position] = event
-                else:
-                    wanted.append(i)
-            missing = wanted
-            rows = [positions[i] for i in missing]
-        if rows:
-            events = self._decode(rows, ts)
-            for i, event in zip(missing, events, strict=True):
-                found[i] = event
-            cache.update(zip(rows, events, strict=True))
-        if len(cache) > CACHE:
-            self.older, self.cache = cache, {}
+        events = self._decode(rows, ts)
+        for i, event in zip(missing, events, strict=True):
+            found[i] = event
+        for position, event in zip(rows, events, strict=True):
+            decoded[position] = event
+        cached = self.cached
+        cached.fromlist(rows)
+        if len(cached) > 2 * CACHE:  # forget the oldest
+            drop = len(cached) - CACHE
+            for position in cached[:drop]:
+                decoded[position] = None
+            del cached[:drop]
         return found
 
     def _decode(self, rows: list[int], ts: Sequence[Any]) -> list[Event]:
