@@ -89,15 +89,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare:
         here = Path(__file__).resolve().parent.parent
-        print(f"  {'':38} {'before':>8} {'after':>8}  bytes/event")
+        print(f"  {'bytes/event':44} {'before':>8} {'after':>8}")
         for path in ("write", "add"):
             for how in ("tracemalloc", "rss"):
                 before = measure(args.events, path, how, Path(args.compare).resolve())
                 after = measure(args.events, path, how, here)
-                print(
-                    f"  {path:6} {args.events:,} small events ({how:11}) {before:8.0f} {after:8.0f}"
-                    f"  ({after / before:.2f}x)"
-                )
+                label = f"{path} {args.events:,} small events ({how})"
+                print(f"  {label:44} {before:8.0f} {after:8.0f}  ({after / before:.2f}x)")
         return
     for path in ("write", "add"):
         for how in ("tracemalloc", "rss"):
