@@ -1,6 +1,8 @@
 """Bytes per event an :class:`sinks.index.EventIndex` holds, for small events.
 
-Run: ``python benchmarks/bench_index_memory.py [--events N]`` (default 1,000,000).
+Run: ``python benchmarks/bench_index_memory.py [--events N] [--compare TREE]``
+(default 1,000,000 events; ``--compare``: this tree against another checkout,
+e.g. ``git worktree add /tmp/before main``, each figure side by side).
 
 Each measurement runs in a fresh interpreter: small events (a type, a session
 of 10, a short message, a task on some) are made a batch at a time and given
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 _CHILD = r"""
 import gc, json, os, sys, tracemalloc
@@ -65,10 +69,14 @@ print(json.dumps({"events": len(index), "bytes": used}))
 """
 
 
-def measure(count: int, path: str, how: str) -> float:
+def measure(count: int, path: str, how: str, tree: Path | None = None) -> float:
+    """Bytes per event, measured in a fresh interpreter (importing ``tree``'s ``src`` if given)."""
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(count), path, how],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     ).stdout  # fmt: skip
     result: dict[str, int] = json.loads(out)
     return result["bytes"] / result["events"]
@@ -77,7 +85,18 @@ def measure(count: int, path: str, how: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--compare", metavar="TREE", help="a checkout to compare this tree with")
     args = parser.parse_args()
+    if args.compare:
+        here = Path(__file__).resolve().parent.parent
+        print(f"  {'bytes/event':44} {'before':>8} {'after':>8}")
+        for path in ("write", "add"):
+            for how in ("tracemalloc", "rss"):
+                before = measure(args.events, path, how, Path(args.compare).resolve())
+                after = measure(args.events, path, how, here)
+                label = f"{path} {args.events:,} small events ({how})"
+                print(f"  {label:44} {before:8.0f} {after:8.0f}  ({after / before:.2f}x)")
+        return
     for path in ("write", "add"):
         for how in ("tracemalloc", "rss"):
             per_event = measure(args.events, path, how)

@@ -27,8 +27,16 @@ index holds (same id and timestamp) is skipped: an event in order cannot be
 one, so only late ones are checked. Token usage is kept per response and
 folded into per-session, -model, -role and -task totals when read.
 
-Memory. By default events are held in memory, and the index adds a few
-integers per event. ``max_events`` bounds that: the oldest
+Memory. By default events are held in memory, compactly: the newest 16,384
+to 32,768 as the :class:`~eventbus.Event` objects given (what a live
+dashboard asks for again and again), older ones encoded (field values as
+small codes, the id as 16 bytes, the message as UTF-8, metadata and parent
+id as msgpack: about 200 bytes an event all told for small events, against
+about 600 as objects) and decoded when a query returns them; the last 16,384
+to 32,768 decoded are kept for the pages asked for again. An event whose
+metadata would not read back equal (a tuple, a set, NaN, a datetime ...) or
+whose id is not 32 lowercase hex digits is kept as given. Queries return
+events equal to those added. ``max_events`` bounds the count: the oldest
 events (in time order) are evicted and counted, and their rows compacted away
 in batches. ``low_memory=True`` holds no events at all, only where each one is
 in its JSONL log, the postings and interned field values; queries read the

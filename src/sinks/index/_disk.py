@@ -16,16 +16,16 @@ import os
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, MutableSequence, Sequence
-from itertools import compress, repeat
-from operator import attrgetter, eq
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Final, TypeAlias
 
 from eventbus import Event, EventDecodeError, decode_event, decode_events
 
 from .._segments import LogFile
 from ._errors import StaleLogError
-from ._postings import Check
+from ._rows import Rows, fit, take
 
 __all__: list[str] = []
 
@@ -34,28 +34,7 @@ Locations: TypeAlias = tuple[int, list[int], list[int]]
 
 _READ_GAP: Final = 16 * 1024  # read neighbouring lines of a log in one call within this gap
 _MAX_READ: Final = 1 << 20
-_LIMITS: Final = (("B", 1 << 8), ("H", 1 << 16), ("I", 1 << 32), ("q", 1 << 63))
 _get_id = attrgetter("id")
-
-
-def fit(column: array[int], largest: int) -> array[int]:
-    """Return ``column``, or a copy with a wider item type if ``largest`` does not fit."""
-    for typecode, limit in _LIMITS:
-        if largest < limit:
-            if array(typecode).itemsize <= column.itemsize:
-                return column
-            return array(typecode, column)
-    raise OverflowError(f"{largest} does not fit in 63 bits")
-
-
-def take(column: MutableSequence[Any], positions: Sequence[int]) -> MutableSequence[Any]:
-    """Return the items of ``column`` at ``positions``, as the same kind of sequence."""
-    if type(positions) is range:
-        return column[positions.start : positions.stop]
-    picked = map(column.__getitem__, positions)
-    if isinstance(column, array):
-        return array(column.typecode, picked)
-    return list(picked)
 
 
 def _close_files(files: OrderedDict[int, LogFile]) -> None:
@@ -63,7 +42,7 @@ def _close_files(files: OrderedDict[int, LogFile]) -> None:
         files.popitem()[1].close()
 
 
-class LogRows:
+class LogRows(Rows):
     """Per row: where the event's line is, its id's hash, and its field values as codes.
 
     Rows are positions, as in the index. Up to ``max_open_files`` logs are
@@ -72,17 +51,11 @@ class LogRows:
     """
 
     def __init__(self, fields: int, max_open_files: int) -> None:
+        super().__init__(fields)
         self.max_open_files = max_open_files
-        # Field values as small ints: value -> code, code -> value, a column per field.
-        self.codes: list[dict[Any, int]] = [{None: 0} for _ in range(fields)]
-        self.values: list[list[Any]] = [[None] for _ in range(fields)]
-        self.columns: list[array[int]] = [array("B") for _ in range(fields)]
         self.file: array[int] = array("B")
         self.offset: array[int] = array("q")
         self.length: array[int] = array("I")
-        self.hashes: array[int] = array("q")
-        self.slots: array[int] | None = None  # id-hash table: 0 empty, else position + 1
-        self.slots_rows = 0
         self.paths: list[str] = []
         self.path_ids: dict[str, int] = {}
         self.files: OrderedDict[int, LogFile] = OrderedDict()
@@ -114,106 +87,20 @@ class LogRows:
         for field, column_values in enumerate(values[: len(self.columns)]):
             self._append_codes(field, column_values)
 
-    def _append_codes(self, field: int, values: Sequence[Any]) -> None:
-        codes = self.codes[field]
-        missing = set(values).difference(codes)
-        if missing:
-            names = self.values[field]
-            for value in missing:
-                codes[value] = len(names)
-                names.append(value)
-            self.columns[field] = fit(self.columns[field], len(names) - 1)
-        self.columns[field].extend(map(codes.__getitem__, values))
-
     def truncate(self, rows: int) -> None:
-        """Forget every row from ``rows`` on (a batch that failed part way).
-
-        Field values interned for them stay: a value no row holds matches nothing.
-        """
-        for column in (self.file, self.offset, self.length, self.hashes, *self.columns):
+        """Forget every row from ``rows`` on (a batch that failed part way)."""
+        for column in (self.file, self.offset, self.length):
             del column[rows:]
-        if self.slots_rows > rows:
-            self.slots = None
-            self.slots_rows = 0
+        super().truncate(rows)
 
     def keep(self, live: Sequence[int]) -> None:
         """Keep only the rows at ``live`` (increasing), renumbered from 0 (a compaction)."""
         self.file = array(self.file.typecode, take(self.file, live))
         self.offset = array("q", take(self.offset, live))
         self.length = array("I", take(self.length, live))
-        self.hashes = array("q", take(self.hashes, live))
-        self.columns = [array(c.typecode, take(c, live)) for c in self.columns]
-        self._recode()
-        self.slots = None
-
-    def _recode(self) -> None:
-        """Forget field values no row holds."""
-        for field, column in enumerate(self.columns):
-            used = sorted({0, *column})
-            if len(used) * 2 > len(self.values[field]):
-                continue
-            names = self.values[field]
-            recode = array("q", [0]) * len(names)
-            for new, code in enumerate(used):
-                recode[code] = new
-            self.values[field] = [names[code] for code in used]
-            self.codes[field] = {name: code for code, name in enumerate(self.values[field])}
-            fitted = fit(array("B"), len(used) - 1)
-            self.columns[field] = array(fitted.typecode, map(recode.__getitem__, column))
-
-    # --- field values ---------------------------------------------------------------------
-
-    def values_at(self, field: int, positions: Sequence[int]) -> list[Any]:
-        """Return the values of ``field`` at ``positions``."""
-        column = self.columns[field]
-        return list(map(self.values[field].__getitem__, map(column.__getitem__, positions)))
-
-    def equals(self, field: int, value: Any) -> Check:
-        """A check keeping the positions whose ``field`` is ``value`` (a value held)."""
-        column, code = self.columns[field], self.codes[field][value]
-        return lambda c: list(compress(c, map(eq, map(column.__getitem__, c), repeat(code))))
-
-    def one_of(self, field: int, values: frozenset[Any]) -> Check:
-        """A check keeping the positions whose ``field`` is any of ``values``."""
-        column, codes = self.columns[field], self.codes[field]
-        wanted = frozenset(codes[v] for v in values if v in codes)
-        return lambda c: list(compress(c, map(wanted.__contains__, map(column.__getitem__, c))))
+        super().keep(live)
 
     # --- ids ------------------------------------------------------------------------------
-
-    def find(self, event_id: str, is_live: Callable[[int], bool]) -> int | None:
-        """Return the position of the live row whose event has ``event_id``, or ``None``."""
-        slots = self._hash_slots()
-        hashes = self.hashes
-        mask = len(slots) - 1
-        h = hash(event_id)
-        i = h & mask
-        while (slot := slots[i]) != 0:
-            position = slot - 1
-            if hashes[position] == h and is_live(position) and self.id_at(position) == event_id:
-                return position
-            i = (i + 1) & mask
-        return None
-
-    def _hash_slots(self) -> array[int]:
-        """The id-hash table, brought up to date."""
-        rows = len(self.hashes)
-        slots = self.slots
-        if slots is None or rows * 10 > len(slots) * 7:
-            size = 8
-            while rows * 2 > size:
-                size *= 2
-            slots = self.slots = array("q", bytes(8 * size))
-            self.slots_rows = 0
-        mask = len(slots) - 1
-        hashes = self.hashes
-        for position in range(self.slots_rows, rows):
-            i = hashes[position] & mask
-            while slots[i]:
-                i = (i + 1) & mask
-            slots[i] = position + 1
-        self.slots_rows = rows
-        return slots
 
     def id_at(self, position: int) -> str:
         """Return the id of the event at ``position`` (read back from its log)."""

@@ -8,8 +8,8 @@ from array import array
 from collections.abc import Iterable, MutableSequence, Sequence
 from datetime import datetime
 from functools import partial
-from itertools import chain, compress, repeat
-from operator import attrgetter, eq
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,7 +19,7 @@ from .._files import UnsafeSymlinkError
 from .._layout import LOG_FILE_NAME, resolve_inside
 from .._lines import iter_growth, open_log
 from .._usage import NO_USAGE, RESPONSE, TokenUsage, usage_of
-from ._disk import Locations, LogRows, take
+from ._disk import Locations, LogRows
 from ._errors import (
     EventIndexError,
     IndexArgumentError,
@@ -27,6 +27,7 @@ from ._errors import (
     StaleLogError,
     UnknownEventIdError,
 )
+from ._memory import MemoryRows
 from ._order import Key, TimeOrder, is_row
 from ._postings import (
     FEW,
@@ -62,11 +63,8 @@ _FIELDS: Final = FIELDS  # posting lists: the six fields, then (session, type)
 _GETTERS: Final = tuple(map(attrgetter, _FIELDS))
 _TYPE, _SESSION, _SESSION_TYPE = 0, 1, PAIRS
 _FIELD_INDEX: Final = {name: i for i, name in enumerate(_FIELDS)}
-_get_id = attrgetter("id")
 _get_timestamp = attrgetter("timestamp")
 _EVERYTHING: Final = EventQuery()
-# Stands in for an evicted (or duplicate) event until its row is compacted away.
-_GONE: Final = Event(event_type=EventType.INFO, session_id="", message="", id="", parent_id=None)
 
 _MIN_COMPACTION: Final = 4096  # compact once this many (and half the rows) are dead
 
@@ -119,15 +117,13 @@ class EventIndex:
         self._evicted = 0
         # Row timestamps and the time order; ordering and de-duplicating batches.
         self._time = TimeOrder(low_memory=low_memory, keep_duplicates=keep_duplicates)
-        # Rows, by position (arrival order), in memory mode.
-        self._events: list[Event] = []
         # Per field (and per (session, type)), value -> positions in time order.
-        self._postings = Postings(arrays=low_memory)
-        # Event id -> position, built when `after=<id>` first needs it.
-        self._id_map: dict[str, int] | None = None
-        self._id_map_rows = 0
-        # Low-memory mode: where each event is in its log, its id hash and field codes.
-        self._rows = LogRows(len(_FIELDS), max_open_files)
+        self._postings = Postings(arrays=True)
+        # Rows, by position (arrival order): field codes, id hashes, and in memory mode
+        # the events (kept compact), in low-memory mode where each one is in its log.
+        self._rows: MemoryRows | LogRows = (
+            LogRows(len(_FIELDS), max_open_files) if low_memory else MemoryRows(len(_FIELDS))
+        )
         self._usage = UsageTable()  # token usage: a row per response, folded lazily
 
     # --- properties ---------------------------------------------------------------------
@@ -240,7 +236,7 @@ class EventIndex:
                 raise IndexArgumentError(
                     "lengths", "a line", "offsets must be >= 0 and lengths between 1 and 2**32 - 1"
                 )
-            located = (self._rows.file_id(path), list(offsets), list(lengths))
+            located = (self._log_rows.file_id(path), list(offsets), list(lengths))
         return self._add_batch(events, located, bulk=bulk)
 
     def add_log(
@@ -277,7 +273,7 @@ class EventIndex:
                 if growth.events:  # read here, so placed right: add_located's checks are moot
                     located: Locations | None = None
                     if self._low_memory:
-                        located = (self._rows.file_id(path), growth.offsets, growth.lengths)
+                        located = (self._log_rows.file_id(path), growth.offsets, growth.lengths)
                     self._add_batch(growth.events, located, bulk=bulk)
                 end = growth.end
         finally:
@@ -314,7 +310,7 @@ class EventIndex:
         position = self._find(event_id)
         if position is None:
             raise UnknownEventIdError(event_id)
-        rows = self._rows
+        rows = self._log_rows
         return rows.paths[rows.file[position]], rows.offset[position], rows.length[position]
 
     @classmethod
@@ -359,13 +355,15 @@ class EventIndex:
         """
         time = self._time
         given = len(events)
-        if located is None and 0 < given <= FEW and not self._low_memory:
+        rows = self._rows
+        if located is None and 0 < given <= FEW and type(rows) is MemoryRows:
             # The live path (the bus's batches are small): events after every one
             # held, in order, need no checks for late or held ones, nor columns.
             last = time.last
             first = time.append_newest(list(map(_get_timestamp, events)), events[-1].id)
             if first >= 0:
-                self._events.extend(events)
+                young = rows.young
+                young.extend(events)
                 positions = list(range(first, first + given))  # shared by every posting
                 usage_rows = -1
                 try:
@@ -383,6 +381,8 @@ class EventIndex:
                 self._live += given
                 if not bulk and (self._max_events is not None or not time.sorted):
                     self._settle()
+                if len(young) >= rows.full:
+                    rows.settle()
                 return given
         duplicates = time.duplicates
         saved = time.saved(), self._live, len(self._usage.positions)
@@ -397,6 +397,8 @@ class EventIndex:
             raise
         if not bulk:
             self._settle()  # after the batch is in: may count more duplicates
+        if type(rows) is MemoryRows:
+            rows.settle()
         return given - (time.duplicates - duplicates)
 
     def _take_back(self, time: tuple[Any, ...], live: int, usage_rows: int) -> None:
@@ -404,12 +406,7 @@ class EventIndex:
         self._time.restore(time)
         rows = len(self._time.ts)
         self._live = live
-        if self._low_memory:
-            self._rows.truncate(rows)
-        else:
-            del self._events[rows:]
-            if self._id_map is not None and self._id_map_rows > rows:
-                self._id_map = None
+        self._rows.truncate(rows)
         self._postings.forget(rows)
         self._usage.truncate(usage_rows)
 
@@ -428,19 +425,25 @@ class EventIndex:
         events, ids, stamps, located, late, insert = prepared
         n, first = len(events), len(time.ts)
         columns: list[list[Any]] | None = None
-        if self._low_memory:
+        coded: tuple[list[list[int]], list[list[Any]]] | None = None
+        rows = self._rows
+        if type(rows) is MemoryRows:
+            columns = columns_of(events) if n > FEW else None  # shared with the postings
+            codes = rows.append(events, columns)
+            if codes is not None:
+                coded = codes, rows.values
+        else:
+            assert isinstance(rows, LogRows)
             assert located is not None
             assert ids is not None
             columns = columns_of(events)
-            self._rows.extend(located, ids, columns)
-        else:
-            self._events.extend(events)
+            rows.extend(located, ids, columns)
         positions = list(range(first, first + n))  # shared by every posting
         time.add(stamps, ids, positions, late, insert, self._id_at)
         # Postings: append what sorts after the newest event, insert the rest in place.
         start = late if insert else 0
         if start == 0:
-            self._postings.append_all(events, positions, columns)
+            self._postings.append_all(events, positions, columns, coded)
         elif start < n:
             self._postings.append_all(events[start:], positions[start:])
         if insert:
@@ -457,7 +460,7 @@ class EventIndex:
         time = self._time
         if time.holds(event.timestamp, event.id, self._id_at):
             return
-        self._events.append(event)
+        self._memory_rows.append([event])
         position = time.insert_late(event.timestamp, self._id_at)
         row = ROW(event)
         self._postings.insert_one(row, time.ts, position, self._id_at)
@@ -479,9 +482,8 @@ class EventIndex:
         if repeats:  # forget their rows
             self._live -= len(repeats)
             self._dead += len(repeats)
-            if not self._low_memory:
-                for position in repeats:
-                    self._events[position] = _GONE
+            if type(self._rows) is MemoryRows:
+                self._rows.forget(repeats)
             self._usage.discard(repeats, self._usage_value)
 
     # --- eviction and compaction --------------------------------------------------------
@@ -499,10 +501,8 @@ class EventIndex:
         for position, event_type in zip(victims, columns[_TYPE], strict=True):
             if event_type == RESPONSE:
                 self._usage.subtract(position, self._usage_value)
-        if not self._low_memory:
-            events = self._events
-            for position in victims:
-                events[position] = _GONE
+        if type(self._rows) is MemoryRows:
+            self._rows.forget(victims)
         if self._dead >= _MIN_COMPACTION and self._dead >= self._live:
             self._compact()
 
@@ -510,18 +510,11 @@ class EventIndex:
         """Drop dead rows and renumber positions (amortised over the evictions)."""
         self._usage.fold(self._usage_value)
         live, new_position = self._time.compact()
-        shared = list(range(len(live)))  # one int object per row, shared by the postings
 
         def renumber(positions: Iterable[int]) -> MutableSequence[int]:
-            if self._low_memory:
-                return array("q", map(new_position, positions))
-            return list(map(shared.__getitem__, map(new_position, positions)))
+            return array("q", map(new_position, positions))
 
-        if self._low_memory:
-            self._rows.keep(live)
-        else:
-            self._events = list(take(self._events, live))
-            self._id_map = None
+        self._rows.keep(live)
         self._postings.renumber(renumber)
         self._usage.renumber(partial(is_row, live=live), new_position)
         self._dead = 0
@@ -530,35 +523,27 @@ class EventIndex:
 
     def _find(self, event_id: str) -> int | None:
         """Return the position of the live event with ``event_id``, or ``None``."""
-        if not self._low_memory:
-            id_map, events = self._id_map, self._events
-            if id_map is None:
-                id_map = self._id_map = {}
-                self._id_map_rows = 0
-            if self._id_map_rows < len(events):  # catch up with the rows added since
-                new = range(self._id_map_rows, len(events))
-                id_map.update(zip(map(_get_id, events[new.start :]), new, strict=True))
-                self._id_map_rows = len(events)
-            position = id_map.get(event_id)
-            if position is None or events[position] is _GONE:
-                return None
-            return position
-        return self._rows.find(event_id, self._is_live)
-
-    def _is_live(self, position: int) -> bool:
-        if not self._low_memory:
-            return self._events[position] is not _GONE
-        return self._time.is_live(position)
+        return self._rows.find(event_id, self._time.is_live)
 
     def _id_at(self, position: int) -> str:
-        if self._low_memory:
-            return self._rows.id_at(position)
-        return self._events[position].id
+        return self._rows.id_at(position)
 
     def _ids_at(self, positions: Sequence[int]) -> list[str]:
-        if self._low_memory:
-            return self._rows.ids_at(positions)
-        return [self._events[p].id for p in positions]
+        return self._rows.ids_at(positions)
+
+    @property
+    def _log_rows(self) -> LogRows:
+        """The rows of a low-memory index (places in logs)."""
+        rows = self._rows
+        assert type(rows) is LogRows
+        return rows
+
+    @property
+    def _memory_rows(self) -> MemoryRows:
+        """The rows of a memory-mode index (the events)."""
+        rows = self._rows
+        assert type(rows) is MemoryRows
+        return rows
 
     # --- querying -----------------------------------------------------------------------
 
@@ -698,7 +683,8 @@ class EventIndex:
         if plan is None:
             return []
         positions = scan(*plan, None, newest_first=False)
-        return self._rows.read(self._rows.in_log_order(positions))
+        rows = self._log_rows
+        return rows.read(rows.in_log_order(positions))
 
     def _cursor(self, after: str | Event) -> Key:
         if isinstance(after, Event):
@@ -782,36 +768,24 @@ class EventIndex:
         return sequence, lo, hi, checks
 
     def _equals(self, field: int, value: Any) -> Check:
-        if self._low_memory:
-            return self._rows.equals(field, value)
-        events, getter = self._events, _GETTERS[field]
-        return lambda c: list(
-            compress(c, map(eq, map(getter, map(events.__getitem__, c)), repeat(value)))
-        )
+        return self._rows.equals(field, value)
 
     def _one_of(self, types: frozenset[EventType]) -> Check:
         if len(types) == 1:
             (only,) = types
-            if not self._low_memory or only in self._rows.codes[_TYPE]:
-                return self._equals(_TYPE, only)
-        if self._low_memory:
-            return self._rows.one_of(_TYPE, types)
-        events, getter = self._events, _GETTERS[_TYPE]
-        return lambda c: list(
-            compress(c, map(types.__contains__, map(getter, map(events.__getitem__, c))))
-        )
+            if self._rows.holds(_TYPE, only):
+                return self._rows.equals(_TYPE, only)
+        return self._rows.one_of(_TYPE, types)
 
     def _events_at(self, positions: Sequence[int]) -> list[Event]:
-        if self._low_memory:
-            return self._rows.read(positions)
-        if type(positions) is range:
-            return self._events[positions.start : positions.stop]
-        return list(map(self._events.__getitem__, positions))
+        rows = self._rows
+        if type(rows) is MemoryRows:
+            return rows.events_at(positions, self._time.ts)
+        assert isinstance(rows, LogRows)
+        return rows.read(positions)
 
     def _values_at(self, field: int, positions: Sequence[int]) -> list[Any]:
-        if self._low_memory:
-            return self._rows.values_at(field, positions)
-        return list(map(_GETTERS[field], map(self._events.__getitem__, positions)))
+        return self._rows.values_at(field, positions)
 
     # --- token usage --------------------------------------------------------------------
 
@@ -925,7 +899,7 @@ class EventIndex:
         return scan(*plan, None, newest_first=False)
 
     def _usage_value(self, field: str, position: int) -> Any:
-        return self._values_at(_FIELD_INDEX[field], [position])[0]
+        return self._rows.value_at(_FIELD_INDEX[field], position)
 
 
 def _checked(events: Iterable[Event]) -> list[Event]:

@@ -25,8 +25,9 @@ from typing import Any, Final, TypeAlias
 from eventbus import Event
 
 from ._chunks import Chunks
-from ._disk import Locations, take
+from ._disk import Locations
 from ._postings import increasing, time_sorted
+from ._rows import take
 
 __all__: list[str] = []
 

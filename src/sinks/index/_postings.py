@@ -264,8 +264,14 @@ class Postings:
         self._append_one: Callable[[MutableSequence[int], int], None] = (
             array.append if arrays else list.append  # type: ignore[assignment]
         )
+        self._extend: Callable[[MutableSequence[int], Sequence[int]], None] = (
+            array.fromlist if arrays else list.extend  # type: ignore[assignment]
+        )
         # session -> (type -> the posting of the pair), sharing the postings.
         self._pairs = _Made(self._pairs_of)
+        # Per field, code -> posting (code 0, None: a scratch list), for values coded
+        # by the rows (see append_all); dropped when postings are replaced.
+        self._by_code: list[list[MutableSequence[int]]] = [[] for _ in FIELDS]
 
     def get(self, field: int, value: Any) -> tuple[MutableSequence[int], int] | None:
         """Return the posting of ``value`` and where its live entries start, or ``None``."""
@@ -279,12 +285,15 @@ class Postings:
         events: Sequence[Event],
         positions: Sequence[int],
         columns: Sequence[Sequence[Any]] | None = None,
+        coded: tuple[Sequence[Sequence[int]], Sequence[list[Any]]] | None = None,
     ) -> None:
         """Append ``events`` (the newest, in time order) at ``positions`` to their postings.
 
         A few are appended one by one (a loop costs less than setting up a
         pass in C per field); more, a field at a time (:meth:`_append`), from
-        their ``columns`` (per field, the events' values) if given.
+        their ``columns`` (per field, the events' values) if given, or from
+        ``coded``: per field, the events' codes and the values they stand for
+        (code -> value, code 0 for ``None``), which spares a lookup per value.
         """
         n = len(events)
         if n <= FEW:
@@ -307,8 +316,12 @@ class Postings:
             return
         if columns is None:
             columns = columns_of(events)
-        for field, values in enumerate(columns):
-            self._append(field, values, positions)
+        if coded is None:
+            for field, values in enumerate(columns):
+                self._append(field, values, positions)
+        else:
+            for field, (codes, names) in enumerate(zip(*coded, strict=True)):
+                self._append_coded(field, codes, names, positions)
         session_of, type_of = columns[_SESSION], columns[_TYPE]
         if session_of.count(session_of[0]) == n:  # one session
             postings: Iterable[MutableSequence[int]] = map(
@@ -324,7 +337,7 @@ class Postings:
         postings = self.lists[field]
         if values[-1] == first and values.count(first) == n:  # one value: one extend
             if first is not None:
-                postings[first].extend(positions)
+                self._extend(postings[first], positions)
             return
         if field in SPARSE:  # often None: skip the Nones in C
             present = list(map(is_not, values, repeat(None)))
@@ -335,6 +348,26 @@ class Postings:
         any(map(self._append_one, map(postings.__getitem__, values), positions))
         if None in postings:  # a None among values that are seldom None
             del postings[None]
+
+    def _append_coded(
+        self, field: int, codes: Sequence[int], names: list[Any], positions: Sequence[int]
+    ) -> None:
+        by_code = self._by_code[field]
+        if len(by_code) < len(names):
+            made = self.lists[field]
+            if not by_code:
+                by_code.append([])  # code 0: None, never posted
+            by_code.extend(map(made.__getitem__, names[len(by_code) :]))
+        first = codes[0]
+        if codes[-1] == first and codes.count(first) == len(codes):  # one value: one extend
+            if first:
+                self._extend(by_code[first], positions)
+            return
+        if 0 in codes:  # skip the Nones in C
+            any(map(self._append_one, map(by_code.__getitem__, compress(codes, codes)),
+                    compress(positions, codes)))  # fmt: skip
+            return
+        any(map(self._append_one, map(by_code.__getitem__, codes), positions))
 
     def insert_one(
         self, values: Sequence[Any], ts: Sequence[Any], position: int, id_at: Callable[[int], str]
@@ -378,6 +411,7 @@ class Postings:
                 else:
                     postings[value] = renumber(postings[value][skip:])
         self._pairs.clear()  # it holds the postings replaced
+        self._by_code = [[] for _ in FIELDS]
 
     def forget(self, first: int) -> None:
         """Remove the positions from ``first`` on from every posting (a failed batch).

@@ -19,6 +19,7 @@ import factories
 import sinks.index
 import sinks.index._chunks
 import sinks.index._index
+import sinks.index._memory
 import sinks.index._order
 import sinks.index._postings
 import sinks.index._usage
@@ -227,6 +228,7 @@ def arrivals(draw: st.DrawFn) -> list[list[Event]]:
     compact_at=st.sampled_from([1, 4096]),
     chunk_size=st.sampled_from([2, 2048]),
     few=st.sampled_from([0, 2, 32]),
+    window=st.sampled_from([1, 3, 8192]),
 )
 def test_live_rebuilt_and_brute_force_answer_alike(
     batches: list[list[Event]],
@@ -237,13 +239,15 @@ def test_live_rebuilt_and_brute_force_answer_alike(
     compact_at: int,
     chunk_size: int,
     few: int,
+    window: int,
 ) -> None:
     """Live and rebuilt indexes, in both modes, equal a brute-force filter of the events.
 
     The thresholds between inserting late events and re-sorting, of
-    compaction, the size of the time order's chunks and up to which batch
-    size events are indexed one by one vary too, so every path runs on
-    small inputs.
+    compaction, the size of the time order's chunks, up to which batch
+    size events are indexed one by one, and how many of the newest events a
+    memory-mode index keeps as given (the rest encoded; with a cache of 2)
+    vary too, so every path runs on small inputs.
     """
     every = [event for batch in batches for event in batch]
     held = in_time_order(every)
@@ -257,6 +261,8 @@ def test_live_rebuilt_and_brute_force_answer_alike(
         mock.patch.object(sinks.index._index, "FEW", few),
         mock.patch.object(sinks.index._postings, "FEW", few),
         mock.patch.object(sinks.index._usage, "_FEW", few),
+        mock.patch.object(sinks.index._memory, "WINDOW", window),
+        mock.patch.object(sinks.index._memory, "CACHE", 2),
     ):
         root = Path(tmp)
         live = EventIndex(max_events=cap)
@@ -644,7 +650,7 @@ def test_low_memory_reads_events_back_from_the_log(tmp_path: Path) -> None:
     ]
     index = located_index(tmp_path, events)
     assert index.low_memory
-    assert index._events == []
+    assert not isinstance(index._rows, sinks.index._memory.MemoryRows)
     assert index.get_events(session_id="s1") == events[1::2]
     assert index.query(EventQuery(task_id="t1"), limit=3, after=events[4].id) == events[5:8]
     assert index.get_latest(2) == events[-2:]
@@ -718,7 +724,7 @@ def test_close_releases_files_and_later_queries_reopen_them(tmp_path: Path) -> N
     index = EventIndex(low_memory=True, max_open_files=2)
     LogWriter(tmp_path, index).write(events)
     assert index.get_events() == events
-    assert len(index._rows.files) == 2
+    assert len(index._log_rows.files) == 2
     index.close()
     assert index.get_events(session_id="s3") == [events[3]]
 
