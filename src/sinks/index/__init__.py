@@ -27,12 +27,13 @@ index holds (same id and timestamp) is skipped: an event in order cannot be
 one, so only late ones are checked. Token usage is kept per response and
 folded into per-session, -model, -role and -task totals when read.
 
-Memory. By default events are held in memory, compactly: the newest 16,384
-to 32,768 as the :class:`~eventbus.Event` objects given (what a live
-dashboard asks for again and again), older ones encoded (field values as
-small codes, the id as 16 bytes, the message as UTF-8, metadata and parent
-id as msgpack: about 200 bytes an event all told for small events, against
-about 600 as objects) and decoded when a query returns them; the last 16,384
+Memory. By default events are held in memory, compactly: the newest 32,768
+to 65,536 as the :class:`~eventbus.Event` objects given (what a live
+dashboard asks for again and again; indexing them is an append), older ones
+encoded 32,768 at a time (field values as small codes, the id as 16 bytes,
+the message as UTF-8, metadata and parent id as msgpack: about 210 bytes an
+event all told at 1M small events, against about 600 as objects; about 1 µs
+an event) and decoded when a query returns them; the last 16,384
 to 32,768 decoded are kept for the pages asked for again. An event whose
 metadata would not read back equal (a tuple, a set, NaN, a datetime ...) or
 whose id is not 32 lowercase hex digits is kept as given. Queries return

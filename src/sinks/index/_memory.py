@@ -43,7 +43,7 @@ from ._rows import Rows, fit
 
 __all__: list[str] = []
 
-WINDOW: Final = 16_384
+WINDOW: Final = 32_768
 """The newest rows, at least this many and fewer than twice, are kept as the events given."""
 CACHE: Final = 16384
 """At least this many events decoded lately are kept (at most twice as many)."""
