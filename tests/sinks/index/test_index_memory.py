@@ -58,7 +58,7 @@ def test_memory_mode_holds_small_events_in_a_few_hundred_bytes_each() -> None:
     """Indexed, a small event costs far less than the ~600 bytes its objects take.
 
     The window of events kept as given is made small, so what is measured is
-    the encoded storage (the benchmark's figure at 1M events is ~175 bytes).
+    the encoded storage (the benchmark's figure at 1M events is about 210 bytes).
     """
     count = 40_000
     gc.collect()
