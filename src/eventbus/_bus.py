@@ -29,6 +29,7 @@ import threading
 import types
 from collections.abc import (
     AsyncIterator,
+    Awaitable,
     Callable,
     Coroutine,
     Generator,
@@ -65,7 +66,7 @@ from ._event import Event, EventType
 from ._listen import Listener
 from ._names import validate_session_id
 from ._query import EventQuery
-from ._signal import Signal, Waiters, signal_factory
+from ._signal import Signal, Waiters, running_trio, signal_factory
 from ._sink import Sink, sink_name
 
 __all__ = ["BusStats", "EventBus", "RetryPolicy", "Subscription", "SubscriptionStats"]
@@ -315,6 +316,8 @@ class EventBus:
         self._inline_writes = 0  # flushers writing for a subscription
         self._signal: Callable[[], Signal] = anyio.Event
         self._progress = Waiters()  # tasks waiting for a cursor to move
+        # flush's yield where it is not asyncio's (the backend's own, looked up once)
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 
     # --- lifetime ---------------------------------------------------------
 
@@ -328,6 +331,7 @@ class EventBus:
         except RuntimeError:  # not asyncio: a task of ours wakes idle tasks
             self._waker = self._signal()
             self._call_soon = self._set_waker
+            self._checkpoint = _backend_checkpoint()
         self._cancelled = anyio.get_cancelled_exc_class()
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
@@ -789,7 +793,7 @@ class EventBus:
             if self._asyncio:
                 await _yield_once()  # anyio's checkpoint, without looking up the backend
             else:
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
             while True:  # until no active subscription is behind target
                 for sub in self._active:
                     if sub._cursor < target:
@@ -1261,6 +1265,15 @@ class EventBus:
     def _notify_progress(self) -> None:
         if self._progress:
             self._progress.wake()
+
+
+def _backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """trio's own checkpoint on trio (anyio's looks the backend up on each call)."""
+    if running_trio():
+        import trio
+
+        return trio.lowlevel.checkpoint
+    return anyio.lowlevel.checkpoint
 
 
 @types.coroutine

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 
-__all__ = ["Signal", "Waiters", "signal_factory"]
+__all__ = ["Signal", "Waiters", "running_trio", "signal_factory"]
 
 
 class Signal(Protocol):
@@ -51,8 +51,9 @@ class _FutureSignal:
 def signal_factory() -> Callable[[], Signal]:
     """Return the cheapest way to make signals in the running event loop.
 
-    On asyncio: futures of the running loop; on trio: ``trio.Event``; on
-    anything else: ``anyio.Event``.
+    On asyncio: futures of the running loop; on trio: a signal on trio's
+    scheduler for one waiter (``trio.Event`` without its parking lot); on
+    anything else: ``anyio.Event``. Each signal has one waiting task.
     """
     try:
         loop = asyncio.get_running_loop()
@@ -60,14 +61,15 @@ def signal_factory() -> Callable[[], Signal]:
         pass
     else:
         return functools.partial(_FutureSignal, loop)
-    if _running_trio():
-        import trio
+    if running_trio():
+        from ._trio_signal import TrioSignal
 
-        return trio.Event
+        return TrioSignal
     return anyio.Event
 
 
-def _running_trio() -> bool:
+def running_trio() -> bool:
+    """Whether the calling task runs on trio."""
     try:
         import trio
     except ImportError:
