@@ -101,11 +101,12 @@ class Listener(AsyncIterator["Event | Gap"]):
                 return buffer.popleft()
             if self._closed:
                 raise StopAsyncIteration
-            signal = self._waiters.add()  # self._waiters.wait(), without its coroutine
+            waiters = self._waiters
+            signal = waiters.add()  # waiters.wait(), without its coroutine
             try:
-                await signal.wait()
+                await (signal if waiters.futures else signal.wait())
             except BaseException:
-                self._waiters.discard(signal)
+                waiters.discard(signal)
                 raise
 
     def get_nowait(self) -> list[Event | Gap]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
-__all__ = ["Signal", "Waiters", "signal_factory"]
+__all__ = ["Signal", "Waiters", "running_trio", "signal_factory"]
 
 
 class Signal(Protocol):
@@ -51,8 +51,9 @@ class _FutureSignal:
 def signal_factory() -> Callable[[], Signal]:
     """Return the cheapest way to make signals in the running event loop.
 
-    On asyncio: futures of the running loop; on trio: ``trio.Event``; on
-    anything else: ``anyio.Event``.
+    On asyncio: futures of the running loop; on trio: a signal on trio's
+    scheduler for one waiter (``trio.Event`` without its parking lot); on
+    anything else: ``anyio.Event``. Each signal has one waiting task.
     """
     try:
         loop = asyncio.get_running_loop()
@@ -60,14 +61,15 @@ def signal_factory() -> Callable[[], Signal]:
         pass
     else:
         return functools.partial(_FutureSignal, loop)
-    if _running_trio():
-        import trio
+    if running_trio():
+        from ._trio_signal import TrioSignal
 
-        return trio.Event
+        return TrioSignal
     return anyio.Event
 
 
-def _running_trio() -> bool:
+def running_trio() -> bool:
+    """Whether the calling task runs on trio."""
     try:
         import trio
     except ImportError:
@@ -79,41 +81,54 @@ def _running_trio() -> bool:
     return True
 
 
-class Waiters(list[Signal]):
+class Waiters(list[Any]):
     """The tasks waiting for one thing to happen, each with its own signal.
 
     A list, so that "is anyone waiting?" is a C-level truth test. One signal
     per waiter, not one shared: on asyncio, cancelling a task that awaits a
     future cancels the future, which would wake every other waiter with a
-    cancellation that is not theirs.
+    cancellation that is not theirs. On asyncio the signals are bare
+    futures of the running loop (``futures`` is true), made and set without
+    a Python call: a listener's reader waits once per event. Elsewhere they
+    are :class:`Signal` objects from :func:`signal_factory`.
     """
 
-    __slots__ = ("_make",)
+    __slots__ = ("_make", "futures")
 
-    def __init__(self, make: Callable[[], Signal] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._make = make
+        self._make: Callable[[], Any] | None = None
+        self.futures = False
 
     async def wait(self) -> None:
         """Wait until :meth:`wake` is called (signals are made in the caller's event loop)."""
         signal = self.add()
         try:
-            await signal.wait()
+            await (signal if self.futures else signal.wait())
         except BaseException:
             self.discard(signal)
             raise
 
-    def add(self) -> Signal:
+    def add(self) -> Any:
         """Return a new signal, already waiting here: what :meth:`wait` does, for a caller
-        that awaits ``signal.wait()`` itself (one coroutine less per wait) and must
-        :meth:`discard` the signal if that raises (a cancellation)."""
-        if self._make is None:
-            self._make = signal_factory()
-        signal = self._make()
+        that awaits it itself (one coroutine less per wait): ``await signal`` if
+        :attr:`futures`, else ``await signal.wait()``. If that raises (a
+        cancellation), the caller must :meth:`discard` the signal."""
+        make: Callable[[], Any] | None = self._make
+        if make is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                make = signal_factory()
+            else:
+                make = functools.partial(asyncio.Future, loop=loop)
+                self.futures = True
+            self._make = make
+        signal: Any = make()
         self.append(signal)
         return signal
 
-    def discard(self, signal: Signal) -> None:
+    def discard(self, signal: object) -> None:
         """Forget ``signal`` if it was not woken (its waiter was cancelled)."""
         if signal in self:
             self.remove(signal)
@@ -121,9 +136,16 @@ class Waiters(list[Signal]):
     def wake(self) -> None:
         """Wake every task waiting now."""
         if len(self) == 1:  # the usual case: one reader, one flusher
-            self.pop().set()
+            signal = self.pop()
+            if not self.futures:
+                signal.set()
+            elif not signal.done():  # a future is done if its waiter was cancelled
+                signal.set_result(None)
             return
         signals = self.copy()
         self.clear()
         for signal in signals:
-            signal.set()
+            if not self.futures:
+                signal.set()
+            elif not signal.done():
+                signal.set_result(None)
