@@ -201,18 +201,37 @@ def _stage(where: tuple[str, bool], file: tuple[str, bytes]) -> tuple[str | Exce
     return temp, target
 
 
-_threads: ThreadPoolExecutor | None = None
-_threads_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def kept_threads(name: str, size: int) -> ThreadPoolExecutor:
+    """The pool of ``size`` threads called ``name``: made on first use, kept for the process.
+
+    A child forked from this process makes its own (the parent's threads are not in it).
+    """
+    pool = _pools.get(name)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(name)
+            if pool is None:
+                pool = _pools[name] = ThreadPoolExecutor(size, name)
+    return pool
+
+
+def _forget_pools() -> None:
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _file_threads() -> ThreadPoolExecutor:
-    """The threads that write and fsync a batch's files together (made once, kept)."""
-    global _threads  # one pool for the process, made on first use
-    if _threads is None:
-        with _threads_lock:
-            if _threads is None:
-                _threads = ThreadPoolExecutor(_MAX_SYNC_THREADS, "artifact-files")
-    return _threads
+    """The threads that write and fsync a batch's files together."""
+    return kept_threads("artifact-files", _MAX_SYNC_THREADS)
 
 
 def write_atomic(directory: str, filename: str, data: bytes, durable: bool) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ import msgspec
 
 from eventbus import Event, EventBusError, EventType, InvalidNameError, PartialWriteError
 
-from ._files import check_key
+from ._files import check_key, kept_threads
 from ._query import SessionArtifactQuery
 from ._store import ArtifactStore
 from ._summary import RUN_SUMMARY_KEY, Tally, summary_decoder
@@ -317,18 +316,9 @@ def _save_sessions(sessions: list[_Session]) -> list[OSError | EventBusError | N
     return list(_session_threads().map(_save_one, sessions))
 
 
-_threads: ThreadPoolExecutor | None = None
-_threads_lock = threading.Lock()
-
-
 def _session_threads() -> ThreadPoolExecutor:
-    """The threads that save a batch's sessions together (made once, kept)."""
-    global _threads  # one pool for the process, made on first use
-    if _threads is None:
-        with _threads_lock:
-            if _threads is None:
-                _threads = ThreadPoolExecutor(_MAX_SESSION_THREADS, "artifact-sessions")
-    return _threads
+    """The threads that save a batch's sessions together."""
+    return kept_threads("artifact-sessions", _MAX_SESSION_THREADS)
 
 
 def _artifact_key_problem(key: object) -> str | None:
