@@ -10,6 +10,7 @@ and the memory one (``sinks.index._memory``: the events, encoded compactly).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, MutableSequence, Sequence
 from itertools import compress, repeat
@@ -61,7 +62,7 @@ class Codes(dict[Any, int]):
         return code
 
 
-class Rows:
+class Rows(ABC):
     """Per row: the value of each indexed field as a code, and (for lookups) its id's hash.
 
     ``hashes`` may lag behind the rows: :meth:`_hashes` brings it up to date
@@ -117,7 +118,7 @@ class Rows:
         self.slots = None
         self.slots_rows = 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: most rows hold nothing open)
         """Release what the rows hold open (nothing, unless a subclass says otherwise)."""
 
     def _recode(self) -> None:
@@ -163,9 +164,9 @@ class Rows:
 
     # --- ids ------------------------------------------------------------------------------
 
+    @abstractmethod
     def id_at(self, position: int) -> str:
         """Return the id of the event at ``position``."""
-        raise NotImplementedError
 
     def _hashes(self) -> array[int]:
         """The id hashes of every row (a subclass brings a lagging column up to date)."""
