@@ -8,8 +8,10 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
+from _polling import poll_until
 from _web_server import serving
 from eventbus import (
     Event,
@@ -78,13 +80,14 @@ async def test_dashboard_follows_a_running_session_live(tmp_path: Path) -> None:
                 await bus.publish(event)  # type: ignore[arg-type]
             await bus.flush()
 
-        await publish(
+        stored = [
             create_session_event(SESSION, EventType.SESSION_STARTED, phase="EXECUTION"),
             *(
                 create_task_event(SESSION, EventType.TASK_SCHEDULED, f"t{n}", agent_role="coder")
                 for n in (1, 2, 3)
             ),
-        )
+        ]
+        await publish(*stored)
         async with (
             serving(create_app(tmp_path, bus=bus)) as url,
             playwright_api.async_playwright() as playwright,
@@ -108,6 +111,15 @@ async def test_dashboard_follows_a_running_session_live(tmp_path: Path) -> None:
             tasks = page.locator('[data-testid="task-row"]')
             await expect(tasks).to_have_count(3)
             await expect(page.locator('[data-testid="event-row"]')).to_have_count(4)
+            # Its stream starts after the last stored event, though every one of them was
+            # read first by the view's partial read (task and session types): nothing
+            # published from now on can fall between the reads and the stream.
+            with anyio.fail_after(10):
+                await poll_until(
+                    lambda: any("/stream" in url and SESSION in url for url in requests)
+                )
+            stream = next(url for url in requests if "/stream" in url and SESSION in url)
+            assert f"last_event_id={stored[-1].id}" in stream
             # Times in UTC to the millisecond; the top row (the newest) has the date.
             times = page.locator('[data-testid="event-row"] td:first-child')
             await expect(times.first).to_have_text(re.compile(_STAMP))

@@ -641,9 +641,12 @@ class SessionView {
 
   // Apply one event to the views' state. ``live``: it came from the stream.
   apply(event, inOrder = true, live = false) {
+    // Read in log order (or live), an event moves the stream's start even if a
+    // partial read (inOrder false) applied it already: else the stream would
+    // start from the live edge and miss what came between.
+    if (inOrder || live) this.lastId = event.id;
     if (this.events.has(event.id)) return;
     this.events.set(event.id, event);
-    if (inOrder || live) this.lastId = event.id;
     this.control?.event(event);
     const at = Date.parse(event.timestamp);
     if (this.first === null || at < this.first) {
