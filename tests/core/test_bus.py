@@ -636,13 +636,13 @@ async def test_publish_line_encodes_the_event_when_its_line_is_not_one_line(
 async def test_publish_line_refuses_what_publish_refuses() -> None:
     """Not an Event, a session id that names no directory, a closed bus: as publish."""
     bus = EventBus()
-    with pytest.raises(BusClosedError):
+    with pytest.raises(BusClosedError, match="the bus has not been started"):
         await bus.publish_line(ev(0), encode_event(ev(0)))
     async with bus:
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="publish takes an Event, got dict"):
             await bus.publish_line({"id": "x"}, b"{}")  # type: ignore[arg-type]
         bad = ev(0, "../up")
-        with pytest.raises(InvalidNameError):
+        with pytest.raises(InvalidNameError, match=r"invalid session id '\.\./up'"):
             await bus.publish_line(bad, b'{"session_id": "../up"}')
 
 
