@@ -11,6 +11,7 @@ from urllib.parse import quote, unquote
 
 import nats
 import nats.aio.client
+import nats.errors
 import nats.js
 import sniffio
 from nats.js.api import StorageType, StreamConfig
@@ -236,6 +237,14 @@ async def _connect(
         skip_subject_validation=True,
         **kwargs,
     )
+
+
+async def close_quietly(nc: nats.aio.client.Client | None) -> None:
+    """Close ``nc`` within 5 s if open; a server already gone is no error (nothing was lost)."""
+    if nc is not None and not nc.is_closed:
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            async with asyncio.timeout(5):
+                await nc.close()
 
 
 async def ensure_stream(

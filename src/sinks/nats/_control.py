@@ -18,7 +18,6 @@ events (``control_applied``, ``control_rejected``) through the events stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from ._common import (
     DEFAULT_SERVERS,
     JetStreamError,
     check_prefix,
+    close_quietly,
     connect,
     encode_token,
     ensure_stream,
@@ -166,10 +166,7 @@ class CommandForwarder:
         tb: TracebackType | None,
     ) -> None:
         nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                async with asyncio.timeout(5):  # a server gone lost nothing of ours
-                    await nc.close()
+        await close_quietly(nc)
 
     def _new_lines(self) -> list[tuple[str, bytes]]:
         found: list[tuple[str, bytes]] = []
@@ -296,10 +293,7 @@ class CommandReceiver:
         tb: TracebackType | None,
     ) -> None:
         nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                async with asyncio.timeout(5):  # a server gone lost nothing of ours
-                    await nc.close()
+        await close_quietly(nc)
 
     def _append(self, lines: list[bytes]) -> None:
         directory = os.path.join(self.root, self.session_id)
