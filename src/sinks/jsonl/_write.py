@@ -33,6 +33,7 @@ from .._files import UnsafeSymlinkError, open_regular
 from .._layout import MAX_SEGMENTS, sealed_name, sealed_names, segment_number
 from .._lines import complete_end
 from ._read import CorruptLogError
+from ._watch import DirWatch, dir_watch
 
 __all__ = ["Durability", "LogLockedError"]
 
@@ -216,6 +217,12 @@ class LogWriter:
         self._where = os.fspath(path)
         self._cut_pending = False  # a failed write could not be cut off: cut before the next
         self._finalizer = weakref.finalize(self, _release, fd, self.buffer, path)
+        # The directory watch (see sinks.jsonl._watch): once watching, a stat that found the
+        # file in place at generation _seen vouches for it until the watch has news.
+        self._watch: DirWatch | None = None
+        self._watchable = True
+        self._unwatch: weakref.finalize[..., LogWriter] | None = None
+        self._seen = -1
         _live_writers.add(self)
 
     @classmethod
@@ -323,14 +330,15 @@ class LogWriter:
     def moved(self) -> str | None:
         """Say how the file left ``path`` (deleted, replaced...), or ``None`` if it is there.
 
-        One ``stat`` of the path, compared with the open file's device and
-        inode (which cannot be reused while it is open): cheap enough to call
-        before each batch.
+        While the directory watch has nothing to tell since the last look,
+        ``None`` at once; else one ``stat`` of the path, compared with the open
+        file's device and inode (which cannot be reused while it is open):
+        cheap enough to call before each batch.
         """
-        try:
-            current = os.stat(self._where)
-        except (FileNotFoundError, NotADirectoryError):
-            current = None
+        watch = self._watch
+        if watch is not None and watch.quiet() and watch.generation == self._seen:
+            return None
+        current = self._look()
         if current is not None and (current.st_dev, current.st_ino) == self._identity:
             return None
         if os.fstat(self.fd).st_nlink == 0:
@@ -339,13 +347,49 @@ class LogWriter:
             return "is gone (its directory was deleted, moved or replaced)"
         return "was replaced by another file"
 
+    def _look(self) -> os.stat_result | None:
+        """``stat`` the path (``None``: nothing there), the watch set up first; if the file
+        is in place, the watch vouches for it from then on until it has news."""
+        watch = self._watch
+        if watch is None and self._watchable:
+            watch = self._start_watching()
+        seen = -1 if watch is None else watch.settle()  # read before the stat, never after
+        try:
+            current = _stat(self._where)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if current.st_ino == self._identity[1] and current.st_dev == self._identity[0]:
+            self._seen = seen
+        return current
+
+    def _start_watching(self) -> DirWatch | None:
+        """Watch the file's directory and the one above (a sink's root), or say it cannot."""
+        self._watchable = False
+        watch = dir_watch()
+        directory = os.path.dirname(self._where)
+        if watch is None or os.path.islink(directory):  # a link's target may move unseen
+            return None
+        wds = watch.add((directory, os.path.dirname(directory)))
+        if wds is None:
+            return None
+        self._watch = watch
+        self._unwatch = weakref.finalize(self, watch.remove, wds)
+        return watch
+
+    def _stop_watching(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self._watch = None
+
     def append_here(self, data: bytes) -> int | None:
         """The live path of ``"flush"`` mode: append complete lines if the file is still at
         its path; ``None`` when :meth:`write` must do it (another mode, a seal due, a
         failed write to cut first) or the file left its path (see :meth:`moved`).
 
-        One ``stat`` of the path and one ``write``: what :meth:`moved` and
-        :meth:`write` do for such lines, without their set-up.
+        One ``ioctl`` (the directory watch has no news; else a ``stat`` of the
+        path) and one ``write``: what :meth:`moved` and :meth:`write` do for
+        such lines, without their set-up.
 
         :returns: the log offset ``data`` starts at.
         """
@@ -358,12 +402,15 @@ class LogWriter:
             or not self._finalizer.alive
         ):
             return None
-        try:
-            current = _stat(self._where)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if current.st_ino != self._identity[1] or current.st_dev != self._identity[0]:
-            return None
+        watch = self._watch
+        if watch is None or not watch.quiet() or watch.generation != self._seen:
+            current = self._look()
+            if (
+                current is None
+                or current.st_ino != self._identity[1]
+                or current.st_dev != self._identity[0]
+            ):
+                return None
         try:
             _write_all(self.fd, data)
         except BaseException as exc:
@@ -531,6 +578,7 @@ class LogWriter:
         data, count = bytes(self.buffer), self.buffered_events
         self.buffer.clear()
         self.buffered_events = 0
+        self._stop_watching()
         if self._finalizer.alive:
             self._finalizer.detach()
             os.close(self.fd)
@@ -542,6 +590,7 @@ class LogWriter:
         :raises EventsLostError: if the buffer could not be written (the file
             is closed all the same).
         """
+        self._stop_watching()
         if self._finalizer.alive:
             try:
                 self.flush_buffer()
@@ -575,6 +624,10 @@ class LogWriter:
         self.buffer.clear()
         self.buffered_events = 0
         self.forked = True
+        if self._unwatch is not None:  # the parent's instance: the child made its own
+            self._unwatch.detach()
+            self._unwatch = None
+        self._watch = None
         if self._finalizer.alive:
             self._finalizer.detach()
             with contextlib.suppress(OSError):  # nothing to undo if it is already closed
