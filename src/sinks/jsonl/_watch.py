@@ -10,7 +10,7 @@ log off its path: an entry deleted or moved out or in (``IN_DELETE``,
 (``IN_DELETE_SELF``, ``IN_MOVE_SELF``). The kernel queues such an event
 before the call that caused it returns, so:
 
-- nothing queued (one ``ioctl(FIONREAD)``, no file system work), and no
+- nothing queued (one ``epoll_wait`` that does not wait, no file system work), and no
   queued event read since the writer's last ``stat`` (:attr:`DirWatch.generation`
   unchanged): the log is where it was, no ``stat`` needed;
 - otherwise the writer reads the queue (:meth:`DirWatch.settle`) and looks
@@ -30,11 +30,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
+import select
 import sys
-import termios
 import threading
 from typing import Final
 
@@ -52,9 +51,6 @@ _IN_ONLYDIR: Final = 0x01000000
 _MASK: Final = (
     _IN_MOVED_FROM | _IN_MOVED_TO | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR
 )
-_ZERO: Final = b"\0\0\0\0"  # FIONREAD's int: nothing queued
-_FIONREAD: Final = termios.FIONREAD
-_ioctl = fcntl.ioctl
 
 
 class DirWatch:
@@ -67,14 +63,17 @@ class DirWatch:
 
     def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
         self.fd = fd
+        self._poll = select.epoll()  # told whether fd has events queued
+        self._poll.register(fd, select.EPOLLIN)
         self.generation = 0
         self._libc = libc
         self._lock = threading.Lock()
         self._counts: dict[int, int] = {}  # watch descriptor -> writers using it
 
     def quiet(self) -> bool:
-        """Whether nothing is queued: one ``ioctl``, no file system work."""
-        return _ioctl(self.fd, _FIONREAD, _ZERO) == _ZERO
+        """Whether nothing is queued: one ``epoll_wait`` that does not wait (quicker, in
+        Python, than ``ioctl(FIONREAD)``), no file system work."""
+        return not self._poll.poll(0, 1)
 
     def settle(self) -> int:
         """Read (and drop) what is queued; return the generation to remember before a ``stat``.
@@ -126,6 +125,13 @@ class DirWatch:
             # fails (EINVAL) if the kernel dropped it already (its directory was deleted)
             self._libc.inotify_rm_watch(self.fd, wd)
 
+    def close(self) -> None:
+        """Close the instance (in a forked child: this process's descriptors only)."""
+        self._poll.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+
     @property
     def watches(self) -> int:
         """How many directories are watched."""
@@ -165,7 +171,12 @@ def _new_watch() -> DirWatch | None:
             os.strerror(ctypes.get_errno()),
         )
         return None
-    return DirWatch(libc, fd)
+    try:
+        return DirWatch(libc, fd)
+    except OSError as exc:  # no epoll instance (too many open files)
+        os.close(fd)
+        logger.info("no epoll instance (%s): logs are checked with stat before each line", exc)
+        return None
 
 
 def _new_watch_in_child() -> None:
@@ -174,9 +185,7 @@ def _new_watch_in_child() -> None:
     _made = threading.Lock()  # a parent's thread may have held it
     inherited = _state.pop("watch", None)
     if inherited is not None:
-        with contextlib.suppress(OSError):
-            os.close(inherited.fd)
-        inherited.fd = -1
+        inherited.close()
 
 
 os.register_at_fork(after_in_child=_new_watch_in_child)
