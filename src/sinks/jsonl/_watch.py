@@ -98,11 +98,10 @@ class DirWatch:
             for directory in directories:
                 wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), _MASK)
                 if wd < 0:
-                    code = ctypes.get_errno()
-                    if code == errno.ENOSPC:
-                        logger.info(
-                            "inotify watch limit reached (fs.inotify.max_user_watches): "
-                            "logs opened from now on are checked with stat before each line"
+                    if ctypes.get_errno() == errno.ENOSPC:
+                        _tell_once(
+                            "the inotify watch limit is reached (fs.inotify.max_user_watches): "
+                            "logs opened meanwhile are checked with stat before each line"
                         )
                     self._release(added)
                     return None
@@ -140,43 +139,57 @@ class DirWatch:
 
 _state: dict[str, DirWatch | None] = {}  # "watch": the process's instance (None: none)
 _made = threading.Lock()
+_told: set[str] = set()
+
+
+def _tell_once(message: str) -> None:
+    if message not in _told:
+        _told.add(message)
+        logger.info(message)
 
 
 def dir_watch() -> DirWatch | None:
-    """The process's :class:`DirWatch`, made on first use; ``None`` without inotify."""
+    """The process's :class:`DirWatch`, made on first use; ``None`` without inotify (or,
+    until a later call succeeds, while the instance or descriptor limits are reached)."""
     try:
         return _state["watch"]
     except KeyError:
         pass
     with _made:
         if "watch" not in _state:
-            _state["watch"] = _new_watch()
+            watch, final = _new_watch()
+            if watch is None and not final:
+                return None  # a limit: tried again for the next log
+            _state["watch"] = watch
         return _state["watch"]
 
 
-def _new_watch() -> DirWatch | None:
+def _new_watch() -> tuple[DirWatch | None, bool]:
+    """A new instance, or ``None`` and whether that is final (no inotify here)."""
     if not sys.platform.startswith("linux"):
-        return None
+        return None, True
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         init = libc.inotify_init1
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
     except (OSError, AttributeError):
-        return None
+        return None, True
     fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
-        logger.info(
-            "no inotify instance (%s): logs are checked with stat before each line",
-            os.strerror(ctypes.get_errno()),
+        code = ctypes.get_errno()
+        final = code not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+        _tell_once(
+            f"no inotify instance ({os.strerror(code)}): logs are checked with stat before "
+            "each line" + ("" if final else " until one can be made")
         )
-        return None
+        return None, final
     try:
-        return DirWatch(libc, fd)
+        return DirWatch(libc, fd), True
     except OSError as exc:  # no epoll instance (too many open files)
         os.close(fd)
-        logger.info("no epoll instance (%s): logs are checked with stat before each line", exc)
-        return None
+        _tell_once(f"no epoll instance ({exc.strerror}): logs are checked with stat for now")
+        return None, False
 
 
 def _new_watch_in_child() -> None:

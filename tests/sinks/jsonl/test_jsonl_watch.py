@@ -8,7 +8,10 @@ and again with no inotify and with its watch limit reached (a ``stat`` per line 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,3 +223,59 @@ def test_a_forked_child_does_not_read_its_parents_queue(tmp_path: Path) -> None:
         assert WATCH.quiet()
     finally:
         WATCH.remove(wds)
+
+
+OUT_OF_DESCRIPTORS = """
+import errno, os, sys, anyio
+from eventbus import Event, EventType
+from sinks.jsonl import EventLog, JsonlSink, _watch
+
+root = sys.argv[1]
+
+def event(i, session):
+    return Event(event_type=EventType.INFO, session_id=session, message=str(i))
+
+async def main():
+    sink = JsonlSink(root)
+    await sink.write([event(0, "a")])  # the log is open: no look yet
+    filler = []
+    try:
+        while True:  # every descriptor taken: no inotify instance can be made
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        assert exc.errno == errno.EMFILE
+    await sink.write([event(1, "a")])  # looks with stat
+    assert "watch" not in _watch._state, "a limit is not final"
+    os.unlink(os.path.join(root, "a", "events.jsonl"))
+    for fd in filler:
+        os.close(fd)
+    await sink.write([event(2, "a")])  # still noticed: a stat per line for this log
+    await sink.write([event(0, "b")])
+    await sink.write([event(1, "b")])  # a new log looks again: now it is watched
+    watch = _watch.dir_watch()
+    assert watch is not None and watch.watches == 2, watch
+    await sink.aclose()
+    kept = EventLog(os.path.join(root, "a", "events.jsonl")).get_events()
+    assert [e.message for e in kept] == ["2"]
+    assert sink.stats().reopened == 1
+
+anyio.run(main)
+print("ok")
+"""
+
+
+@needs_inotify
+def test_out_of_descriptors_logs_use_stat_and_later_ones_are_watched(tmp_path: Path) -> None:
+    """Every descriptor taken (a real EMFILE): no instance is made, the log is checked with
+    stat (its deletion is noticed); once descriptors are free, the next log is watched."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS, os.fspath(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
