@@ -154,9 +154,13 @@ class JsonlSink:
       :class:`~eventbus.EventsLostError` says how many acknowledged events
       are gone; ``stats().lost`` counts them, ``stats().failed`` is set and
       every later ``write`` is refused (the bus fails the sink at once).
-    - **A log is deleted, or its directory deleted or replaced**, while open:
-      noticed before the next batch is written to it (one ``stat`` per file
-      and batch), never written into the unlinked file.
+    - **A log is deleted, replaced or moved, or its directory or the root
+      deleted, replaced or moved**, while open: noticed before the next batch
+      is written to it, never written into the unlinked file. On Linux an
+      inotify watch on the log's directory and the root says whether an entry
+      was deleted or moved there since the log was last looked at; only then
+      is it looked at with ``stat`` (elsewhere, or past inotify's limits: one
+      ``stat`` per file and batch; see :mod:`sinks.jsonl._watch`).
       The log is created again (directories included), its buffered events
       (``"none"`` mode) go to the new file, and the recovery is logged,
       counted in ``stats().reopened`` and passed to ``on_recovery`` as a
