@@ -374,6 +374,7 @@ class LogWriter:
             return None
         self._watch = watch
         self._unwatch = weakref.finalize(self, watch.remove, wds)
+        self._unwatch.atexit = False  # exiting closes the instance anyway
         return watch
 
     def _stop_watching(self) -> None:
