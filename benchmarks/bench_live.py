@@ -31,6 +31,14 @@ wall clock: on a machine shared with other work, what others run then
 disturbs the figures less (the bus's file I/O runs on the event loop on
 this path, or in a worker thread of this process, counted too).
 
+``--against DIR`` compares the full bus's ratio to pyee doing the same
+work with another source tree's (a git worktree of an older commit): in
+alternating subprocesses (``--repeats`` per tree), each timing both
+contenders ``--rounds`` times (5,000 events, CPU time) and taking the ratio
+of their best runs; it prints the median and range of those ratios. Best
+runs and many processes keep a shared machine's noise out of the figure
+better than one run's medians.
+
 ``--profile`` prints where the full bus round trip spends its time
 (cProfile, own time). ``--breakdown`` adds the bus with one part at a time
 and each sink's own ``write`` of a batch of one, called directly (no bus),
@@ -44,9 +52,12 @@ import argparse
 import asyncio
 import cProfile
 import functools
+import json
 import os
 import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -244,6 +255,51 @@ async def run_direct(n: int, tmp: Path, which: str) -> float:
     return elapsed * n / (n - 1)
 
 
+def best_ratio(n: int, rounds: int, backend: str) -> float:
+    """In this process: the full bus's best run against pyee doing the same work's best
+    (pyee's time over the bus's: above 1.0 the bus is quicker), by CPU time."""
+    global clock
+    clock = time.process_time
+    pyee: list[float] = []
+    bus: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for _ in range(rounds):
+            pyee.append(asyncio.run(run_pyee_same_work(n, tmp)))
+            bus.append(anyio.run(lambda: run_bus(n, tmp, full=True), backend=backend))
+    return min(pyee) / min(bus)
+
+
+def against(tree: Path, n: int, repeats: int, rounds: int, backend: str) -> None:
+    """:func:`best_ratio` from this tree and from ``tree``, in alternating subprocesses."""
+    here = Path(__file__).resolve().parent
+    trees = {"this tree": here.parent, os.fspath(tree): tree}
+    ratios: dict[str, list[float]] = {name: [] for name in trees}
+    for repeat in range(repeats):
+        order = list(trees.items()) if repeat % 2 == 0 else list(trees.items())[::-1]
+        for name, root in order:
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(root / "src"), str(here)]),
+                "PYTHONHASHSEED": "0",  # dict layouts alike in every process
+            }
+            command = [sys.executable, __file__, "--one-ratio", f"--events={n}"]
+            result = subprocess.run(
+                [*command, f"--rounds={rounds}", f"--backend={backend}"],
+                env=env,
+                capture_output=True,
+                check=True,
+            )
+            ratios[name].append(json.loads(result.stdout))
+    print(
+        f"\nfull bus / pyee same work (best of {rounds} runs of {n} events, CPU time), "
+        f"backend {backend}, {repeats} processes per tree"
+    )
+    print(f"{'source tree':<44}{'median':>8}{'min':>8}{'max':>8}")
+    for name, values in ratios.items():
+        print(f"{name:<44}{statistics.median(values):>8.3f}{min(values):>8.3f}{max(values):>8.3f}")
+
+
 def print_profile(profiler: cProfile.Profile) -> None:
     stats = pstats.Stats(profiler)
     rows = []
@@ -260,7 +316,10 @@ def print_profile(profiler: cProfile.Profile) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs (--against: processes)")
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another source tree")
+    parser.add_argument("--rounds", type=int, default=8, help="runs per process (--against)")
+    parser.add_argument("--one-ratio", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
@@ -271,6 +330,12 @@ def main() -> None:
         help="time runs by the wall clock or by this process's CPU time",
     )
     args = parser.parse_args()
+    if args.one_ratio:
+        print(json.dumps(best_ratio(args.events, args.rounds, args.backend)))
+        return
+    if args.against is not None:
+        against(args.against, min(args.events, 5_000), args.repeats, args.rounds, args.backend)
+        return
     global clock  # one switch for every contender
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     n = args.events
