@@ -34,10 +34,6 @@ import asyncio
 import gc
 import itertools
 import json
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +44,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from _against import print_ratios, ratios_by_tree
 from _seed import SeedEvent, SeedEventLog
 from anyio.lowlevel import checkpoint
 
@@ -292,22 +289,10 @@ def bursts_over_floor(n: int, backend: str) -> float:
 
 def against(tree: Path, n: int, repeats: int, backend: str) -> None:
     """Bursts / floor from this tree and from ``tree``, in alternating subprocesses."""
-    here = Path(__file__).resolve().parent
-    trees = {"this tree": here.parent, os.fspath(tree): tree}
-    ratios: dict[str, list[float]] = {name: [] for name in trees}
-    for repeat in range(repeats):
-        order = list(trees.items()) if repeat % 2 == 0 else list(trees.items())[::-1]
-        for name, root in order:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(here)])}
-            command = [sys.executable, __file__, "--one-ratio", f"--events={n}"]
-            result = subprocess.run(
-                [*command, f"--backend={backend}"], env=env, capture_output=True, check=True
-            )
-            ratios[name].append(json.loads(result.stdout))
+    arguments = [f"--events={n}", f"--backend={backend}"]
+    ratios = ratios_by_tree(__file__, tree, arguments, repeats)
     print(f"\npublish_nowait bursts / floor, {n} events, backend {backend}, {repeats} runs each")
-    print(f"{'source tree':<44}{'median':>8}{'min':>8}{'max':>8}")
-    for name, values in ratios.items():
-        print(f"{name:<44}{statistics.median(values):>8.3f}{min(values):>8.3f}{max(values):>8.3f}")
+    print_ratios(ratios)
 
 
 def main() -> None:

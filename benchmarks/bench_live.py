@@ -56,8 +56,6 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -67,6 +65,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
+from _against import print_ratios, ratios_by_tree
 
 from eventbus import Event, EventBatch, EventBus, EventType, encode_event
 from sinks import JsonlSink
@@ -272,32 +271,13 @@ def best_ratio(n: int, rounds: int, backend: str) -> float:
 
 def against(tree: Path, n: int, repeats: int, rounds: int, backend: str) -> None:
     """:func:`best_ratio` from this tree and from ``tree``, in alternating subprocesses."""
-    here = Path(__file__).resolve().parent
-    trees = {"this tree": here.parent, os.fspath(tree): tree}
-    ratios: dict[str, list[float]] = {name: [] for name in trees}
-    for repeat in range(repeats):
-        order = list(trees.items()) if repeat % 2 == 0 else list(trees.items())[::-1]
-        for name, root in order:
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(root / "src"), str(here)]),
-                "PYTHONHASHSEED": "0",  # dict layouts alike in every process
-            }
-            command = [sys.executable, __file__, "--one-ratio", f"--events={n}"]
-            result = subprocess.run(
-                [*command, f"--rounds={rounds}", f"--backend={backend}"],
-                env=env,
-                capture_output=True,
-                check=True,
-            )
-            ratios[name].append(json.loads(result.stdout))
+    arguments = [f"--events={n}", f"--rounds={rounds}", f"--backend={backend}"]
+    ratios = ratios_by_tree(__file__, tree, arguments, repeats)
     print(
         f"\nfull bus / pyee same work (best of {rounds} runs of {n} events, CPU time), "
         f"backend {backend}, {repeats} processes per tree"
     )
-    print(f"{'source tree':<44}{'median':>8}{'min':>8}{'max':>8}")
-    for name, values in ratios.items():
-        print(f"{name:<44}{statistics.median(values):>8.3f}{min(values):>8.3f}{max(values):>8.3f}")
+    print_ratios(ratios)
 
 
 def print_profile(profiler: cProfile.Profile) -> None:

@@ -537,10 +537,20 @@ async def attached(workspace: Workspace, followers: int) -> None:
     await until(lambda: workspace._change_hub().followers >= followers)
 
 
-def inotify_instances() -> int:
-    """How many inotify instances this process holds (Linux)."""
-    fds = Path("/proc/self/fd")
-    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:inotify")
+def watchers_of(directory: Path) -> int:
+    """How many inotify instances of this process watch ``directory`` (Linux): counted by
+    what they watch, so instances of other tests (still closing) or of sinks do not count."""
+    watched = f"ino:{os.stat(directory).st_ino:x}"
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        if _link(fd) != "anon_inode:inotify":
+            continue
+        try:
+            info = (Path("/proc/self/fdinfo") / fd.name).read_text()
+        except OSError:  # closed meanwhile
+            continue
+        count += watched in info.split()
+    return count
 
 
 def _link(path: Path) -> str:
@@ -554,7 +564,7 @@ def _link(path: Path) -> str:
 async def test_every_follower_of_a_workspace_shares_one_watcher(root: Path) -> None:
     """200 followers (past inotify's default limit of 128) hold one instance; all see a write."""
     workspace = Workspace(root)
-    before = inotify_instances()
+    assert watchers_of(root) == 0
     async with AsyncExitStack() as stack:
         streams = [
             await stack.enter_async_context(
@@ -572,11 +582,11 @@ async def test_every_follower_of_a_workspace_shares_one_watcher(root: Path) -> N
                 for stream in streams:
                     group.start_soon(take_one, stream)
                 await attached(workspace, 200)
-                assert inotify_instances() == before + 1
+                assert watchers_of(root) == 1
                 append(root, info("a", "for everyone", 70))
     assert got == ["for everyone"] * 200
     with anyio.fail_after(5):  # the watcher stops with the last follower
-        await until(lambda: inotify_instances() == before)
+        await until(lambda: watchers_of(root) == 0)
 
 
 @pytest.mark.anyio
