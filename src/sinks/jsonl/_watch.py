@@ -19,8 +19,10 @@ before the call that caused it returns, so:
 Any event sends every watched writer of the process to ``stat`` once: the
 queue is not sorted by directory (events are rare; a segment's seal makes
 two). A directory above the root moved is not seen (a ``stat`` would see
-the path gone): the lines follow the moved files, so none is lost. Where inotify is missing (not Linux), its instance or watch limits
-are reached (``fs.inotify.max_user_instances``, ``max_user_watches``), or a
+the path gone): the lines follow the moved files, so none is lost.
+
+Where inotify is missing (not Linux), its instance or watch limits are
+reached (``fs.inotify.max_user_instances``, ``max_user_watches``), or a
 session directory is a symlink, a writer uses ``stat`` before every line,
 as before. A forked child makes an instance of its own: reading the one it
 shares with its parent would take the parent's events.
