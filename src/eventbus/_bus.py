@@ -689,10 +689,7 @@ class EventBus:
             # (strings' included) it cannot be too deep, else the full checks say
             or line.count(b"{") + line.count(b"[") > MAX_METADATA_DEPTH
         ):
-            try:
-                line = _encode(event)
-            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-                raise _explain_encode_error(event, exc) from exc
+            line = encode_event(event)
         await self._accept(event, line)
 
     async def _accept(self, event: Event, line: bytes) -> None:

@@ -335,32 +335,32 @@ class LogWriter:
         file's device and inode (which cannot be reused while it is open):
         cheap enough to call before each batch.
         """
-        watch = self._watch
-        if watch is not None and watch.quiet() and watch.generation == self._seen:
-            return None
-        current = self._look()
-        if current is not None and (current.st_dev, current.st_ino) == self._identity:
+        if self._in_place():
             return None
         if os.fstat(self.fd).st_nlink == 0:
             return "was deleted"
-        if current is None:
+        if not os.path.exists(self._where):
             return "is gone (its directory was deleted, moved or replaced)"
         return "was replaced by another file"
 
-    def _look(self) -> os.stat_result | None:
-        """``stat`` the path (``None``: nothing there), the watch set up first; if the file
-        is in place, the watch vouches for it from then on until it has news."""
+    def _in_place(self) -> bool:
+        """Whether the open file is still the one at its path: the directory watch vouches
+        for it while it has no news since the last look; else one ``stat`` looks (the watch
+        set up first), and a file found in place is vouched for from then on."""
         watch = self._watch
+        if watch is not None and watch.quiet() and watch.generation == self._seen:
+            return True
         if watch is None and self._watchable:
             watch = self._start_watching()
         seen = -1 if watch is None else watch.settle()  # read before the stat, never after
         try:
             current = _stat(self._where)
         except (FileNotFoundError, NotADirectoryError):
-            return None
-        if current.st_ino == self._identity[1] and current.st_dev == self._identity[0]:
-            self._seen = seen
-        return current
+            return False
+        if current.st_ino != self._identity[1] or current.st_dev != self._identity[0]:
+            return False
+        self._seen = seen
+        return True
 
     def _start_watching(self) -> DirWatch | None:
         """Watch the file's directory and the one above (a sink's root), or say it cannot."""
@@ -388,8 +388,8 @@ class LogWriter:
         its path; ``None`` when :meth:`write` must do it (another mode, a seal due, a
         failed write to cut first) or the file left its path (see :meth:`moved`).
 
-        One ``ioctl`` (the directory watch has no news; else a ``stat`` of the
-        path) and one ``write``: what :meth:`moved` and :meth:`write` do for
+        A look at the directory watch (a ``stat`` of the path when it has
+        news) and one ``write``: what :meth:`moved` and :meth:`write` do for
         such lines, without their set-up.
 
         :returns: the log offset ``data`` starts at.
@@ -403,15 +403,8 @@ class LogWriter:
             or not self._finalizer.alive
         ):
             return None
-        watch = self._watch
-        if watch is None or not watch.quiet() or watch.generation != self._seen:
-            current = self._look()
-            if (
-                current is None
-                or current.st_ino != self._identity[1]
-                or current.st_dev != self._identity[0]
-            ):
-                return None
+        if not self._in_place():
+            return None
         try:
             _write_all(self.fd, data)
         except BaseException as exc:
